@@ -1,0 +1,1 @@
+"""tlmic's command line (installed as ``tlmic_cli``; console script ``tlmic``)."""

@@ -1,0 +1,42 @@
+"""``tlmic extract``."""
+
+from __future__ import annotations
+
+import click
+
+from ..options import data_options
+
+
+@click.command()
+@data_options
+@click.option("--backbone", default="resnet50", show_default=True, help="Backbone (see `tlmic layers --list`).")
+@click.option("--weights", default="imagenet", show_default=True, help="imagenet[:MEMBER], random[:SEED], or a state-dict file.")
+@click.option("--layers", default="all", show_default=True, help="all, blocks, units, or addresses like 3,3.4.")
+@click.option("--pool", type=click.Choice(["avg", "max", "avgmax"]), default="avg", show_default=True,
+              help="Global pooling after each tap; avgmax keeps small local findings that avg washes out.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.option("--store", default="", help="Store path (default: under cache/stores, derived from the inputs).")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--workers", default=-1, show_default=True, help="Decode worker processes (-1: automatic).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--on-bad-image", type=click.Choice(["error", "skip"]), default="error", show_default=True,
+              help="Stop on an unreadable image, or record it as skipped and go on.")
+@click.option("--overwrite", is_flag=True, help="Replace a store made from different inputs.")
+@click.option("--seed", default=0, show_default=True, help="Seed of random weights.")
+@click.option("--chunk-rows", default=256, show_default=True, help="Rows per chunk (and per resumable shard).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def extract(data, quiet, **kw):
+    """Extract pooled features of every requested cut point into a Zarr feature store."""
+    from tlmic_feats.extract import ExtractConfig, extract_features
+
+    report = extract_features(ExtractConfig(data=data, **kw), progress=not quiet)
+    store = report.store
+    if report.already_complete:
+        click.echo(f"store is complete already (nothing to do): {store.path}")
+    else:
+        click.echo(
+            f"extracted {report.computed_images} images in {report.seconds:.1f} s "
+            f"({report.images_per_second:.1f} img/s); {len(store.layers)} layers, "
+            f"{len(report.skipped_ids)} skipped"
+        )
+    click.echo(f"store: {store.path}")

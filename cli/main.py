@@ -1,0 +1,74 @@
+"""The ``tlmic`` click group.
+
+Subcommands load lazily (name -> ``module:function``), so ``tlmic --help`` never imports torch.
+Every expected error prints one line, ``tlmic: error: ...``, and exits 2 (usage) or 1 (a failed
+run); an interruption says how to resume and exits 130.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+COMMANDS = {
+    "extract": ("tlmic_cli.commands.extract:extract", "Extract pooled features of every cut point into a Zarr store."),
+    "layers": ("tlmic_cli.commands.layers:layers", "List a backbone's cut points (channels, stride, parameters)."),
+    "demo": ("tlmic_cli.commands.demo:demo", "Run the pipeline on the embedded phantom chest X-ray data."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, _, attr = COMMANDS[name][0].partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Short help from the table above: listing must not import the command modules.
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except click.ClickException as e:  # bad options: one line, exit 2
+            click.echo(f"tlmic: error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            click.echo("tlmic: aborted", err=True)
+            sys.exit(130)
+        except KeyboardInterrupt:
+            click.echo("tlmic: interrupted; rerun the same command to resume", err=True)
+            sys.exit(130)
+        except Exception as e:
+            from tlmic_feats.errors import TlmicError
+
+            if isinstance(e, TlmicError):
+                click.echo(f"tlmic: error: {e}", err=True)
+                sys.exit(e.exit_code)
+            raise
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tlmic", prog_name="tlmic")
+def cli() -> None:
+    """tlmic: transfer learning for medical image classification.
+
+    Extract per-layer features of a frozen backbone once, then probe or finetune at any cut point.
+    """
+
+
+def main() -> None:
+    cli(prog_name="tlmic")

@@ -1,0 +1,49 @@
+"""Options shared by several commands, and their conversion to library configs."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from tlmic_feats.data.readers import FORMATS, DataConfig
+
+_DATA_OPTIONS = [
+    click.option("--data", "data_path", required=True, type=click.Path(exists=True),
+                 help="Dataset: an ImageFolder directory (optionally train/ val/ test/), a CSV manifest, or a MedMNIST .npz."),
+    click.option("--format", "data_format", type=click.Choice(FORMATS), default="auto", show_default=True,
+                 help="Dataset format."),
+    click.option("--path-column", default="path", show_default=True, help="CSV: column of image paths."),
+    click.option("--label-columns", default="", help="CSV: comma-separated label column(s) (default: 'label', else every other column)."),
+    click.option("--split-column", default="split", show_default=True, help="CSV: split column (train/val/test), if any."),
+    click.option("--patient-column", default="patient_id", show_default=True, help="CSV: patient-id column, if any."),
+    click.option("--id-column", default="", help="CSV: image-id column (default: the path)."),
+    click.option("--image-root", default="", help="CSV: folder image paths are relative to (default: the CSV's folder)."),
+    click.option("--positive", "positive_class", default="", help="Binary data: the positive class name."),
+    click.option("--patient-regex", default="", help=r"Patient id from each file name, e.g. 'person(\d+)_'."),
+    click.option("--split-seed", default=0, show_default=True, help="Seed of the split made when the data has none."),
+]
+
+
+def data_options(f):
+    for opt in reversed(_DATA_OPTIONS):
+        f = opt(f)
+
+    @functools.wraps(f)
+    def wrapper(*args, **kw):
+        kw["data"] = DataConfig(
+            path=kw.pop("data_path"),
+            format=kw.pop("data_format"),
+            path_column=kw.pop("path_column"),
+            label_columns=tuple(c.strip() for c in kw.pop("label_columns").split(",") if c.strip()),
+            split_column=kw.pop("split_column"),
+            patient_column=kw.pop("patient_column"),
+            id_column=kw.pop("id_column"),
+            image_root=kw.pop("image_root"),
+            positive_class=kw.pop("positive_class"),
+            patient_regex=kw.pop("patient_regex"),
+            split_seed=kw.pop("split_seed"),
+        )
+        return f(*args, **kw)
+
+    return wrapper

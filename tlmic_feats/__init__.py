@@ -1,0 +1,41 @@
+"""tlmic: transfer learning for medical image classification.
+
+Frozen backbones -> per-cut-point pooled features in a Zarr store -> probes; and truncated
+finetuning at the same cut points. Importing this package is cheap: torch loads only when a
+function that needs it runs.
+
+>>> from tlmic_feats import DataConfig, ExtractConfig, extract_features, FeatureStore  # doctest: +SKIP
+>>> report = extract_features(ExtractConfig(DataConfig("chest_xray/"), backbone="resnet50"))  # doctest: +SKIP
+>>> FeatureStore.open(report.store.path).features("3").shape                           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "FeatureStore": "tlmic_feats.store",
+    "LayerInfo": "tlmic_feats.store",
+    "DataConfig": "tlmic_feats.data.readers",
+    "load_manifest": "tlmic_feats.data.readers",
+    "Manifest": "tlmic_feats.data.manifest",
+    "ExtractConfig": "tlmic_feats.extract",
+    "ExtractReport": "tlmic_feats.extract",
+    "extract_features": "tlmic_feats.extract",
+    "build_backbone": "tlmic_feats.backbones.registry",
+    "list_backbones": "tlmic_feats.backbones.registry",
+    "layer_table": "tlmic_feats.layers",
+    "run_demo": "tlmic_feats.demo",
+}
+
+__all__ = ["__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tlmic_feats' has no attribute {name!r}")

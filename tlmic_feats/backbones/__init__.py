@@ -1,0 +1,20 @@
+"""Backbones, their weights and preprocessing, and the cut-point registry shared by every arm."""
+
+from .cutpoints import CutPoint, Tap, select_cut_points, storage_groups, truncate
+from .preprocess import Preprocess
+from .registry import BACKBONES, Backbone, WeightsRecord, build_backbone, get_spec, list_backbones
+
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "CutPoint",
+    "Preprocess",
+    "Tap",
+    "WeightsRecord",
+    "build_backbone",
+    "get_spec",
+    "list_backbones",
+    "select_cut_points",
+    "storage_groups",
+    "truncate",
+]

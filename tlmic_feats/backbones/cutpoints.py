@@ -1,0 +1,285 @@
+"""The cut-point registry: where a backbone can be cut, for both arms of tlmic.
+
+An integer address ``k`` is the end of block ``k`` (the paper's truncation semantics); ``k.u`` is
+a finer cut inside block ``k``. Each family defines, once, for every address:
+
+* its **taps**: the module outputs whose (pooled) values make the cut point's features, used by
+  ``extract`` through forward hooks in a single forward pass; and
+* its **truncation**: the network with everything after the cut removed, used by ``finetune``.
+
+Definitions (torchvision module names):
+
+* ResNet: ``k`` = output of ``layer{k}``; ``k.u`` = output of bottleneck (or basic block) ``u`` of
+  ``layer{k}``. The stem ends after ``maxpool``. ``k`` and its last unit are the same tensor.
+* DenseNet121: ``k`` < 4 = output of ``transition{k}`` (after its average pool); ``4`` =
+  ReLU(``norm5``), what torchvision's classifier pools; ``k.u`` = the concatenated map after dense
+  layer ``u`` of dense block ``k`` (block input and the first ``u`` layers' new features).
+* EfficientNet (timm): ``k`` = end of stage ``blocks[k-1]`` (k = 1..7); ``8`` = the head
+  (``conv_head``, ``bn2`` with its activation), what the classifier pools; ``k.u`` = block ``u`` of
+  stage ``k``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..errors import UnknownCutPointError, choices
+
+_ADDRESS = re.compile(r"^\d+(\.\d+)?$")
+
+
+@dataclass(frozen=True)
+class Tap:
+    """One module output read by a forward hook; ``act`` is applied before pooling."""
+
+    module: str
+    act: str = ""  # "" or "relu"
+
+
+@dataclass(frozen=True)
+class CutPoint:
+    """A place where a backbone can be cut.
+
+    ``channels`` and ``stride`` describe the feature map there (before pooling); ``taps`` list the
+    module outputs whose channel-wise concatenation is that map.
+    """
+
+    address: str
+    module: str
+    taps: tuple[Tap, ...]
+    channels: int = 0
+    stride: int = 0
+
+    @property
+    def block(self) -> int:
+        return int(self.address.split(".")[0])
+
+    @property
+    def unit(self) -> int | None:
+        parts = self.address.split(".")
+        return int(parts[1]) if len(parts) == 2 else None
+
+    @property
+    def is_block(self) -> bool:
+        return self.unit is None
+
+
+def address_key(address: str) -> tuple[int, int]:
+    """Sort key placing ``k.u`` before ``k`` (a block ends after its last unit)."""
+    b, _, u = address.partition(".")
+    return (int(b), int(u) if u else 10**6)
+
+
+# --- family definitions ---------------------------------------------------------------------------
+
+
+def _resnet_cut_points(model) -> list[CutPoint]:
+    out = []
+    for k in range(1, 5):
+        layer = getattr(model, f"layer{k}")
+        n = len(layer)
+        for u in range(1, n + 1):
+            out.append(CutPoint(f"{k}.{u}", f"layer{k}.{u - 1}", (Tap(f"layer{k}.{u - 1}"),)))
+        # layer{k}'s output is its last unit's output: one tap, stored once.
+        out.append(CutPoint(f"{k}", f"layer{k}", (Tap(f"layer{k}.{n - 1}"),)))
+    return out
+
+
+def _densenet_cut_points(model) -> list[CutPoint]:
+    out = []
+    block_input = "features.pool0"
+    for k in range(1, 5):
+        block = getattr(model.features, f"denseblock{k}")
+        n = len(block)
+        for u in range(1, n + 1):
+            taps = (Tap(block_input),) + tuple(
+                Tap(f"features.denseblock{k}.denselayer{i}") for i in range(1, u + 1)
+            )
+            out.append(CutPoint(f"{k}.{u}", f"cat(features.denseblock{k}[:{u}])", taps))
+        if k < 4:
+            end = f"features.transition{k}"
+            out.append(CutPoint(f"{k}", end, (Tap(end),)))
+            block_input = end
+        else:
+            out.append(CutPoint("4", "relu(features.norm5)", (Tap("features.norm5", act="relu"),)))
+    return out
+
+
+def _efficientnet_cut_points(model) -> list[CutPoint]:
+    out = []
+    for k, stage in enumerate(model.blocks, start=1):
+        n = len(stage)
+        for u in range(1, n + 1):
+            out.append(CutPoint(f"{k}.{u}", f"blocks.{k - 1}.{u - 1}", (Tap(f"blocks.{k - 1}.{u - 1}"),)))
+        out.append(CutPoint(f"{k}", f"blocks.{k - 1}", (Tap(f"blocks.{k - 1}.{n - 1}"),)))
+    out.append(CutPoint(f"{len(model.blocks) + 1}", "bn2", (Tap("bn2"),)))
+    return out
+
+
+def _resnet_truncate(model, cp: CutPoint):
+    import torch.nn as nn
+
+    parts = [model.conv1, model.bn1, model.relu, model.maxpool]
+    for k in range(1, cp.block):
+        parts.append(getattr(model, f"layer{k}"))
+    layer = getattr(model, f"layer{cp.block}")
+    parts.append(layer if cp.unit is None else layer[: cp.unit])
+    return nn.Sequential(*parts)
+
+
+class _PartialDenseBlock:
+    """Factory for a module running the first ``u`` layers of a torchvision dense block."""
+
+    @staticmethod
+    def build(block, u: int):
+        import torch
+        import torch.nn as nn
+
+        class PartialDenseBlock(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.layers = nn.ModuleList(list(block.values())[:u])
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                features = [x]
+                for layer in self.layers:
+                    features.append(layer(features))
+                return torch.cat(features, 1)
+
+        return PartialDenseBlock()
+
+
+def _densenet_truncate(model, cp: CutPoint):
+    import torch.nn as nn
+
+    f = model.features
+    parts = [f.conv0, f.norm0, f.relu0, f.pool0]
+    for k in range(1, cp.block):
+        parts += [getattr(f, f"denseblock{k}"), getattr(f, f"transition{k}")]
+    block = getattr(f, f"denseblock{cp.block}")
+    if cp.unit is not None:
+        parts.append(_PartialDenseBlock.build(block, cp.unit))
+    elif cp.block < 4:
+        parts += [block, getattr(f, f"transition{cp.block}")]
+    else:
+        parts += [block, f.norm5, nn.ReLU(inplace=False)]
+    return nn.Sequential(*parts)
+
+
+def _efficientnet_truncate(model, cp: CutPoint):
+    import torch.nn as nn
+
+    parts = [model.conv_stem, model.bn1]
+    n_stages = len(model.blocks)
+    if cp.block > n_stages:  # the head
+        parts += [model.blocks, model.conv_head, model.bn2]
+        return nn.Sequential(*parts)
+    parts += list(model.blocks[: cp.block - 1])
+    stage = model.blocks[cp.block - 1]
+    parts.append(stage if cp.unit is None else stage[: cp.unit])
+    return nn.Sequential(*parts)
+
+
+FAMILIES = {
+    "resnet": (_resnet_cut_points, _resnet_truncate),
+    "densenet": (_densenet_cut_points, _densenet_truncate),
+    "efficientnet": (_efficientnet_cut_points, _efficientnet_truncate),
+}
+
+
+# --- public helpers -------------------------------------------------------------------------------
+
+
+def describe_cut_points(family: str, model, probe_size: int = 64) -> tuple[CutPoint, ...]:
+    """Every cut point of ``model`` in depth order, with channels and stride measured by a dry run.
+
+    Measuring (rather than typing) channel counts keeps the table true to the actual module.
+    """
+    import torch
+
+    define, _ = FAMILIES[family]
+    cps = define(model)
+    shapes: dict[str, tuple[int, int]] = {}
+    modules = {t.module for cp in cps for t in cp.taps}
+    handles = []
+    for name in modules:
+        m = model.get_submodule(name)
+        handles.append(
+            m.register_forward_hook(
+                lambda _m, _i, out, name=name: shapes.__setitem__(name, (out.shape[1], out.shape[2]))
+            )
+        )
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, probe_size, probe_size))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    out = []
+    for cp in cps:
+        channels = sum(shapes[t.module][0] for t in cp.taps)
+        height = shapes[cp.taps[-1].module][1]
+        out.append(
+            CutPoint(cp.address, cp.module, cp.taps, channels=channels, stride=probe_size // height)
+        )
+    return tuple(out)
+
+
+def select_cut_points(
+    cut_points: tuple[CutPoint, ...], spec: str | list[str] | tuple[str, ...], backbone: str = ""
+) -> tuple[CutPoint, ...]:
+    """Resolve a layer request: ``all``, ``blocks``, ``units``, or addresses (``"3,3.4"`` or a list).
+
+    Returned in depth order, without repeats. Unknown addresses raise
+    :class:`UnknownCutPointError` listing the valid ones.
+    """
+    by_addr = {cp.address: cp for cp in cut_points}
+    if isinstance(spec, str):
+        key = spec.strip().lower()
+        if key == "all":
+            return cut_points
+        if key == "blocks":
+            return tuple(cp for cp in cut_points if cp.is_block)
+        if key == "units":
+            return tuple(cp for cp in cut_points if not cp.is_block)
+        wanted = [s.strip() for s in spec.split(",") if s.strip()]
+    else:
+        wanted = [str(s).strip() for s in spec]
+    if not wanted:
+        raise UnknownCutPointError("no layers requested; valid: all, blocks, units, or addresses")
+    unknown = [w for w in wanted if w not in by_addr]
+    if unknown:
+        raise UnknownCutPointError(unknown_cut_point_message(unknown[0], cut_points, backbone))
+    return tuple(sorted({by_addr[w] for w in wanted}, key=lambda cp: address_key(cp.address)))
+
+
+def unknown_cut_point_message(bad: str, cut_points, backbone: str = "") -> str:
+    of = f" of {backbone}" if backbone else ""
+    kind = "not a cut point" if _ADDRESS.match(bad) else "not a cut-point address"
+    hint = f" (see `tlmic layers --backbone {backbone}`)" if backbone else ""
+    return (
+        f"layer {bad} is {kind}{of}; valid: all, blocks, units, "
+        f"{choices([cp.address for cp in cut_points], limit=10)}{hint}"
+    )
+
+
+def truncate(family: str, model, cut_point: CutPoint):
+    """The network cut at ``cut_point``: a module mapping the normalized input to the feature map
+    there (N, C, H, W). It shares parameters with ``model``; everything after the cut is absent.
+    """
+    _, cut = FAMILIES[family]
+    return cut(model, cut_point)
+
+
+def storage_groups(cut_points: tuple[CutPoint, ...]) -> dict[str, str]:
+    """Map each address to the address whose array stores it (cut points with identical taps,
+    such as ResNet's ``2`` and ``2.4``, are stored once, under the first in depth order)."""
+    first: dict[tuple[Tap, ...], str] = {}
+    out = {}
+    for cp in cut_points:
+        out[cp.address] = first.setdefault(cp.taps, cp.address)
+    return out

@@ -1,0 +1,73 @@
+"""Preprocessing configuration derived from a backbone's weights, and its on-device half.
+
+The host side (decode, resize, center crop; uint8) lives in :mod:`tlmic_feats.data.images`; the
+device side (float, three channels, normalization) is :class:`DeviceNormalize`, applied to whole
+batches where it is cheapest. Both read one :class:`Preprocess`, which is derived from the
+weights' own config (torchvision's weight enums, timm's pretrained config) and never re-typed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Evaluation preprocessing of a backbone: resize shorter side, center crop, normalize."""
+
+    input_size: int
+    resize_size: int
+    interpolation: str  # "bilinear" | "bicubic" | "nearest"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    source: str  # where these values came from, for the record
+
+    @classmethod
+    def from_torchvision(cls, weights) -> Preprocess:
+        """From a torchvision ``WeightsEnum`` member (its ``transforms()`` carries the values)."""
+        t = weights.transforms()
+        return cls(
+            input_size=int(t.crop_size[0]),
+            resize_size=int(t.resize_size[0]),
+            interpolation=str(t.interpolation.value),
+            mean=tuple(float(v) for v in t.mean),
+            std=tuple(float(v) for v in t.std),
+            source=f"torchvision {weights}",
+        )
+
+    @classmethod
+    def from_timm(cls, pretrained_cfg: dict, *, mean=None, std=None, source: str = "") -> Preprocess:
+        """From a timm ``pretrained_cfg`` (input size, crop_pct, interpolation, mean, std)."""
+        import math
+
+        size = int(pretrained_cfg["input_size"][-1])
+        return cls(
+            input_size=size,
+            resize_size=int(math.floor(size / float(pretrained_cfg.get("crop_pct", 0.875)))),
+            interpolation=str(pretrained_cfg.get("interpolation", "bilinear")),
+            mean=tuple(float(v) for v in (mean if mean is not None else pretrained_cfg["mean"])),
+            std=tuple(float(v) for v in (std if std is not None else pretrained_cfg["std"])),
+            source=source or f"timm {pretrained_cfg.get('architecture', '')}",
+        )
+
+
+def device_normalize(preprocess: Preprocess):
+    """A module mapping uint8 ``(N, 1|3, H, W)`` to the normalized float ``(N, 3, H, W)`` input."""
+    import torch
+
+    class DeviceNormalize(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            mean = torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1)
+            std = torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1)
+            # x/255 then (x - mean)/std, folded into one multiply-add.
+            self.register_buffer("scale", 1.0 / (255.0 * std), persistent=False)
+            self.register_buffer("shift", -mean / std, persistent=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x.to(self.scale.dtype)
+            if x.shape[1] == 1:
+                x = x.expand(-1, 3, -1, -1)
+            return x * self.scale + self.shift
+
+    return DeviceNormalize()

@@ -1,0 +1,361 @@
+"""Dataset readers: ImageFolder directories, CSV manifests and MedMNIST ``.npz`` files.
+
+Each reader turns one on-disk format into a :class:`~tlmic_feats.data.manifest.Manifest`.
+:func:`load_manifest` picks the reader from :class:`DataConfig` and completes the split.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataFormatError, MissingColumnError, choices
+from .manifest import ArrayImageSource, FileImageSource, Manifest, file_sha256
+from .splits import DEFAULT_FRACTIONS, make_splits
+
+FORMATS = ("auto", "imagefolder", "csv", "medmnist")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm")
+SPLIT_ALIASES = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val", "dev": "val",
+    "test": "test", "testing": "test",
+}  # fmt: skip
+# Class names that mean "no finding": for a two-class dataset the one matching is class 0.
+NEGATIVE_NAMES = {
+    "normal", "negative", "neg", "healthy", "no finding", "no_finding", "nofinding",
+    "benign", "control", "absent", "no", "false", "0",
+}  # fmt: skip
+# Label names of the MedMNIST files a chest X-ray user meets (the .npz files carry none).
+MEDMNIST_LABELS = {
+    "pneumoniamnist": ("normal", "pneumonia"),
+    "chestmnist": (
+        "atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia",
+        "pneumothorax", "consolidation", "edema", "emphysema", "fibrosis", "pleural",
+        "hernia",
+    ),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How to read a dataset. Recorded in every store and run directory.
+
+    Column options apply to CSV manifests; ``patient_regex`` extracts a patient id from each
+    file name (first group) for ImageFolder and CSV data without a patient column.
+    """
+
+    path: str
+    format: str = "auto"
+    path_column: str = "path"
+    label_columns: tuple[str, ...] = ()
+    split_column: str = "split"
+    patient_column: str = "patient_id"
+    id_column: str = ""
+    image_root: str = ""
+    positive_class: str = ""
+    patient_regex: str = ""
+    split_seed: int = 0
+    split_fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+    allow_outside_root: bool = False
+
+
+def detect_format(path: str | Path) -> str:
+    """The format ``auto`` resolves to for ``path``."""
+    p = Path(path)
+    if not p.exists():
+        raise DataFormatError(f"dataset path does not exist: {p}")
+    if p.is_dir():
+        return "imagefolder"
+    if p.suffix.lower() == ".npz":
+        return "medmnist"
+    if p.suffix.lower() in (".csv", ".tsv"):
+        return "csv"
+    raise DataFormatError(
+        f"cannot tell the format of {p}: expected a directory, a .csv or a .npz file "
+        f"(or pass --format {'|'.join(FORMATS[1:])})"
+    )
+
+
+def load_manifest(config: DataConfig) -> Manifest:
+    """Read the dataset described by ``config``; the split is completed when the data lacks one."""
+    fmt = config.format
+    if fmt not in FORMATS:
+        raise DataFormatError(f"unknown data format {fmt!r}; valid: {choices(FORMATS)}")
+    if fmt == "auto":
+        fmt = detect_format(config.path)
+    elif not Path(config.path).exists():
+        raise DataFormatError(f"dataset path does not exist: {config.path}")
+    reader = {"imagefolder": _read_imagefolder, "csv": _read_csv, "medmnist": _read_medmnist}[fmt]
+    fields = reader(config)
+    existing = fields.pop("splits")
+    complete = existing is not None and "" not in set(existing.tolist()) and "val" in set(
+        existing.tolist()
+    )
+    splits = make_splits(
+        fields["labels"],
+        fields["label_kind"],
+        patient_ids=fields.get("patient_ids"),
+        existing=existing,
+        fractions=config.split_fractions,
+        seed=config.split_seed,
+    )
+    origin = "data" if complete else f"generated(seed={config.split_seed})"
+    return Manifest(splits=splits, split_origin=origin, format=fmt, **fields)
+
+
+# --- class handling ----------------------------------------------------------------------------
+
+
+def _order_classes(names: list[str], positive: str) -> list[str]:
+    """Sorted class names; for two classes, the negative-sounding one (or not ``positive``) first."""
+    names = sorted(names, key=_natural_key)
+    if positive:
+        if positive not in names:
+            raise DataFormatError(f"positive class {positive!r} not found; classes: {choices(names)}")
+        if len(names) != 2:
+            raise DataFormatError(f"--positive needs two classes; found {len(names)}: {choices(names)}")
+        return [n for n in names if n != positive] + [positive]
+    if len(names) == 2 and names[1].strip().lower() in NEGATIVE_NAMES:
+        names = names[::-1]
+    return names
+
+
+def _natural_key(s: str):
+    try:
+        return (0, float(s), s)
+    except ValueError:
+        return (1, 0.0, s)
+
+
+def _single_label(values: list[str], column: str, positive: str):
+    """Labels, kind and names from one categorical column."""
+    classes = _order_classes(sorted(set(values)), positive)
+    if len(classes) < 2:
+        raise DataFormatError(f"label column {column!r} holds one class only: {classes}")
+    index = {c: k for k, c in enumerate(classes)}
+    labels = np.array([[index[v]] for v in values], dtype=np.float32)
+    kind = "binary" if len(classes) == 2 else "multiclass"
+    if kind == "binary" and classes == ["0", "1"]:
+        classes = [f"not {column}", column]
+    return labels, kind, tuple(classes)
+
+
+def _patients_from_names(paths: list[str], pattern: str) -> np.ndarray:
+    rx = re.compile(pattern)
+    out = []
+    for p in paths:
+        m = rx.search(os.path.basename(p))
+        if not m:
+            raise DataFormatError(f"--patient-regex {pattern!r} does not match file name {os.path.basename(p)!r}")
+        out.append(m.group(1) if m.groups() else m.group(0))
+    return np.array(out)
+
+
+# --- ImageFolder --------------------------------------------------------------------------------
+
+
+def _list_images(d: Path) -> list[Path]:
+    return sorted(
+        p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def _read_imagefolder(config: DataConfig) -> dict:
+    root = Path(config.path).resolve()
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    split_dirs = [p for p in subdirs if p.name.lower() in SPLIT_ALIASES]
+    if split_dirs and len(split_dirs) != len(subdirs):
+        others = [p.name for p in subdirs if p not in split_dirs]
+        raise DataFormatError(
+            f"{root} mixes split folders ({', '.join(p.name for p in split_dirs)}) with other "
+            f"folders ({choices(others)}); use train/ val/ test/ each holding class folders"
+        )
+    tops = [(SPLIT_ALIASES[p.name.lower()], p) for p in split_dirs] or [("", root)]
+    rows: list[tuple[str, str, str]] = []  # (split, class, path)
+    for split, top in tops:
+        for cdir in sorted(p for p in top.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            rows.extend((split, cdir.name, str(f)) for f in _list_images(cdir))
+    if not rows:
+        raise DataFormatError(
+            f"no images found under {root}: expected class folders (or train/ val/ test/ with "
+            f"class folders) holding {', '.join(IMAGE_EXTENSIONS)} files"
+        )
+    paths = [r[2] for r in rows]
+    labels, kind, names = _single_label([r[1] for r in rows], "class folder", config.positive_class)
+    fields = {
+        "ids": np.array([os.path.relpath(p, root) for p in paths]),
+        "source": FileImageSource(tuple(paths), str(root)),
+        "labels": labels,
+        "label_kind": kind,
+        "label_names": names,
+        "splits": np.array([r[0] for r in rows]) if split_dirs else None,
+        "patient_ids": _patients_from_names(paths, config.patient_regex) if config.patient_regex else None,
+        "root": str(root),
+    }
+    return fields
+
+
+# --- CSV ----------------------------------------------------------------------------------------
+
+
+def _read_csv(config: DataConfig) -> dict:
+    csv_path = Path(config.path).resolve()
+    root = Path(config.image_root).resolve() if config.image_root else csv_path.parent
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        dialect = "excel-tab" if csv_path.suffix.lower() == ".tsv" else "excel"
+        reader = csv.DictReader(f, dialect=dialect)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        records = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    if not records:
+        raise DataFormatError(f"{csv_path} holds no rows")
+    if config.path_column not in header:
+        raise MissingColumnError(
+            f"path column {config.path_column!r} not in {csv_path.name}; columns: {choices(header)} "
+            "(set --path-column)"
+        )
+    reserved = {config.path_column, config.split_column, config.patient_column, config.id_column}
+    if config.label_columns:
+        label_cols = list(config.label_columns)
+        missing = [c for c in label_cols if c not in header]
+        if missing:
+            raise MissingColumnError(
+                f"label column(s) {', '.join(map(repr, missing))} not in {csv_path.name}; "
+                f"columns: {choices(header)}"
+            )
+    elif "label" in header:
+        label_cols = ["label"]
+    else:
+        label_cols = [h for h in header if h not in reserved]
+        if not label_cols:
+            raise MissingColumnError(
+                f"no label column in {csv_path.name}; columns: {choices(header)} (set --label-columns)"
+            )
+
+    paths = []
+    for i, r in enumerate(records):
+        rel = r[config.path_column]
+        if not rel:
+            raise DataFormatError(f"{csv_path.name} row {i + 2}: empty {config.path_column!r}")
+        p = (root / rel).resolve()
+        if not config.allow_outside_root and not p.is_relative_to(root):
+            raise DataFormatError(
+                f"{csv_path.name} row {i + 2}: path {rel!r} leaves the data root {root} "
+                "(pass --allow-outside-root to permit)"
+            )
+        paths.append(str(p))
+
+    if len(label_cols) == 1:
+        col = label_cols[0]
+        values = [r[col] for r in records]
+        empty = [i for i, v in enumerate(values) if v == ""]
+        if empty:
+            raise DataFormatError(f"{csv_path.name} row {empty[0] + 2}: empty label in column {col!r}")
+        labels, kind, names = _single_label(values, col, config.positive_class)
+    else:
+        labels = np.empty((len(records), len(label_cols)), dtype=np.float32)
+        for i, r in enumerate(records):
+            for j, col in enumerate(label_cols):
+                labels[i, j] = _binary_value(r[col], csv_path.name, i + 2, col)
+        kind, names = "multilabel", tuple(label_cols)
+
+    splits = None
+    if config.split_column in header:
+        raw = [r[config.split_column].lower() for r in records]
+        bad = sorted({s for s in raw if s and s not in SPLIT_ALIASES})
+        if bad:
+            raise DataFormatError(
+                f"split column {config.split_column!r} holds {choices(bad)}; valid: train, val, test"
+            )
+        splits = np.array([SPLIT_ALIASES.get(s, "") for s in raw])
+
+    if config.patient_column in header:
+        patients = np.array([r[config.patient_column] for r in records])
+    elif config.patient_regex:
+        patients = _patients_from_names(paths, config.patient_regex)
+    else:
+        patients = None
+
+    if config.id_column:
+        if config.id_column not in header:
+            raise MissingColumnError(f"id column {config.id_column!r} not in {csv_path.name}; columns: {choices(header)}")
+        ids = np.array([r[config.id_column] for r in records])
+    else:
+        ids = np.array([r[config.path_column] for r in records])
+    return {
+        "ids": ids,
+        "source": FileImageSource(tuple(paths), str(root)),
+        "labels": labels,
+        "label_kind": kind,
+        "label_names": names,
+        "splits": splits,
+        "patient_ids": patients,
+        "root": str(root),
+    }
+
+
+def _binary_value(v: str, name: str, row: int, col: str) -> float:
+    if v == "":
+        return np.nan
+    try:
+        x = float(v)
+    except ValueError:
+        x = None
+    if x not in (0.0, 1.0):
+        raise DataFormatError(f"{name} row {row}: label {col!r} is {v!r}; valid: 0, 1 or empty (missing)")
+    return x
+
+
+# --- MedMNIST -----------------------------------------------------------------------------------
+
+
+def _read_medmnist(config: DataConfig) -> dict:
+    path = Path(config.path).resolve()
+    with np.load(path, allow_pickle=False) as z:
+        keys = set(z.files)
+        splits_found = [s for s in ("train", "val", "test") if f"{s}_images" in keys]
+        if not splits_found:
+            raise MissingColumnError(
+                f"{path.name} has no '<split>_images' arrays; arrays: {choices(sorted(keys))}"
+            )
+        arrays, labels, index, splits = [], [], [], []
+        for k, s in enumerate(splits_found):
+            if f"{s}_labels" not in keys:
+                raise MissingColumnError(f"{path.name} has {s}_images but no {s}_labels")
+            imgs, labs = z[f"{s}_images"], z[f"{s}_labels"]
+            if len(imgs) != len(labs):
+                raise DataFormatError(f"{path.name}: {len(imgs)} {s}_images but {len(labs)} {s}_labels")
+            if imgs.ndim not in (3, 4):
+                raise DataFormatError(f"{path.name}: {s}_images has shape {imgs.shape}; expected (N, H, W[, C])")
+            arrays.append(imgs)
+            labels.append(labs.reshape(len(labs), -1).astype(np.float32))
+            index.append(np.stack([np.full(len(imgs), k), np.arange(len(imgs))], axis=1))
+            splits.extend([s] * len(imgs))
+    lab = np.concatenate(labels)
+    if not np.all(np.isfinite(lab)):
+        raise DataFormatError(f"{path.name}: labels hold NaN or inf")
+    stem = path.stem.split("_")[0].lower()
+    known = MEDMNIST_LABELS.get(stem)
+    if lab.shape[1] > 1:
+        kind = "multilabel"
+        names = known if known and len(known) == lab.shape[1] else tuple(f"label_{j}" for j in range(lab.shape[1]))
+    else:
+        n_classes = int(lab.max()) + 1
+        kind = "binary" if n_classes <= 2 else "multiclass"
+        names = known if known and len(known) == max(n_classes, 2) else tuple(f"class_{j}" for j in range(max(n_classes, 2)))
+    idx = np.concatenate(index).astype(np.int64)
+    source = ArrayImageSource(str(path), tuple(f"{s}_images" for s in splits_found), tuple(arrays), idx, file_sha256(path))
+    return {
+        "ids": np.array([f"{splits_found[k]}/{j}" for k, j in idx.tolist()]),
+        "source": source,
+        "labels": lab,
+        "label_kind": kind,
+        "label_names": names,
+        "splits": np.array(splits),
+        "patient_ids": None,
+        "root": str(path.parent),
+    }

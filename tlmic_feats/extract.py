@@ -1,0 +1,336 @@
+"""The extract arm: one forward pass of a frozen backbone, pooled features of every cut point.
+
+:func:`extract_features` reads a dataset, runs the backbone truncated after the deepest requested
+cut point, taps every requested cut point with forward hooks, pools on the device right after
+each tap (C floats per image, never a C x H x W map kept around) and writes the results shard by
+shard into a :class:`~tlmic_feats.store.FeatureStore`. Interrupted runs resume where they stopped;
+finished runs are not redone.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .backbones.cutpoints import CutPoint, Tap, address_key, select_cut_points, storage_groups
+from .data.readers import DataConfig, load_manifest
+from .errors import BadImageError, UsageError, choices
+from .paths import cache_root, slug
+from .store import FeatureStore, LayerInfo, StoreLock, open_for_writing
+
+POOLS = ("avg", "max", "avgmax")
+DTYPES = ("float32", "float16")
+BAD_IMAGE_POLICIES = ("error", "skip")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything that defines an extraction. Recorded in the store's attributes."""
+
+    data: DataConfig
+    backbone: str = "resnet50"
+    weights: str = "imagenet"
+    layers: str = "all"
+    pool: str = "avg"
+    dtype: str = "float32"
+    store: str = ""  # default: a path under cache/stores derived from the inputs
+    batch_size: int = 32
+    workers: int = -1  # -1: automatic
+    device: str = "auto"
+    on_bad_image: str = "error"
+    overwrite: bool = False
+    seed: int = 0
+    chunk_rows: int = 256
+
+    def validate(self) -> None:
+        for name, value, valid in (
+            ("pool", self.pool, POOLS),
+            ("dtype", self.dtype, DTYPES),
+            ("on_bad_image", self.on_bad_image, BAD_IMAGE_POLICIES),
+        ):
+            if value not in valid:
+                raise UsageError(f"--{name.replace('_', '-')} {value!r} is not valid; valid: {choices(valid)}")
+        if self.batch_size < 1 or self.chunk_rows < 1:
+            raise UsageError(f"batch size and chunk rows must be >= 1 (got {self.batch_size}, {self.chunk_rows})")
+
+
+@dataclass
+class ExtractReport:
+    """What one call of :func:`extract_features` did."""
+
+    store: FeatureStore
+    computed_images: int = 0
+    seconds: float = 0.0
+    skipped_ids: list[str] = field(default_factory=list)
+    already_complete: bool = False
+
+    @property
+    def images_per_second(self) -> float:
+        return self.computed_images / self.seconds if self.seconds > 0 else float("nan")
+
+
+# --- the forward pass ----------------------------------------------------------------------------
+
+
+class FeatureTapper:
+    """Forward hooks that pool the requested cut points' maps as the model runs.
+
+    ``pooled()`` after a forward returns ``{address: (N, C') tensor}`` with ``C' = C`` (avg, max)
+    or ``2C`` (avgmax: the average-pooled vector, then the max-pooled one).
+    """
+
+    def __init__(self, model, cut_points: tuple[CutPoint, ...], pool: str) -> None:
+        self.cut_points = cut_points
+        self.pool = pool
+        self._values: dict[Tap, dict[str, object]] = {}
+        self._handles = []
+        for tap in {t for cp in cut_points for t in cp.taps}:
+            module = model.get_submodule(tap.module)
+            self._handles.append(module.register_forward_hook(self._hook(tap)))
+
+    def _hook(self, tap: Tap):
+        import torch.nn.functional as F
+
+        want_avg = self.pool in ("avg", "avgmax")
+        want_max = self.pool in ("max", "avgmax")
+
+        def hook(_module, _inputs, out):
+            x = F.relu(out) if tap.act == "relu" else out
+            entry = {}
+            if want_avg:
+                entry["avg"] = x.float().mean(dim=(2, 3))
+            if want_max:
+                entry["max"] = x.float().amax(dim=(2, 3))
+            self._values[tap] = entry
+
+        return hook
+
+    def pooled(self) -> dict[str, object]:
+        import torch
+
+        out = {}
+        for cp in self.cut_points:
+            parts = []
+            for mode in ("avg", "max"):
+                if mode in self.pool:
+                    parts.append(torch.cat([self._values[t][mode] for t in cp.taps], dim=1))
+            out[cp.address] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        self._values.clear()
+        return out
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+class PixelDataset:
+    """Decoded, resized, center-cropped uint8 images; a row that fails to decode is returned with
+    its error message instead of raising inside a worker (the main process decides)."""
+
+    def __init__(self, source, preprocess) -> None:
+        self.source = source
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        from .data.images import resize_center_crop
+
+        p = self.preprocess
+        try:
+            im = self.source.load(i, min_side=p.resize_size)
+            arr = resize_center_crop(
+                im, resize_size=p.resize_size, input_size=p.input_size, interpolation=p.interpolation
+            )
+            return i, torch.from_numpy(arr.copy())[None], ""
+        except BadImageError as e:
+            return i, torch.zeros(1, p.input_size, p.input_size, dtype=torch.uint8), str(e)
+
+
+def _shard_batches(writer, shards: list[int], batch_size: int) -> list[list[int]]:
+    batches = []
+    for s in shards:
+        start, stop = writer.shard_rows(s)
+        batches.extend(list(range(b, min(stop, b + batch_size))) for b in range(start, stop, batch_size))
+    return batches
+
+
+def _auto_workers(n_rows: int, source) -> int:
+    import os
+
+    from .data.manifest import ArrayImageSource
+
+    if isinstance(source, ArrayImageSource) or n_rows <= 512:
+        return 0  # arrays are in memory; small runs don't repay worker start-up
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available here; valid: auto, cpu")
+    return device
+
+
+def default_store_path(config: ExtractConfig, fingerprint: dict) -> Path:
+    import hashlib
+    import json
+
+    content = {k: v for k, v in fingerprint.items() if k != "tlmic_version"}
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:10]
+    dataset = slug(Path(config.data.path).resolve().name)
+    weights = slug(config.weights if config.weights in ("imagenet", "random") else fingerprint["weights"]["kind"])
+    return cache_root() / "stores" / dataset / (
+        f"{config.backbone}-{weights}-{config.pool}-{slug(config.layers)[:40]}-{digest}.zarr"
+    )
+
+
+def extract_features(
+    config: ExtractConfig,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    on_shard: Callable[[int, int], None] | None = None,
+) -> ExtractReport:
+    """Extract pooled features of every requested cut point into a feature store.
+
+    ``on_shard(done, total)`` is called after each shard is committed (progress reporting; tests
+    use it to interrupt a run). Returns an :class:`ExtractReport` whose ``store`` is the finished
+    :class:`FeatureStore`.
+    """
+    import torch
+
+    from .backbones.preprocess import device_normalize
+    from .backbones.registry import build_backbone
+
+    config.validate()
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    manifest = load_manifest(config.data)
+    backbone = build_backbone(config.backbone, config.weights, seed=config.seed)
+    selected = select_cut_points(backbone.cut_points, config.layers, backbone.name)
+    arrays = storage_groups(selected)
+    layers = [
+        LayerInfo(cp.address, cp.module, cp.channels * (2 if config.pool == "avgmax" else 1), cp.stride, arrays[cp.address])
+        for cp in selected
+    ]
+    fingerprint = {
+        "backbone": backbone.name,
+        "weights": {"kind": backbone.weights.kind, "id": backbone.weights.id, "sha256": backbone.weights.sha256},
+        "preprocess": asdict(backbone.preprocess),
+        "decode": {"color": "gray8-to-3ch", "jpeg_draft": True},
+        "pool": config.pool,
+        "dtype": config.dtype,
+        "layers": [cp.address for cp in selected],
+        "dataset": manifest.fingerprint(),
+        "engine": "torch",
+        "precision": "fp32",
+        "tlmic_version": __version__,
+    }
+    path = Path(config.store) if config.store else default_store_path(config, fingerprint)
+    record = asdict(config)
+    record["store"] = str(path)
+
+    with StoreLock(path):
+        writer, finished = open_for_writing(
+            path, fingerprint=fingerprint, config=record, manifest=manifest, layers=layers,
+            chunk_rows=config.chunk_rows, dtype=config.dtype, overwrite=config.overwrite,
+        )
+        if finished:
+            return ExtractReport(FeatureStore.open(path), already_complete=True)
+        pending = writer.pending_shards()
+        device = resolve_device(config.device)
+        deepest = max(selected, key=lambda cp: address_key(cp.address))
+        net = torch.nn.Sequential(device_normalize(backbone.preprocess), backbone.truncated(deepest.address))
+        # channels_last: about 2x faster convolutions on CPU (oneDNN) and on GPU tensor cores.
+        net.eval().to(device, memory_format=torch.channels_last)
+        # Tap names resolve against the full model; the truncated network runs the same module
+        # objects, so the hooks fire in it. Aliased cut points are pooled once, under their array.
+        stored = tuple(cp for cp in selected if arrays[cp.address] == cp.address)
+        tapper = FeatureTapper(backbone.model, stored, config.pool)
+
+        batches = _shard_batches(writer, pending, config.batch_size)
+        n_todo = sum(len(b) for b in batches)
+        workers = config.workers if config.workers >= 0 else _auto_workers(n_todo, manifest.source)
+        loader = torch.utils.data.DataLoader(
+            PixelDataset(manifest.source, backbone.preprocess),
+            batch_sampler=batches,
+            num_workers=workers,
+            multiprocessing_context="spawn" if workers > 0 else None,
+            pin_memory=device.startswith("cuda"),
+        )
+        bar = _progress(len(manifest), len(manifest) - n_todo, f"extract {backbone.name}", progress)
+        shard_of = {s: writer.shard_rows(s) for s in pending}
+        buffers: dict[int, dict] = {}
+        skipped_ids: list[str] = []
+        done_shards = writer.n_shards - len(pending)
+        t0 = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                for rows, pixels, errors in loader:
+                    rows = rows.numpy()
+                    bad = np.array([bool(e) for e in errors])
+                    if bad.any() and config.on_bad_image == "error":
+                        raise BadImageError(
+                            f"{errors[int(np.flatnonzero(bad)[0])]}; id "
+                            f"{manifest.ids[rows[np.flatnonzero(bad)[0]]]} "
+                            "(pass --on-bad-image skip to record it and go on)"
+                        )
+                    net(pixels.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last))
+                    pooled = {a: t.cpu().numpy() for a, t in tapper.pooled().items()}
+                    shard = int(rows[0]) // writer.chunk_rows
+                    buf = buffers.setdefault(shard, _new_buffer(shard_of[shard], layers, config.dtype))
+                    offset = rows - shard_of[shard][0]
+                    for array, values in pooled.items():
+                        buf["features"][array][offset] = values
+                    for j in np.flatnonzero(bad):
+                        buf["features_nan"].append(int(offset[j]))
+                        skipped_ids.append(str(manifest.ids[rows[j]]))
+                        log(f"skipped unreadable image: {errors[j]}")
+                    buf["skipped"][offset[bad]] = True
+                    buf["filled"] += len(rows)
+                    bar.update(len(rows))
+                    if buf["filled"] == shard_of[shard][1] - shard_of[shard][0]:
+                        for arr in buf["features"].values():
+                            arr[buf["features_nan"]] = np.nan
+                        writer.write_shard(shard, buf["features"], buf["skipped"])
+                        del buffers[shard]
+                        done_shards += 1
+                        if on_shard:
+                            on_shard(done_shards, writer.n_shards)
+        finally:
+            tapper.remove()
+            bar.close()
+        seconds = time.perf_counter() - t0
+        store = writer.finalize()
+    return ExtractReport(store, computed_images=n_todo, seconds=seconds, skipped_ids=skipped_ids)
+
+
+def _new_buffer(rows: tuple[int, int], layers: list[LayerInfo], dtype: str) -> dict:
+    n = rows[1] - rows[0]
+    features = {}
+    for li in layers:
+        if li.array not in features:
+            features[li.array] = np.empty((n, li.channels), dtype=dtype)
+    return {"features": features, "skipped": np.zeros(n, bool), "filled": 0, "features_nan": []}
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, initial=initial, desc=desc, unit="img", disable=not enabled,
+        dynamic_ncols=True, file=sys.stderr, smoothing=0.1,
+    )

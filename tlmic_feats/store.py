@@ -1,0 +1,409 @@
+"""The feature store: per-cut-point pooled features of a dataset, in a Zarr v3 group.
+
+Layout (everything pre-allocated from the manifest when the store is created)::
+
+    <store>/                      root attrs["tlmic"]: format, status, fingerprint, config, layers
+      features/<address>          (N, C) float32|float16, chunks (chunk_rows, C)
+      ids, splits, patient_ids    (N,) str
+      labels                      (N, L) float32, NaN = missing
+      skipped                     (N,) bool, rows whose image could not be read (features NaN)
+      shard_done                  (n_shards,) bool, one chunk per shard
+
+Rows are written in shards: row range ``[s*chunk_rows, (s+1)*chunk_rows)``, aligned with every
+array's chunks, so independent writers never share a chunk. A shard's flag is set only after all
+its arrays are written; a resumed extraction recomputes exactly the shards not flagged. Only one
+process changes metadata (creation, finalization). ``status`` becomes ``complete`` when every
+shard is done; :meth:`FeatureStore.open` refuses anything else unless asked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import (
+    StoreError,
+    StoreIncompleteError,
+    StoreLockedError,
+    StoreMismatchError,
+    UnknownCutPointError,
+    choices,
+)
+
+FORMAT_VERSION = 1
+# Fingerprint keys that may differ between a store and a request without changing its contents.
+_INFORMATIONAL_KEYS = ("tlmic_version",)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A cut point held by a store; ``array`` names the array that stores it."""
+
+    address: str
+    module: str
+    channels: int
+    stride: int
+    array: str
+
+
+class FeatureStore:
+    """Read (and, for extraction, write) a tlmic feature store.
+
+    >>> store = FeatureStore.open("cache/stores/demo.zarr")        # doctest: +SKIP
+    >>> X = store.features("3"); y = store.labels[:, 0]            # doctest: +SKIP
+    >>> train = store.splits == "train"                            # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | Path, group, meta: dict) -> None:
+        self.path = Path(path)
+        self._group = group
+        self._meta = meta
+        self._cache: dict[str, np.ndarray] = {}
+
+    # --- opening ----------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path, *, allow_incomplete: bool = False) -> FeatureStore:
+        """Open a finished store read-only. Unfinished stores raise :class:`StoreIncompleteError`."""
+        import zarr
+
+        path = Path(path)
+        if not (path / "zarr.json").is_file():
+            raise StoreError(f"no feature store at {path} (run `tlmic extract` to make one)")
+        group = zarr.open_group(str(path), mode="r")
+        meta = dict(group.attrs).get("tlmic")
+        if not meta:
+            raise StoreError(f"{path} is a Zarr group but not a tlmic feature store")
+        if meta.get("format") != FORMAT_VERSION:
+            raise StoreError(
+                f"{path} has store format {meta.get('format')}; this tlmic reads format {FORMAT_VERSION}"
+            )
+        if meta.get("status") != "complete" and not allow_incomplete:
+            done = int(np.asarray(group["shard_done"][:]).sum()) if "shard_done" in group else 0
+            raise StoreIncompleteError(
+                f"feature store {path} is unfinished ({meta.get('status')}, {done} of "
+                f"{meta.get('n_shards', '?')} shards done); rerun the same `tlmic extract` to finish it"
+            )
+        return cls(path, group, meta)
+
+    # --- read API ---------------------------------------------------------------------------------
+
+    @property
+    def layers(self) -> list[LayerInfo]:
+        """Cut points in depth order."""
+        return [LayerInfo(**d) for d in self._meta["layers"]]
+
+    @property
+    def addresses(self) -> list[str]:
+        return [d["address"] for d in self._meta["layers"]]
+
+    def layer(self, address: str) -> LayerInfo:
+        for info in self.layers:
+            if info.address == str(address):
+                return info
+        raise UnknownCutPointError(
+            f"layer {address} is not in the store {self.path}; stored: {choices(self.addresses)}"
+        )
+
+    def features(self, address: str) -> np.ndarray:
+        """The ``(N, C)`` pooled features of one cut point (rows aligned with :attr:`ids`)."""
+        info = self.layer(address)
+        return np.asarray(self._group[f"features/{info.array}"][:])
+
+    def _array(self, name: str) -> np.ndarray:
+        if name not in self._cache:
+            self._cache[name] = np.asarray(self._group[name][:])
+        return self._cache[name]
+
+    def _strings(self, name: str) -> np.ndarray:
+        # Zarr returns numpy's variable-width StringDType; callers get plain fixed-width str.
+        return np.array(self._array(name).tolist(), dtype=str)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._strings("ids")
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._array("labels")
+
+    @property
+    def splits(self) -> np.ndarray:
+        return self._strings("splits")
+
+    @property
+    def patient_ids(self) -> np.ndarray | None:
+        return self._strings("patient_ids") if "patient_ids" in self._group else None
+
+    @property
+    def skipped(self) -> np.ndarray:
+        return self._array("skipped")
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self._meta["label_names"])
+
+    @property
+    def label_kind(self) -> str:
+        return self._meta["label_kind"]
+
+    @property
+    def fingerprint(self) -> dict:
+        return dict(self._meta["fingerprint"])
+
+    @property
+    def config(self) -> dict:
+        return dict(self._meta["config"])
+
+    @property
+    def status(self) -> str:
+        return self._meta["status"]
+
+    @property
+    def meta(self) -> dict:
+        return dict(self._meta)
+
+    def __len__(self) -> int:
+        return int(self._meta["n"])
+
+    def __repr__(self) -> str:
+        return (
+            f"FeatureStore({str(self.path)!r}, n={len(self)}, layers={len(self._meta['layers'])}, "
+            f"status={self.status!r})"
+        )
+
+
+# --- writing (used by extraction) ----------------------------------------------------------------
+
+
+class StoreWriter:
+    """Creates or resumes a store, writes shards, finalizes. One per extraction run."""
+
+    def __init__(self, path: Path, group, meta: dict) -> None:
+        self.path = path
+        self.group = group
+        self.meta = meta
+        self.chunk_rows = int(meta["chunk_rows"])
+        self.n = int(meta["n"])
+
+    @property
+    def n_shards(self) -> int:
+        return int(self.meta["n_shards"])
+
+    def shard_rows(self, shard: int) -> tuple[int, int]:
+        start = shard * self.chunk_rows
+        return start, min(self.n, start + self.chunk_rows)
+
+    def pending_shards(self) -> list[int]:
+        done = np.asarray(self.group["shard_done"][:])
+        return [int(s) for s in np.flatnonzero(~done)]
+
+    def write_shard(self, shard: int, features: dict[str, np.ndarray], skipped: np.ndarray) -> None:
+        """Write every array's rows of ``shard``, then flag the shard done (in that order)."""
+        start, stop = self.shard_rows(shard)
+        for array, values in features.items():
+            self.group[f"features/{array}"][start:stop] = values
+        self.group["skipped"][start:stop] = skipped
+        self.group["shard_done"][shard] = True
+
+    def finalize(self) -> FeatureStore:
+        pending = self.pending_shards()
+        if pending:
+            raise StoreIncompleteError(f"cannot finalize {self.path}: shards {pending[:5]} not done")
+        meta = dict(self.meta)
+        meta["status"] = "complete"
+        meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        meta["n_skipped"] = int(np.asarray(self.group["skipped"][:]).sum())
+        self.group.attrs["tlmic"] = meta
+        self.meta = meta
+        return FeatureStore.open(self.path)
+
+
+def compare_fingerprints(existing: dict, wanted: dict) -> list[str]:
+    """Keys whose values differ (informational keys excluded); compared as stored (JSON)."""
+    existing, wanted = json.loads(json.dumps(existing)), json.loads(json.dumps(wanted))
+    keys = (set(existing) | set(wanted)) - set(_INFORMATIONAL_KEYS)
+    return sorted(k for k in keys if existing.get(k) != wanted.get(k))
+
+
+def open_for_writing(
+    path: str | Path,
+    *,
+    fingerprint: dict,
+    config: dict,
+    manifest,
+    layers: list[LayerInfo],
+    chunk_rows: int,
+    dtype: str,
+    overwrite: bool = False,
+) -> tuple[StoreWriter, bool]:
+    """Resume the store at ``path`` if it was made from the same inputs, else create it.
+
+    Returns ``(writer, finished)``; ``finished`` is True when the store is already complete (the
+    extraction is then a no-op). A store from different inputs is refused unless ``overwrite``.
+    """
+    import zarr
+
+    path = Path(path)
+    if path.exists():
+        existing = _read_meta(path)
+        if existing is None:
+            if any(path.iterdir()):
+                raise StoreMismatchError(
+                    f"{path} exists and is not a tlmic feature store; choose another --store"
+                )
+        elif existing.get("status") == "creating" or overwrite:
+            _remove(path)
+        else:
+            diff = compare_fingerprints(existing["fingerprint"], fingerprint)
+            if diff:
+                raise StoreMismatchError(
+                    f"store {path} was made from different inputs (differs in: {', '.join(diff)}); "
+                    "pass --overwrite to replace it or choose another --store"
+                )
+            group = zarr.open_group(str(path), mode="r+")
+            writer = StoreWriter(path, group, existing)
+            return writer, existing.get("status") == "complete"
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    group = zarr.open_group(str(path), mode="w")
+    n = len(manifest)
+    n_shards = max(1, -(-n // chunk_rows))
+    meta = {
+        "format": FORMAT_VERSION,
+        "status": "creating",
+        "fingerprint": fingerprint,
+        "config": config,
+        "layers": [vars(li) for li in layers],
+        "n": n,
+        "chunk_rows": chunk_rows,
+        "n_shards": n_shards,
+        "label_kind": manifest.label_kind,
+        "label_names": list(manifest.label_names),
+        "split_origin": manifest.split_origin,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    # "creating" first: an interrupted creation is recognizably ours and is simply redone.
+    group.attrs["tlmic"] = meta
+    rows = max(1, min(chunk_rows, n))
+    feats = group.require_group("features")
+    arrays = {}
+    for li in layers:
+        if li.array not in arrays:
+            arrays[li.array] = feats.create_array(
+                li.array, shape=(n, li.channels), chunks=(rows, li.channels), dtype=dtype,
+                fill_value=np.nan,
+            )
+    _write_full(group, "ids", manifest.ids.astype(str), rows)
+    _write_full(group, "splits", manifest.splits.astype(str), rows)
+    if manifest.patient_ids is not None:
+        _write_full(group, "patient_ids", manifest.patient_ids.astype(str), rows)
+    lab = group.create_array(
+        "labels", shape=manifest.labels.shape, chunks=(rows, manifest.labels.shape[1]),
+        dtype="float32", fill_value=np.nan,
+    )
+    lab[:] = manifest.labels.astype(np.float32)
+    group.create_array("skipped", shape=(n,), chunks=(rows,), dtype="bool", fill_value=False)
+    group.create_array("shard_done", shape=(n_shards,), chunks=(1,), dtype="bool", fill_value=False)
+    meta["status"] = "in_progress"
+    group.attrs["tlmic"] = meta
+    return StoreWriter(path, group, meta), False
+
+
+def _write_full(group, name: str, values: np.ndarray, rows: int) -> None:
+    a = group.create_array(name, shape=values.shape, chunks=(rows,), dtype=str)
+    a[:] = values
+
+
+def _read_meta(path: Path) -> dict | None:
+    zj = path / "zarr.json"
+    if not zj.is_file():
+        return None
+    try:
+        return json.loads(zj.read_text()).get("attributes", {}).get("tlmic")
+    except (OSError, ValueError):
+        return None
+
+
+def _remove(path: Path) -> None:
+    """Remove a store: renamed first, so a crash mid-delete never leaves a half store in place."""
+    trash = path.with_name(f".{path.name}.deleting-{os.getpid()}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+# --- the write lock --------------------------------------------------------------------------------
+
+
+class StoreLock:
+    """An exclusive lock file beside the store (``<store>.lock``) naming its holder.
+
+    A lock left by a dead process on this host is taken over; one held by a live process (or by
+    another host) raises :class:`StoreLockedError` naming the holder.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.store = Path(path)
+        self.lock = self.store.with_name(self.store.name + ".lock")
+        self._held = False
+
+    def acquire(self) -> StoreLock:
+        self.lock.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder and holder.get("host") == me["host"] and not _alive(holder.get("pid")):
+                    self.lock.unlink(missing_ok=True)  # stale: its process is gone
+                    continue
+                who = (
+                    f"pid {holder.get('pid')} on {holder.get('host')}, since "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('since', 0)))}"
+                    if holder
+                    else "an unknown process"
+                )
+                raise StoreLockedError(
+                    f"store {self.store} is being written by {who}; wait for it, or remove "
+                    f"{self.lock} if that process is gone"
+                ) from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self._held = True
+            return self
+        raise StoreLockedError(f"could not take the lock {self.lock}")
+
+    def _holder(self) -> dict | None:
+        try:
+            return json.loads(self.lock.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self._held:
+            self.lock.unlink(missing_ok=True)
+            self._held = False
+
+    def __enter__(self) -> StoreLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
