@@ -41,7 +41,7 @@ def _split_off(
     """Split ``idx`` into (rest, held) with ``held`` ~ ``fraction`` of the rows, stratified by
     ``key`` and never splitting a group.
 
-    Groups are dealt to the held side in a random order, per stratum of the group's majority key,
+    Groups are dealt to the held side in a random order, per stratum of the group's rarest key,
     until each stratum's quota is met: exact for ungrouped data, close for grouped data.
     """
     if groups is None:
@@ -53,7 +53,12 @@ def _split_off(
         units = [[] for _ in uniq]
         for row, u in zip(idx.tolist(), inv.tolist(), strict=True):
             units[u].append(row)
-        unit_keys = np.array([np.bincount(key[u] + 1).argmax() - 1 for u in units])
+        # A group is stratified by its rarest key (e.g. a patient with any positive image counts
+        # as positive), so rare findings are spread across splits rather than lost in majorities.
+        values, counts = np.unique(key[idx], return_counts=True)
+        freq = dict(zip(values.tolist(), counts.tolist(), strict=True))
+        freq[-1] = len(idx) + 1  # "no positive label" is never the rarest
+        unit_keys = np.array([min(set(key[u].tolist()), key=freq.__getitem__) for u in units])
     held: list[int] = []
     for k in np.unique(unit_keys):
         members = np.flatnonzero(unit_keys == k)

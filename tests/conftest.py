@@ -1,0 +1,49 @@
+"""Shared fixtures: small generated datasets, the shared real images, isolated caches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+KERMANY = SHARED_DATA / "kermany-val"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Every test writes its default stores under its own tmp dir, never the repo's cache/."""
+    monkeypatch.setenv("TLMIC_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    """A small phantom dataset in the Kermany layout: 20 train, 8 val, 8 test images."""
+    from tlmic_feats.data.phantom import PhantomConfig, make_phantom_dataset
+
+    root = tmp_path_factory.mktemp("phantom")
+    return make_phantom_dataset(root, PhantomConfig(n_train=20, n_val=8, n_test=8, prevalence=0.5))
+
+
+@pytest.fixture(scope="session")
+def kermany_dir() -> Path:
+    if not KERMANY.is_dir():
+        pytest.skip(f"shared real images not present at {KERMANY}")
+    return KERMANY
+
+
+def write_images(folder: Path, n: int, *, seed: int = 0, size=(96, 80), mode="L") -> list[Path]:
+    """``n`` random images saved as PNG under ``folder``; returns their paths."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        arr = rng.integers(0, 256, size=(size[1], size[0]) + ((3,) if mode == "RGB" else ()), dtype=np.uint8)
+        p = folder / f"img_{seed}_{i:03d}.png"
+        Image.fromarray(arr, mode=None).save(p)
+        paths.append(p)
+    return paths

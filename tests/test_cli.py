@@ -1,0 +1,143 @@
+"""The command line, through click's CliRunner (and one real subprocess for import costs)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tlmic_cli.main import cli
+from tlmic_feats import FeatureStore
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="tlmic")
+
+
+def one_error_line(result, code):
+    assert result.exit_code == code, (result.exit_code, result.output, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tlmic: error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys\n"
+        "from tlmic_cli.main import cli\n"
+        "for args in (['--help'], ['extract', '--help'], ['layers', '--help']):\n"
+        "    try: cli(args, prog_name='tlmic')\n"
+        "    except SystemExit as e: assert e.code == 0, e.code\n"
+        "bad = [m for m in ('torch', 'torchvision', 'timm', 'zarr', 'lightgbm') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_layers_table():
+    r = run("layers", "--backbone", "resnet50", "--granularity", "blocks")
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0].split()[:4] == ["address", "module", "channels", "stride"]
+    rows = {ln.split()[0]: ln.split() for ln in lines[2:]}
+    assert rows["3"][1:4] == ["layer3", "1024", "16"] and rows["3"][-1] == "8,543,296"
+    assert rows["full"][-1] == "25,557,032"
+    assert "resnet50" in run("layers", "--list").output
+
+
+def test_unknown_backbone_and_layer(phantom_dir):
+    line = one_error_line(run("layers", "--backbone", "resnet99"), 2)
+    assert "resnet99" in line and "resnet50" in line
+    r = run("extract", "--data", phantom_dir, "--backbone", "resnet18", "--weights", "random", "--layers", "2,9.1")
+    line = one_error_line(r, 2)
+    assert "layer 9.1 is not a cut point of resnet18; valid: all, blocks, units, 1.1" in line
+
+
+def test_bad_option_value_is_one_line_exit_2(phantom_dir):
+    one_error_line(run("extract", "--data", phantom_dir, "--pool", "median"), 2)
+    one_error_line(run("extract", "--data", "/definitely/not/here"), 2)
+
+
+def test_missing_csv_column_is_named(tmp_path):
+    (tmp_path / "m.csv").write_text("file,label\na.png,1\n")
+    line = one_error_line(run("extract", "--data", tmp_path / "m.csv", "--weights", "random"), 2)
+    assert "path column 'path' not in m.csv; columns: file, label" in line
+
+
+def test_extract_then_rerun_is_a_no_op_and_changed_inputs_refused(phantom_dir, tmp_path):
+    store = tmp_path / "s.zarr"
+    args = ["extract", "--data", phantom_dir / "test", "--backbone", "resnet18", "--weights", "random",
+            "--layers", "blocks", "--store", store, "--quiet"]
+    r = run(*args)
+    assert r.exit_code == 0, r.output + r.stderr
+    assert "extracted 8 images" in r.output and f"store: {store}" in r.output
+    first = FeatureStore.open(store).features("4")
+    r = run(*args)
+    assert r.exit_code == 0 and "nothing to do" in r.output
+    line = one_error_line(run(*args[:-3], "--pool", "max", "--store", store, "--quiet"), 2)
+    assert "different inputs" in line and "pool" in line and "--overwrite" in line
+    np.testing.assert_array_equal(FeatureStore.open(store).features("4"), first)  # untouched
+
+
+def test_corrupt_image_exit_1_names_file(phantom_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "d"
+    shutil.copytree(phantom_dir / "test", data)
+    bad = sorted(data.rglob("*.png"))[0]
+    bad.write_bytes(b"")
+    args = ["extract", "--data", data, "--backbone", "resnet18", "--weights", "random", "--layers", "1", "--quiet"]
+    line = one_error_line(run(*args, "--store", tmp_path / "a.zarr"), 1)
+    assert bad.name in line and "row" in line and "--on-bad-image skip" in line
+    r = run(*args, "--store", tmp_path / "b.zarr", "--on-bad-image", "skip")
+    assert r.exit_code == 0 and "1 skipped" in r.output
+    assert FeatureStore.open(tmp_path / "b.zarr").skipped.sum() == 1
+
+
+def test_unfinished_or_foreign_store(tmp_path, phantom_dir):
+    (tmp_path / "notastore").mkdir()
+    (tmp_path / "notastore" / "precious.txt").write_text("keep me")
+    args = ["extract", "--data", phantom_dir / "test", "--backbone", "resnet18", "--weights", "random", "--layers", "1", "--quiet"]
+    line = one_error_line(run(*args, "--store", tmp_path / "notastore"), 2)
+    assert "not a tlmic feature store" in line
+    assert (tmp_path / "notastore" / "precious.txt").read_text() == "keep me"
+
+
+def test_store_lock_names_its_holder(tmp_path, phantom_dir):
+    import json
+    import os
+    import socket
+
+    from tlmic_feats.errors import StoreLockedError
+    from tlmic_feats.store import StoreLock
+
+    store = tmp_path / "s.zarr"
+    holder = {"pid": os.getppid(), "host": socket.gethostname(), "since": 0}
+    (tmp_path / "s.zarr.lock").write_text(json.dumps(holder))
+    args = ["extract", "--data", phantom_dir / "test", "--backbone", "resnet18", "--weights", "random",
+            "--layers", "1", "--quiet", "--store", store]
+    line = one_error_line(run(*args), 1)
+    assert f"pid {os.getppid()}" in line and "being written" in line
+    # a lock left by a dead process is taken over
+    holder["pid"] = 2**22 + 12345
+    (tmp_path / "s.zarr.lock").write_text(json.dumps(holder))
+    assert run(*args).exit_code == 0
+    assert not (tmp_path / "s.zarr.lock").exists()
+    with StoreLock(store), pytest.raises(StoreLockedError):
+        StoreLock(store).acquire()
+
+
+@pytest.mark.slow
+def test_demo_runs_and_second_run_reuses(tmp_path):
+    from tlmic_feats.data.phantom import PhantomConfig
+    from tlmic_feats.demo import run_demo
+
+    small = PhantomConfig(n_train=12, n_val=6, n_test=6)
+    first = run_demo(tmp_path, progress=False, phantom=small)
+    assert first.extract.computed_images == 24 and len(first.extract.store.layers) == 24
+    second = run_demo(tmp_path, progress=False, phantom=small)
+    assert second.extract.already_complete and second.dataset == first.dataset

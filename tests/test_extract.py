@@ -1,0 +1,186 @@
+"""The extract arm against independent computations, and its resume / refusal behaviour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tlmic_feats import DataConfig, ExtractConfig, FeatureStore, extract_features
+from tlmic_feats.errors import BadImageError, StoreIncompleteError, StoreMismatchError
+
+
+def _independent_nodes(backbone: str, address: str, model) -> tuple[str, bool]:
+    """FX node (torchvision feature_extraction) whose output is the map at ``address``, and
+    whether a ReLU follows. Written from the architectures, not from tlmic's registry."""
+    block, _, unit = address.partition(".")
+    k = int(block)
+    if backbone.startswith("resnet"):
+        n = len(getattr(model, f"layer{k}"))
+        u = int(unit) if unit else n
+        last = "relu_2" if backbone == "resnet50" else "relu_1"
+        return f"layer{k}.{u - 1}.{last}", False
+    # densenet121
+    if not unit:
+        return ("features.norm5", True) if k == 4 else (f"features.transition{k}.pool", False)
+    n = len(getattr(model.features, f"denseblock{k}"))
+    u = int(unit)
+    if u < n:  # the next layer's input concatenation is the map after layer u
+        return f"features.denseblock{k}.denselayer{u + 1}.cat", False
+    return f"features.denseblock{k}.cat", False
+
+
+def _reference_inputs(store: FeatureStore, data_root, backbone: str) -> torch.Tensor:
+    """The store's images preprocessed by torchvision's own ImageNet transforms (RGB PIL)."""
+    import torchvision.models as tvm
+    from PIL import Image
+
+    enum = {"resnet50": tvm.ResNet50_Weights, "densenet121": tvm.DenseNet121_Weights}[backbone]
+    tf = enum.IMAGENET1K_V1.transforms()
+    return torch.stack([tf(Image.open(data_root / i).convert("RGB")) for i in store.ids])
+
+
+@pytest.mark.parametrize("backbone", ["resnet50", "densenet121"])
+def test_every_cut_point_equals_independent_computation(backbone, phantom_dir, tmp_path):
+    import torchvision.models as tvm
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    torch.manual_seed(123)
+    model = getattr(tvm, backbone)(weights=None).eval()
+    weights_file = tmp_path / "w.pt"
+    torch.save(model.state_dict(), weights_file)
+
+    report = extract_features(
+        ExtractConfig(
+            data=DataConfig(str(phantom_dir / "val")),
+            backbone=backbone, weights=str(weights_file), layers="all",
+            store=str(tmp_path / "s.zarr"), batch_size=4, chunk_rows=4,
+        ),
+        progress=False,
+    )
+    store = report.store
+    assert store.status == "complete" and len(store) == 8
+
+    x = _reference_inputs(store, phantom_dir / "val", backbone)
+    nodes = {li.address: _independent_nodes(backbone, li.address, model) for li in store.layers}
+    fx = create_feature_extractor(model, return_nodes=sorted({n for n, _ in nodes.values()}))
+    with torch.inference_mode():
+        maps = fx(x)
+    expected_count = {"resnet50": 16 + 4, "densenet121": 58 + 4}[backbone]
+    assert len(store.layers) == expected_count
+    for li in store.layers:
+        node, relu = nodes[li.address]
+        m = maps[node].relu() if relu else maps[node]
+        want = m.mean(dim=(2, 3)).numpy()
+        got = store.features(li.address)
+        assert got.shape == want.shape == (8, li.channels)
+        err = np.abs(got - want).max() / np.abs(want).max()
+        assert err < 1e-5, f"{backbone} layer {li.address}: relative error {err:.2e}"
+
+
+def test_avgmax_pooling_is_avg_then_max(phantom_dir, tmp_path):
+    cfg = dict(data=DataConfig(str(phantom_dir / "val")), backbone="resnet18", weights="random:3", layers="2,3.1")
+    avg = extract_features(ExtractConfig(**cfg, pool="avg", store=str(tmp_path / "a.zarr")), progress=False).store
+    mx = extract_features(ExtractConfig(**cfg, pool="max", store=str(tmp_path / "m.zarr")), progress=False).store
+    both = extract_features(ExtractConfig(**cfg, pool="avgmax", store=str(tmp_path / "b.zarr")), progress=False).store
+    for a in ("2", "3.1"):
+        c = avg.features(a).shape[1]
+        assert both.layer(a).channels == 2 * c
+        np.testing.assert_array_equal(both.features(a)[:, :c], avg.features(a))
+        np.testing.assert_array_equal(both.features(a)[:, c:], mx.features(a))
+        assert (mx.features(a) >= avg.features(a) - 1e-6).all()
+
+
+def test_interrupted_extraction_resumes_to_identical_store(phantom_dir, tmp_path):
+    def cfg(name, **kw):
+        return ExtractConfig(
+            data=DataConfig(str(phantom_dir)), backbone="resnet18", weights="random:1",
+            layers="blocks", store=str(tmp_path / name), batch_size=3, chunk_rows=8, **kw,
+        )
+
+    full = extract_features(cfg("full.zarr"), progress=False).store
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(done, total):
+        if done == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        extract_features(cfg("resumed.zarr"), progress=False, on_shard=stop_after_two)
+    with pytest.raises(StoreIncompleteError, match="2 of 5 shards"):
+        FeatureStore.open(tmp_path / "resumed.zarr")
+    calls = []
+    report = extract_features(cfg("resumed.zarr"), progress=False, on_shard=lambda d, t: calls.append(d))
+    assert report.computed_images == 36 - 16  # only the three unfinished shards
+    assert calls == [3, 4, 5]
+    resumed = report.store
+    np.testing.assert_array_equal(resumed.ids, full.ids)
+    for a in full.addresses:
+        np.testing.assert_array_equal(resumed.features(a), full.features(a))
+    again = extract_features(cfg("resumed.zarr"), progress=False)
+    assert again.already_complete and again.computed_images == 0
+
+
+def test_changed_inputs_are_refused_unless_overwrite(phantom_dir, tmp_path):
+    base = dict(data=DataConfig(str(phantom_dir / "val")), backbone="resnet18", layers="1", store=str(tmp_path / "s.zarr"))
+    extract_features(ExtractConfig(**base, weights="random:1"), progress=False)
+    with pytest.raises(StoreMismatchError, match="weights"):
+        extract_features(ExtractConfig(**base, weights="random:2"), progress=False)
+    with pytest.raises(StoreMismatchError, match="pool"):
+        extract_features(ExtractConfig(**base, weights="random:1", pool="max"), progress=False)
+    r = extract_features(ExtractConfig(**base, weights="random:2", overwrite=True), progress=False)
+    assert r.store.fingerprint["weights"]["id"] == "2"
+
+
+def test_store_records_split_labels_and_config(phantom_dir, tmp_path):
+    store = extract_features(
+        ExtractConfig(data=DataConfig(str(phantom_dir)), backbone="resnet18", weights="random", layers="4",
+                      store=str(tmp_path / "s.zarr"), dtype="float16"),
+        progress=False,
+    ).store
+    assert store.label_names == ["normal", "nodule"] and store.label_kind == "binary"
+    assert {s: int((store.splits == s).sum()) for s in ("train", "val", "test")} == {"train": 20, "val": 8, "test": 8}
+    positives = np.array(["/nodule/" in f"/{i}" for i in store.ids])
+    np.testing.assert_array_equal(store.labels[:, 0] == 1, positives)
+    np.testing.assert_array_equal(store.splits, [i.split("/")[0] for i in store.ids])
+    assert store.features("4").dtype == np.float16
+    assert store.config["data"]["path"] == str(phantom_dir) and store.fingerprint["dataset"]
+
+
+def test_corrupt_image_stops_with_file_and_row_or_is_skipped(phantom_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom_dir / "val", data)
+    victim = sorted((data / "nodule").glob("*.png"))[1]
+    victim.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    cfg = dict(data=DataConfig(str(data)), backbone="resnet18", weights="random", layers="1", batch_size=4)
+    with pytest.raises(BadImageError, match=rf"{victim.name}.*row \d+"):
+        extract_features(ExtractConfig(**cfg, store=str(tmp_path / "a.zarr")), progress=False)
+    logged = []
+    r = extract_features(ExtractConfig(**cfg, store=str(tmp_path / "b.zarr"), on_bad_image="skip"), progress=False, log=logged.append)
+    store = r.store
+    rel = f"nodule/{victim.name}"
+    assert r.skipped_ids == [rel] and len(logged) == 1
+    row = list(store.ids).index(rel)
+    assert store.skipped.sum() == 1 and store.skipped[row]
+    assert np.isnan(store.features("1")[row]).all()
+    assert np.isfinite(np.delete(store.features("1"), row, axis=0)).all()
+    assert store.meta["n_skipped"] == 1
+
+
+def test_real_kermany_xrays_go_through_extract(kermany_dir, tmp_path):
+    r = extract_features(
+        ExtractConfig(data=DataConfig(str(kermany_dir)), backbone="efficientnet_lite0", weights="imagenet",
+                      layers="blocks", pool="avgmax", store=str(tmp_path / "k.zarr")),
+        progress=False,
+    )
+    s = r.store
+    assert len(s) == 16 and s.label_names == ["NORMAL", "PNEUMONIA"]
+    assert (s.labels[:, 0] == 1).sum() == 8
+    assert set(s.splits) == {"train", "val", "test"}  # the folder has no split: one was made
+    for a in s.addresses:
+        f = s.features(a)
+        assert np.isfinite(f).all() and f.std(axis=0).max() > 0
