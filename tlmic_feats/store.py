@@ -173,6 +173,48 @@ class FeatureStore:
     def __len__(self) -> int:
         return int(self._meta["n"])
 
+    @classmethod
+    def from_arrays(
+        cls,
+        path: str | Path,
+        features: dict[str, np.ndarray],
+        *,
+        labels: np.ndarray,
+        label_kind: str,
+        label_names: list[str] | tuple[str, ...],
+        splits: np.ndarray,
+        ids: np.ndarray | None = None,
+        patient_ids: np.ndarray | None = None,
+        chunk_rows: int = 1024,
+        description: str = "from_arrays",
+    ) -> FeatureStore:
+        """Write a finished store from in-memory arrays (``{address: (N, C)}``, depth order).
+
+        For features computed elsewhere, synthetic benchmarks and tests; the fingerprint records
+        ``description`` in place of a backbone.
+        """
+        n = len(labels)
+        manifest = _ArrayTable(
+            n,
+            ids=np.asarray(ids if ids is not None else [str(i) for i in range(n)]),
+            splits=np.asarray(splits),
+            patient_ids=None if patient_ids is None else np.asarray(patient_ids),
+            labels=np.asarray(labels, dtype=np.float32).reshape(n, -1),
+            label_kind=label_kind,
+            label_names=tuple(label_names),
+            split_origin="given",
+        )
+        layers = [LayerInfo(a, "external", int(x.shape[1]), 0, a) for a, x in features.items()]
+        fingerprint = {"backbone": description, "dataset": description, "layers": list(features)}
+        writer, _ = open_for_writing(
+            path, fingerprint=fingerprint, config={"source": description}, manifest=manifest,
+            layers=layers, chunk_rows=chunk_rows, dtype="float32", overwrite=True,
+        )
+        for shard in writer.pending_shards():
+            start, stop = writer.shard_rows(shard)
+            writer.write_shard(shard, {a: x[start:stop] for a, x in features.items()}, np.zeros(stop - start, bool))
+        return writer.finalize()
+
     def __repr__(self) -> str:
         return (
             f"FeatureStore({str(self.path)!r}, n={len(self)}, layers={len(self._meta['layers'])}, "
@@ -224,6 +266,17 @@ class StoreWriter:
         self.group.attrs["tlmic"] = meta
         self.meta = meta
         return FeatureStore.open(self.path)
+
+
+class _ArrayTable:
+    """A manifest-like view of arrays: the fields :func:`open_for_writing` reads."""
+
+    def __init__(self, n: int, **fields) -> None:
+        self.__dict__.update(fields)
+        self._n = n
+
+    def __len__(self) -> int:
+        return self._n
 
 
 def compare_fingerprints(existing: dict, wanted: dict) -> list[str]:

@@ -9,7 +9,7 @@ import click
 @click.option("--root", default=None, help="Where the demo writes (default: cache/demo).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def demo(root, quiet):
-    """Generate the phantom chest X-ray dataset and extract every cut point of EfficientNet-Lite0."""
+    """Phantom chest X-rays -> EfficientNet-Lite0 features of every cut point -> probes per layer."""
     import time
 
     from tlmic_feats.demo import run_demo
@@ -26,4 +26,8 @@ def demo(root, quiet):
     else:
         click.echo(f"features: {r.computed_images} images at {r.images_per_second:.1f} img/s")
     click.echo(f"store: {store.path}")
+    click.echo("")
+    run = result.probes
+    click.echo((run.out / "summary.md").read_text().split("\n## Per layer")[0].rstrip())
+    click.echo(f"\nprobes: {len(run.rows)} results in {run.seconds:.1f} s; report: {run.out / 'summary.md'}, plot: {run.out / 'layers.png'}")
     click.echo(f"demo finished in {time.perf_counter() - t0:.1f} s")

@@ -1,0 +1,117 @@
+"""The metrics module against scikit-learn."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from tlmic_feats.metrics import (
+    METRICS,
+    UndefinedMetricWarning,
+    auroc_rows,
+    average_precision_rows,
+    bootstrap,
+    choose_thresholds,
+    evaluate,
+)
+
+
+@pytest.fixture(params=[0, 1, 2])
+def rng(request):
+    return np.random.default_rng(request.param)
+
+
+def test_vectorized_auroc_and_ap_equal_sklearn_with_ties(rng):
+    for _ in range(20):
+        n = int(rng.integers(5, 60))
+        y = (rng.random(n) < rng.uniform(0.1, 0.9)).astype(float)
+        y[:2] = [0, 1]
+        s = np.round(rng.random(n), int(rng.integers(1, 3)))  # coarse scores: many ties
+        assert auroc_rows(y[None], s[None])[0] == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
+        assert average_precision_rows(y[None], s[None])[0] == pytest.approx(skm.average_precision_score(y, s), abs=1e-12)
+
+
+def test_binary_metrics_equal_sklearn(rng):
+    y = (rng.random(200) < 0.2).astype(int)
+    s = np.clip(0.3 * y + rng.random(200) * 0.8, 0, 1)
+    t = choose_thresholds(y, s, "binary")
+    m = evaluate(y, s, "binary", thresholds=t)
+    pred = (s >= t[0]).astype(int)
+    assert m["auroc"] == skm.roc_auc_score(y, s)
+    assert m["auprc"] == skm.average_precision_score(y, s)
+    assert m["balanced_accuracy"] == skm.balanced_accuracy_score(y, pred)
+    assert m["macro_f1"] == skm.f1_score(y, pred, average="macro")
+    tn, fp, fn, tp = skm.confusion_matrix(y, pred).ravel()
+    assert m["sensitivity"] == pytest.approx(tp / (tp + fn)) and m["specificity"] == pytest.approx(tn / (tn + fp))
+    # Youden's threshold maximizes sens + spec on the data it was chosen on
+    fpr, tpr, _ = skm.roc_curve(y, s)
+    assert m["sensitivity"] + m["specificity"] - 1 == pytest.approx((tpr - fpr).max())
+
+
+def test_multiclass_macro_ovr_equals_sklearn(rng):
+    y = rng.integers(0, 3, 150)
+    logits = rng.normal(size=(150, 3)) + np.eye(3)[y] * 1.2
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    m = evaluate(y, p, "multiclass", label_names=["a", "b", "c"])
+    assert m["auroc"] == pytest.approx(skm.roc_auc_score(y, p, multi_class="ovr", average="macro"))
+    ap = np.mean([skm.average_precision_score(y == c, p[:, c]) for c in range(3)])
+    assert m["auprc"] == pytest.approx(ap)
+    assert m["balanced_accuracy"] == skm.balanced_accuracy_score(y, p.argmax(1))
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(y, p.argmax(1), average="macro"))
+    assert m["n_labels"] == 3 and set(m["per_label"]) == {"a", "b", "c"}
+
+
+def test_multilabel_masks_missing_and_nans_one_class_labels(rng):
+    n = 120
+    y = (rng.random((n, 3)) < [0.3, 0.5, 0.0]).astype(float)  # third label: no positives in test
+    y[rng.random((n, 3)) < 0.1] = np.nan
+    s = np.clip(np.nan_to_num(y) * 0.4 + rng.random((n, 3)) * 0.7, 0, 1)
+    with pytest.warns(UndefinedMetricWarning, match="'c'"):
+        m = evaluate(y, s, "multilabel", thresholds=np.full(3, 0.5), label_names=["a", "b", "c"])
+    assert m["n_labels"] == 2 and m["n_labels_total"] == 3 and np.isnan(m["per_label"]["c"]["auroc"])
+    per = []
+    for j in range(2):
+        k = ~np.isnan(y[:, j])
+        per.append(skm.roc_auc_score(y[k, j], s[k, j]))
+        assert m["per_label"]["abc"[j]]["auprc"] == pytest.approx(skm.average_precision_score(y[k, j], s[k, j]))
+    assert m["auroc"] == pytest.approx(np.mean(per))
+
+
+def test_one_class_binary_test_split_is_nan_not_crash():
+    with pytest.warns(UndefinedMetricWarning):
+        m = evaluate(np.zeros(10), np.linspace(0, 1, 10), "binary")
+    assert all(np.isnan(m[k]) for k in METRICS) and m["n_labels"] == 0
+    assert all(np.isnan(v).all() for v in bootstrap(np.zeros(10), np.linspace(0, 1, 10), "binary").values())
+
+
+def test_bootstrap_ci_brackets_estimate_and_narrows_with_n(rng):
+    def data(n):
+        y = (rng.random(n) < 0.3).astype(int)
+        return y, np.clip(0.25 * y + rng.random(n) * 0.75, 0, 1)
+
+    y, s = data(300)
+    m = evaluate(y, s, "binary", thresholds=np.array([0.5]))
+    ci = bootstrap(y, s, "binary", thresholds=np.array([0.5]), n_resamples=500, seed=1)
+    for k in METRICS:
+        assert ci[k][0] <= m[k] <= ci[k][1], k
+    y2, s2 = data(3000)
+    ci2 = bootstrap(y2, s2, "binary", thresholds=np.array([0.5]), n_resamples=500, seed=1)
+    assert ci2["auroc"][1] - ci2["auroc"][0] < ci["auroc"][1] - ci["auroc"][0]
+    # stratified: every resample keeps the class counts, so the CI is reproducible by seed
+    assert bootstrap(y, s, "binary", n_resamples=200, seed=3) == bootstrap(y, s, "binary", n_resamples=200, seed=3)
+
+
+def test_bootstrap_multiclass_and_multilabel_run(rng):
+    y = rng.integers(0, 3, 90)
+    p = rng.dirichlet(np.ones(3), 90)
+    ci = bootstrap(y, p, "multiclass", n_resamples=100)
+    assert all(0 <= ci[k][0] <= ci[k][1] <= 1 for k in METRICS)
+    yl = (rng.random((90, 2)) < 0.4).astype(float)
+    yl[0, 0] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ci = bootstrap(yl, rng.random((90, 2)), "multilabel", n_resamples=100)
+    assert 0.3 < ci["auroc"][0] < ci["auroc"][1] < 0.7

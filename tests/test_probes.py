@@ -1,0 +1,236 @@
+"""The fixed-feature arm: probes, nested subsets, the grid runner, its outputs and report."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from sklearn import metrics as skm
+
+from tlmic_cli.main import cli
+from tlmic_feats import FeatureStore
+from tlmic_feats.errors import StoreIncompleteError, UnknownCutPointError, UsageError
+from tlmic_feats.probes import LightGBMProbe, LogisticProbe, load_probe
+from tlmic_feats.probing import ProbeConfig, run_probes
+from tlmic_feats.subsets import nested_subsets
+
+SPLITS = np.array(["train"] * 300 + ["val"] * 100 + ["test"] * 100)
+
+
+def planted_store(path, *, signal_layer="2", n_layers=4, width=12, seed=0, kind="binary"):
+    """Layers of pure noise except ``signal_layer``, whose first column carries the label."""
+    rng = np.random.default_rng(seed)
+    n = len(SPLITS)
+    if kind == "binary":
+        y = (rng.random(n) < 0.3).astype(float)
+        names = ["neg", "pos"]
+    else:  # multilabel: label 'b' has no positives in test
+        y = (rng.random((n, 2)) < [0.3, 0.4]).astype(float)
+        y[SPLITS == "test", 1] = 0
+        y[rng.random((n, 2)) < 0.05] = np.nan
+        names = ["a", "b"]
+    feats = {}
+    for k in range(1, n_layers + 1):
+        x = rng.normal(size=(n, width)).astype(np.float32)
+        if str(k) == signal_layer:
+            target = np.nan_to_num(y if y.ndim == 1 else y[:, 0])
+            x[:, 0] += 3.0 * target
+        feats[str(k)] = x
+    return FeatureStore.from_arrays(path, feats, labels=y, label_kind=kind, label_names=names, splits=SPLITS,
+                                    patient_ids=np.array([f"p{i // 2}" for i in range(n)]))
+
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("probe")
+    store = planted_store(tmp / "s.zarr")
+    run = run_probes(
+        ProbeConfig(store=str(store.path), fractions=(0.2, 1.0), seeds=2, control="shuffle", bootstrap=200,
+                    out=str(tmp / "run")),
+        progress=False,
+    )
+    return store, run
+
+
+def test_planted_layer_wins_with_both_models(planted_run):
+    store, run = planted_run
+    summary = (run.out / "summary.md").read_text()
+    for model in ("logreg", "lightgbm"):
+        for fraction in ("0.2", "1"):
+            assert f"| {model} | {fraction} |" in summary
+            line = next(ln for ln in summary.splitlines() if ln.startswith(f"| {model} | {fraction} |"))
+            assert line.split("|")[4].strip() == "2", line
+    from tlmic_feats.report import aggregate
+
+    for a in aggregate(run.rows):
+        if a["control"] == "none":
+            if a["layer"] == "2":
+                assert a["auroc"] > 0.85, a
+            else:
+                assert a["auroc"] < 0.72, a
+    assert (run.out / "layers.png").stat().st_size > 10_000
+
+
+def test_shuffle_control_sits_at_chance(planted_run):
+    _, run = planted_run
+    control = [r["auroc"] for r in run.rows if r["control"] == "shuffle" and r["layer"] == "2"]
+    assert len(control) == 2 * 2 * 2
+    assert abs(np.mean(control) - 0.5) < 0.1
+    assert "at chance" in (run.out / "summary.md").read_text()
+
+
+def test_every_metric_recomputes_from_saved_predictions(planted_run):
+    store, run = planted_run
+    for r in run.rows[::7]:
+        with open(run.out / r["predictions"]) as f:
+            rows = list(csv.DictReader(f))
+        test = [x for x in rows if x["split"] == "test"]
+        y = np.array([int(x["y"]) for x in test])
+        s = np.array([float(x["score"]) for x in test])
+        ids = [x["id"] for x in test]
+        np.testing.assert_array_equal(ids, store.ids[store.splits == "test"])
+        pred = (s >= r["threshold"][0]).astype(int)
+        assert r["auroc"] == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
+        assert r["auprc"] == pytest.approx(skm.average_precision_score(y, s), abs=1e-12)
+        assert r["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred), abs=1e-12)
+        assert r["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"), abs=1e-12)
+        assert r["sensitivity"] == pytest.approx(skm.recall_score(y, pred), abs=1e-12)
+        assert r["specificity"] == pytest.approx(skm.recall_score(y, pred, pos_label=0), abs=1e-12)
+        assert r["auroc_lo"] <= r["auroc"] <= r["auroc_hi"]
+        val = [x for x in rows if x["split"] == "val"]
+        assert len(val) == 100 and r["n_test"] == 100
+
+
+def test_results_files_and_saved_probes_score_new_features(planted_run):
+    store, run = planted_run
+    doc = json.loads((run.out / "results.json").read_text())
+    assert len(doc["rows"]) == 4 * 2 * 2 * 2 * 2  # layers x models x fractions x seeds x (real, control)
+    with open(run.out / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(doc["rows"]) and {"auroc_lo", "auprc_hi", "fit_seconds", "n_train"} <= set(table[0])
+    r = next(r for r in doc["rows"] if r["layer"] == "2" and r["model"] == "lightgbm" and r["control"] == "none")
+    probe = load_probe(run.out / "probes" / r["run_id"])
+    test = store.splits == "test"
+    s = probe.predict_proba(store.features("2")[test])[:, 1]
+    assert skm.roc_auc_score(store.labels[test, 0], s) == pytest.approx(r["auroc"], abs=1e-12)
+    assert not list((run.out / "probes").rglob("*.pkl"))
+
+
+def test_rerun_resumes_and_refuses_other_config(planted_run, tmp_path):
+    store, run = planted_run
+    before = (run.out / "results.csv").read_text()
+    cells = {p: p.stat().st_mtime_ns for p in (run.out / "cells").glob("*.json")}
+    victim = sorted(cells)[3]
+    victim.unlink()  # as if the run had been killed before this fit finished
+    run_probes(
+        ProbeConfig(store=str(store.path), fractions=(0.2, 1.0), seeds=2, control="shuffle", bootstrap=200,
+                    out=str(run.out)),
+        progress=False,
+    )
+    assert (run.out / "results.csv").read_text() == before
+    after = {p: p.stat().st_mtime_ns for p in (run.out / "cells").glob("*.json")}
+    assert after.keys() == cells.keys()
+    assert [p for p in cells if after[p] != cells[p]] == [victim]  # only the missing fit was redone
+    with pytest.raises(UsageError, match="differs in: seeds"):
+        run_probes(ProbeConfig(store=str(store.path), fractions=(0.2, 1.0), seeds=3, control="shuffle",
+                               bootstrap=200, out=str(run.out)), progress=False)
+
+
+def test_report_rerenders(planted_run):
+    _, run = planted_run
+    summary = (run.out / "summary.md").read_text()
+    (run.out / "summary.md").unlink()
+    (run.out / "layers.png").unlink()
+    r = CliRunner().invoke(cli, ["report", "--run", str(run.out)])
+    assert r.exit_code == 0, r.output
+    assert (run.out / "summary.md").read_text() == summary and (run.out / "layers.png").exists()
+
+
+def test_nested_subsets_are_nested_stratified_and_grouped():
+    rng = np.random.default_rng(1)
+    n = 400
+    labels = (rng.random((n, 1)) < 0.2).astype(np.float32)
+    patients = np.array([f"p{i // 3}" for i in range(n)])
+    train = np.arange(0, n, 1)
+    for seed in range(3):
+        subs = nested_subsets(train, labels, "binary", [0.05, 0.1, 0.5, 1.0], seed=seed, patient_ids=patients)
+        prev = set()
+        for f in (0.05, 0.1, 0.5, 1.0):
+            cur = set(subs[f].tolist())
+            assert prev <= cur
+            prev = cur
+            assert abs(len(cur) - f * n) <= 6
+            chosen_patients = set(patients[subs[f]])
+            assert all(set(np.flatnonzero(patients == p)) <= cur for p in chosen_patients)  # whole patients
+            assert labels[subs[f], 0].sum() >= 1
+        assert len(subs[1.0]) == n
+    a = nested_subsets(train, labels, "binary", [0.1], seed=0)[0.1]
+    b = nested_subsets(train, labels, "binary", [0.1], seed=1)[0.1]
+    assert set(a) != set(b)
+
+
+def test_multilabel_with_one_class_label_in_test(tmp_path):
+    store = planted_store(tmp_path / "ml.zarr", kind="multilabel", n_layers=2, signal_layer="1")
+    run = run_probes(ProbeConfig(store=str(store.path), seeds=1, bootstrap=50, out=str(tmp_path / "r")), progress=False)
+    for r in run.rows:
+        assert r["n_labels"] == 1 and r["n_labels_total"] == 2 and np.isfinite(r["auroc"])
+    best = {r["layer"]: r["auroc"] for r in run.rows if r["model"] == "logreg"}
+    assert best["1"] > 0.85 > best["2"]
+
+
+def test_estimator_conventions():
+    from sklearn.base import clone
+    from sklearn.model_selection import cross_val_score
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 5))
+    y = (X[:, 0] > 0).astype(int)
+    for est in (LogisticProbe(Cs=(0.01, 1.0)), LightGBMProbe(n_estimators=30)):
+        c = clone(est)
+        assert c.get_params() == est.get_params() and not hasattr(c, "classes_")
+        assert cross_val_score(c, X, y, cv=3, scoring="roc_auc").mean() > 0.85
+
+
+def test_bad_inputs(tmp_path, planted_run):
+    store, _ = planted_run
+    with pytest.raises(UnknownCutPointError, match=r"layer 9 is not in the store .*stored: all, blocks, units, 1, 2, 3, 4"):
+        run_probes(ProbeConfig(store=str(store.path), layers="9", out=str(tmp_path / "a")), progress=False)
+    # no validation split
+    rng = np.random.default_rng(0)
+    nv = FeatureStore.from_arrays(tmp_path / "nv.zarr", {"1": rng.normal(size=(40, 3))}, labels=np.arange(40) % 2,
+                                  label_kind="binary", label_names=["a", "b"], splits=np.array(["train"] * 30 + ["test"] * 10))
+    with pytest.raises(UsageError, match="no validation split.*Re-extract"):
+        run_probes(ProbeConfig(store=str(nv.path), out=str(tmp_path / "b")), progress=False)
+    # a fraction too small for a class to appear twice: reported and skipped, not a crash
+    logged = []
+    run = run_probes(ProbeConfig(store=str(store.path), layers="2", fractions=(0.004, 1.0), seeds=1, models=("logreg",),
+                                 bootstrap=20, out=str(tmp_path / "c")), progress=False, log=logged.append)
+    assert len(logged) == 1 and "skipped fraction 0.004 seed 0" in logged[0] and "needs >= 2" in logged[0]
+    assert {r["fraction"] for r in run.rows} == {1.0}
+    assert "Skipped cells" in (run.out / "summary.md").read_text()
+    # an unfinished store
+    import zarr
+
+    g = zarr.open_group(str(store.path), mode="r+")
+    meta = dict(g.attrs["tlmic"])
+    g.attrs["tlmic"] = {**meta, "status": "in_progress"}
+    try:
+        with pytest.raises(StoreIncompleteError, match="unfinished"):
+            run_probes(ProbeConfig(store=str(store.path), out=str(tmp_path / "d")), progress=False)
+    finally:
+        g.attrs["tlmic"] = meta
+
+
+def test_probe_cli(planted_run, tmp_path):
+    store, _ = planted_run
+    r = CliRunner().invoke(cli, ["probe", "--store", str(store.path), "--layer", "1,2", "--model", "logreg",
+                                 "--seeds", "1", "--bootstrap", "50", "--out", str(tmp_path / "r"), "--quiet"])
+    assert r.exit_code == 0, r.output + r.stderr
+    assert "| logreg | 1 | 300 | 2 |" in r.output and "2 fits" in r.output
+    r = CliRunner().invoke(cli, ["probe", "--store", str(store.path), "--fractions", "0.1,x"])
+    assert r.exit_code == 2 and "comma-separated list of numbers" in r.stderr
+    r = CliRunner().invoke(cli, ["probe", "--store", str(tmp_path / "none.zarr"), "--quiet"])
+    assert r.exit_code == 1 and "no feature store" in r.stderr

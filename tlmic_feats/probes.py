@@ -1,0 +1,334 @@
+"""Probes: scikit-learn estimators trained on stored features of one cut point.
+
+* :class:`LogisticProbe` -- standardize, then class-balanced logistic regression; C is chosen on
+  a validation set from a log grid, walking the path from strong to weak regularization with warm
+  starts.
+* :class:`LightGBMProbe` -- gradient-boosted trees with early stopping on a validation set,
+  class-balanced, col-wise histograms for wide dense features.
+
+Both follow scikit-learn conventions (``__init__`` stores parameters, ``fit`` returns ``self``,
+learned state ends in ``_``; ``clone``, pipelines and ``cross_validate`` work). The validation set
+is passed as ``fit(X, y, eval_set=(X_val, y_val))``; without it, a stratified 20% of the training
+rows is held out for the choice.
+
+Targets: binary ``(n,)`` 0/1; multi-class ``(n,)`` class indices (multinomial LR, LightGBM
+multiclass); multi-label ``(n, L)`` 0/1 with NaN for missing -- one binary probe per label, each
+trained on the rows where its label is known. ``predict_proba`` returns ``(n, 2)`` (binary),
+``(n, K)`` (multi-class) or ``(n, L)`` positive-class probabilities (multi-label).
+
+Fitted probes are saved without pickle (:meth:`save` / :func:`load_probe`): LR coefficients,
+intercepts and scaler statistics as ``.npz`` arrays; LightGBM models as LightGBM's own text format.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+
+PROBE_FORMAT = 1
+
+
+def _kind_of(y: np.ndarray) -> str:
+    if y.ndim == 2 and y.shape[1] > 1:
+        return "multilabel"
+    return "binary" if len(np.unique(y[~np.isnan(y)] if y.dtype.kind == "f" else y)) <= 2 else "multiclass"
+
+
+def _holdout(X, y, random_state, frac=0.2):
+    from sklearn.model_selection import train_test_split
+
+    strat = y if y.ndim == 1 and np.bincount(y.astype(int)).min() >= 2 else None
+    Xa, Xb, ya, yb = train_test_split(X, y, test_size=frac, random_state=random_state, stratify=strat)
+    return Xa, ya, Xb, yb
+
+
+def _val_score(y: np.ndarray, p: np.ndarray) -> float:
+    """Selection criterion: average precision (macro one-vs-rest for multi-class)."""
+    from sklearn.metrics import average_precision_score
+
+    if p.ndim == 1 or p.shape[1] == 2:
+        s = p if p.ndim == 1 else p[:, 1]
+        return float(average_precision_score(y, s)) if len(np.unique(y)) == 2 else float("nan")
+    vals = [average_precision_score(y == c, p[:, c]) for c in range(p.shape[1]) if 0 < (y == c).sum() < len(y)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+class _ProbeBase(ClassifierMixin, BaseEstimator):
+    """Shared multi-label handling, prediction and persistence."""
+
+    def fit(self, X, y, eval_set=None):
+        X = np.asarray(X, dtype=np.float32)
+        y = np.asarray(y, dtype=np.float64)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        self.kind_ = _kind_of(y)
+        if eval_set is not None:
+            Xv, yv = np.asarray(eval_set[0], dtype=np.float32), np.asarray(eval_set[1], dtype=np.float64)
+            if yv.ndim == 2 and yv.shape[1] == 1:
+                yv = yv[:, 0]
+        else:
+            Xv = yv = None
+        self.n_features_in_ = X.shape[1]
+        if self.kind_ == "multilabel":
+            self.classes_ = np.arange(y.shape[1])
+            self.estimators_ = []
+            for j in range(y.shape[1]):
+                m = ~np.isnan(y[:, j])
+                sub = self._new_single()
+                ev = None
+                if Xv is not None:
+                    mv = ~np.isnan(yv[:, j])
+                    ev = (Xv[mv], yv[mv, j].astype(int))
+                if len(np.unique(y[m, j])) < 2:
+                    self.estimators_.append(None)  # no negatives or no positives to learn from
+                    continue
+                self.estimators_.append(sub._fit_single(X[m], y[m, j].astype(int), ev))
+            return self
+        y = y.astype(int)
+        self.classes_ = np.unique(y)
+        if len(self.classes_) < 2:
+            raise ValueError(f"training labels hold one class only ({self.classes_.tolist()})")
+        ev = (Xv, yv.astype(int)) if Xv is not None else None
+        self._fit_single(X, y, ev)
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        check_is_fitted(self, "classes_")
+        X = np.asarray(X, dtype=np.float32)
+        if self.kind_ == "multilabel":
+            cols = [
+                np.full(len(X), np.nan) if e is None else e._proba_single(X)[:, 1] for e in self.estimators_
+            ]
+            return np.stack(cols, axis=1)
+        return self._proba_single(X)
+
+    def predict(self, X) -> np.ndarray:
+        p = self.predict_proba(X)
+        if self.kind_ == "multilabel":
+            return (p >= 0.5).astype(int)
+        return self.classes_[p.argmax(1)]
+
+    # persistence: subclasses write their arrays / text; the common header is JSON
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted probe to ``path`` (a directory), without pickle."""
+        check_is_fitted(self, "classes_")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        singles = self.estimators_ if self.kind_ == "multilabel" else [self]
+        header = {
+            "format": PROBE_FORMAT,
+            "class": type(self).__name__,
+            "params": self.get_params(),
+            "kind": self.kind_,
+            "classes": self.classes_.tolist(),
+            "n_features_in": int(self.n_features_in_),
+            "fitted": [e is not None for e in singles],
+            "extra": {k: v for k, v in self._extra_state().items()},
+        }
+        for j, e in enumerate(singles):
+            if e is not None:
+                e._save_single(path, j)
+        tmp = path / "probe.json.tmp"
+        tmp.write_text(json.dumps(header, indent=1, default=_json_default))
+        tmp.replace(path / "probe.json")
+        return path
+
+    def _extra_state(self) -> dict:
+        return {}
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o).__name__)
+
+
+class LogisticProbe(_ProbeBase):
+    """Standardize, then ``LogisticRegression(class_weight="balanced")`` with C chosen on validation.
+
+    Parameters
+    ----------
+    Cs : C values tried, from strong to weak regularization (warm-started along the path).
+    max_iter : iterations per C.
+    random_state : seed of the internal holdout (used only without ``eval_set``).
+    """
+
+    def __init__(self, Cs=tuple(np.logspace(-4, 2, 13).tolist()), max_iter=200, random_state=None):
+        self.Cs = Cs
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def _new_single(self):
+        return LogisticProbe(Cs=self.Cs, max_iter=self.max_iter, random_state=self.random_state)
+
+    def _fit_single(self, X, y, eval_set):
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression
+
+        if eval_set is None:
+            X, y, Xv, yv = _holdout(X, y, self.random_state)
+        else:
+            Xv, yv = eval_set
+        self.classes_ = np.unique(y)
+        self.kind_ = "binary" if len(self.classes_) == 2 else "multiclass"
+        self.n_features_in_ = X.shape[1]
+        mean = X.mean(0, dtype=np.float64)
+        scale = X.std(0, dtype=np.float64)
+        scale[scale == 0] = 1.0
+        Z, Zv = (X - mean) / scale, (Xv - mean) / scale
+        lr = LogisticRegression(class_weight="balanced", warm_start=True, max_iter=self.max_iter)
+        best = (-np.inf, None, None, None)
+        self.path_ = []
+        for C in sorted(self.Cs):
+            lr.set_params(C=C)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)  # warm path: later Cs refine
+                lr.fit(Z, y)
+            score = _val_score(yv, lr.predict_proba(Zv)) if len(np.unique(yv)) >= 2 else np.nan
+            self.path_.append((float(C), float(score)))
+            if np.isfinite(score) and score > best[0] + 1e-12 or best[1] is None:
+                best = (score, C, lr.coef_.copy(), lr.intercept_.copy())
+        _, self.C_, self.coef_, self.intercept_ = best
+        self.scaler_mean_, self.scaler_scale_ = mean, scale
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        check_is_fitted(self, "coef_")
+        z = (np.asarray(X, dtype=np.float64) - self.scaler_mean_) / self.scaler_scale_
+        d = z @ self.coef_.T + self.intercept_
+        return d[:, 0] if d.shape[1] == 1 else d
+
+    def _proba_single(self, X):
+        d = self.decision_function(X)
+        if d.ndim == 1:
+            p1 = 1.0 / (1.0 + np.exp(-d))
+            return np.stack([1 - p1, p1], axis=1)
+        d = d - d.max(1, keepdims=True)
+        e = np.exp(d)
+        return e / e.sum(1, keepdims=True)
+
+    def _save_single(self, path: Path, j: int):
+        np.savez(path / f"logreg_{j}.npz", coef=self.coef_, intercept=self.intercept_, mean=self.scaler_mean_,
+                 scale=self.scaler_scale_, classes=self.classes_, C=np.array(self.C_))
+
+    @classmethod
+    def _load_single(cls, path: Path, j: int, params: dict):
+        z = np.load(path / f"logreg_{j}.npz", allow_pickle=False)
+        e = cls(**params)
+        e.coef_, e.intercept_ = z["coef"], z["intercept"]
+        e.scaler_mean_, e.scaler_scale_ = z["mean"], z["scale"]
+        e.classes_, e.C_ = z["classes"], float(z["C"])
+        e.kind_ = "binary" if len(e.classes_) == 2 else "multiclass"
+        e.n_features_in_ = e.coef_.shape[1]
+        return e
+
+
+class LightGBMProbe(_ProbeBase):
+    """``LGBMClassifier`` with early stopping on validation, class-balanced, col-wise histograms.
+
+    Parameters suit a few hundred to a few hundred thousand rows of 10^2-10^4 dense columns;
+    ``min_child_samples`` shrinks for tiny training sets so that trees can split at all.
+    """
+
+    def __init__(self, n_estimators=400, learning_rate=0.05, num_leaves=15, colsample_bytree=0.3,
+                 max_bin=63, early_stopping_rounds=30, n_jobs=1, random_state=None):
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.colsample_bytree = colsample_bytree
+        self.max_bin = max_bin
+        self.early_stopping_rounds = early_stopping_rounds
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    def _new_single(self):
+        return LightGBMProbe(**self.get_params())
+
+    def _fit_single(self, X, y, eval_set):
+        import inspect
+
+        import lightgbm as lgb
+
+        if eval_set is None:
+            X, y, Xv, yv = _holdout(X, y, self.random_state)
+        else:
+            Xv, yv = eval_set
+        self.classes_ = np.unique(y)
+        self.kind_ = "binary" if len(self.classes_) == 2 else "multiclass"
+        self.n_features_in_ = X.shape[1]
+        model = lgb.LGBMClassifier(
+            n_estimators=self.n_estimators,
+            learning_rate=self.learning_rate,
+            num_leaves=self.num_leaves,
+            colsample_bytree=self.colsample_bytree,
+            max_bin=self.max_bin,
+            min_child_samples=int(max(2, min(20, len(y) // 20))),
+            min_data_in_bin=1,
+            class_weight="balanced",
+            force_col_wise=True,
+            n_jobs=self.n_jobs,
+            random_state=0 if self.random_state is None else int(self.random_state),
+            verbose=-1,
+        )
+        callbacks = []
+        fit_kw = {}
+        if len(np.unique(yv)) >= 2 and set(np.unique(yv)) <= set(self.classes_):
+            callbacks.append(lgb.early_stopping(self.early_stopping_rounds, verbose=False))
+            # LightGBM >= 4.6 names the validation data eval_X/eval_y and deprecates eval_set.
+            if "eval_X" in inspect.signature(model.fit).parameters:
+                fit_kw = {"eval_X": (Xv,), "eval_y": (yv,)}
+            else:
+                fit_kw = {"eval_set": [(Xv, yv)]}
+        model.fit(X, y, callbacks=callbacks, **fit_kw)
+        self.booster_ = model.booster_
+        self.best_iteration_ = int(model.best_iteration_ or model.n_estimators)
+        return self
+
+    def _proba_single(self, X):
+        p = self.booster_.predict(X, num_iteration=self.best_iteration_)
+        return np.stack([1 - p, p], axis=1) if p.ndim == 1 else p
+
+    def _save_single(self, path: Path, j: int):
+        self.booster_.save_model(str(path / f"lightgbm_{j}.txt"), num_iteration=self.best_iteration_)
+        (path / f"lightgbm_{j}.json").write_text(json.dumps({"classes": self.classes_.tolist()}))
+
+    @classmethod
+    def _load_single(cls, path: Path, j: int, params: dict):
+        import lightgbm as lgb
+
+        e = cls(**params)
+        e.booster_ = lgb.Booster(model_file=str(path / f"lightgbm_{j}.txt"))
+        e.best_iteration_ = e.booster_.current_iteration()
+        e.classes_ = np.array(json.loads((path / f"lightgbm_{j}.json").read_text())["classes"])
+        e.kind_ = "binary" if len(e.classes_) == 2 else "multiclass"
+        e.n_features_in_ = e.booster_.num_feature()
+        return e
+
+
+PROBES = {"logreg": LogisticProbe, "lightgbm": LightGBMProbe}
+
+
+def load_probe(path: str | Path) -> _ProbeBase:
+    """Load a probe written by :meth:`save` (no pickle involved)."""
+    path = Path(path)
+    header = json.loads((path / "probe.json").read_text())
+    cls = {c.__name__: c for c in PROBES.values()}[header["class"]]
+    params = header["params"]
+    if "Cs" in params:
+        params["Cs"] = tuple(params["Cs"])
+    if header["kind"] == "multilabel":
+        probe = cls(**params)
+        probe.kind_ = "multilabel"
+        probe.classes_ = np.array(header["classes"])
+        probe.n_features_in_ = header["n_features_in"]
+        probe.estimators_ = [cls._load_single(path, j, params) if ok else None for j, ok in enumerate(header["fitted"])]
+        return probe
+    return cls._load_single(path, 0, params)

@@ -1,0 +1,171 @@
+"""Per-layer probe reports: ``summary.md`` and ``layers.png``, rendered from ``results.json``.
+
+:func:`render_report` needs only the run directory, so ``tlmic report --run DIR`` re-renders a
+report at any time without touching features or images.
+
+The best layer of a model x fraction is the one with the highest mean *validation* AUPRC over
+seeds; its test metrics are reported, so the choice never looks at test labels.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from .errors import RunError
+
+
+def load_results(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise RunError(f"no probe results at {path} (run `tlmic probe` first)")
+    return json.loads(path.read_text())
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Mean and sd over seeds per (layer, model, fraction, control), in depth order."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["depth"], r["layer"], r["model"], r["fraction"], r["control"])].append(r)
+    out = []
+    for (depth, layer, model, fraction, control), rs in sorted(groups.items()):
+        a = {"depth": depth, "layer": layer, "model": model, "fraction": fraction, "control": control,
+             "seeds": len(rs), "n_train": int(np.mean([r["n_train"] for r in rs]))}
+        for m in ("val_auprc", "val_auroc", "auroc", "auprc", "balanced_accuracy", "macro_f1", "sensitivity", "specificity"):
+            v = np.array([r[m] for r in rs], dtype=float)
+            a[m] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+            a[f"{m}_sd"] = float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else 0.0
+        for m in ("auroc", "auprc"):
+            a[f"{m}_lo"] = float(np.nanmean([r[f"{m}_lo"] for r in rs]))
+            a[f"{m}_hi"] = float(np.nanmean([r[f"{m}_hi"] for r in rs]))
+        out.append(a)
+    return out
+
+
+def best_layers(agg: list[dict]) -> dict[tuple[str, float], dict]:
+    """(model, fraction) -> the aggregated row with the highest mean validation AUPRC."""
+    best: dict[tuple[str, float], dict] = {}
+    for a in agg:
+        if a["control"] != "none" or not np.isfinite(a["val_auprc"]):
+            continue
+        key = (a["model"], a["fraction"])
+        if key not in best or a["val_auprc"] > best[key]["val_auprc"]:
+            best[key] = a
+    return best
+
+
+def _fmt(a: dict, m: str) -> str:
+    if not np.isfinite(a[m]):
+        return "n/a"
+    return f"{a[m]:.3f} ± {a[f'{m}_sd']:.3f} [{a[f'{m}_lo']:.3f}, {a[f'{m}_hi']:.3f}]"
+
+
+def render_summary(doc: dict) -> str:
+    agg = aggregate(doc["rows"])
+    best = best_layers(agg)
+    cfg = doc["config"]
+    lines = [
+        f"# Probe summary: {doc.get('backbone')} features, {doc['label_kind']} "
+        f"({', '.join(doc['label_names'])})",
+        "",
+        f"Store: `{doc['store']}`. Seeds: {cfg['seeds']}; bootstrap resamples: {cfg['bootstrap']}. "
+        "Best layer = highest mean **validation** AUPRC; test metrics are mean ± sd over seeds "
+        "[mean of the 95% bootstrap CI bounds].",
+        "",
+        "| model | fraction | n train | best layer | test AUROC | test AUPRC |",
+        "| --- | --- | ---: | --- | --- | --- |",
+    ]
+    for (model, fraction), a in sorted(best.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        lines.append(f"| {model} | {fraction:g} | {a['n_train']} | {a['layer']} | {_fmt(a, 'auroc')} | {_fmt(a, 'auprc')} |")
+    controls = [a for a in agg if a["control"] == "shuffle"]
+    if controls:
+        lines += ["", "## Leakage control: shuffled training labels", "",
+                  "Each probe refit on permuted training labels; test AUROC should sit at chance (0.5).", "",
+                  "| model | fraction | test AUROC over layers: mean [mean 95% CI] (min, max) | verdict |",
+                  "| --- | --- | --- | --- |"]
+        by = defaultdict(list)
+        for a in controls:
+            by[(a["model"], a["fraction"])].append(a)
+        for (model, fraction), rs in sorted(by.items()):
+            v = np.array([a["auroc"] for a in rs])
+            lo, hi = np.nanmean([a["auroc_lo"] for a in rs]), np.nanmean([a["auroc_hi"] for a in rs])
+            ok = lo <= 0.5 <= hi
+            lines.append(f"| {model} | {fraction:g} | {np.nanmean(v):.3f} [{lo:.3f}, {hi:.3f}] "
+                         f"({np.nanmin(v):.3f}, {np.nanmax(v):.3f}) | "
+                         f"{'at chance (0.5 inside the CI)' if ok else 'NOT at chance: check for leakage'} |")
+    lines += ["", "## Per layer (test AUPRC, mean over seeds)", ""]
+    models_fr = sorted({(a["model"], a["fraction"]) for a in agg if a["control"] == "none"})
+    lines.append("| layer | " + " | ".join(f"{m} {f:g}" for m, f in models_fr) + " |")
+    lines.append("| --- |" + " ---: |" * len(models_fr))
+    table = {(a["layer"], a["model"], a["fraction"]): a for a in agg if a["control"] == "none"}
+    for layer in dict.fromkeys(a["layer"] for a in agg):
+        cells = []
+        for m, f in models_fr:
+            a = table.get((layer, m, f))
+            mark = "**" if a is not None and best.get((m, f)) is a else ""
+            cells.append(f"{mark}{a['auprc']:.3f}{mark}" if a is not None and np.isfinite(a["auprc"]) else "n/a")
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    if doc.get("skipped"):
+        lines += ["", "## Skipped cells", ""] + [f"- {s}" for s in doc["skipped"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot_layers(doc: dict, path: str | Path) -> Path:
+    """AUROC and AUPRC against depth: a line per model x fraction, CI bands, best point marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    agg = [a for a in aggregate(doc["rows"]) if a["control"] == "none"]
+    best = best_layers(agg)
+    layers = list(dict.fromkeys(a["layer"] for a in sorted(agg, key=lambda a: a["depth"])))
+    pos = {layer: i for i, layer in enumerate(layers)}
+    fig, axes = plt.subplots(1, 2, figsize=(max(9, 0.38 * len(layers) + 5), 4.2), sharex=True)
+    keys = sorted({(a["model"], a["fraction"]) for a in agg})
+    colors = plt.get_cmap("tab10")
+    for ax, metric, name in zip(axes, ("auroc", "auprc"), ("AUROC", "AUPRC"), strict=True):
+        for i, key in enumerate(keys):
+            rs = sorted([a for a in agg if (a["model"], a["fraction"]) == key], key=lambda a: a["depth"])
+            x = [pos[a["layer"]] for a in rs]
+            style = "-" if key[0] == "logreg" else "--"
+            c = colors(i % 10)
+            ax.plot(x, [a[metric] for a in rs], style, color=c, marker="o", ms=3, lw=1.5,
+                    label=f"{key[0]}, {key[1]:g} of train")
+            ax.fill_between(x, [a[f"{metric}_lo"] for a in rs], [a[f"{metric}_hi"] for a in rs], color=c, alpha=0.12)
+            b = best.get(key)
+            if b is not None:
+                ax.plot(pos[b["layer"]], b[metric], marker="*", ms=14, color=c, mec="black", mew=0.8, zorder=5)
+        if metric == "auroc":
+            ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+        ax.set_title(f"test {name} by cut point")
+        ax.set_xlabel("cut point (shallow → deep)")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.set_xticks(range(len(layers)))
+        ax.set_xticklabels(layers, rotation=90 if len(layers) > 12 else 0, fontsize=8)
+    axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle(f"{doc.get('backbone')} probes per layer (bands: 95% bootstrap CI; ★ best on validation)", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def render_report(run_dir: str | Path) -> tuple[Path, Path]:
+    """(Re)write ``summary.md`` and ``layers.png`` of a probe run from its ``results.json``."""
+    run_dir = Path(run_dir)
+    doc = load_results(run_dir)
+    if not doc["rows"]:
+        raise RunError(f"{run_dir}: no probe results to report (every cell was skipped)")
+    summary = run_dir / "summary.md"
+    tmp = summary.with_suffix(".md.tmp")
+    tmp.write_text(render_summary(doc))
+    tmp.replace(summary)
+    return summary, plot_layers(doc, run_dir / "layers.png")
