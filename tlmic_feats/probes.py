@@ -57,6 +57,21 @@ def _val_score(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
+def _column_stats(X: np.ndarray, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and standard deviation (float64), in row blocks: no full-size temporaries."""
+    mean = np.zeros(X.shape[1])
+    for i in range(0, len(X), block):
+        mean += X[i : i + block].sum(0, dtype=np.float64)
+    mean /= len(X)
+    var = np.zeros(X.shape[1])
+    for i in range(0, len(X), block):
+        d = X[i : i + block] - mean
+        var += np.einsum("ij,ij->j", d, d)
+    scale = np.sqrt(var / len(X))
+    scale[scale == 0] = 1.0
+    return mean, scale
+
+
 class _ProbeBase(ClassifierMixin, BaseEstimator):
     """Shared multi-label handling, prediction and persistence."""
 
@@ -156,16 +171,18 @@ class LogisticProbe(_ProbeBase):
     ----------
     Cs : C values tried, from strong to weak regularization (warm-started along the path).
     max_iter : iterations per C.
+    path_patience : stop the path after this many Cs in a row without a better validation score.
     random_state : seed of the internal holdout (used only without ``eval_set``).
     """
 
-    def __init__(self, Cs=tuple(np.logspace(-4, 2, 13).tolist()), max_iter=200, random_state=None):
+    def __init__(self, Cs=tuple(np.logspace(-4, 2, 13).tolist()), max_iter=200, path_patience=3, random_state=None):
         self.Cs = Cs
         self.max_iter = max_iter
+        self.path_patience = path_patience
         self.random_state = random_state
 
     def _new_single(self):
-        return LogisticProbe(Cs=self.Cs, max_iter=self.max_iter, random_state=self.random_state)
+        return LogisticProbe(**self.get_params())
 
     def _fit_single(self, X, y, eval_set):
         import warnings
@@ -180,14 +197,20 @@ class LogisticProbe(_ProbeBase):
         self.classes_ = np.unique(y)
         self.kind_ = "binary" if len(self.classes_) == 2 else "multiclass"
         self.n_features_in_ = X.shape[1]
-        mean = X.mean(0, dtype=np.float64)
-        scale = X.std(0, dtype=np.float64)
-        scale[scale == 0] = 1.0
-        Z, Zv = (X - mean) / scale, (Xv - mean) / scale
+        mean, scale = _column_stats(X)
+        # float32 standardized copies: lbfgs keeps float32, halving the largest working arrays.
+        m32, s32 = mean.astype(np.float32), scale.astype(np.float32)
+        Z = np.subtract(X, m32, dtype=np.float32)
+        Z /= s32
+        Zv = np.subtract(Xv, m32, dtype=np.float32)
+        Zv /= s32
         lr = LogisticRegression(class_weight="balanced", warm_start=True, max_iter=self.max_iter)
         best = (-np.inf, None, None, None)
         self.path_ = []
+        worse = 0
         for C in sorted(self.Cs):
+            if worse >= self.path_patience:
+                break  # validation score has fallen for several Cs in a row: weaker ones won't win
             lr.set_params(C=C)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)  # warm path: later Cs refine
@@ -196,6 +219,9 @@ class LogisticProbe(_ProbeBase):
             self.path_.append((float(C), float(score)))
             if np.isfinite(score) and score > best[0] + 1e-12 or best[1] is None:
                 best = (score, C, lr.coef_.copy(), lr.intercept_.copy())
+                worse = 0
+            else:
+                worse += 1
         _, self.C_, self.coef_, self.intercept_ = best
         self.scaler_mean_, self.scaler_scale_ = mean, scale
         return self
@@ -238,8 +264,8 @@ class LightGBMProbe(_ProbeBase):
     ``min_child_samples`` shrinks for tiny training sets so that trees can split at all.
     """
 
-    def __init__(self, n_estimators=400, learning_rate=0.05, num_leaves=15, colsample_bytree=0.3,
-                 max_bin=63, early_stopping_rounds=30, n_jobs=1, random_state=None):
+    def __init__(self, n_estimators=300, learning_rate=0.1, num_leaves=15, colsample_bytree=0.3,
+                 max_bin=63, early_stopping_rounds=20, n_jobs=1, random_state=None):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves

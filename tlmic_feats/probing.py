@@ -108,7 +108,10 @@ def run_probes(
     config: ProbeConfig, *, progress: bool = True, log: Callable[[str], None] | None = None
 ) -> ProbeRun:
     """Run the probe grid of ``config``; see the module docstring for the outputs."""
+    import contextlib
+
     from joblib import Parallel, delayed
+    from threadpoolctl import threadpool_limits
 
     config.validate()
     log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -158,6 +161,8 @@ def run_probes(
 
     ctx = _Context(labels, kind, names, rows_of, store.ids, config, out)
     n_jobs = config.n_jobs or _cpu_count()
+    if n_jobs > 1:
+        _limit_malloc_arenas()
     bar = _progress(len(layers) * len(cells), progress)
     rows: list[dict] = []
     done_arrays: dict[str, list[dict]] = {}
@@ -173,15 +178,18 @@ def run_probes(
         common = dict(layer=address, depth=depth, module=info.module, array=info.array, channels=info.channels)
         finished = {c: _load_cell(out, _run_id(address, cells[c])) for c in range(len(cells))}
         todo = [c for c, r in finished.items() if r is None]
-        fitted = Parallel(n_jobs=n_jobs, prefer="threads")(
-            delayed(_fit_cell)(X, ctx, cells[c], common) for c in todo
-        ) if todo else []
+        # Cells run in threads; with several at once, BLAS and OpenMP get one thread each.
+        with threadpool_limits(1) if n_jobs > 1 else contextlib.nullcontext():
+            fitted = Parallel(n_jobs=n_jobs, prefer="threads")(
+                delayed(_fit_cell)(X, ctx, cells[c], common) for c in todo
+            ) if todo else []
         finished.update(zip(todo, fitted, strict=True))
         results = [finished[c] for c in range(len(cells))]
         bar.update(len(cells))
         done_arrays[info.array] = results
         rows.extend(results)
-        del X
+        del X, fitted, finished
+        _release_freed_memory()
     bar.close()
     run = ProbeRun(out, rows, skipped, time.perf_counter() - t0)
     write_results(run, store, config)
@@ -363,6 +371,34 @@ def _jsonable(o):
     if isinstance(o, np.generic):
         return o.item()
     raise TypeError(type(o).__name__)
+
+
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def _limit_malloc_arenas(n: int = 2) -> None:
+    """Cap glibc's malloc arenas (as MALLOC_ARENA_MAX does). Fits in worker threads otherwise each
+    get their own arena, which glibc keeps after the arrays are freed: peak memory then grows with
+    the number of layers probed instead of staying at one layer's working set."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(-8, n)  # M_ARENA_MAX
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS between layers (glibc only)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def _cpu_count() -> int:
