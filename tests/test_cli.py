@@ -136,8 +136,20 @@ def test_demo_runs_and_second_run_reuses(tmp_path):
     from tlmic_feats.data.phantom import PhantomConfig
     from tlmic_feats.demo import run_demo
 
-    small = PhantomConfig(n_train=12, n_val=6, n_test=6)
-    first = run_demo(tmp_path, progress=False, phantom=small)
-    assert first.extract.computed_images == 24 and len(first.extract.store.layers) == 24
-    second = run_demo(tmp_path, progress=False, phantom=small)
+    small = PhantomConfig(n_train=16, n_val=8, n_test=8, prevalence=0.5)
+    kw = dict(progress=False, phantom=small, seeds=1, bootstrap=50, epochs=1)
+    first = run_demo(tmp_path, **kw)
+    assert first.extract.computed_images == 32 and len(first.extract.store.layers) == 24
+    # 20% of 16 training images cannot hold two of each class: that cell is skipped and said so
+    assert len(first.probes.rows) == 24 * 2 * 1 * 2  # layers x models x fractions x (real, control)
+    assert len(first.probes.skipped) == 1 and "fraction 0.2" in first.probes.skipped[0]
+    cut = next(a for a in first.finetunes if a != "all")
+    assert first.finetunes["all"].metrics["address"] == "8"
+    report = first.report.read_text()
+    assert f"| finetune: truncated | {cut} |" in report and "| finetune: full depth | 8 |" in report
+    mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".json", ".pt", ".onnx")}
+    second = run_demo(tmp_path, **kw)
     assert second.extract.already_complete and second.dataset == first.dataset
+    assert second.report.read_text() == report
+    changed = [p for p, t in mtimes.items() if p.stat().st_mtime_ns != t and p.name not in ("results.json", "run.json")]
+    assert changed == []  # nothing recomputed: no checkpoint, model or cell rewritten

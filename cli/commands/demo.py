@@ -9,7 +9,7 @@ import click
 @click.option("--root", default=None, help="Where the demo writes (default: cache/demo).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def demo(root, quiet):
-    """Phantom chest X-rays -> EfficientNet-Lite0 features of every cut point -> probes per layer."""
+    """Phantom chest X-rays: features of every cut point, probes per layer, truncated vs full finetuning."""
     import time
 
     from tlmic_feats.demo import run_demo
@@ -30,4 +30,7 @@ def demo(root, quiet):
     run = result.probes
     click.echo((run.out / "summary.md").read_text().split("\n## Per layer")[0].rstrip())
     click.echo(f"\nprobes: {len(run.rows)} results in {run.seconds:.1f} s; report: {run.out / 'summary.md'}, plot: {run.out / 'layers.png'}")
+    click.echo("")
+    click.echo(result.report.read_text().rstrip())
+    click.echo(f"\nreport: {result.report}")
     click.echo(f"demo finished in {time.perf_counter() - t0:.1f} s")
