@@ -61,13 +61,28 @@ def main() -> None:
             opt.step()
         epoch_s = time.perf_counter() - t
         c = measure(f"{args.backbone} @ {address}", net.eval(), pixels[:1, :, 16:240, 16:240].float(), runs=10)
-        rows.append({"cut": address, "epoch_seconds": round(epoch_s, 2), "train_img_per_s": round(args.images / epoch_s, 1),
-                     "params": c.params, "macs": c.macs, "latency_ms": round(c.latency_ms, 1)})
-        print(f"{args.backbone} cut {address:>3}: epoch of {args.images} images {epoch_s:6.1f} s "
-              f"({args.images / epoch_s:5.1f} img/s), {c.params / 1e6:5.2f} M params, {c.macs / 1e9:5.2f} GMACs, "
-              f"latency {c.latency_ms:6.1f} ms/img")
-    doc = {"machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, torch {torch.__version__}",
-           "precision": args.precision, "images": args.images, "batch_size": args.batch_size, "rows": rows}
+        rows.append(
+            {
+                "cut": address,
+                "epoch_seconds": round(epoch_s, 2),
+                "train_img_per_s": round(args.images / epoch_s, 1),
+                "params": c.params,
+                "macs": c.macs,
+                "latency_ms": round(c.latency_ms, 1),
+            }
+        )
+        print(
+            f"{args.backbone} cut {address:>3}: epoch of {args.images} images {epoch_s:6.1f} s "
+            f"({args.images / epoch_s:5.1f} img/s), {c.params / 1e6:5.2f} M params, {c.macs / 1e9:5.2f} GMACs, "
+            f"latency {c.latency_ms:6.1f} ms/img"
+        )
+    doc = {
+        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, torch {torch.__version__}",
+        "precision": args.precision,
+        "images": args.images,
+        "batch_size": args.batch_size,
+        "rows": rows,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=2))
     print(json.dumps(doc["machine"]))

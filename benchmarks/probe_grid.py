@@ -36,7 +36,9 @@ def make_store(path: Path, n: int, seed: int = 0):
 
     rng = np.random.default_rng(seed)
     y = (rng.random(n) < 0.25).astype(np.float32)
-    splits = np.array(["train"] * int(0.7 * n) + ["val"] * int(0.15 * n) + ["test"] * (n - int(0.7 * n) - int(0.15 * n)))
+    splits = np.array(
+        ["train"] * int(0.7 * n) + ["val"] * int(0.15 * n) + ["test"] * (n - int(0.7 * n) - int(0.15 * n))
+    )
     feats = {}
     for depth, (address, width) in enumerate(zip(ADDRESSES, WIDTHS, strict=True)):
         rank = 32
@@ -45,8 +47,16 @@ def make_store(path: Path, n: int, seed: int = 0):
         mix = rng.normal(size=(rank, width)).astype(np.float32) / np.sqrt(rank)
         x = z @ mix + 0.5 * rng.normal(size=(n, width)).astype(np.float32)
         feats[address] = np.maximum(x, 0)
-    return FeatureStore.from_arrays(path, feats, labels=y, label_kind="binary", label_names=["neg", "pos"],
-                                    splits=splits, chunk_rows=1024, description="synthetic resnet50 units")
+    return FeatureStore.from_arrays(
+        path,
+        feats,
+        labels=y,
+        label_kind="binary",
+        label_names=["neg", "pos"],
+        splits=splits,
+        chunk_rows=1024,
+        description="synthetic resnet50 units",
+    )
 
 
 def slug(s: str) -> str:
@@ -60,9 +70,18 @@ def _probe(q, store: str, layers: str, fractions, seeds: int, out: str) -> None:
     t = time.perf_counter()
     run = run_probes(ProbeConfig(store=store, layers=layers, fractions=fractions, seeds=seeds, out=out), progress=False)
     wall = time.perf_counter() - t
-    per_model = {m: round(sum(r["fit_seconds"] for r in run.rows if r["model"] == m), 1) for m in ("logreg", "lightgbm")}
-    q.put({"wall": round(wall, 1), "peak": round(rss_mb(), 1), "base": round(base, 1), "fits": len(run.rows),
-           "per_model": per_model})
+    per_model = {
+        m: round(sum(r["fit_seconds"] for r in run.rows if r["model"] == m), 1) for m in ("logreg", "lightgbm")
+    }
+    q.put(
+        {
+            "wall": round(wall, 1),
+            "peak": round(rss_mb(), 1),
+            "base": round(base, 1),
+            "fits": len(run.rows),
+            "per_model": per_model,
+        }
+    )
 
 
 def main() -> None:
@@ -93,7 +112,9 @@ def main() -> None:
     q = ctx.Queue()
     runs = {}
     for name, layers in (("all 16 layers", "all"), ("largest layer only", ADDRESSES[-1])):
-        p = ctx.Process(target=_probe, args=(q, str(out / "store.zarr"), layers, fractions, args.seeds, str(out / slug(name))))
+        p = ctx.Process(
+            target=_probe, args=(q, str(out / "store.zarr"), layers, fractions, args.seeds, str(out / slug(name)))
+        )
         p.start()
         runs[name] = q.get()
         p.join()
@@ -102,8 +123,14 @@ def main() -> None:
     wall, per_model, peak, base_rss = full["wall"], full["per_model"], full["peak"], full["base"]
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores, {platform.python_version()}",
-        "n_images": args.n, "layers": len(ADDRESSES), "fits": fits, "fractions": fractions, "seeds": args.seeds,
-        "store_build_seconds": round(build_s, 1), "largest_layer_mb": round(largest_mb, 1), "runs": runs,
+        "n_images": args.n,
+        "layers": len(ADDRESSES),
+        "fits": fits,
+        "fractions": fractions,
+        "seeds": args.seeds,
+        "store_build_seconds": round(build_s, 1),
+        "largest_layer_mb": round(largest_mb, 1),
+        "runs": runs,
     }
     print(f"{'n images':24s} {args.n}\n{'layers x fits':24s} {len(ADDRESSES)} layers, {fits} fits")
     print(f"{'wall time':24s} {wall:.1f} s (target < 600 s)")
@@ -111,9 +138,13 @@ def main() -> None:
     print(f"{'fit time, lightgbm':24s} {per_model['lightgbm']:.1f} s summed over fits")
     print(f"{'peak RSS':24s} {peak:.0f} MB (before probing: {base_rss:.0f} MB; largest layer {largest_mb:.0f} MB)")
     one = runs["largest layer only"]
-    print(f"{'peak RSS, largest only':24s} {one['peak']:.0f} MB (before probing: {one['base']:.0f} MB; {one['fits']} fits, {one['wall']:.1f} s)")
-    print(f"{'peak over baseline':24s} all layers {peak - base_rss:.0f} MB vs largest layer alone {one['peak'] - one['base']:.0f} MB "
-          f"(= {(peak - base_rss) / largest_mb:.1f}x vs {(one['peak'] - one['base']) / largest_mb:.1f}x the largest layer)")
+    print(
+        f"{'peak RSS, largest only':24s} {one['peak']:.0f} MB (before probing: {one['base']:.0f} MB; {one['fits']} fits, {one['wall']:.1f} s)"
+    )
+    print(
+        f"{'peak over baseline':24s} all layers {peak - base_rss:.0f} MB vs largest layer alone {one['peak'] - one['base']:.0f} MB "
+        f"(= {(peak - base_rss) / largest_mb:.1f}x vs {(one['peak'] - one['base']) / largest_mb:.1f}x the largest layer)"
+    )
     (out / "result.json").write_text(json.dumps(result, indent=2))
     json.dump(result, sys.stdout, indent=2)
     print()

@@ -16,7 +16,10 @@ COMMANDS = {
     "extract": ("tlmic_cli.commands.extract:extract", "Extract pooled features of every cut point into a Zarr store."),
     "layers": ("tlmic_cli.commands.layers:layers", "List a backbone's cut points (channels, stride, parameters)."),
     "probe": ("tlmic_cli.commands.probe:probe", "Train probes on every stored layer; per-layer metrics and plot."),
-    "finetune": ("tlmic_cli.commands.finetune:finetune", "Finetune a backbone truncated at a cut point (or full depth)."),
+    "finetune": (
+        "tlmic_cli.commands.finetune:finetune",
+        "Finetune a backbone truncated at a cut point (or full depth).",
+    ),
     "report": ("tlmic_cli.commands.probe:report", "Re-render a probe run's summary.md and layers.png."),
     "demo": ("tlmic_cli.commands.demo:demo", "Run the pipeline on the embedded phantom chest X-ray data."),
 }

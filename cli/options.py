@@ -9,16 +9,30 @@ import click
 from tlmic_feats.data.readers import FORMATS, DataConfig
 
 _DATA_OPTIONS = [
-    click.option("--data", "data_path", required=True, type=click.Path(exists=True),
-                 help="Dataset: an ImageFolder directory (optionally train/ val/ test/), a CSV manifest, or a MedMNIST .npz."),
-    click.option("--format", "data_format", type=click.Choice(FORMATS), default="auto", show_default=True,
-                 help="Dataset format."),
+    click.option(
+        "--data",
+        "data_path",
+        required=True,
+        type=click.Path(exists=True),
+        help="Dataset: an ImageFolder directory (optionally train/ val/ test/), a CSV manifest, or a MedMNIST .npz.",
+    ),
+    click.option(
+        "--format", "data_format", type=click.Choice(FORMATS), default="auto", show_default=True, help="Dataset format."
+    ),
     click.option("--path-column", default="path", show_default=True, help="CSV: column of image paths."),
-    click.option("--label-columns", default="", help="CSV: comma-separated label column(s) (default: 'label', else every other column)."),
-    click.option("--split-column", default="split", show_default=True, help="CSV: split column (train/val/test), if any."),
+    click.option(
+        "--label-columns",
+        default="",
+        help="CSV: comma-separated label column(s) (default: 'label', else every other column).",
+    ),
+    click.option(
+        "--split-column", default="split", show_default=True, help="CSV: split column (train/val/test), if any."
+    ),
     click.option("--patient-column", default="patient_id", show_default=True, help="CSV: patient-id column, if any."),
     click.option("--id-column", default="", help="CSV: image-id column (default: the path)."),
-    click.option("--image-root", default="", help="CSV: folder image paths are relative to (default: the CSV's folder)."),
+    click.option(
+        "--image-root", default="", help="CSV: folder image paths are relative to (default: the CSV's folder)."
+    ),
     click.option("--positive", "positive_class", default="", help="Binary data: the positive class name."),
     click.option("--patient-regex", default="", help=r"Patient id from each file name, e.g. 'person(\d+)_'."),
     click.option("--split-seed", default=0, show_default=True, help="Seed of the split made when the data has none."),

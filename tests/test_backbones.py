@@ -80,10 +80,15 @@ def test_truncation_removes_what_follows():
 
 
 def test_unknown_names_list_valid_choices():
-    with pytest.raises(UnknownBackboneError, match="unknown backbone 'vgg16'; valid: densenet121, efficientnet_lite0, resnet18, resnet50"):
+    with pytest.raises(
+        UnknownBackboneError,
+        match="unknown backbone 'vgg16'; valid: densenet121, efficientnet_lite0, resnet18, resnet50",
+    ):
         build_backbone("vgg16", "random")
     b = build_backbone("resnet50", "random")
-    with pytest.raises(UnknownCutPointError, match=r"layer 7 is not a cut point of resnet50; valid: all, blocks, units, 1\.1"):
+    with pytest.raises(
+        UnknownCutPointError, match=r"layer 7 is not a cut point of resnet50; valid: all, blocks, units, 1\.1"
+    ):
         select_cut_points(b.cut_points, "7", "resnet50")
     with pytest.raises(UnknownCutPointError, match=r"layer 3\.9 is not a cut point"):
         b.truncated("3.9")

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from tlmic_cli.main import cli
+
 from tlmic_feats import FeatureStore
 
 
@@ -70,8 +70,20 @@ def test_missing_csv_column_is_named(tmp_path):
 
 def test_extract_then_rerun_is_a_no_op_and_changed_inputs_refused(phantom_dir, tmp_path):
     store = tmp_path / "s.zarr"
-    args = ["extract", "--data", phantom_dir / "test", "--backbone", "resnet18", "--weights", "random",
-            "--layers", "blocks", "--store", store, "--quiet"]
+    args = [
+        "extract",
+        "--data",
+        phantom_dir / "test",
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "random",
+        "--layers",
+        "blocks",
+        "--store",
+        store,
+        "--quiet",
+    ]
     r = run(*args)
     assert r.exit_code == 0, r.output + r.stderr
     assert "extracted 8 images" in r.output and f"store: {store}" in r.output
@@ -101,7 +113,18 @@ def test_corrupt_image_exit_1_names_file(phantom_dir, tmp_path):
 def test_unfinished_or_foreign_store(tmp_path, phantom_dir):
     (tmp_path / "notastore").mkdir()
     (tmp_path / "notastore" / "precious.txt").write_text("keep me")
-    args = ["extract", "--data", phantom_dir / "test", "--backbone", "resnet18", "--weights", "random", "--layers", "1", "--quiet"]
+    args = [
+        "extract",
+        "--data",
+        phantom_dir / "test",
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "random",
+        "--layers",
+        "1",
+        "--quiet",
+    ]
     line = one_error_line(run(*args, "--store", tmp_path / "notastore"), 2)
     assert "not a tlmic feature store" in line
     assert (tmp_path / "notastore" / "precious.txt").read_text() == "keep me"
@@ -118,8 +141,20 @@ def test_store_lock_names_its_holder(tmp_path, phantom_dir):
     store = tmp_path / "s.zarr"
     holder = {"pid": os.getppid(), "host": socket.gethostname(), "since": 0}
     (tmp_path / "s.zarr.lock").write_text(json.dumps(holder))
-    args = ["extract", "--data", phantom_dir / "test", "--backbone", "resnet18", "--weights", "random",
-            "--layers", "1", "--quiet", "--store", store]
+    args = [
+        "extract",
+        "--data",
+        phantom_dir / "test",
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "random",
+        "--layers",
+        "1",
+        "--quiet",
+        "--store",
+        store,
+    ]
     line = one_error_line(run(*args), 1)
     assert f"pid {os.getppid()}" in line and "being written" in line
     # a lock left by a dead process is taken over
@@ -147,7 +182,9 @@ def test_demo_runs_and_second_run_reuses(tmp_path):
     assert first.finetunes["all"].metrics["address"] == "8"
     report = first.report.read_text()
     assert f"| finetune: truncated | {cut} |" in report and "| finetune: full depth | 8 |" in report
-    mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".json", ".pt", ".onnx")}
+    mtimes = {
+        p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".json", ".pt", ".onnx")
+    }
     second = run_demo(tmp_path, **kw)
     assert second.extract.already_complete and second.dataset == first.dataset
     assert second.report.read_text() == report

@@ -58,8 +58,11 @@ def test_csv_binary_multiclass_and_patient_grouped_split(tmp_path):
     rng = np.random.default_rng(0)
     patients = [f"p{i // 3}" for i in range(60)]  # three images per patient
     labels = [["cat", "dog", "eel"][i % 3] for i in range(60)]
-    _write_csv(tmp_path / "m.csv", ["path", "label", "patient_id"],
-               [[f"img/{p.name}", lab, pid] for p, lab, pid in zip(paths, labels, patients, strict=True)])
+    _write_csv(
+        tmp_path / "m.csv",
+        ["path", "label", "patient_id"],
+        [[f"img/{p.name}", lab, pid] for p, lab, pid in zip(paths, labels, patients, strict=True)],
+    )
     m = load_manifest(DataConfig(str(tmp_path / "m.csv")))
     assert m.label_kind == "multiclass" and m.label_names == ("cat", "dog", "eel")
     assert patients_straddling(m.splits, m.patient_ids) == []
@@ -72,7 +75,10 @@ def test_csv_binary_multiclass_and_patient_grouped_split(tmp_path):
 
 def test_csv_multilabel_with_missing_and_given_split(tmp_path):
     paths = write_images(tmp_path, 6, size=(32, 32))
-    rows = [[p.name, "1", "", split] for p, split in zip(paths, ["train", "train", "valid", "val", "test", "test"], strict=True)]
+    rows = [
+        [p.name, "1", "", split]
+        for p, split in zip(paths, ["train", "train", "valid", "val", "test", "test"], strict=True)
+    ]
     rows[1][1], rows[1][2] = "0", "1.0"
     _write_csv(tmp_path / "m.csv", ["path", "effusion", "edema", "split"], rows)
     m = load_manifest(DataConfig(str(tmp_path / "m.csv")))
@@ -112,8 +118,13 @@ def test_medmnist_npz_arrays_stay_arrays(tmp_path):
     np.testing.assert_array_equal(np.asarray(m.source.load(13)), arrays["val_images"][1])
     assert list(tmp_path.iterdir()) == [tmp_path / "pneumoniamnist.npz"]  # nothing written out
     # multi-label (chestmnist-like)
-    np.savez(tmp_path / "chestmnist.npz", train_images=arrays["train_images"], train_labels=rng.integers(0, 2, (12, 14)),
-             val_images=arrays["val_images"], val_labels=rng.integers(0, 2, (4, 14)))
+    np.savez(
+        tmp_path / "chestmnist.npz",
+        train_images=arrays["train_images"],
+        train_labels=rng.integers(0, 2, (12, 14)),
+        val_images=arrays["val_images"],
+        val_labels=rng.integers(0, 2, (4, 14)),
+    )
     c = load_manifest(DataConfig(str(tmp_path / "chestmnist.npz")))
     assert c.label_kind == "multilabel" and len(c.label_names) == 14 and c.label_names[0] == "atelectasis"
     assert set(c.splits) == {"train", "val"}
@@ -144,8 +155,9 @@ def test_preprocessing_matches_torchvision_transforms(kermany_dir):
     w = tvm.ResNet50_Weights.IMAGENET1K_V1
     p = Preprocess.from_torchvision(w)
     for f in sorted(kermany_dir.rglob("*.jpeg"))[:4]:
-        ours = resize_center_crop(open_image(str(f)), resize_size=p.resize_size, input_size=p.input_size,
-                                  interpolation=p.interpolation)
+        ours = resize_center_crop(
+            open_image(str(f)), resize_size=p.resize_size, input_size=p.input_size, interpolation=p.interpolation
+        )
         x = device_normalize(p)(torch.from_numpy(ours)[None, None])[0]
         ref = w.transforms()(Image.open(f).convert("RGB"))
         assert x.shape == ref.shape == (3, 224, 224)

@@ -53,8 +53,12 @@ def test_every_cut_point_equals_independent_computation(backbone, phantom_dir, t
     report = extract_features(
         ExtractConfig(
             data=DataConfig(str(phantom_dir / "val")),
-            backbone=backbone, weights=str(weights_file), layers="all",
-            store=str(tmp_path / "s.zarr"), batch_size=4, chunk_rows=4,
+            backbone=backbone,
+            weights=str(weights_file),
+            layers="all",
+            store=str(tmp_path / "s.zarr"),
+            batch_size=4,
+            chunk_rows=4,
         ),
         progress=False,
     )
@@ -94,8 +98,14 @@ def test_avgmax_pooling_is_avg_then_max(phantom_dir, tmp_path):
 def test_interrupted_extraction_resumes_to_identical_store(phantom_dir, tmp_path):
     def cfg(name, **kw):
         return ExtractConfig(
-            data=DataConfig(str(phantom_dir)), backbone="resnet18", weights="random:1",
-            layers="blocks", store=str(tmp_path / name), batch_size=3, chunk_rows=8, **kw,
+            data=DataConfig(str(phantom_dir)),
+            backbone="resnet18",
+            weights="random:1",
+            layers="blocks",
+            store=str(tmp_path / name),
+            batch_size=3,
+            chunk_rows=8,
+            **kw,
         )
 
     full = extract_features(cfg("full.zarr"), progress=False).store
@@ -124,7 +134,9 @@ def test_interrupted_extraction_resumes_to_identical_store(phantom_dir, tmp_path
 
 
 def test_changed_inputs_are_refused_unless_overwrite(phantom_dir, tmp_path):
-    base = dict(data=DataConfig(str(phantom_dir / "val")), backbone="resnet18", layers="1", store=str(tmp_path / "s.zarr"))
+    base = dict(
+        data=DataConfig(str(phantom_dir / "val")), backbone="resnet18", layers="1", store=str(tmp_path / "s.zarr")
+    )
     extract_features(ExtractConfig(**base, weights="random:1"), progress=False)
     with pytest.raises(StoreMismatchError, match="weights"):
         extract_features(ExtractConfig(**base, weights="random:2"), progress=False)
@@ -136,8 +148,14 @@ def test_changed_inputs_are_refused_unless_overwrite(phantom_dir, tmp_path):
 
 def test_store_records_split_labels_and_config(phantom_dir, tmp_path):
     store = extract_features(
-        ExtractConfig(data=DataConfig(str(phantom_dir)), backbone="resnet18", weights="random", layers="4",
-                      store=str(tmp_path / "s.zarr"), dtype="float16"),
+        ExtractConfig(
+            data=DataConfig(str(phantom_dir)),
+            backbone="resnet18",
+            weights="random",
+            layers="4",
+            store=str(tmp_path / "s.zarr"),
+            dtype="float16",
+        ),
         progress=False,
     ).store
     assert store.label_names == ["normal", "nodule"] and store.label_kind == "binary"
@@ -160,7 +178,9 @@ def test_corrupt_image_stops_with_file_and_row_or_is_skipped(phantom_dir, tmp_pa
     with pytest.raises(BadImageError, match=rf"{victim.name}.*row \d+"):
         extract_features(ExtractConfig(**cfg, store=str(tmp_path / "a.zarr")), progress=False)
     logged = []
-    r = extract_features(ExtractConfig(**cfg, store=str(tmp_path / "b.zarr"), on_bad_image="skip"), progress=False, log=logged.append)
+    r = extract_features(
+        ExtractConfig(**cfg, store=str(tmp_path / "b.zarr"), on_bad_image="skip"), progress=False, log=logged.append
+    )
     store = r.store
     rel = f"nodule/{victim.name}"
     assert r.skipped_ids == [rel] and len(logged) == 1
@@ -173,8 +193,14 @@ def test_corrupt_image_stops_with_file_and_row_or_is_skipped(phantom_dir, tmp_pa
 
 def test_real_kermany_xrays_go_through_extract(kermany_dir, tmp_path):
     r = extract_features(
-        ExtractConfig(data=DataConfig(str(kermany_dir)), backbone="efficientnet_lite0", weights="imagenet",
-                      layers="blocks", pool="avgmax", store=str(tmp_path / "k.zarr")),
+        ExtractConfig(
+            data=DataConfig(str(kermany_dir)),
+            backbone="efficientnet_lite0",
+            weights="imagenet",
+            layers="blocks",
+            pool="avgmax",
+            store=str(tmp_path / "k.zarr"),
+        ),
         progress=False,
     )
     s = r.store

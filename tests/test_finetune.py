@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from tlmic_cli.main import cli
+
 from tlmic_feats import DataConfig, ExtractConfig, extract_features
 from tlmic_feats.errors import UnknownCutPointError, UsageError
 from tlmic_feats.finetune import FinetuneConfig, build_network, finetune, head_from_probe
@@ -37,8 +37,19 @@ def easy_dir(tmp_path_factory):
 
 
 def cfg(data, out, **kw):
-    base = dict(data=DataConfig(str(data)), backbone="resnet18", weights="random:0", truncate="2", out=str(out),
-                epochs=3, batch_size=16, lr=1e-3, precision="fp32", bootstrap=100, patience=10)
+    base = dict(
+        data=DataConfig(str(data)),
+        backbone="resnet18",
+        weights="random:0",
+        truncate="2",
+        out=str(out),
+        epochs=3,
+        batch_size=16,
+        lr=1e-3,
+        precision="fp32",
+        bootstrap=100,
+        patience=10,
+    )
     base.update(kw)
     return FinetuneConfig(**base)
 
@@ -52,7 +63,15 @@ def test_short_run_on_easy_data_learns(easy_run):
     r = easy_run
     assert max(h["val_auroc"] for h in r.history) > 0.9
     assert r.metrics["auroc"] > 0.9 and r.metrics["auroc_lo"] <= r.metrics["auroc"] <= r.metrics["auroc_hi"]
-    for f in ("history.csv", "curves.png", "predictions.csv", "model.onnx", "compactness.md", "metrics.json", "best.pt"):
+    for f in (
+        "history.csv",
+        "curves.png",
+        "predictions.csv",
+        "model.onnx",
+        "compactness.md",
+        "metrics.json",
+        "best.pt",
+    ):
         assert (r.out / f).exists(), f
 
 
@@ -82,14 +101,21 @@ def test_metrics_recompute_from_predictions_and_onnx_matches(easy_run, easy_dir)
 
 def test_truncated_network_features_equal_extracted(phantom_dir, tmp_path):
     """One registry: the finetuning network's pooled map at k is what extract stores at k."""
+    from tlmic_feats.augment import center_crop
     from tlmic_feats.backbones import build_backbone
     from tlmic_feats.data import load_manifest
     from tlmic_feats.pixels import load_pixels
-    from tlmic_feats.augment import center_crop
 
-    store = extract_features(ExtractConfig(data=DataConfig(str(phantom_dir / "val")), backbone="resnet18",
-                                           weights="random:3", layers="2.1,3", store=str(tmp_path / "s.zarr")),
-                             progress=False).store
+    store = extract_features(
+        ExtractConfig(
+            data=DataConfig(str(phantom_dir / "val")),
+            backbone="resnet18",
+            weights="random:3",
+            layers="2.1,3",
+            store=str(tmp_path / "s.zarr"),
+        ),
+        progress=False,
+    ).store
     b = build_backbone("resnet18", "random:3")
     m = load_manifest(DataConfig(str(phantom_dir / "val")))
     px = torch.from_numpy(load_pixels(m.source, np.arange(len(m)), 256, "bilinear"))[:, None]
@@ -111,9 +137,15 @@ def test_resume_continues_to_the_same_result(easy_dir, tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        finetune(cfg(easy_dir, tmp_path / "cut", export_onnx=False), progress=False, log=lambda m: None,
-                 on_epoch=stop_after_first)
-    resumed = finetune(cfg(easy_dir, tmp_path / "cut", export_onnx=False), resume=True, progress=False, log=lambda m: None)
+        finetune(
+            cfg(easy_dir, tmp_path / "cut", export_onnx=False),
+            progress=False,
+            log=lambda m: None,
+            on_epoch=stop_after_first,
+        )
+    resumed = finetune(
+        cfg(easy_dir, tmp_path / "cut", export_onnx=False), resume=True, progress=False, log=lambda m: None
+    )
     assert resumed.resumed_from == 1
     strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
     assert strip(resumed.history) == strip(whole.history)
@@ -135,8 +167,11 @@ def test_run_directory_rules(easy_dir, easy_run, tmp_path):
 def test_frozen_backbone_changes_no_backbone_weight(easy_dir, tmp_path):
     from tlmic_feats.backbones import build_backbone
 
-    r = finetune(cfg(easy_dir, tmp_path / "frozen", freeze_backbone=True, epochs=2, lr=1e-2, export_onnx=False),
-                 progress=False, log=lambda m: None)
+    r = finetune(
+        cfg(easy_dir, tmp_path / "frozen", freeze_backbone=True, epochs=2, lr=1e-2, export_onnx=False),
+        progress=False,
+        log=lambda m: None,
+    )
     trained = torch.load(r.out / "best.pt", weights_only=True)["model"]
     initial = build_network(build_backbone("resnet18", "random:0"), "2", 1, 0.2).state_dict()
     backbone_keys = [k for k in initial if k.startswith("backbone.")]
@@ -148,10 +183,20 @@ def test_head_init_reproduces_the_probe(phantom_dir, tmp_path):
     from tlmic_feats.probes import load_probe
     from tlmic_feats.probing import ProbeConfig, run_probes
 
-    store = extract_features(ExtractConfig(data=DataConfig(str(phantom_dir)), backbone="resnet18", weights="random:1",
-                                           layers="2", store=str(tmp_path / "s.zarr")), progress=False).store
-    run = run_probes(ProbeConfig(store=str(store.path), models=("logreg",), seeds=1, bootstrap=10,
-                                 out=str(tmp_path / "p")), progress=False)
+    store = extract_features(
+        ExtractConfig(
+            data=DataConfig(str(phantom_dir)),
+            backbone="resnet18",
+            weights="random:1",
+            layers="2",
+            store=str(tmp_path / "s.zarr"),
+        ),
+        progress=False,
+    ).store
+    run = run_probes(
+        ProbeConfig(store=str(store.path), models=("logreg",), seeds=1, bootstrap=10, out=str(tmp_path / "p")),
+        progress=False,
+    )
     w, b, name = head_from_probe(run.out, "2", 1.0, 0, "resnet18")
     X = store.features("2")
     probe = load_probe(run.out / "probes" / name)
@@ -161,8 +206,28 @@ def test_head_init_reproduces_the_probe(phantom_dir, tmp_path):
 
 
 def test_finetune_cli(easy_dir, tmp_path):
-    args = ["finetune", "--data", str(easy_dir), "--backbone", "resnet18", "--weights", "random", "--truncate", "1",
-            "--epochs", "1", "--lr", "1e-3", "--out", str(tmp_path / "r"), "--precision", "fp32", "--bootstrap", "50", "--quiet"]
+    args = [
+        "finetune",
+        "--data",
+        str(easy_dir),
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "random",
+        "--truncate",
+        "1",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-3",
+        "--out",
+        str(tmp_path / "r"),
+        "--precision",
+        "fp32",
+        "--bootstrap",
+        "50",
+        "--quiet",
+    ]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output + r.stderr
     assert "truncated at 1" in r.output and "resnet18 full (4)" in r.output and "model.onnx" in r.output

@@ -31,7 +31,9 @@ def test_vectorized_auroc_and_ap_equal_sklearn_with_ties(rng):
         y[:2] = [0, 1]
         s = np.round(rng.random(n), int(rng.integers(1, 3)))  # coarse scores: many ties
         assert auroc_rows(y[None], s[None])[0] == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
-        assert average_precision_rows(y[None], s[None])[0] == pytest.approx(skm.average_precision_score(y, s), abs=1e-12)
+        assert average_precision_rows(y[None], s[None])[0] == pytest.approx(
+            skm.average_precision_score(y, s), abs=1e-12
+        )
 
 
 def test_binary_metrics_equal_sklearn(rng):

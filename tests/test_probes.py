@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from sklearn import metrics as skm
-
 from tlmic_cli.main import cli
+
 from tlmic_feats import FeatureStore
 from tlmic_feats.errors import StoreIncompleteError, UnknownCutPointError, UsageError
 from tlmic_feats.probes import LightGBMProbe, LogisticProbe, load_probe
@@ -39,8 +39,15 @@ def planted_store(path, *, signal_layer="2", n_layers=4, width=12, seed=0, kind=
             target = np.nan_to_num(y if y.ndim == 1 else y[:, 0])
             x[:, 0] += 3.0 * target
         feats[str(k)] = x
-    return FeatureStore.from_arrays(path, feats, labels=y, label_kind=kind, label_names=names, splits=SPLITS,
-                                    patient_ids=np.array([f"p{i // 2}" for i in range(n)]))
+    return FeatureStore.from_arrays(
+        path,
+        feats,
+        labels=y,
+        label_kind=kind,
+        label_names=names,
+        splits=SPLITS,
+        patient_ids=np.array([f"p{i // 2}" for i in range(n)]),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +55,9 @@ def planted_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("probe")
     store = planted_store(tmp / "s.zarr")
     run = run_probes(
-        ProbeConfig(store=str(store.path), fractions=(0.2, 1.0), seeds=2, control="shuffle", bootstrap=200,
-                    out=str(tmp / "run")),
+        ProbeConfig(
+            store=str(store.path), fractions=(0.2, 1.0), seeds=2, control="shuffle", bootstrap=200, out=str(tmp / "run")
+        ),
         progress=False,
     )
     return store, run
@@ -121,6 +129,7 @@ def test_results_files_and_saved_probes_score_new_features(planted_run):
 
 def test_rerun_resumes_and_refuses_other_config(planted_run, tmp_path):
     store, run = planted_run
+
     def table():
         with open(run.out / "results.csv") as f:
             return [{k: v for k, v in r.items() if k != "fit_seconds"} for r in csv.DictReader(f)]
@@ -130,8 +139,9 @@ def test_rerun_resumes_and_refuses_other_config(planted_run, tmp_path):
     victim = sorted(cells)[3]
     victim.unlink()  # as if the run had been killed before this fit finished
     run_probes(
-        ProbeConfig(store=str(store.path), fractions=(0.2, 1.0), seeds=2, control="shuffle", bootstrap=200,
-                    out=str(run.out)),
+        ProbeConfig(
+            store=str(store.path), fractions=(0.2, 1.0), seeds=2, control="shuffle", bootstrap=200, out=str(run.out)
+        ),
         progress=False,
     )
     assert table() == before  # the refit is deterministic
@@ -139,8 +149,12 @@ def test_rerun_resumes_and_refuses_other_config(planted_run, tmp_path):
     assert after.keys() == cells.keys()
     assert [p for p in cells if after[p] != cells[p]] == [victim]  # only the missing fit was redone
     with pytest.raises(UsageError, match="differs in: seeds"):
-        run_probes(ProbeConfig(store=str(store.path), fractions=(0.2, 1.0), seeds=3, control="shuffle",
-                               bootstrap=200, out=str(run.out)), progress=False)
+        run_probes(
+            ProbeConfig(
+                store=str(store.path), fractions=(0.2, 1.0), seeds=3, control="shuffle", bootstrap=200, out=str(run.out)
+            ),
+            progress=False,
+        )
 
 
 def test_report_rerenders(planted_run):
@@ -200,18 +214,37 @@ def test_estimator_conventions():
 
 def test_bad_inputs(tmp_path, planted_run):
     store, _ = planted_run
-    with pytest.raises(UnknownCutPointError, match=r"layer 9 is not in the store .*stored: all, blocks, units, 1, 2, 3, 4"):
+    with pytest.raises(
+        UnknownCutPointError, match=r"layer 9 is not in the store .*stored: all, blocks, units, 1, 2, 3, 4"
+    ):
         run_probes(ProbeConfig(store=str(store.path), layers="9", out=str(tmp_path / "a")), progress=False)
     # no validation split
     rng = np.random.default_rng(0)
-    nv = FeatureStore.from_arrays(tmp_path / "nv.zarr", {"1": rng.normal(size=(40, 3))}, labels=np.arange(40) % 2,
-                                  label_kind="binary", label_names=["a", "b"], splits=np.array(["train"] * 30 + ["test"] * 10))
+    nv = FeatureStore.from_arrays(
+        tmp_path / "nv.zarr",
+        {"1": rng.normal(size=(40, 3))},
+        labels=np.arange(40) % 2,
+        label_kind="binary",
+        label_names=["a", "b"],
+        splits=np.array(["train"] * 30 + ["test"] * 10),
+    )
     with pytest.raises(UsageError, match="no validation split.*Re-extract"):
         run_probes(ProbeConfig(store=str(nv.path), out=str(tmp_path / "b")), progress=False)
     # a fraction too small for a class to appear twice: reported and skipped, not a crash
     logged = []
-    run = run_probes(ProbeConfig(store=str(store.path), layers="2", fractions=(0.004, 1.0), seeds=1, models=("logreg",),
-                                 bootstrap=20, out=str(tmp_path / "c")), progress=False, log=logged.append)
+    run = run_probes(
+        ProbeConfig(
+            store=str(store.path),
+            layers="2",
+            fractions=(0.004, 1.0),
+            seeds=1,
+            models=("logreg",),
+            bootstrap=20,
+            out=str(tmp_path / "c"),
+        ),
+        progress=False,
+        log=logged.append,
+    )
     assert len(logged) == 1 and "skipped fraction 0.004 seed 0" in logged[0] and "needs >= 2" in logged[0]
     assert {r["fraction"] for r in run.rows} == {1.0}
     assert "Skipped cells" in (run.out / "summary.md").read_text()
@@ -230,8 +263,25 @@ def test_bad_inputs(tmp_path, planted_run):
 
 def test_probe_cli(planted_run, tmp_path):
     store, _ = planted_run
-    r = CliRunner().invoke(cli, ["probe", "--store", str(store.path), "--layer", "1,2", "--model", "logreg",
-                                 "--seeds", "1", "--bootstrap", "50", "--out", str(tmp_path / "r"), "--quiet"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "probe",
+            "--store",
+            str(store.path),
+            "--layer",
+            "1,2",
+            "--model",
+            "logreg",
+            "--seeds",
+            "1",
+            "--bootstrap",
+            "50",
+            "--out",
+            str(tmp_path / "r"),
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 0, r.output + r.stderr
     assert "| logreg | 1 | 300 | 2 |" in r.output and "2 fits" in r.output
     r = CliRunner().invoke(cli, ["probe", "--store", str(store.path), "--fractions", "0.1,x"])

@@ -17,8 +17,8 @@ from pathlib import Path
 from .data.phantom import PhantomConfig, make_phantom_dataset
 from .data.readers import DataConfig
 from .extract import ExtractConfig, ExtractReport, extract_features
-from .paths import cache_root
 from .finetune import FinetuneConfig, FinetuneResult, finetune
+from .paths import cache_root
 from .probing import ProbeConfig, ProbeRun, run_probes
 from .report import aggregate, best_layers
 
@@ -79,13 +79,21 @@ def run_demo(
     finetunes = {}
     for truncate in (cut, "all"):
         cfg = FinetuneConfig(
-            data=DataConfig(str(dataset), format="imagefolder"), backbone=DEMO_BACKBONE, weights="imagenet",
-            truncate=truncate, epochs=epochs, lr=DEMO_LR, bootstrap=bootstrap,
+            data=DataConfig(str(dataset), format="imagefolder"),
+            backbone=DEMO_BACKBONE,
+            weights="imagenet",
+            truncate=truncate,
+            epochs=epochs,
+            lr=DEMO_LR,
+            bootstrap=bootstrap,
             out=str(root / "finetune" / f"{dataset.name}-{DEMO_BACKBONE}-t{truncate}-e{epochs}"),
         )
         done = Path(cfg.out) / "metrics.json"
-        finetunes[truncate] = (load_finetune(Path(cfg.out)) if done.is_file()
-                               else finetune(cfg, resume=(Path(cfg.out) / "run.json").is_file(), progress=progress))
+        finetunes[truncate] = (
+            load_finetune(Path(cfg.out))
+            if done.is_file()
+            else finetune(cfg, resume=(Path(cfg.out) / "run.json").is_file(), progress=progress)
+        )
     report = write_demo_report(root / "report.md", extracted, probes, finetunes, cut)
     return DemoResult(dataset, extracted, probes, finetunes, report)
 

@@ -27,6 +27,7 @@ __all__ = [
     "UnknownCutPointError",
     "UsageError",
     "WeightsUnavailableError",
+    "check_choice",
     "choices",
 ]
 
@@ -38,6 +39,13 @@ def choices(values: Iterable[object], limit: int = 12) -> str:
         head, tail = items[: limit - 2], items[-2:]
         return ", ".join(head) + f", ... ({len(items) - limit} more) ..., " + ", ".join(tail)
     return ", ".join(items)
+
+
+def check_choice(option: str, value: object, valid: Iterable[object]) -> None:
+    """Raise :class:`UsageError` unless ``value`` is one of ``valid`` (``option`` as typed: --pool)."""
+    valid = tuple(valid)
+    if value not in valid:
+        raise UsageError(f"{option} {value!r} is not valid; valid: {choices(valid)}")
 
 
 class TlmicError(Exception):

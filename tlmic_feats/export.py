@@ -15,13 +15,11 @@ def export_onnx(model, example, path: str | Path, *, atol: float = 1e-4) -> dict
     The graph takes raw grayscale pixels, so normalization travels with the model. Its outputs
     on ``example`` must match torch's within ``atol`` (max absolute difference), else RunError.
     """
+    import tempfile
     import warnings
 
-    import torch
-
-    import tempfile
-
     import onnx
+    import torch
 
     path = Path(path)
     model = model.eval().to("cpu")
@@ -33,13 +31,24 @@ def export_onnx(model, example, path: str | Path, *, atol: float = 1e-4) -> dict
             warnings.simplefilter("ignore")  # exporter chatter (deprecations inside torch.onnx)
             try:
                 torch.onnx.export(
-                    model, (example,), str(raw), input_names=["pixels"], output_names=["logits"],
-                    dynamo=True, dynamic_shapes={"x": {0: batch}}, verbose=False,
+                    model,
+                    (example,),
+                    str(raw),
+                    input_names=["pixels"],
+                    output_names=["logits"],
+                    dynamo=True,
+                    dynamic_shapes={"x": {0: batch}},
+                    verbose=False,
                 )
             except Exception:  # fall back to the TorchScript exporter where dynamo cannot trace
                 torch.onnx.export(
-                    model, (example,), str(raw), input_names=["pixels"], output_names=["logits"],
-                    dynamo=False, dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
+                    model,
+                    (example,),
+                    str(raw),
+                    input_names=["pixels"],
+                    output_names=["logits"],
+                    dynamo=False,
+                    dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
                 )
         # One self-contained file (weights inline; fine below protobuf's 2 GB), checked before it
         # takes the final name.

@@ -20,7 +20,7 @@ import numpy as np
 from . import __version__
 from .backbones.cutpoints import CutPoint, Tap, address_key, select_cut_points, storage_groups
 from .data.readers import DataConfig, load_manifest
-from .errors import BadImageError, UsageError, choices
+from .errors import BadImageError, UsageError, check_choice
 from .paths import cache_root, slug
 from .store import FeatureStore, LayerInfo, StoreLock, open_for_writing
 
@@ -49,13 +49,9 @@ class ExtractConfig:
     chunk_rows: int = 256
 
     def validate(self) -> None:
-        for name, value, valid in (
-            ("pool", self.pool, POOLS),
-            ("dtype", self.dtype, DTYPES),
-            ("on_bad_image", self.on_bad_image, BAD_IMAGE_POLICIES),
-        ):
-            if value not in valid:
-                raise UsageError(f"--{name.replace('_', '-')} {value!r} is not valid; valid: {choices(valid)}")
+        check_choice("--pool", self.pool, POOLS)
+        check_choice("--dtype", self.dtype, DTYPES)
+        check_choice("--on-bad-image", self.on_bad_image, BAD_IMAGE_POLICIES)
         if self.batch_size < 1 or self.chunk_rows < 1:
             raise UsageError(f"batch size and chunk rows must be >= 1 (got {self.batch_size}, {self.chunk_rows})")
 
@@ -193,8 +189,11 @@ def default_store_path(config: ExtractConfig, fingerprint: dict) -> Path:
     digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:10]
     dataset = slug(Path(config.data.path).resolve().name)
     weights = slug(config.weights if config.weights in ("imagenet", "random") else fingerprint["weights"]["kind"])
-    return cache_root() / "stores" / dataset / (
-        f"{config.backbone}-{weights}-{config.pool}-{slug(config.layers)[:40]}-{digest}.zarr"
+    return (
+        cache_root()
+        / "stores"
+        / dataset
+        / (f"{config.backbone}-{weights}-{config.pool}-{slug(config.layers)[:40]}-{digest}.zarr")
     )
 
 
@@ -223,7 +222,9 @@ def extract_features(
     selected = select_cut_points(backbone.cut_points, config.layers, backbone.name)
     arrays = storage_groups(selected)
     layers = [
-        LayerInfo(cp.address, cp.module, cp.channels * (2 if config.pool == "avgmax" else 1), cp.stride, arrays[cp.address])
+        LayerInfo(
+            cp.address, cp.module, cp.channels * (2 if config.pool == "avgmax" else 1), cp.stride, arrays[cp.address]
+        )
         for cp in selected
     ]
     fingerprint = {
@@ -245,8 +246,14 @@ def extract_features(
 
     with StoreLock(path):
         writer, finished = open_for_writing(
-            path, fingerprint=fingerprint, config=record, manifest=manifest, layers=layers,
-            chunk_rows=config.chunk_rows, dtype=config.dtype, overwrite=config.overwrite,
+            path,
+            fingerprint=fingerprint,
+            config=record,
+            manifest=manifest,
+            layers=layers,
+            chunk_rows=config.chunk_rows,
+            dtype=config.dtype,
+            overwrite=config.overwrite,
         )
         if finished:
             return ExtractReport(FeatureStore.open(path), already_complete=True)
@@ -331,6 +338,12 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(
-        total=total, initial=initial, desc=desc, unit="img", disable=not enabled,
-        dynamic_ncols=True, file=sys.stderr, smoothing=0.1,
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="img",
+        disable=not enabled,
+        dynamic_ncols=True,
+        file=sys.stderr,
+        smoothing=0.1,
     )

@@ -35,7 +35,7 @@ import numpy as np
 
 from .augment import AugmentConfig, augment_batch, center_crop
 from .data.readers import DataConfig, load_manifest
-from .errors import UsageError, choices
+from .errors import UsageError, check_choice
 from .metrics import METRICS, UndefinedMetricWarning, bootstrap, choose_thresholds, evaluate
 from .paths import cache_root, slug
 from .subsets import nested_subsets
@@ -74,10 +74,9 @@ class FinetuneConfig:
     workers: int = 0
 
     def validate(self) -> None:
-        for name, value, valid in (("schedule", self.schedule, SCHEDULES), ("monitor", self.monitor, MONITORS),
-                                   ("precision", self.precision, PRECISIONS)):
-            if value not in valid:
-                raise UsageError(f"--{name} {value!r} is not valid; valid: {choices(valid)}")
+        check_choice("--schedule", self.schedule, SCHEDULES)
+        check_choice("--monitor", self.monitor, MONITORS)
+        check_choice("--precision", self.precision, PRECISIONS)
         if not 0 < self.fraction <= 1:
             raise UsageError(f"--fraction {self.fraction} is not in (0, 1]")
         if self.epochs < 1 or self.batch_size < 1:
@@ -248,8 +247,10 @@ def _claim_run_dir(out: Path, record: dict, *, resume: bool, overwrite: bool) ->
             shutil.rmtree(out)
         else:
             if not resume:
-                raise UsageError(f"run directory {out} holds a finetuning run; pass --resume to continue it "
-                                 "or --overwrite to replace it")
+                raise UsageError(
+                    f"run directory {out} holds a finetuning run; pass --resume to continue it "
+                    "or --overwrite to replace it"
+                )
             diff = _diff_keys(old, record)
             if diff:
                 raise UsageError(f"cannot resume {out}: configuration differs in {', '.join(diff)}")
@@ -306,9 +307,16 @@ def finetune(
     backbone = build_backbone(config.backbone, config.weights, seed=config.seed)
     address = full_depth_address(backbone) if config.truncate == "all" else backbone.cut_point(config.truncate).address
     kind, names = manifest.label_kind, list(manifest.label_names)
-    out = Path(config.out) if config.out else cache_root() / "runs" / (
-        f"finetune-{slug(Path(config.data.path).name)}-{config.backbone}-{slug(config.weights)}-t{address}"
-        f"-f{config.fraction:g}-s{config.seed}")
+    out = (
+        Path(config.out)
+        if config.out
+        else cache_root()
+        / "runs"
+        / (
+            f"finetune-{slug(Path(config.data.path).name)}-{config.backbone}-{slug(config.weights)}-t{address}"
+            f"-f{config.fraction:g}-s{config.seed}"
+        )
+    )
     device = resolve_device(config.device)
     precision = _resolve_precision(config.precision, device)
     record = {
@@ -324,14 +332,17 @@ def finetune(
     rows = {s: np.flatnonzero(manifest.splits == s) for s in ("train", "val", "test")}
     if len(rows["val"]) == 0 or len(rows["test"]) == 0:
         raise UsageError("finetuning needs val and test rows; the data's split has none of one of them")
-    train = nested_subsets(rows["train"], manifest.labels, kind, [config.fraction], seed=config.seed,
-                           patient_ids=manifest.patient_ids)[float(config.fraction)]
+    train = nested_subsets(
+        rows["train"], manifest.labels, kind, [config.fraction], seed=config.seed, patient_ids=manifest.patient_ids
+    )[float(config.fraction)]
     y_train = manifest.labels[train]
     if kind != "multilabel":
         counts = np.bincount(y_train[:, 0].astype(int), minlength=len(names))
         if counts.min() < 1:
-            raise UsageError(f"training subset (fraction {config.fraction}) has no '{names[int(np.argmin(counts))]}' "
-                             "image; use a larger --fraction")
+            raise UsageError(
+                f"training subset (fraction {config.fraction}) has no '{names[int(np.argmin(counts))]}' "
+                "image; use a larger --fraction"
+            )
 
     pre = backbone.preprocess
     t0 = time.perf_counter()
@@ -340,8 +351,10 @@ def finetune(
         for s, r in (("train", train), ("val", rows["val"]), ("test", rows["test"]))
     }
     log(f"decoded {sum(len(p) for p in pixels.values())} images in {time.perf_counter() - t0:.1f} s")
-    labels = {s: torch.from_numpy(manifest.labels[r].astype(np.float32))
-              for s, r in (("train", train), ("val", rows["val"]), ("test", rows["test"]))}
+    labels = {
+        s: torch.from_numpy(manifest.labels[r].astype(np.float32))
+        for s, r in (("train", train), ("val", rows["val"]), ("test", rows["test"]))
+    }
 
     torch.manual_seed(config.seed)
     net = build_network(backbone, address, n_outputs_for(kind, len(names)), config.dropout)
@@ -394,7 +407,11 @@ def finetune(
             if len(idx) < 2 and len(order) > 1:
                 continue  # BatchNorm cannot train on one image
             x = pixels["train"][idx].to(device)
-            x = augment_batch(x, pre.input_size, config.augment, gen) if config.augment else center_crop(x, pre.input_size)
+            x = (
+                augment_batch(x, pre.input_size, config.augment, gen)
+                if config.augment
+                else center_crop(x, pre.input_size)
+            )
             y = labels["train"][idx].to(device)
             with autocast:
                 logits = net(x.contiguous(memory_format=torch.channels_last))
@@ -425,18 +442,34 @@ def finetune(
             _save({"model": net.state_dict()}, out / "best.pt")
         else:
             state["bad_epochs"] += 1
-        row = {"epoch": epoch, "train_loss": total / max(seen, 1), "val_loss": val_loss, "val_auroc": vm["auroc"],
-               "val_auprc": vm["auprc"], "lr": optimizer.param_groups[0]["lr"], "seconds": round(train_seconds, 3),
-               "best": improved}
+        row = {
+            "epoch": epoch,
+            "train_loss": total / max(seen, 1),
+            "val_loss": val_loss,
+            "val_auroc": vm["auroc"],
+            "val_auprc": vm["auprc"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(train_seconds, 3),
+            "best": improved,
+        }
         state["history"].append(row)
-        log(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
-            f"val AUROC {vm['auroc']:.4f}, AUPRC {vm['auprc']:.4f}{' *' if improved else ''}")
+        log(
+            f"epoch {epoch}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
+            f"val AUROC {vm['auroc']:.4f}, AUPRC {vm['auprc']:.4f}{' *' if improved else ''}"
+        )
         state["epoch"] = epoch
         if state["bad_epochs"] >= config.patience:
             state["stopped"] = True
             log(f"early stop: no val {config.monitor} improvement for {config.patience} epochs")
-        _save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-               "state": json.dumps(state)}, out / "last.pt")
+        _save(
+            {
+                "model": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "state": json.dumps(state),
+            },
+            out / "last.pt",
+        )
         if on_epoch:
             on_epoch(epoch)
     seconds = time.perf_counter() - t_start
@@ -452,15 +485,30 @@ def finetune(
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         thresholds = choose_thresholds(manifest.labels[rows["val"]], s_val, kind)
         test_m = evaluate(manifest.labels[rows["test"]], s_test, kind, thresholds=thresholds, label_names=names)
-        ci = bootstrap(manifest.labels[rows["test"]], s_test, kind, thresholds=thresholds,
-                       n_resamples=config.bootstrap, seed=config.seed)
+        ci = bootstrap(
+            manifest.labels[rows["test"]],
+            s_test,
+            kind,
+            thresholds=thresholds,
+            n_resamples=config.bootstrap,
+            seed=config.seed,
+        )
     metrics = {m: test_m[m] for m in METRICS}
     metrics.update({f"{m}_lo": ci[m][0] for m in METRICS})
     metrics.update({f"{m}_hi": ci[m][1] for m in METRICS})
-    metrics.update(n_labels=test_m["n_labels"], n_labels_total=test_m["n_labels_total"], per_label=test_m["per_label"],
-                   threshold=None if thresholds is None else thresholds.tolist(), best_epoch=state["best_epoch"],
-                   epochs_run=state["epoch"], address=address, n_train=len(train), head_init=head_source,
-                   train_seconds=round(sum(h["seconds"] for h in state["history"]), 2), precision=precision)
+    metrics.update(
+        n_labels=test_m["n_labels"],
+        n_labels_total=test_m["n_labels_total"],
+        per_label=test_m["per_label"],
+        threshold=None if thresholds is None else thresholds.tolist(),
+        best_epoch=state["best_epoch"],
+        epochs_run=state["epoch"],
+        address=address,
+        n_train=len(train),
+        head_init=head_source,
+        train_seconds=round(sum(h["seconds"] for h in state["history"]), 2),
+        precision=precision,
+    )
     _write_predictions(out / "predictions.csv", manifest, rows, s_val, s_test, kind, names)
     _write_history(out / "history.csv", state["history"])
     plot_curves(state["history"], out / "curves.png", config.monitor)
@@ -482,8 +530,9 @@ def finetune(
     tmp = out / "metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=1, default=float))
     tmp.replace(out / "metrics.json")
-    return FinetuneResult(out, metrics, state["history"], state["best_epoch"], [asdict(c) for c in comp], onnx,
-                          seconds, resumed_from)
+    return FinetuneResult(
+        out, metrics, state["history"], state["best_epoch"], [asdict(c) for c in comp], onnx, seconds, resumed_from
+    )
 
 
 def load_pixels_for(manifest, rows, pre, workers: int) -> np.ndarray:
@@ -499,7 +548,9 @@ def compactness_pair(backbone, address: str, net, example, n_out: int):
     rows = [measure(f"{backbone.name} truncated at {address}", net, example)]
     full = full_depth_address(backbone)
     if address != full:
-        rows.append(measure(f"{backbone.name} full ({full})", build_network(backbone, full, n_out, 0.0).eval(), example))
+        rows.append(
+            measure(f"{backbone.name} full ({full})", build_network(backbone, full, n_out, 0.0).eval(), example)
+        )
     return rows
 
 
@@ -527,8 +578,13 @@ def _predict(net, pixels, size: int, batch_size: int, device: str, autocast) -> 
 
 
 def _write_predictions(path: Path, manifest, rows, s_val, s_test, kind, names) -> None:
-    heads = (["y", "score"] if kind == "binary" else ["y", *[f"score_{n}" for n in names]] if kind == "multiclass"
-             else [*[f"y_{n}" for n in names], *[f"score_{n}" for n in names]])
+    heads = (
+        ["y", "score"]
+        if kind == "binary"
+        else ["y", *[f"score_{n}" for n in names]]
+        if kind == "multiclass"
+        else [*[f"y_{n}" for n in names], *[f"score_{n}" for n in names]]
+    )
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
@@ -585,5 +641,6 @@ def plot_curves(history: list[dict], path: Path, monitor: str) -> None:
 def _bar(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True, file=sys.stderr, leave=False)
-
+    return tqdm(
+        total=total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True, file=sys.stderr, leave=False
+    )

@@ -133,11 +133,17 @@ def _multiclass_point(y: np.ndarray, p: np.ndarray, names) -> dict:
     for c in range(k):
         yc = (y == c).astype(int)
         if len(np.unique(yc)) < 2:
-            warnings.warn(f"class {names[c]!r}: test split has no examples of it (or only it); "
-                          "its one-vs-rest metrics are NaN", UndefinedMetricWarning, stacklevel=3)
+            warnings.warn(
+                f"class {names[c]!r}: test split has no examples of it (or only it); its one-vs-rest metrics are NaN",
+                UndefinedMetricWarning,
+                stacklevel=3,
+            )
             per[names[c]] = {"auroc": float("nan"), "auprc": float("nan")}
             continue
-        per[names[c]] = {"auroc": float(roc_auc_score(yc, p[:, c])), "auprc": float(average_precision_score(yc, p[:, c]))}
+        per[names[c]] = {
+            "auroc": float(roc_auc_score(yc, p[:, c])),
+            "auprc": float(average_precision_score(yc, p[:, c])),
+        }
     cm = confusion_matrix(y, pred, labels=list(range(k))).astype(float)
     tp = np.diag(cm)
     support = cm.sum(1)
@@ -168,8 +174,9 @@ def _multilabel_point(y: np.ndarray, s: np.ndarray, thresholds, names) -> dict:
         m = ~np.isnan(y[:, j])
         if len(np.unique(y[m, j])) < 2 or not np.isfinite(s[m, j]).all():
             why = "holds one class only" if len(np.unique(y[m, j])) < 2 else "has no scores (no probe)"
-            warnings.warn(f"label {names[j]!r}: test split {why}; its metrics are NaN",
-                          UndefinedMetricWarning, stacklevel=3)
+            warnings.warn(
+                f"label {names[j]!r}: test split {why}; its metrics are NaN", UndefinedMetricWarning, stacklevel=3
+            )
             per[names[j]] = _nan_metrics()
             continue
         per[names[j]] = _binary_point(y[m, j], s[m, j], float(thresholds[j]))
@@ -226,7 +233,12 @@ def _threshold_rows(y: np.ndarray, s: np.ndarray, t: float) -> dict[str, np.ndar
         sens, spec = tp / n1, tn / n0
         f1p = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
         f1n = np.where(2 * tn + fp + fn > 0, 2 * tn / (2 * tn + fp + fn), 0.0)
-    return {"balanced_accuracy": (sens + spec) / 2, "macro_f1": (f1p + f1n) / 2, "sensitivity": sens, "specificity": spec}
+    return {
+        "balanced_accuracy": (sens + spec) / 2,
+        "macro_f1": (f1p + f1n) / 2,
+        "sensitivity": sens,
+        "specificity": spec,
+    }
 
 
 def _binary_rows(y: np.ndarray, s: np.ndarray, t: float) -> dict[str, np.ndarray]:

@@ -31,7 +31,9 @@ def load_pixels(
         import torch
 
         loader = torch.utils.data.DataLoader(
-            _Square(source, rows, size, interpolation), batch_size=64, num_workers=workers,
+            _Square(source, rows, size, interpolation),
+            batch_size=64,
+            num_workers=workers,
             multiprocessing_context="spawn",
         )
         pos = 0

@@ -111,13 +111,26 @@ class _ProbeBase(ClassifierMixin, BaseEstimator):
         self._fit_single(X, y, ev)
         return self
 
+    def _new_single(self):
+        return type(self)(**self.get_params())
+
+    def _prepare_single(self, X, y, eval_set):
+        """Validation data (given, or a stratified holdout of the training rows) and fitted-state
+        basics shared by every single-target fit."""
+        if eval_set is None:
+            X, y, Xv, yv = _holdout(X, y, self.random_state)
+        else:
+            Xv, yv = eval_set
+        self.classes_ = np.unique(y)
+        self.kind_ = "binary" if len(self.classes_) == 2 else "multiclass"
+        self.n_features_in_ = X.shape[1]
+        return X, y, Xv, yv
+
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self, "classes_")
         X = np.asarray(X, dtype=np.float32)
         if self.kind_ == "multilabel":
-            cols = [
-                np.full(len(X), np.nan) if e is None else e._proba_single(X)[:, 1] for e in self.estimators_
-            ]
+            cols = [np.full(len(X), np.nan) if e is None else e._proba_single(X)[:, 1] for e in self.estimators_]
             return np.stack(cols, axis=1)
         return self._proba_single(X)
 
@@ -181,22 +194,13 @@ class LogisticProbe(_ProbeBase):
         self.path_patience = path_patience
         self.random_state = random_state
 
-    def _new_single(self):
-        return LogisticProbe(**self.get_params())
-
     def _fit_single(self, X, y, eval_set):
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import LogisticRegression
 
-        if eval_set is None:
-            X, y, Xv, yv = _holdout(X, y, self.random_state)
-        else:
-            Xv, yv = eval_set
-        self.classes_ = np.unique(y)
-        self.kind_ = "binary" if len(self.classes_) == 2 else "multiclass"
-        self.n_features_in_ = X.shape[1]
+        X, y, Xv, yv = self._prepare_single(X, y, eval_set)
         mean, scale = _column_stats(X)
         # float32 standardized copies: lbfgs keeps float32, halving the largest working arrays.
         m32, s32 = mean.astype(np.float32), scale.astype(np.float32)
@@ -217,7 +221,7 @@ class LogisticProbe(_ProbeBase):
                 lr.fit(Z, y)
             score = _val_score(yv, lr.predict_proba(Zv)) if len(np.unique(yv)) >= 2 else np.nan
             self.path_.append((float(C), float(score)))
-            if np.isfinite(score) and score > best[0] + 1e-12 or best[1] is None:
+            if (np.isfinite(score) and score > best[0] + 1e-12) or best[1] is None:
                 best = (score, C, lr.coef_.copy(), lr.intercept_.copy())
                 worse = 0
             else:
@@ -242,8 +246,15 @@ class LogisticProbe(_ProbeBase):
         return e / e.sum(1, keepdims=True)
 
     def _save_single(self, path: Path, j: int):
-        np.savez(path / f"logreg_{j}.npz", coef=self.coef_, intercept=self.intercept_, mean=self.scaler_mean_,
-                 scale=self.scaler_scale_, classes=self.classes_, C=np.array(self.C_))
+        np.savez(
+            path / f"logreg_{j}.npz",
+            coef=self.coef_,
+            intercept=self.intercept_,
+            mean=self.scaler_mean_,
+            scale=self.scaler_scale_,
+            classes=self.classes_,
+            C=np.array(self.C_),
+        )
 
     @classmethod
     def _load_single(cls, path: Path, j: int, params: dict):
@@ -264,8 +275,17 @@ class LightGBMProbe(_ProbeBase):
     ``min_child_samples`` shrinks for tiny training sets so that trees can split at all.
     """
 
-    def __init__(self, n_estimators=300, learning_rate=0.1, num_leaves=15, colsample_bytree=0.3,
-                 max_bin=63, early_stopping_rounds=20, n_jobs=1, random_state=None):
+    def __init__(
+        self,
+        n_estimators=300,
+        learning_rate=0.1,
+        num_leaves=15,
+        colsample_bytree=0.3,
+        max_bin=63,
+        early_stopping_rounds=20,
+        n_jobs=1,
+        random_state=None,
+    ):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
@@ -275,21 +295,12 @@ class LightGBMProbe(_ProbeBase):
         self.n_jobs = n_jobs
         self.random_state = random_state
 
-    def _new_single(self):
-        return LightGBMProbe(**self.get_params())
-
     def _fit_single(self, X, y, eval_set):
         import inspect
 
         import lightgbm as lgb
 
-        if eval_set is None:
-            X, y, Xv, yv = _holdout(X, y, self.random_state)
-        else:
-            Xv, yv = eval_set
-        self.classes_ = np.unique(y)
-        self.kind_ = "binary" if len(self.classes_) == 2 else "multiclass"
-        self.n_features_in_ = X.shape[1]
+        X, y, Xv, yv = self._prepare_single(X, y, eval_set)
         model = lgb.LGBMClassifier(
             n_estimators=self.n_estimators,
             learning_rate=self.learning_rate,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UnknownCutPointError, UsageError, choices
+from .errors import UnknownCutPointError, UsageError, check_choice, choices
 from .metrics import METRICS, UndefinedMetricWarning, bootstrap, choose_thresholds, evaluate
 from .paths import cache_root, slug
 from .probes import PROBES
@@ -56,8 +56,7 @@ class ProbeConfig:
         bad = [m for m in self.models if m not in MODELS]
         if bad or not self.models:
             raise UsageError(f"--model {','.join(bad) or '(none)'} is not valid; valid: logreg, lightgbm, both")
-        if self.control not in CONTROLS:
-            raise UsageError(f"--control {self.control!r} is not valid; valid: {choices(CONTROLS)}")
+        check_choice("--control", self.control, CONTROLS)
         for f in self.fractions:
             if not 0 < f <= 1:
                 raise UsageError(f"fraction {f} is not in (0, 1]; e.g. --fractions 0.05,0.1,1.0")
@@ -104,9 +103,7 @@ def _class_counts(y: np.ndarray, kind: str, n_classes: int) -> np.ndarray:
     return np.bincount(y[:, 0].astype(int), minlength=n_classes)
 
 
-def run_probes(
-    config: ProbeConfig, *, progress: bool = True, log: Callable[[str], None] | None = None
-) -> ProbeRun:
+def run_probes(config: ProbeConfig, *, progress: bool = True, log: Callable[[str], None] | None = None) -> ProbeRun:
     """Run the probe grid of ``config``; see the module docstring for the outputs."""
     import contextlib
 
@@ -145,8 +142,10 @@ def run_probes(
             counts = _class_counts(labels[train], kind, n_classes)
             if kind != "multilabel" and counts.min() < 2:
                 short = names[int(np.argmin(counts))]
-                msg = (f"skipped fraction {fraction} seed {seed}: its training subset has {int(counts.min())} "
-                       f"'{short}' image(s) (needs >= 2 of every class; {len(train)} images in all)")
+                msg = (
+                    f"skipped fraction {fraction} seed {seed}: its training subset has {int(counts.min())} "
+                    f"'{short}' image(s) (needs >= 2 of every class; {len(train)} images in all)"
+                )
                 skipped.append(msg)
                 log(msg)
                 continue
@@ -180,9 +179,11 @@ def run_probes(
         todo = [c for c, r in finished.items() if r is None]
         # Cells run in threads; with several at once, BLAS and OpenMP get one thread each.
         with threadpool_limits(1) if n_jobs > 1 else contextlib.nullcontext():
-            fitted = Parallel(n_jobs=n_jobs, prefer="threads")(
-                delayed(_fit_cell)(X, ctx, cells[c], common) for c in todo
-            ) if todo else []
+            fitted = (
+                Parallel(n_jobs=n_jobs, prefer="threads")(delayed(_fit_cell)(X, ctx, cells[c], common) for c in todo)
+                if todo
+                else []
+            )
         finished.update(zip(todo, fitted, strict=True))
         results = [finished[c] for c in range(len(cells))]
         bar.update(len(cells))
@@ -242,24 +243,43 @@ def _fit_cell(X: np.ndarray, ctx: _Context, cell: tuple, common: dict) -> dict:
     _write_predictions(pred_file, ctx, s_val, s_test)
     if config.save_probes:
         probe.save(out / "probes" / run_id)
-    positives = (np.nansum(y_train[:, 0] == 1) if kind == "binary" else
-                 int(np.nansum(y_train == 1)) if kind == "multilabel" else len(np.unique(y_train)))
+    positives = (
+        np.nansum(y_train[:, 0] == 1)
+        if kind == "binary"
+        else int(np.nansum(y_train == 1))
+        if kind == "multilabel"
+        else len(np.unique(y_train))
+    )
     row = {
         **common,
-        "model": model, "fraction": fraction, "seed": seed, "control": control,
-        "n_train": len(train), "positives_train": int(positives),
-        "n_val": len(val), "n_test": len(test), "fit_seconds": round(fit_seconds, 4),
-        "val_auroc": val_m["auroc"], "val_auprc": val_m["auprc"],
+        "model": model,
+        "fraction": fraction,
+        "seed": seed,
+        "control": control,
+        "n_train": len(train),
+        "positives_train": int(positives),
+        "n_val": len(val),
+        "n_test": len(test),
+        "fit_seconds": round(fit_seconds, 4),
+        "val_auroc": val_m["auroc"],
+        "val_auprc": val_m["auprc"],
     }
     for m in METRICS:
         row[m] = test_m[m]
         row[f"{m}_lo"], row[f"{m}_hi"] = ci[m]
     row.update(
-        n_labels=test_m["n_labels"], n_labels_total=test_m["n_labels_total"],
+        n_labels=test_m["n_labels"],
+        n_labels_total=test_m["n_labels_total"],
         threshold=None if thresholds is None else [round(float(v), 6) for v in thresholds],
-        hyper=({"C": probe.C_} if model == "logreg" and kind != "multilabel" else
-               {"best_iteration": probe.best_iteration_} if model == "lightgbm" and kind != "multilabel" else {}),
-        predictions=str(pred_file.relative_to(out)), run_id=run_id,
+        hyper=(
+            {"C": probe.C_}
+            if model == "logreg" and kind != "multilabel"
+            else {"best_iteration": probe.best_iteration_}
+            if model == "lightgbm" and kind != "multilabel"
+            else {}
+        ),
+        predictions=str(pred_file.relative_to(out)),
+        run_id=run_id,
     )
     tmp = out / "cells" / f"{run_id}.json.tmp"
     tmp.write_text(json.dumps(row, default=_jsonable))
@@ -292,8 +312,9 @@ def _claim_run_dir(out: Path, config: ProbeConfig, store: FeatureStore) -> None:
     existing = out / "run.json"
     if existing.is_file():
         old = json.loads(existing.read_text())
-        diff = sorted(k for k in set(old["config"]) | set(record["config"])
-                      if old["config"].get(k) != record["config"].get(k))
+        diff = sorted(
+            k for k in set(old["config"]) | set(record["config"]) if old["config"].get(k) != record["config"].get(k)
+        )
         if old.get("store_fingerprint") != record["store_fingerprint"]:
             diff.append("store contents")
         if old.get("tlmic_version") != record["tlmic_version"]:
@@ -334,10 +355,29 @@ def _write_predictions(path: Path, ctx: _Context, s_val, s_test) -> None:
 
 
 RESULT_COLUMNS = (
-    "layer", "depth", "module", "array", "channels", "model", "fraction", "seed", "control",
-    "n_train", "positives_train", "n_val", "n_test", "fit_seconds", "val_auroc", "val_auprc",
-    *[c for m in METRICS for c in (m, f"{m}_lo", f"{m}_hi")], "n_labels", "n_labels_total",
-    "threshold", "hyper", "run_id", "predictions",
+    "layer",
+    "depth",
+    "module",
+    "array",
+    "channels",
+    "model",
+    "fraction",
+    "seed",
+    "control",
+    "n_train",
+    "positives_train",
+    "n_val",
+    "n_test",
+    "fit_seconds",
+    "val_auroc",
+    "val_auprc",
+    *[c for m in METRICS for c in (m, f"{m}_lo", f"{m}_hi")],
+    "n_labels",
+    "n_labels_total",
+    "threshold",
+    "hyper",
+    "run_id",
+    "predictions",
 )
 
 

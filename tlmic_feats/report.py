@@ -32,9 +32,25 @@ def aggregate(rows: list[dict]) -> list[dict]:
         groups[(r["depth"], r["layer"], r["model"], r["fraction"], r["control"])].append(r)
     out = []
     for (depth, layer, model, fraction, control), rs in sorted(groups.items()):
-        a = {"depth": depth, "layer": layer, "model": model, "fraction": fraction, "control": control,
-             "seeds": len(rs), "n_train": int(np.mean([r["n_train"] for r in rs]))}
-        for m in ("val_auprc", "val_auroc", "auroc", "auprc", "balanced_accuracy", "macro_f1", "sensitivity", "specificity"):
+        a = {
+            "depth": depth,
+            "layer": layer,
+            "model": model,
+            "fraction": fraction,
+            "control": control,
+            "seeds": len(rs),
+            "n_train": int(np.mean([r["n_train"] for r in rs])),
+        }
+        for m in (
+            "val_auprc",
+            "val_auroc",
+            "auroc",
+            "auprc",
+            "balanced_accuracy",
+            "macro_f1",
+            "sensitivity",
+            "specificity",
+        ):
             v = np.array([r[m] for r in rs], dtype=float)
             a[m] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
             a[f"{m}_sd"] = float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else 0.0
@@ -68,8 +84,7 @@ def render_summary(doc: dict) -> str:
     best = best_layers(agg)
     cfg = doc["config"]
     lines = [
-        f"# Probe summary: {doc.get('backbone')} features, {doc['label_kind']} "
-        f"({', '.join(doc['label_names'])})",
+        f"# Probe summary: {doc.get('backbone')} features, {doc['label_kind']} ({', '.join(doc['label_names'])})",
         "",
         f"Store: `{doc['store']}`. Seeds: {cfg['seeds']}; bootstrap resamples: {cfg['bootstrap']}. "
         "Best layer = highest mean **validation** AUPRC; test metrics are mean ± sd over seeds "
@@ -79,13 +94,20 @@ def render_summary(doc: dict) -> str:
         "| --- | --- | ---: | --- | --- | --- |",
     ]
     for (model, fraction), a in sorted(best.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        lines.append(f"| {model} | {fraction:g} | {a['n_train']} | {a['layer']} | {_fmt(a, 'auroc')} | {_fmt(a, 'auprc')} |")
+        lines.append(
+            f"| {model} | {fraction:g} | {a['n_train']} | {a['layer']} | {_fmt(a, 'auroc')} | {_fmt(a, 'auprc')} |"
+        )
     controls = [a for a in agg if a["control"] == "shuffle"]
     if controls:
-        lines += ["", "## Leakage control: shuffled training labels", "",
-                  "Each probe refit on permuted training labels; test AUROC should sit at chance (0.5).", "",
-                  "| model | fraction | test AUROC over layers: mean [mean 95% CI] (min, max) | verdict |",
-                  "| --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "## Leakage control: shuffled training labels",
+            "",
+            "Each probe refit on permuted training labels; test AUROC should sit at chance (0.5).",
+            "",
+            "| model | fraction | test AUROC over layers: mean [mean 95% CI] (min, max) | verdict |",
+            "| --- | --- | --- | --- |",
+        ]
         by = defaultdict(list)
         for a in controls:
             by[(a["model"], a["fraction"])].append(a)
@@ -93,9 +115,11 @@ def render_summary(doc: dict) -> str:
             v = np.array([a["auroc"] for a in rs])
             lo, hi = np.nanmean([a["auroc_lo"] for a in rs]), np.nanmean([a["auroc_hi"] for a in rs])
             ok = lo <= 0.5 <= hi
-            lines.append(f"| {model} | {fraction:g} | {np.nanmean(v):.3f} [{lo:.3f}, {hi:.3f}] "
-                         f"({np.nanmin(v):.3f}, {np.nanmax(v):.3f}) | "
-                         f"{'at chance (0.5 inside the CI)' if ok else 'NOT at chance: check for leakage'} |")
+            lines.append(
+                f"| {model} | {fraction:g} | {np.nanmean(v):.3f} [{lo:.3f}, {hi:.3f}] "
+                f"({np.nanmin(v):.3f}, {np.nanmax(v):.3f}) | "
+                f"{'at chance (0.5 inside the CI)' if ok else 'NOT at chance: check for leakage'} |"
+            )
     lines += ["", "## Per layer (test AUPRC, mean over seeds)", ""]
     models_fr = sorted({(a["model"], a["fraction"]) for a in agg if a["control"] == "none"})
     lines.append("| layer | " + " | ".join(f"{m} {f:g}" for m, f in models_fr) + " |")
@@ -133,8 +157,16 @@ def plot_layers(doc: dict, path: str | Path) -> Path:
             x = [pos[a["layer"]] for a in rs]
             style = "-" if key[0] == "logreg" else "--"
             c = colors(i % 10)
-            ax.plot(x, [a[metric] for a in rs], style, color=c, marker="o", ms=3, lw=1.5,
-                    label=f"{key[0]}, {key[1]:g} of train")
+            ax.plot(
+                x,
+                [a[metric] for a in rs],
+                style,
+                color=c,
+                marker="o",
+                ms=3,
+                lw=1.5,
+                label=f"{key[0]}, {key[1]:g} of train",
+            )
             ax.fill_between(x, [a[f"{metric}_lo"] for a in rs], [a[f"{metric}_hi"] for a in rs], color=c, alpha=0.12)
             b = best.get(key)
             if b is not None:

@@ -82,9 +82,7 @@ class FeatureStore:
         if not meta:
             raise StoreError(f"{path} is a Zarr group but not a tlmic feature store")
         if meta.get("format") != FORMAT_VERSION:
-            raise StoreError(
-                f"{path} has store format {meta.get('format')}; this tlmic reads format {FORMAT_VERSION}"
-            )
+            raise StoreError(f"{path} has store format {meta.get('format')}; this tlmic reads format {FORMAT_VERSION}")
         if meta.get("status") != "complete" and not allow_incomplete:
             done = int(np.asarray(group["shard_done"][:]).sum()) if "shard_done" in group else 0
             raise StoreIncompleteError(
@@ -207,8 +205,14 @@ class FeatureStore:
         layers = [LayerInfo(a, "external", int(x.shape[1]), 0, a) for a, x in features.items()]
         fingerprint = {"backbone": description, "dataset": description, "layers": list(features)}
         writer, _ = open_for_writing(
-            path, fingerprint=fingerprint, config={"source": description}, manifest=manifest,
-            layers=layers, chunk_rows=chunk_rows, dtype="float32", overwrite=True,
+            path,
+            fingerprint=fingerprint,
+            config={"source": description},
+            manifest=manifest,
+            layers=layers,
+            chunk_rows=chunk_rows,
+            dtype="float32",
+            overwrite=True,
         )
         for shard in writer.pending_shards():
             start, stop = writer.shard_rows(shard)
@@ -309,9 +313,7 @@ def open_for_writing(
         existing = _read_meta(path)
         if existing is None:
             if any(path.iterdir()):
-                raise StoreMismatchError(
-                    f"{path} exists and is not a tlmic feature store; choose another --store"
-                )
+                raise StoreMismatchError(f"{path} exists and is not a tlmic feature store; choose another --store")
         elif existing.get("status") == "creating" or overwrite:
             _remove(path)
         else:
@@ -351,7 +353,10 @@ def open_for_writing(
     for li in layers:
         if li.array not in arrays:
             arrays[li.array] = feats.create_array(
-                li.array, shape=(n, li.channels), chunks=(rows, li.channels), dtype=dtype,
+                li.array,
+                shape=(n, li.channels),
+                chunks=(rows, li.channels),
+                dtype=dtype,
                 fill_value=np.nan,
             )
     _write_full(group, "ids", manifest.ids.astype(str), rows)
@@ -359,8 +364,11 @@ def open_for_writing(
     if manifest.patient_ids is not None:
         _write_full(group, "patient_ids", manifest.patient_ids.astype(str), rows)
     lab = group.create_array(
-        "labels", shape=manifest.labels.shape, chunks=(rows, manifest.labels.shape[1]),
-        dtype="float32", fill_value=np.nan,
+        "labels",
+        shape=manifest.labels.shape,
+        chunks=(rows, manifest.labels.shape[1]),
+        dtype="float32",
+        fill_value=np.nan,
     )
     lab[:] = manifest.labels.astype(np.float32)
     group.create_array("skipped", shape=(n,), chunks=(rows,), dtype="bool", fill_value=False)

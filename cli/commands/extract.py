@@ -10,17 +10,29 @@ from ..options import data_options
 @click.command()
 @data_options
 @click.option("--backbone", default="resnet50", show_default=True, help="Backbone (see `tlmic layers --list`).")
-@click.option("--weights", default="imagenet", show_default=True, help="imagenet[:MEMBER], random[:SEED], or a state-dict file.")
+@click.option(
+    "--weights", default="imagenet", show_default=True, help="imagenet[:MEMBER], random[:SEED], or a state-dict file."
+)
 @click.option("--layers", default="all", show_default=True, help="all, blocks, units, or addresses like 3,3.4.")
-@click.option("--pool", type=click.Choice(["avg", "max", "avgmax"]), default="avg", show_default=True,
-              help="Global pooling after each tap; avgmax keeps small local findings that avg washes out.")
+@click.option(
+    "--pool",
+    type=click.Choice(["avg", "max", "avgmax"]),
+    default="avg",
+    show_default=True,
+    help="Global pooling after each tap; avgmax keeps small local findings that avg washes out.",
+)
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
 @click.option("--store", default="", help="Store path (default: under cache/stores, derived from the inputs).")
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--workers", default=-1, show_default=True, help="Decode worker processes (-1: automatic).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-@click.option("--on-bad-image", type=click.Choice(["error", "skip"]), default="error", show_default=True,
-              help="Stop on an unreadable image, or record it as skipped and go on.")
+@click.option(
+    "--on-bad-image",
+    type=click.Choice(["error", "skip"]),
+    default="error",
+    show_default=True,
+    help="Stop on an unreadable image, or record it as skipped and go on.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace a store made from different inputs.")
 @click.option("--seed", default=0, show_default=True, help="Seed of random weights.")
 @click.option("--chunk-rows", default=256, show_default=True, help="Rows per chunk (and per resumable shard).")

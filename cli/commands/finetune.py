@@ -10,19 +10,33 @@ from ..options import data_options
 @click.command()
 @data_options
 @click.option("--backbone", default="resnet50", show_default=True)
-@click.option("--weights", default="imagenet", show_default=True, help="imagenet[:MEMBER], random[:SEED] (from scratch), or a file.")
-@click.option("--truncate", default="all", show_default=True, help="Cut point k or k.u (see `tlmic layers`), or all (full depth).")
+@click.option(
+    "--weights",
+    default="imagenet",
+    show_default=True,
+    help="imagenet[:MEMBER], random[:SEED] (from scratch), or a file.",
+)
+@click.option(
+    "--truncate", default="all", show_default=True, help="Cut point k or k.u (see `tlmic layers`), or all (full depth)."
+)
 @click.option("--out", default="", help="Run directory (default: under cache/runs).")
 @click.option("--epochs", default=20, show_default=True)
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--lr", default=1e-4, show_default=True)
 @click.option("--weight-decay", default=1e-4, show_default=True)
 @click.option("--schedule", type=click.Choice(["cosine", "plateau"]), default="cosine", show_default=True)
-@click.option("--monitor", type=click.Choice(["auroc", "auprc", "loss"]), default="auroc", show_default=True,
-              help="Validation metric for early stopping and the best checkpoint.")
+@click.option(
+    "--monitor",
+    type=click.Choice(["auroc", "auprc", "loss"]),
+    default="auroc",
+    show_default=True,
+    help="Validation metric for early stopping and the best checkpoint.",
+)
 @click.option("--patience", default=5, show_default=True, help="Epochs without improvement before stopping.")
 @click.option("--dropout", default=0.2, show_default=True)
-@click.option("--fraction", default=1.0, show_default=True, help="Training fraction: the probes' nested subset for --seed.")
+@click.option(
+    "--fraction", default=1.0, show_default=True, help="Training fraction: the probes' nested subset for --seed."
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--freeze-backbone", is_flag=True, help="Baseline: train only a linear head (SGD) on frozen features.")
 @click.option("--head-init", default="", help="LP-FT: start the head from this probe run's logistic-regression probe.")
@@ -43,13 +57,19 @@ def finetune(data, hflip, no_augment, no_onnx, resume, overwrite, quiet, **kw):
     from tlmic_feats.finetune import FinetuneConfig
     from tlmic_feats.finetune import finetune as run
 
-    config = FinetuneConfig(data=data, augment=replace(AugmentConfig(), hflip=hflip) if not no_augment else None,
-                            export_onnx=not no_onnx, **kw)
+    config = FinetuneConfig(
+        data=data,
+        augment=replace(AugmentConfig(), hflip=hflip) if not no_augment else None,
+        export_onnx=not no_onnx,
+        **kw,
+    )
     r = run(config, resume=resume, overwrite=overwrite, progress=not quiet, log=None if not quiet else (lambda m: None))
     m = r.metrics
-    click.echo(f"truncated at {m['address']}: best epoch {r.best_epoch} of {m['epochs_run']}; test "
-               f"AUROC {m['auroc']:.3f} [{m['auroc_lo']:.3f}, {m['auroc_hi']:.3f}], "
-               f"AUPRC {m['auprc']:.3f} [{m['auprc_lo']:.3f}, {m['auprc_hi']:.3f}]")
+    click.echo(
+        f"truncated at {m['address']}: best epoch {r.best_epoch} of {m['epochs_run']}; test "
+        f"AUROC {m['auroc']:.3f} [{m['auroc_lo']:.3f}, {m['auroc_hi']:.3f}], "
+        f"AUPRC {m['auprc']:.3f} [{m['auprc_lo']:.3f}, {m['auprc_hi']:.3f}]"
+    )
     click.echo((r.out / "compactness.md").read_text().rstrip())
     if r.onnx:
         click.echo(f"model.onnx: max |onnxruntime - torch| = {r.onnx['max_abs_diff']:.1e}")

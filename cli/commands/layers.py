@@ -20,4 +20,6 @@ def layers(backbone, granularity, list_only):
     get_spec(backbone)  # unknown names fail before torch loads
     from tlmic_feats.layers import format_layer_table, full_model_params, layer_table
 
-    click.echo(format_layer_table(layer_table(backbone, granularity=granularity), full_params=full_model_params(backbone)))
+    click.echo(
+        format_layer_table(layer_table(backbone, granularity=granularity), full_params=full_model_params(backbone))
+    )

@@ -14,14 +14,26 @@ def _floats(ctx, param, value):
 
 @click.command()
 @click.option("--store", required=True, type=click.Path(), help="A finished feature store (from `tlmic extract`).")
-@click.option("--layer", "layers", default="all", show_default=True, help="all, blocks, units, or addresses like 3,3.4.")
+@click.option(
+    "--layer", "layers", default="all", show_default=True, help="all, blocks, units, or addresses like 3,3.4."
+)
 @click.option("--model", type=click.Choice(["logreg", "lightgbm", "both"]), default="both", show_default=True)
-@click.option("--fractions", default="1.0", show_default=True, callback=_floats,
-              help="Training-set fractions (nested subsets), e.g. 0.05,0.1,0.2,0.5,1.0.")
+@click.option(
+    "--fractions",
+    default="1.0",
+    show_default=True,
+    callback=_floats,
+    help="Training-set fractions (nested subsets), e.g. 0.05,0.1,0.2,0.5,1.0.",
+)
 @click.option("--seeds", default=3, show_default=True, help="Seeds per fraction (subset draw and probe).")
 @click.option("--out", default="", help="Run directory (default: under cache/runs).")
-@click.option("--control", type=click.Choice(["none", "shuffle"]), default="none", show_default=True,
-              help="shuffle: also fit on permuted training labels; test AUROC must sit at chance.")
+@click.option(
+    "--control",
+    type=click.Choice(["none", "shuffle"]),
+    default="none",
+    show_default=True,
+    help="shuffle: also fit on permuted training labels; test AUROC must sit at chance.",
+)
 @click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for test CIs.")
 @click.option("--jobs", "n_jobs", default=0, show_default=True, help="Parallel fits (0: one per core).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -37,8 +49,9 @@ def probe(model, quiet, **kw):
 
 
 @click.command()
-@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="A probe run directory.")
+@click.option(
+    "--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False), help="A probe run directory."
+)
 def report(run_dir):
     """Re-render summary.md and layers.png of a probe run from its saved results."""
     from tlmic_feats.report import render_report

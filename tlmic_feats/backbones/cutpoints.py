@@ -93,9 +93,7 @@ def _densenet_cut_points(model) -> list[CutPoint]:
         block = getattr(model.features, f"denseblock{k}")
         n = len(block)
         for u in range(1, n + 1):
-            taps = (Tap(block_input),) + tuple(
-                Tap(f"features.denseblock{k}.denselayer{i}") for i in range(1, u + 1)
-            )
+            taps = (Tap(block_input),) + tuple(Tap(f"features.denseblock{k}.denselayer{i}") for i in range(1, u + 1))
             out.append(CutPoint(f"{k}.{u}", f"cat(features.denseblock{k}[:{u}])", taps))
         if k < 4:
             end = f"features.transition{k}"
@@ -223,9 +221,7 @@ def describe_cut_points(family: str, model, probe_size: int = 64) -> tuple[CutPo
     for cp in cps:
         channels = sum(shapes[t.module][0] for t in cp.taps)
         height = shapes[cp.taps[-1].module][1]
-        out.append(
-            CutPoint(cp.address, cp.module, cp.taps, channels=channels, stride=probe_size // height)
-        )
+        out.append(CutPoint(cp.address, cp.module, cp.taps, channels=channels, stride=probe_size // height))
     return tuple(out)
 
 

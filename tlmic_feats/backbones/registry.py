@@ -176,9 +176,7 @@ def _lite0_load(variant: str):
     mapped = {}
     for (sk, sv), (tk, tv) in zip(src.items(), target.items(), strict=True):
         if tuple(sv.shape) != tuple(tv.shape):
-            raise WeightsUnavailableError(
-                f"{path}: tensor {sk} {tuple(sv.shape)} does not fit {tk} {tuple(tv.shape)}"
-            )
+            raise WeightsUnavailableError(f"{path}: tensor {sk} {tuple(sv.shape)} does not fit {tk} {tuple(tv.shape)}")
         mapped[tk] = sv
     _load_state(model, mapped, f"efficientnet_lite0 weights {path}")
     return model, os.path.basename(path), file_sha256(path)
@@ -215,9 +213,7 @@ def get_spec(name: str) -> BackboneSpec:
     try:
         return BACKBONES[name]
     except KeyError:
-        raise UnknownBackboneError(
-            f"unknown backbone {name!r}; valid: {choices(list_backbones())}"
-        ) from None
+        raise UnknownBackboneError(f"unknown backbone {name!r}; valid: {choices(list_backbones())}") from None
 
 
 def build_backbone(name: str, weights: str = "imagenet", *, seed: int = 0) -> Backbone:
@@ -238,9 +234,7 @@ def build_backbone(name: str, weights: str = "imagenet", *, seed: int = 0) -> Ba
     else:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise UsageError(
-                f"--weights {weights!r} is not imagenet, random[:SEED] or an existing file"
-            )
+            raise UsageError(f"--weights {weights!r} is not imagenet, random[:SEED] or an existing file")
         from ..data.manifest import file_sha256
 
         try:

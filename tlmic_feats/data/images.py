@@ -63,9 +63,7 @@ def to_gray8(im):
     return im.convert("L")
 
 
-def resize_center_crop(
-    im, *, resize_size: int, input_size: int, interpolation: str = "bilinear"
-) -> np.ndarray:
+def resize_center_crop(im, *, resize_size: int, input_size: int, interpolation: str = "bilinear") -> np.ndarray:
     """Resize the shorter side to ``resize_size``, center-crop ``input_size``; uint8 (S, S).
 
     Matches ``torchvision.transforms.Resize(resize_size)`` + ``CenterCrop(input_size)`` on a PIL

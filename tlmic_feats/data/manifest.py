@@ -151,9 +151,7 @@ class Manifest:
                 f"{len(self.labels)} labels, {len(self.splits)} splits"
             )
         if self.label_kind not in LABEL_KINDS:
-            raise DataFormatError(
-                f"label kind {self.label_kind!r} is not one of {', '.join(LABEL_KINDS)}"
-            )
+            raise DataFormatError(f"label kind {self.label_kind!r} is not one of {', '.join(LABEL_KINDS)}")
         bad = sorted(set(np.unique(self.splits).tolist()) - set(SPLITS))
         if bad:
             raise DataFormatError(f"unknown split names {bad}; valid: {', '.join(SPLITS)}")
@@ -189,16 +187,12 @@ class Manifest:
             m = self.splits == s
             entry = {"images": int(m.sum())}
             if self.patient_ids is not None:
-                entry["patients"] = int(len(np.unique(self.patient_ids[m])))
+                entry["patients"] = len(np.unique(self.patient_ids[m]))
             lab = self.labels[m]
             if self.label_kind == "multiclass" or self.label_kind == "binary":
-                entry["per_class"] = {
-                    name: int((lab[:, 0] == k).sum()) for k, name in enumerate(self.label_names)
-                }
+                entry["per_class"] = {name: int((lab[:, 0] == k).sum()) for k, name in enumerate(self.label_names)}
             else:
-                entry["positives"] = {
-                    name: int(np.nansum(lab[:, j])) for j, name in enumerate(self.label_names)
-                }
+                entry["positives"] = {name: int(np.nansum(lab[:, j])) for j, name in enumerate(self.label_names)}
             out["splits"][s] = entry
         return out
 

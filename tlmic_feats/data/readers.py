@@ -93,9 +93,7 @@ def load_manifest(config: DataConfig) -> Manifest:
     reader = {"imagefolder": _read_imagefolder, "csv": _read_csv, "medmnist": _read_medmnist}[fmt]
     fields = reader(config)
     existing = fields.pop("splits")
-    complete = existing is not None and "" not in set(existing.tolist()) and "val" in set(
-        existing.tolist()
-    )
+    complete = existing is not None and "" not in set(existing.tolist()) and "val" in set(existing.tolist())
     splits = make_splits(
         fields["labels"],
         fields["label_kind"],
@@ -160,9 +158,7 @@ def _patients_from_names(paths: list[str], pattern: str) -> np.ndarray:
 
 
 def _list_images(d: Path) -> list[Path]:
-    return sorted(
-        p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    return sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _read_imagefolder(config: DataConfig) -> dict:
@@ -215,8 +211,7 @@ def _read_csv(config: DataConfig) -> dict:
         raise DataFormatError(f"{csv_path} holds no rows")
     if config.path_column not in header:
         raise MissingColumnError(
-            f"path column {config.path_column!r} not in {csv_path.name}; columns: {choices(header)} "
-            "(set --path-column)"
+            f"path column {config.path_column!r} not in {csv_path.name}; columns: {choices(header)} (set --path-column)"
         )
     reserved = {config.path_column, config.split_column, config.patient_column, config.id_column}
     if config.label_columns:
@@ -224,8 +219,7 @@ def _read_csv(config: DataConfig) -> dict:
         missing = [c for c in label_cols if c not in header]
         if missing:
             raise MissingColumnError(
-                f"label column(s) {', '.join(map(repr, missing))} not in {csv_path.name}; "
-                f"columns: {choices(header)}"
+                f"label column(s) {', '.join(map(repr, missing))} not in {csv_path.name}; columns: {choices(header)}"
             )
     elif "label" in header:
         label_cols = ["label"]
@@ -268,9 +262,7 @@ def _read_csv(config: DataConfig) -> dict:
         raw = [r[config.split_column].lower() for r in records]
         bad = sorted({s for s in raw if s and s not in SPLIT_ALIASES})
         if bad:
-            raise DataFormatError(
-                f"split column {config.split_column!r} holds {choices(bad)}; valid: train, val, test"
-            )
+            raise DataFormatError(f"split column {config.split_column!r} holds {choices(bad)}; valid: train, val, test")
         splits = np.array([SPLIT_ALIASES.get(s, "") for s in raw])
 
     if config.patient_column in header:
@@ -282,7 +274,9 @@ def _read_csv(config: DataConfig) -> dict:
 
     if config.id_column:
         if config.id_column not in header:
-            raise MissingColumnError(f"id column {config.id_column!r} not in {csv_path.name}; columns: {choices(header)}")
+            raise MissingColumnError(
+                f"id column {config.id_column!r} not in {csv_path.name}; columns: {choices(header)}"
+            )
         ids = np.array([r[config.id_column] for r in records])
     else:
         ids = np.array([r[config.path_column] for r in records])
@@ -319,9 +313,7 @@ def _read_medmnist(config: DataConfig) -> dict:
         keys = set(z.files)
         splits_found = [s for s in ("train", "val", "test") if f"{s}_images" in keys]
         if not splits_found:
-            raise MissingColumnError(
-                f"{path.name} has no '<split>_images' arrays; arrays: {choices(sorted(keys))}"
-            )
+            raise MissingColumnError(f"{path.name} has no '<split>_images' arrays; arrays: {choices(sorted(keys))}")
         arrays, labels, index, splits = [], [], [], []
         for k, s in enumerate(splits_found):
             if f"{s}_labels" not in keys:
@@ -346,9 +338,15 @@ def _read_medmnist(config: DataConfig) -> dict:
     else:
         n_classes = int(lab.max()) + 1
         kind = "binary" if n_classes <= 2 else "multiclass"
-        names = known if known and len(known) == max(n_classes, 2) else tuple(f"class_{j}" for j in range(max(n_classes, 2)))
+        names = (
+            known
+            if known and len(known) == max(n_classes, 2)
+            else tuple(f"class_{j}" for j in range(max(n_classes, 2)))
+        )
     idx = np.concatenate(index).astype(np.int64)
-    source = ArrayImageSource(str(path), tuple(f"{s}_images" for s in splits_found), tuple(arrays), idx, file_sha256(path))
+    source = ArrayImageSource(
+        str(path), tuple(f"{s}_images" for s in splits_found), tuple(arrays), idx, file_sha256(path)
+    )
     return {
         "ids": np.array([f"{splits_found[k]}/{j}" for k, j in idx.tolist()]),
         "source": source,
