@@ -24,7 +24,8 @@ def main() -> None:
     from tlmic_feats.augment import AugmentConfig, augment_batch
     from tlmic_feats.backbones import build_backbone
     from tlmic_feats.compactness import measure
-    from tlmic_feats.finetune import _autocast, build_network, full_depth_address, make_loss
+    from tlmic_feats.device import autocast
+    from tlmic_feats.finetune import build_network, full_depth_address, make_loss
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--backbone", default="resnet50")
@@ -46,14 +47,13 @@ def main() -> None:
         net = build_network(b, address, 1, 0.2).to(memory_format=torch.channels_last)
         opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
         gen = torch.Generator().manual_seed(0)
-        autocast = _autocast("cpu", args.precision)
         net.train()
         # one warm-up step, then a timed epoch
         for i, start in enumerate([0, *range(0, args.images, args.batch_size)]):
             if i == 1:
                 t = time.perf_counter()
             x = augment_batch(pixels[start : start + args.batch_size], 224, AugmentConfig(), gen)
-            with autocast:
+            with autocast("cpu", args.precision):
                 logits = net(x.contiguous(memory_format=torch.channels_last))
             loss = loss_fn(logits, y[start : start + args.batch_size])
             opt.zero_grad()

@@ -55,20 +55,22 @@ def test_densenet_block_channels_follow_torchvision_convention():
 @pytest.mark.parametrize("name", ["resnet18", "densenet121", "efficientnet_lite0"])
 def test_truncated_network_output_is_the_tapped_map(name):
     """One registry: the map a truncated network ends with is the map extraction taps."""
-    from tlmic_feats.extract import FeatureTapper
+    from tlmic_feats.backbones.cutpoints import tap_network
 
     b = build_backbone(name, "random:7")
     x = torch.randn(2, 3, 64, 64)
-    tapper = FeatureTapper(b.model, b.cut_points, "avg")
+    net = tap_network(b.family, b.model, b.cut_points, "avg")
     with torch.inference_mode():
-        b.model(x)
-        tapped = tapper.pooled()
+        tapped = dict(zip((cp.address for cp in b.cut_points), net(x), strict=True))
         for cp in b.cut_points:
             out = b.truncated(cp.address)(x)
             assert out.shape[1] == cp.channels, cp.address
             assert x.shape[-1] // out.shape[-1] == cp.stride, cp.address
             torch.testing.assert_close(out.mean(dim=(2, 3)), tapped[cp.address], rtol=1e-5, atol=1e-6)
-    tapper.remove()
+        # a tap network for shallow cut points stops early: same values, nothing deeper run
+        shallow = tap_network(b.family, b.model, b.cut_points[:2], "avg")
+        for cp, v in zip(b.cut_points[:2], shallow(x), strict=True):
+            torch.testing.assert_close(v, tapped[cp.address])
 
 
 def test_truncation_removes_what_follows():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tlmic_feats import DataConfig, ExtractConfig, FeatureStore, extract_features
-from tlmic_feats.errors import BadImageError, StoreIncompleteError, StoreMismatchError
+from tlmic_feats.errors import BadImageError, StoreIncompleteError, StoreMismatchError, UsageError
 
 
 def _independent_nodes(backbone: str, address: str, model) -> tuple[str, bool]:
@@ -210,3 +210,52 @@ def test_real_kermany_xrays_go_through_extract(kermany_dir, tmp_path):
     for a in s.addresses:
         f = s.features(a)
         assert np.isfinite(f).all() and f.std(axis=0).max() > 0
+
+
+def test_onnx_engine_matches_torch_and_caches_its_graph(phantom_dir, tmp_path):
+    base = dict(data=DataConfig(str(phantom_dir / "val")), backbone="resnet18", weights="random:2", layers="all")
+    t = extract_features(ExtractConfig(**base, store=str(tmp_path / "t.zarr")), progress=False).store
+    o = extract_features(ExtractConfig(**base, engine="onnx", store=str(tmp_path / "o.zarr")), progress=False).store
+    assert o.fingerprint["engine"] == "onnx" and o.fingerprint["precision"] == "fp32"
+    for a in t.addresses:
+        want, got = t.features(a), o.features(a)
+        assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), a
+    graphs = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
+    assert len(graphs) == 1
+    before = graphs[0].stat().st_mtime_ns
+    extract_features(ExtractConfig(**base, engine="onnx", store=str(tmp_path / "o2.zarr")), progress=False)
+    assert graphs[0].stat().st_mtime_ns == before  # exported once, reused
+
+
+def test_bf16_is_close_to_fp32_and_recorded(phantom_dir, tmp_path):
+    from tlmic_feats.device import cpu_has_fast_bf16, resolve_precision
+
+    base = dict(data=DataConfig(str(phantom_dir / "val")), backbone="resnet18", weights="random:2", layers="blocks")
+    f32 = extract_features(ExtractConfig(**base, store=str(tmp_path / "a.zarr")), progress=False).store
+    b16 = extract_features(ExtractConfig(**base, precision="bf16", store=str(tmp_path / "b.zarr")), progress=False).store
+    assert b16.fingerprint["precision"] == "bf16" and f32.fingerprint["precision"] == "fp32"
+    for a in f32.addresses:
+        x, y = f32.features(a).ravel(), b16.features(a).ravel()
+        assert np.dot(x, y) / np.linalg.norm(x) / np.linalg.norm(y) > 0.999, a
+    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_fast_bf16() else "fp32")
+    with pytest.raises(UsageError, match="fp16"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(UsageError, match="--engine onnx runs fp32"):
+        extract_features(ExtractConfig(**base, engine="onnx", precision="bf16", store=str(tmp_path / "c.zarr")),
+                         progress=False)
+
+
+def test_pixel_cache_gives_identical_features_and_is_shared(phantom_dir, tmp_path):
+    base = dict(data=DataConfig(str(phantom_dir / "val")), weights="random:4", layers="blocks")
+    direct = extract_features(ExtractConfig(**base, backbone="resnet18", pixel_cache=False,
+                                            store=str(tmp_path / "d.zarr")), progress=False)
+    cached = extract_features(ExtractConfig(**base, backbone="resnet18", store=str(tmp_path / "c.zarr")), progress=False)
+    for a in direct.store.addresses:
+        np.testing.assert_array_equal(cached.store.features(a), direct.store.features(a))
+    caches = list((tmp_path / "cache" / "pixels").glob("*.zarr"))
+    assert len(caches) == 1
+    stamp = {p: p.stat().st_mtime_ns for p in caches[0].rglob("*") if p.is_file()}
+    # another backbone with the same preprocessing reads the same decoded pixels: nothing rewritten
+    extract_features(ExtractConfig(**base, backbone="densenet121", store=str(tmp_path / "e.zarr")), progress=False)
+    assert {p: p.stat().st_mtime_ns for p in caches[0].rglob("*") if p.is_file()} == stamp
+    assert cached.input_wait_seconds < cached.seconds

@@ -18,8 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .backbones.cutpoints import CutPoint, Tap, address_key, select_cut_points, storage_groups
+from .backbones.cutpoints import select_cut_points, storage_groups
 from .data.readers import DataConfig, load_manifest
+from .device import PRECISIONS, resolve_device, resolve_precision
+from .engines import ENGINES, make_engine
+from .pixels import build_pixel_cache
 from .errors import BadImageError, UsageError, check_choice
 from .paths import cache_root, slug
 from .store import FeatureStore, LayerInfo, StoreLock, open_for_writing
@@ -47,11 +50,17 @@ class ExtractConfig:
     overwrite: bool = False
     seed: int = 0
     chunk_rows: int = 256
+    engine: str = "torch"
+    precision: str = "fp32"  # auto: the fastest precision validated for this hardware (see device.py)
+    compile: bool = False
+    pixel_cache: bool = True  # decode each image once into cache/pixels, shared by backbones and finetuning
 
     def validate(self) -> None:
         check_choice("--pool", self.pool, POOLS)
         check_choice("--dtype", self.dtype, DTYPES)
         check_choice("--on-bad-image", self.on_bad_image, BAD_IMAGE_POLICIES)
+        check_choice("--engine", self.engine, ENGINES)
+        check_choice("--precision", self.precision, PRECISIONS)
         if self.batch_size < 1 or self.chunk_rows < 1:
             raise UsageError(f"batch size and chunk rows must be >= 1 (got {self.batch_size}, {self.chunk_rows})")
 
@@ -65,6 +74,7 @@ class ExtractReport:
     seconds: float = 0.0
     skipped_ids: list[str] = field(default_factory=list)
     already_complete: bool = False
+    input_wait_seconds: float = 0.0  # time the engine waited for decoded pixels
 
     @property
     def images_per_second(self) -> float:
@@ -72,58 +82,6 @@ class ExtractReport:
 
 
 # --- the forward pass ----------------------------------------------------------------------------
-
-
-class FeatureTapper:
-    """Forward hooks that pool the requested cut points' maps as the model runs.
-
-    ``pooled()`` after a forward returns ``{address: (N, C') tensor}`` with ``C' = C`` (avg, max)
-    or ``2C`` (avgmax: the average-pooled vector, then the max-pooled one).
-    """
-
-    def __init__(self, model, cut_points: tuple[CutPoint, ...], pool: str) -> None:
-        self.cut_points = cut_points
-        self.pool = pool
-        self._values: dict[Tap, dict[str, object]] = {}
-        self._handles = []
-        for tap in {t for cp in cut_points for t in cp.taps}:
-            module = model.get_submodule(tap.module)
-            self._handles.append(module.register_forward_hook(self._hook(tap)))
-
-    def _hook(self, tap: Tap):
-        import torch.nn.functional as F
-
-        want_avg = self.pool in ("avg", "avgmax")
-        want_max = self.pool in ("max", "avgmax")
-
-        def hook(_module, _inputs, out):
-            x = F.relu(out) if tap.act == "relu" else out
-            entry = {}
-            if want_avg:
-                entry["avg"] = x.float().mean(dim=(2, 3))
-            if want_max:
-                entry["max"] = x.float().amax(dim=(2, 3))
-            self._values[tap] = entry
-
-        return hook
-
-    def pooled(self) -> dict[str, object]:
-        import torch
-
-        out = {}
-        for cp in self.cut_points:
-            parts = []
-            for mode in ("avg", "max"):
-                if mode in self.pool:
-                    parts.append(torch.cat([self._values[t][mode] for t in cp.taps], dim=1))
-            out[cp.address] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        self._values.clear()
-        return out
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
 
 
 class PixelDataset:
@@ -171,16 +129,6 @@ def _auto_workers(n_rows: int, source) -> int:
     return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available here; valid: auto, cpu")
-    return device
-
-
 def default_store_path(config: ExtractConfig, fingerprint: dict) -> Path:
     import hashlib
     import json
@@ -212,11 +160,12 @@ def extract_features(
     """
     import torch
 
-    from .backbones.preprocess import device_normalize
     from .backbones.registry import build_backbone
 
     config.validate()
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    device = resolve_device(config.device)
+    precision = "fp32" if config.engine == "onnx" and config.precision == "auto" else resolve_precision(config.precision, device)
     manifest = load_manifest(config.data)
     backbone = build_backbone(config.backbone, config.weights, seed=config.seed)
     selected = select_cut_points(backbone.cut_points, config.layers, backbone.name)
@@ -236,8 +185,8 @@ def extract_features(
         "dtype": config.dtype,
         "layers": [cp.address for cp in selected],
         "dataset": manifest.fingerprint(),
-        "engine": "torch",
-        "precision": "fp32",
+        "engine": config.engine,
+        "precision": precision,
         "tlmic_version": __version__,
     }
     path = Path(config.store) if config.store else default_store_path(config, fingerprint)
@@ -258,36 +207,45 @@ def extract_features(
         if finished:
             return ExtractReport(FeatureStore.open(path), already_complete=True)
         pending = writer.pending_shards()
-        device = resolve_device(config.device)
-        deepest = max(selected, key=lambda cp: address_key(cp.address))
-        net = torch.nn.Sequential(device_normalize(backbone.preprocess), backbone.truncated(deepest.address))
-        # channels_last: about 2x faster convolutions on CPU (oneDNN) and on GPU tensor cores.
-        net.eval().to(device, memory_format=torch.channels_last)
-        # Tap names resolve against the full model; the truncated network runs the same module
-        # objects, so the hooks fire in it. Aliased cut points are pooled once, under their array.
+        # Aliased cut points (ResNet's "2" is "2.4") are computed once, under their array.
         stored = tuple(cp for cp in selected if arrays[cp.address] == cp.address)
-        tapper = FeatureTapper(backbone.model, stored, config.pool)
+        engine = make_engine(config.engine, backbone, stored, config.pool, device, precision,
+                             compile=config.compile, cache_dir=cache_root() / "onnx",
+                             key={k: fingerprint[k] for k in ("backbone", "weights", "preprocess", "pool", "layers")})
 
         batches = _shard_batches(writer, pending, config.batch_size)
         n_todo = sum(len(b) for b in batches)
         workers = config.workers if config.workers >= 0 else _auto_workers(n_todo, manifest.source)
-        loader = torch.utils.data.DataLoader(
-            PixelDataset(manifest.source, backbone.preprocess),
-            batch_sampler=batches,
-            num_workers=workers,
-            multiprocessing_context="spawn" if workers > 0 else None,
-            pin_memory=device.startswith("cuda"),
-        )
+        pre = backbone.preprocess
+        if config.pixel_cache and n_todo:
+            cache = build_pixel_cache(manifest, pre.resize_size, pre.interpolation, cache_root() / "pixels",
+                                      workers=workers, progress=progress)
+            source = _cached_batches(cache, batches, pre.input_size)
+        else:
+            source = iter(torch.utils.data.DataLoader(
+                PixelDataset(manifest.source, pre),
+                batch_sampler=batches,
+                num_workers=workers,
+                multiprocessing_context="spawn" if workers > 0 else None,
+                pin_memory=device.startswith("cuda"),
+            ))
         bar = _progress(len(manifest), len(manifest) - n_todo, f"extract {backbone.name}", progress)
         shard_of = {s: writer.shard_rows(s) for s in pending}
         buffers: dict[int, dict] = {}
         skipped_ids: list[str] = []
         done_shards = writer.n_shards - len(pending)
         t0 = time.perf_counter()
+        waited = 0.0
         try:
             with torch.inference_mode():
-                for rows, pixels, errors in loader:
-                    rows = rows.numpy()
+                while True:
+                    t_wait = time.perf_counter()
+                    item = next(source, None)
+                    waited += time.perf_counter() - t_wait
+                    if item is None:
+                        break
+                    rows, pixels, errors = item
+                    rows = np.asarray(rows)
                     bad = np.array([bool(e) for e in errors])
                     if bad.any() and config.on_bad_image == "error":
                         raise BadImageError(
@@ -295,8 +253,7 @@ def extract_features(
                             f"{manifest.ids[rows[np.flatnonzero(bad)[0]]]} "
                             "(pass --on-bad-image skip to record it and go on)"
                         )
-                    net(pixels.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last))
-                    pooled = {a: t.cpu().numpy() for a, t in tapper.pooled().items()}
+                    pooled = dict(zip((cp.address for cp in stored), engine(pixels), strict=True))
                     shard = int(rows[0]) // writer.chunk_rows
                     buf = buffers.setdefault(shard, _new_buffer(shard_of[shard], layers, config.dtype))
                     offset = rows - shard_of[shard][0]
@@ -318,11 +275,33 @@ def extract_features(
                         if on_shard:
                             on_shard(done_shards, writer.n_shards)
         finally:
-            tapper.remove()
             bar.close()
         seconds = time.perf_counter() - t0
         store = writer.finalize()
-    return ExtractReport(store, computed_images=n_todo, seconds=seconds, skipped_ids=skipped_ids)
+    return ExtractReport(store, computed_images=n_todo, seconds=seconds, skipped_ids=skipped_ids,
+                         input_wait_seconds=waited)
+
+
+def _cached_batches(cache, batches: list[list[int]], input_size: int):
+    """(rows, uint8 (N, 1, s, s) tensor, errors) per batch from the pixel cache, read one batch
+    ahead in a thread so that reading overlaps the forward pass."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from .augment import center_crop
+
+    def read(rows):
+        px = torch.from_numpy(cache.read(np.asarray(rows)))[:, None]
+        errors = [cache.errors.get(r, "") if cache.bad[r] else "" for r in rows]
+        return np.asarray(rows), center_crop(px, input_size).contiguous(), errors
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(read, batches[0]) if batches else None
+        for i in range(len(batches)):
+            result = future.result()
+            future = pool.submit(read, batches[i + 1]) if i + 1 < len(batches) else None
+            yield result
 
 
 def _new_buffer(rows: tuple[int, int], layers: list[LayerInfo], dtype: str) -> dict:

@@ -35,6 +35,8 @@ import numpy as np
 
 from .augment import AugmentConfig, augment_batch, center_crop
 from .data.readers import DataConfig, load_manifest
+from .device import PRECISIONS
+from .device import autocast as amp
 from .errors import UsageError, check_choice
 from .metrics import METRICS, UndefinedMetricWarning, bootstrap, choose_thresholds, evaluate
 from .paths import cache_root, slug
@@ -42,7 +44,6 @@ from .subsets import nested_subsets
 
 SCHEDULES = ("cosine", "plateau")
 MONITORS = ("auroc", "auprc", "loss")
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class FinetuneConfig:
     bootstrap: int = 1000
     export_onnx: bool = True
     workers: int = 0
+    pixel_cache: bool = True
 
     def validate(self) -> None:
         check_choice("--schedule", self.schedule, SCHEDULES)
@@ -224,18 +226,6 @@ def scores_from_logits(kind: str, logits: np.ndarray) -> np.ndarray:
 # --- the run -----------------------------------------------------------------------------------------
 
 
-def _resolve_precision(precision: str, device: str) -> str:
-    if precision != "auto":
-        return precision
-    if device.startswith("cuda"):
-        return "bf16"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "fp32"
-    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
-
-
 def _claim_run_dir(out: Path, record: dict, *, resume: bool, overwrite: bool) -> bool:
     """Returns True when resuming an existing run of the same configuration."""
     import shutil
@@ -299,7 +289,7 @@ def finetune(
 
     from . import __version__
     from .backbones.registry import build_backbone
-    from .extract import resolve_device
+    from .device import resolve_device, resolve_precision
 
     config.validate()
     log = log or (lambda m: print(m, file=sys.stderr))
@@ -318,7 +308,7 @@ def finetune(
         )
     )
     device = resolve_device(config.device)
-    precision = _resolve_precision(config.precision, device)
+    precision = resolve_precision(config.precision, device)
     record = {
         "config": json.loads(json.dumps(asdict(config))),
         "address": address,
@@ -347,7 +337,7 @@ def finetune(
     pre = backbone.preprocess
     t0 = time.perf_counter()
     pixels = {
-        s: torch.from_numpy(load_pixels_for(manifest, r, pre, config.workers))[:, None]
+        s: torch.from_numpy(load_pixels_for(manifest, r, pre, config.workers, use_cache=config.pixel_cache))[:, None]
         for s, r in (("train", train), ("val", rows["val"]), ("test", rows["test"]))
     }
     log(f"decoded {sum(len(p) for p in pixels.values())} images in {time.perf_counter() - t0:.1f} s")
@@ -388,7 +378,7 @@ def finetune(
         state = json.loads(ckpt["state"])
         log(f"resuming {out} after epoch {state['epoch']}")
     resumed_from = state["epoch"]
-    autocast = _autocast(device, precision)
+    autocast = amp(device, precision)
     t_start = time.perf_counter()
 
     while state["epoch"] < config.epochs and not state.get("stopped"):
@@ -535,10 +525,19 @@ def finetune(
     )
 
 
-def load_pixels_for(manifest, rows, pre, workers: int) -> np.ndarray:
-    from .pixels import load_pixels
+def load_pixels_for(manifest, rows, pre, workers: int, *, use_cache: bool = True) -> np.ndarray:
+    """The rows' decoded squares: from the shared pixel cache (decoded once for every backbone,
+    run and epoch), or decoded directly."""
+    from .errors import BadImageError
+    from .pixels import build_pixel_cache, load_pixels
 
-    return load_pixels(manifest.source, rows, pre.resize_size, pre.interpolation, workers=workers)
+    if not use_cache:
+        return load_pixels(manifest.source, rows, pre.resize_size, pre.interpolation)
+    cache = build_pixel_cache(manifest, pre.resize_size, pre.interpolation, cache_root() / "pixels", workers=workers)
+    bad = [int(r) for r in rows if cache.bad[r]]
+    if bad:
+        raise BadImageError(f"{cache.errors[bad[0]]}; {len(bad)} unreadable image(s) among the rows to train on")
+    return cache.read(np.sort(rows))[np.argsort(np.argsort(rows))]
 
 
 def compactness_pair(backbone, address: str, net, example, n_out: int):
@@ -552,16 +551,6 @@ def compactness_pair(backbone, address: str, net, example, n_out: int):
             measure(f"{backbone.name} full ({full})", build_network(backbone, full, n_out, 0.0).eval(), example)
         )
     return rows
-
-
-def _autocast(device: str, precision: str):
-    import contextlib
-
-    import torch
-
-    if precision == "bf16":
-        return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _predict(net, pixels, size: int, batch_size: int, device: str, autocast) -> np.ndarray:

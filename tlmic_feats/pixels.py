@@ -1,69 +1,165 @@
-"""Decoded pixels held once: every image decoded, resized and center-cropped to a square uint8.
+"""Decode once: every image decoded, resized and center-cropped to a uint8 square, kept in Zarr.
 
-Finetuning reads each image many times (every epoch, and once more per evaluation); decoding a
-2,000-px radiograph costs more than the network. :func:`load_pixels` decodes each image once, to
-``(N, S, S)`` uint8 at the backbone's resize size ``S`` (shorter side resized to S, center
-square), from which training crops are augmented and evaluation takes the same center crop as
-extraction (resize to S then crop ``input_size`` equals square-crop S then crop ``input_size``).
+Chest radiographs are large (often 2,000 px a side) and decoding them can cost more than the
+network; the paper's protocol decodes every image again for every backbone and every finetuning
+epoch. The pixel cache decodes each image once, to ``(N, S, S)`` uint8 at working size ``S`` (the
+shorter side resized to S, center square; JPEGs decoded at reduced scale where that loses
+nothing), in a Zarr array keyed by the dataset fingerprint, S and the interpolation. Extraction
+for every backbone with that preprocessing and every finetuning epoch read from it: the
+evaluation view (center crop of ``input_size``) equals resizing to S then center-cropping, so
+features are unchanged.
+
+Built in chunk-aligned shards with done flags, like the feature store: an interrupted build
+resumes. Rows that cannot be decoded are recorded with their error, for the caller to report.
 """
 
 from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
 
 import numpy as np
 
 from .errors import BadImageError
 
+CHUNK = 64
 
-def load_pixels(
-    source,
-    rows: np.ndarray,
-    size: int,
-    interpolation: str,
-    *,
-    workers: int = 0,
-    progress: bool = False,
-) -> np.ndarray:
-    """Decode ``rows`` of an image source to a ``(len(rows), size, size)`` uint8 array."""
-    from .data.images import resize_center_crop
 
-    out = np.empty((len(rows), size, size), dtype=np.uint8)
+def pixel_cache_path(root: Path, dataset_fingerprint: str, size: int, interpolation: str) -> Path:
+    return Path(root) / f"{dataset_fingerprint[:20]}-{size}px-{interpolation}.zarr"
+
+
+class PixelCache:
+    """Read access to a built pixel cache."""
+
+    def __init__(self, path: Path, group) -> None:
+        self.path = path
+        self._pixels = group["pixels"]
+        self._bad = np.asarray(group["bad"][:])
+        self.errors: dict[int, str] = {int(k): v for k, v in json.loads(group.attrs["tlmic_pixels"]["errors"]).items()}
+        self.size = int(self._pixels.shape[-1])
+
+    def __len__(self) -> int:
+        return int(self._pixels.shape[0])
+
+    @property
+    def bad(self) -> np.ndarray:
+        return self._bad
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """Pixels of ``rows`` (sorted, or any order: contiguous ranges are read as slices)."""
+        rows = np.asarray(rows)
+        if len(rows) and (np.diff(rows) == 1).all():
+            return np.asarray(self._pixels[int(rows[0]) : int(rows[-1]) + 1])
+        return np.asarray(self._pixels.get_orthogonal_selection((rows, slice(None), slice(None))))
+
+
+def build_pixel_cache(manifest, size: int, interpolation: str, root: Path, *, workers: int = 0,
+                      progress: bool = False) -> PixelCache:
+    """Open the cache for ``manifest`` at ``size`` (building what is missing) and return it."""
+    import zarr
+
+    from .store import StoreLock
+
+    path = pixel_cache_path(root, manifest.fingerprint(), size, interpolation)
+    n = len(manifest)
+    n_chunks = max(1, -(-n // CHUNK))
+    with StoreLock(path):
+        meta = _meta(path)
+        if meta is None or meta.get("n") != n:
+            group = zarr.open_group(str(path), mode="w")
+            group.create_array("pixels", shape=(n, size, size), chunks=(min(CHUNK, n), size, size), dtype="uint8",
+                               fill_value=0)
+            group.create_array("bad", shape=(n,), chunks=(min(CHUNK, n),), dtype="bool", fill_value=False)
+            group.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False)
+            group.attrs["tlmic_pixels"] = {"n": n, "size": size, "interpolation": interpolation,
+                                           "dataset": manifest.fingerprint(), "status": "in_progress", "errors": "{}"}
+        group = zarr.open_group(str(path), mode="r+")
+        done = np.asarray(group["done"][:])
+        todo = [int(c) for c in np.flatnonzero(~done)]
+        if todo:
+            errors = json.loads(group.attrs["tlmic_pixels"]["errors"])
+            bar = _bar(len(todo) * CHUNK, progress)
+            for chunk, (pixels, errs) in _decode_chunks(manifest.source, n, todo, size, interpolation, workers):
+                start = chunk * CHUNK
+                group["pixels"][start : start + len(pixels)] = pixels
+                bad = np.zeros(len(pixels), bool)
+                for k, e in errs.items():
+                    bad[k] = True
+                    errors[str(start + k)] = e
+                group["bad"][start : start + len(pixels)] = bad
+                if errs:  # metadata: single writer (this process), rare
+                    group.attrs["tlmic_pixels"] = {**group.attrs["tlmic_pixels"], "errors": json.dumps(errors)}
+                group["done"][chunk] = True
+                bar.update(len(pixels))
+            bar.close()
+            group.attrs["tlmic_pixels"] = {**group.attrs["tlmic_pixels"], "status": "complete"}
+    return PixelCache(path, zarr.open_group(str(path), mode="r"))
+
+
+def _meta(path: Path) -> dict | None:
+    zj = path / "zarr.json"
+    if not zj.is_file():
+        return None
+    try:
+        return json.loads(zj.read_text()).get("attributes", {}).get("tlmic_pixels")
+    except (OSError, ValueError):
+        return None
+
+
+def _decode_chunks(source, n: int, chunks: list[int], size: int, interpolation: str, workers: int):
+    """Yield ``(chunk, (pixels, {offset: error}))`` for each chunk, decoded in worker processes
+    (spawned: Zarr and fork do not mix) when ``workers > 0``."""
     if workers > 0:
         import torch
 
-        loader = torch.utils.data.DataLoader(
-            _Square(source, rows, size, interpolation),
-            batch_size=64,
-            num_workers=workers,
-            multiprocessing_context="spawn",
-        )
-        pos = 0
-        for batch, errors in loader:
-            bad = [e for e in errors if e]
-            if bad:
-                raise BadImageError(bad[0])
-            out[pos : pos + len(batch)] = batch.numpy()
-            pos += len(batch)
-        return out
-    for k, i in enumerate(rows.tolist()):
-        im = source.load(i, min_side=size)
-        out[k] = resize_center_crop(im, resize_size=size, input_size=size, interpolation=interpolation)
+        ds = _ChunkDecoder(source, n, chunks, size, interpolation)
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, multiprocessing_context="spawn")
+        yield from zip(chunks, loader, strict=True)
+        return
+    ds = _ChunkDecoder(source, n, chunks, size, interpolation)
+    for i, chunk in enumerate(chunks):
+        yield chunk, ds[i]
+
+
+class _ChunkDecoder:
+    def __init__(self, source, n, chunks, size, interpolation) -> None:
+        self.source, self.n, self.chunks, self.size, self.interpolation = source, n, chunks, size, interpolation
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int):
+        from .data.images import resize_center_crop
+
+        start = self.chunks[i] * CHUNK
+        rows = range(start, min(self.n, start + CHUNK))
+        out = np.zeros((len(rows), self.size, self.size), np.uint8)
+        errors = {}
+        for k, r in enumerate(rows):
+            try:
+                im = self.source.load(r, min_side=self.size)
+                out[k] = resize_center_crop(im, resize_size=self.size, input_size=self.size,
+                                            interpolation=self.interpolation)
+            except BadImageError as e:
+                errors[k] = str(e)
+        return out, errors
+
+
+def load_pixels(source, rows: np.ndarray, size: int, interpolation: str) -> np.ndarray:
+    """Decode ``rows`` of an image source to ``(len(rows), size, size)`` uint8, without a cache."""
+    from .data.images import resize_center_crop
+
+    out = np.empty((len(rows), size, size), dtype=np.uint8)
+    for k, i in enumerate(np.asarray(rows).tolist()):
+        out[k] = resize_center_crop(source.load(i, min_side=size), resize_size=size, input_size=size,
+                                    interpolation=interpolation)
     return out
 
 
-class _Square:
-    def __init__(self, source, rows, size, interpolation) -> None:
-        self.source, self.rows, self.size, self.interpolation = source, rows, size, interpolation
+def _bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, k: int):
-        from .data.images import resize_center_crop
-
-        i = int(self.rows[k])
-        try:
-            im = self.source.load(i, min_side=self.size)
-            arr = resize_center_crop(im, resize_size=self.size, input_size=self.size, interpolation=self.interpolation)
-            return arr, ""
-        except BadImageError as e:
-            return np.zeros((self.size, self.size), np.uint8), str(e)
+    return tqdm(total=total, desc="decode once (pixel cache)", unit="img", disable=not enabled, dynamic_ncols=True,
+                file=sys.stderr)

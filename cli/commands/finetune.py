@@ -42,14 +42,15 @@ from ..options import data_options
 @click.option("--head-init", default="", help="LP-FT: start the head from this probe run's logistic-regression probe.")
 @click.option("--hflip", is_flag=True, help="Allow horizontal flips in augmentation (off: anatomy is not symmetric).")
 @click.option("--no-augment", is_flag=True, help="Train on center crops only.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--bootstrap", default=1000, show_default=True)
 @click.option("--no-onnx", is_flag=True, help="Skip the ONNX export.")
+@click.option("--no-pixel-cache", is_flag=True, help="Decode images directly instead of through cache/pixels.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out (same configuration required).")
 @click.option("--overwrite", is_flag=True, help="Replace whatever run is in --out.")
 @click.option("--quiet", is_flag=True)
-def finetune(data, hflip, no_augment, no_onnx, resume, overwrite, quiet, **kw):
+def finetune(data, hflip, no_augment, no_onnx, no_pixel_cache, resume, overwrite, quiet, **kw):
     """Finetune a backbone truncated at a cut point, with a new head; test metrics, ONNX, compactness."""
     from dataclasses import replace
 

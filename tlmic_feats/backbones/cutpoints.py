@@ -179,11 +179,100 @@ def _efficientnet_truncate(model, cp: CutPoint):
     return nn.Sequential(*parts)
 
 
+# --- tapping forwards: the network run up to its deepest tap, yielding every tap's map ---------------
+# Written out (not forward hooks) so that one traceable graph serves the torch engine, torch.compile
+# and the ONNX export alike. Each yields (module name, output) in depth order; the tests check the
+# maps against torchvision's own forward and against the truncated networks.
+
+
+def _resnet_tap_forward(model, x):
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    for k in range(1, 5):
+        for u, block in enumerate(getattr(model, f"layer{k}")):
+            x = block(x)
+            yield f"layer{k}.{u}", x
+
+
+def _densenet_tap_forward(model, x):
+    import torch
+
+    f = model.features
+    x = f.pool0(f.relu0(f.norm0(f.conv0(x))))
+    yield "features.pool0", x
+    for k in range(1, 5):
+        features = [x]
+        for i, layer in enumerate(getattr(f, f"denseblock{k}").values(), start=1):
+            new = layer(features)
+            features.append(new)
+            yield f"features.denseblock{k}.denselayer{i}", new
+        x = torch.cat(features, 1)
+        if k < 4:
+            x = getattr(f, f"transition{k}")(x)
+            yield f"features.transition{k}", x
+    yield "features.norm5", f.norm5(x)
+
+
+def _efficientnet_tap_forward(model, x):
+    x = model.bn1(model.conv_stem(x))
+    for i, stage in enumerate(model.blocks):
+        for j, block in enumerate(stage):
+            x = block(x)
+            yield f"blocks.{i}.{j}", x
+    yield "bn2", model.bn2(model.conv_head(x))
+
+
 FAMILIES = {
-    "resnet": (_resnet_cut_points, _resnet_truncate),
-    "densenet": (_densenet_cut_points, _densenet_truncate),
-    "efficientnet": (_efficientnet_cut_points, _efficientnet_truncate),
+    "resnet": (_resnet_cut_points, _resnet_truncate, _resnet_tap_forward),
+    "densenet": (_densenet_cut_points, _densenet_truncate, _densenet_tap_forward),
+    "efficientnet": (_efficientnet_cut_points, _efficientnet_truncate, _efficientnet_tap_forward),
 }
+
+
+def tap_network(family: str, model, cut_points: tuple[CutPoint, ...], pool: str, preprocess=None):
+    """A module mapping pixels to the pooled features of ``cut_points``: a tuple of ``(N, C')``
+    tensors in the order given (``C' = 2C`` for ``avgmax``: average-pooled, then max-pooled).
+
+    It runs the backbone only as deep as the deepest tap and pools each map right after it is made,
+    so no full-size map outlives its block. With ``preprocess``, the input is uint8 grayscale
+    ``(N, 1, H, W)`` and normalization is part of the module (and of an exported graph).
+    """
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from .preprocess import device_normalize
+
+    tap_forward = FAMILIES[family][2]
+    needed = {t.module for cp in cut_points for t in cp.taps}
+    taps_of = [cp.taps for cp in cut_points]
+    modes = [m for m in ("avg", "max") if m in pool]
+
+    class TapNetwork(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.normalize = device_normalize(preprocess) if preprocess is not None else nn.Identity()
+            self.model = model
+
+        def forward(self, x):
+            x = self.normalize(x)
+            pooled = {}
+            for name, out in tap_forward(self.model, x):
+                if name in needed:
+                    for act in {t.act for cp in taps_of for t in cp if t.module == name}:
+                        y = F.relu(out) if act == "relu" else out
+                        y = y.float()
+                        if "avg" in modes:
+                            pooled[(name, act, "avg")] = y.mean(dim=(2, 3))
+                        if "max" in modes:
+                            pooled[(name, act, "max")] = y.amax(dim=(2, 3))
+                    if len({k[0] for k in pooled}) == len(needed):
+                        break  # every tap seen: nothing deeper is computed
+            return tuple(
+                torch.cat([torch.cat([pooled[(t.module, t.act, m)] for t in taps], 1) for m in modes], 1)
+                for taps in taps_of
+            )
+
+    return TapNetwork()
 
 
 # --- public helpers -------------------------------------------------------------------------------
@@ -196,7 +285,7 @@ def describe_cut_points(family: str, model, probe_size: int = 64) -> tuple[CutPo
     """
     import torch
 
-    define, _ = FAMILIES[family]
+    define = FAMILIES[family][0]
     cps = define(model)
     shapes: dict[str, tuple[int, int]] = {}
     modules = {t.module for cp in cps for t in cp.taps}
@@ -267,7 +356,7 @@ def truncate(family: str, model, cut_point: CutPoint):
     """The network cut at ``cut_point``: a module mapping the normalized input to the feature map
     there (N, C, H, W). It shares parameters with ``model``; everything after the cut is absent.
     """
-    _, cut = FAMILIES[family]
+    cut = FAMILIES[family][1]
     return cut(model, cut_point)
 
 
