@@ -1,0 +1,273 @@
+"""Benchmark: feature extraction, tlmic's engines against the naive ways, on this machine.
+
+Same generated 224-px images (256 by default), same backbones (resnet50, densenet121), same cut
+points (the block ends the paper uses), inputs already decoded in memory so that engines are
+compared, not decoders:
+
+  (a) naive per-layer: one separately truncated model per cut point, as the paper's code does
+  (b) plain fp32 eager loop with forward hooks, a few lines, as a researcher would write it
+  (c) tlmic torch fp32   (d) tlmic torch bf16   (e) tlmic onnx (onnxruntime, fp32)
+
+For each: images/s, peak RSS (each in its own process), and fidelity against (b) per cut point
+(max relative error, cosine). Also: all cut points in one pass vs the final layer alone; peak RSS
+of a full `extract` at 1k vs 4k images; the change in the demo's per-layer probe AUROC from bf16;
+decode throughput from full-size JPEGs (with and without reduced-size decoding) vs the pixel cache;
+the share of extraction time spent waiting for input.
+
+    python benchmarks/extract.py [--images 256] [--backbones resnet50,densenet121] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+OUT = Path("cache/bench/extract")
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def pixels(n: int, seed: int = 0):
+    """n phantom radiographs, uint8 (n, 1, 224, 224)."""
+    import torch
+
+    from tlmic_feats.data.phantom import render_phantom
+
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(np.stack([render_phantom(rng, 224, int(rng.integers(0, 3))) for _ in range(n)])[:, None])
+
+
+def _method(q, method: str, backbone: str, n: int, batch: int) -> None:
+    import torch
+
+    from tlmic_feats.backbones import build_backbone, select_cut_points
+    from tlmic_feats.backbones.preprocess import device_normalize
+    from tlmic_feats.engines import make_engine
+
+    x = pixels(n)
+    b = build_backbone(backbone, "random:0")
+    cps = select_cut_points(b.cut_points, "blocks")
+    norm = device_normalize(b.preprocess)
+    outs = {cp.address: [] for cp in cps}
+    t0 = None
+    with torch.inference_mode():
+        if method == "a_naive_per_layer":
+            t0 = time.perf_counter()
+            for cp in cps:
+                net = torch.nn.Sequential(norm, b.truncated(cp.address)).eval()
+                for i in range(0, n, batch):
+                    outs[cp.address].append(net(x[i : i + batch]).mean(dim=(2, 3)).numpy())
+        elif method == "b_hooks_fp32":
+            store = {}
+            hooks = []
+            for cp in cps:
+                m = b.model.get_submodule(cp.taps[0].module)
+                act = cp.taps[0].act
+                hooks.append(m.register_forward_hook(
+                    lambda _m, _i, o, a=cp.address, act=act: store.__setitem__(a, (o.relu() if act else o).mean((2, 3)))))
+            for i in range(0, n, batch):
+                if i == batch:
+                    t0 = time.perf_counter()
+                b.model(norm(x[i : i + batch]))
+                for a in outs:
+                    outs[a].append(store[a].numpy())
+        else:
+            engine, precision = {"c_tlmic_torch_fp32": ("torch", "fp32"), "d_tlmic_torch_bf16": ("torch", "bf16"),
+                                 "e_tlmic_onnx": ("onnx", "fp32")}[method]
+            eng = make_engine(engine, b, cps, "avg", "cpu", precision, cache_dir=OUT / "onnx",
+                              key={"bench": backbone, "blocks": True})
+            for i in range(0, n, batch):
+                if i == batch:
+                    t0 = time.perf_counter()
+                for cp, o in zip(cps, eng(x[i : i + batch]), strict=True):
+                    outs[cp.address].append(o)
+    timed = n if method == "a_naive_per_layer" else n - batch
+    seconds = time.perf_counter() - t0
+    feats = {a: np.concatenate(v) for a, v in outs.items()}
+    np.savez(OUT / f"{backbone}-{method}.npz", **feats)
+    q.put({"img_per_s": round(timed / seconds, 2), "peak_rss_mb": round(rss_mb(), 1)})
+
+
+def _one_pass_vs_final(q, backbone: str, n: int, batch: int, precision: str) -> None:
+    from tlmic_feats.backbones import build_backbone, select_cut_points
+    from tlmic_feats.engines import make_engine
+
+    x = pixels(n)
+    b = build_backbone(backbone, "random:0")
+    res = {}
+    for name, spec in (("all cut points", "all"), ("final layer only", "blocks")):
+        cps = select_cut_points(b.cut_points, spec)
+        if spec == "blocks":
+            cps = cps[-1:]
+        eng = make_engine("torch", b, cps, "avg", "cpu", precision)
+        eng(x[:batch])
+        t = time.perf_counter()
+        for i in range(0, n, batch):
+            eng(x[i : i + batch])
+        res[name] = round(time.perf_counter() - t, 2)
+    q.put(res)
+
+
+def _extract_rss(q, root: str, n: int, precision: str) -> None:
+    from tlmic_feats import DataConfig, ExtractConfig, extract_features
+
+    base = rss_mb()
+    r = extract_features(ExtractConfig(data=DataConfig(root), backbone="resnet50", weights="random:0", layers="all",
+                                       precision=precision, store=str(Path(root).parent / f"store-{n}.zarr"),
+                                       overwrite=True), progress=False)
+    q.put({"n": n, "peak_rss_mb": round(rss_mb(), 1), "rss_after_import_mb": round(base, 1),
+           "img_per_s": round(r.images_per_second, 2),
+           "input_wait_share": round(r.input_wait_seconds / r.seconds, 4)})
+
+
+def in_process(target, *args):
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=target, args=(q, *args))
+    p.start()
+    out = q.get()
+    p.join()
+    return out
+
+
+def write_images(root: Path, n: int, size: int = 224, fmt: str = "png", seed: int = 1) -> Path:
+    from PIL import Image
+
+    from tlmic_feats.data.phantom import render_phantom
+
+    rng = np.random.default_rng(seed)
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        img = render_phantom(rng, 224, i % 2 * 2)
+        im = Image.fromarray(img)
+        if size != 224:
+            im = im.resize((size, int(size * 1.2)), Image.BICUBIC)
+        im.save(root / ("a", "b")[i % 2] / f"{i:05d}.{fmt}", quality=95)
+    return root
+
+
+def decode_throughput(n: int) -> dict:
+    from tlmic_feats.data import DataConfig, load_manifest
+    from tlmic_feats.data.images import open_image, resize_center_crop
+    from tlmic_feats.paths import cache_root
+    from tlmic_feats.pixels import build_pixel_cache
+
+    root = write_images(OUT / "jpeg-2000px", n, size=2000, fmt="jpeg")
+    m = load_manifest(DataConfig(str(root)))
+    paths = list(m.source.paths)
+    out = {}
+    for name, min_side in (("full decode + resize", None), ("reduced-size decode (draft) + resize", 256)):
+        t = time.perf_counter()
+        for p in paths:
+            resize_center_crop(open_image(p, min_side=min_side), resize_size=256, input_size=224)
+        out[name] = round(n / (time.perf_counter() - t), 1)
+    cache = build_pixel_cache(m, 256, "bilinear", cache_root() / "pixels")
+    t = time.perf_counter()
+    for i in range(0, n, 32):
+        cache.read(np.arange(i, min(n, i + 32)))
+    out["pixel cache read"] = round(n / (time.perf_counter() - t), 1)
+    return out
+
+
+def demo_auroc_shift() -> dict:
+    """Per-layer test AUROC of the demo's logistic-regression probes, fp32 vs bf16 features."""
+    from tlmic_feats import DataConfig, ExtractConfig, extract_features
+    from tlmic_feats.data.phantom import PhantomConfig, make_phantom_dataset
+    from tlmic_feats.probing import ProbeConfig, run_probes
+
+    data = make_phantom_dataset(OUT / "demo-data", PhantomConfig())
+    auc = {}
+    for precision in ("fp32", "bf16"):
+        s = extract_features(ExtractConfig(data=DataConfig(str(data)), backbone="efficientnet_lite0", layers="all",
+                                           pool="avgmax", precision=precision,
+                                           store=str(OUT / f"demo-{precision}.zarr")), progress=False).store
+        run = run_probes(ProbeConfig(store=str(s.path), models=("logreg",), seeds=1, bootstrap=0,
+                                     out=str(OUT / f"demo-probe-{precision}")), progress=False)
+        auc[precision] = {r["layer"]: r["auroc"] for r in run.rows}
+    diff = {a: abs(auc["bf16"][a] - auc["fp32"][a]) for a in auc["fp32"]}
+    worst = max(diff, key=diff.get)
+    return {"max_abs_auroc_change": round(diff[worst], 5), "at_layer": worst, "layers": len(diff)}
+
+
+def main() -> None:
+    import shutil
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--backbones", default="resnet50,densenet121")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--rss-sizes", default="1000,4000")
+    ap.add_argument("--quick", action="store_true", help="engines only (no RSS-vs-N, demo AUROC or decode runs)")
+    args = ap.parse_args()
+    shutil.rmtree(OUT, ignore_errors=True)
+    OUT.mkdir(parents=True)
+    os.environ.setdefault("TLMIC_CACHE", str(OUT / "cache"))
+    doc = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+           "images": args.images, "batch": args.batch, "cut points": "block ends", "backbones": {}}
+    methods = ("a_naive_per_layer", "b_hooks_fp32", "c_tlmic_torch_fp32", "d_tlmic_torch_bf16", "e_tlmic_onnx")
+    for backbone in args.backbones.split(","):
+        rows = {m: in_process(_method, m, backbone, args.images, args.batch) for m in methods}
+        ref = np.load(OUT / f"{backbone}-b_hooks_fp32.npz")
+        for m in methods:
+            got = np.load(OUT / f"{backbone}-{m}.npz")
+            rel, cos = {}, {}
+            for a in ref.files:
+                x, y = got[a].astype(np.float64), ref[a].astype(np.float64)
+                rel[a] = float(np.abs(x - y).max() / np.abs(y).max())
+                cos[a] = float(np.min((x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))))
+            rows[m].update(max_rel_err=max(rel.values()), min_cosine=min(cos.values()), per_layer_rel_err=rel)
+            rows[m]["speedup_vs_b"] = round(rows[m]["img_per_s"] / rows["b_hooks_fp32"]["img_per_s"], 2)
+        best = max(("c_tlmic_torch_fp32", "d_tlmic_torch_bf16", "e_tlmic_onnx"), key=lambda m: rows[m]["img_per_s"])
+        precision = "bf16" if best == "d_tlmic_torch_bf16" else "fp32"
+        one = in_process(_one_pass_vs_final, backbone, args.images, args.batch, precision)
+        doc["backbones"][backbone] = {"methods": rows, "best": best,
+                                      "all_cut_points_vs_final_only": {**one, "precision": precision,
+                                                                       "ratio": round(one["all cut points"] / one["final layer only"], 3)}}
+        print(f"\n{backbone} ({args.images} images of 224 px, block-end cut points, batch {args.batch}; {doc['machine']})")
+        print(f"{'method':24s} {'img/s':>8s} {'vs (b)':>7s} {'peak RSS MB':>12s} {'max rel err':>12s} {'min cosine':>11s}")
+        for m in methods:
+            r = rows[m]
+            print(f"{m:24s} {r['img_per_s']:8.1f} {r['speedup_vs_b']:6.2f}x {r['peak_rss_mb']:12.0f} "
+                  f"{r['max_rel_err']:12.2e} {r['min_cosine']:11.6f}")
+        print(f"all {len(np.load(OUT / f'{backbone}-b_hooks_fp32.npz').files)} block ends -> all cut points in one pass: "
+              f"{one['all cut points']} s vs final layer only {one['final layer only']} s "
+              f"(ratio {one['all cut points'] / one['final layer only']:.3f}, {precision})")
+    if not args.quick:
+        sizes = [int(s) for s in args.rss_sizes.split(",")]
+        big = write_images(OUT / "rss-images", max(sizes))
+        rss = []
+        for n in sizes:
+            sub = OUT / f"rss-{n}" / "data"
+            sub.mkdir(parents=True)
+            for cls in ("a", "b"):
+                (sub / cls).mkdir()
+                for f in sorted((big / cls).iterdir())[: n // 2]:
+                    os.link(f, sub / cls / f.name)
+            rss.append(in_process(_extract_rss, str(sub), n, "bf16"))
+        doc["extract_rss_vs_n"] = rss
+        print("\nfull `extract` (resnet50, all 20 cut points, bf16, pixel cache):")
+        for r in rss:
+            print(f"  {r['n']:5d} images: peak RSS {r['peak_rss_mb']:.0f} MB, {r['img_per_s']:.1f} img/s, "
+                  f"waiting for input {100 * r['input_wait_share']:.2f}% of the time")
+        doc["demo_auroc_bf16"] = demo_auroc_shift()
+        print(f"demo probes (efficientnet_lite0, {doc['demo_auroc_bf16']['layers']} layers): bf16 moves test AUROC by "
+              f"at most {doc['demo_auroc_bf16']['max_abs_auroc_change']} (layer {doc['demo_auroc_bf16']['at_layer']})")
+        doc["decode_img_per_s"] = decode_throughput(64)
+        print("decode, 2000-px JPEGs to 256 px: " + ", ".join(f"{k} {v} img/s" for k, v in doc["decode_img_per_s"].items()))
+    (OUT / "result.json").write_text(json.dumps(doc, indent=1))
+    print(f"\nwrote {OUT / 'result.json'}")
+
+
+if __name__ == "__main__":
+    main()

