@@ -208,15 +208,21 @@ def main() -> None:
     ap.add_argument("--backbones", default="resnet50,densenet121")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rss-sizes", default="1000,4000")
-    ap.add_argument("--quick", action="store_true", help="engines only (no RSS-vs-N, demo AUROC or decode runs)")
+    ap.add_argument("--parts", default="engines,rss,demo,decode", help="which measurements to run")
+    ap.add_argument("--quick", action="store_true", help="engines only")
     args = ap.parse_args()
-    shutil.rmtree(OUT, ignore_errors=True)
-    OUT.mkdir(parents=True)
+    parts = {"engines"} if args.quick else set(args.parts.split(","))
+    if "engines" in parts:
+        shutil.rmtree(OUT, ignore_errors=True)
+    OUT.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TLMIC_CACHE", str(OUT / "cache"))
-    doc = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-           "images": args.images, "batch": args.batch, "cut points": "block ends", "backbones": {}}
+    result = OUT / "result.json"
+    doc = json.loads(result.read_text()) if result.is_file() and "engines" not in parts else {}
+    doc.update({"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+                "images": args.images, "batch": args.batch, "cut points": "block ends"})
+    doc.setdefault("backbones", {})
     methods = ("a_naive_per_layer", "b_hooks_fp32", "c_tlmic_torch_fp32", "d_tlmic_torch_bf16", "e_tlmic_onnx")
-    for backbone in args.backbones.split(","):
+    for backbone in args.backbones.split(",") if "engines" in parts else []:
         rows = {m: in_process(_method, m, backbone, args.images, args.batch) for m in methods}
         ref = np.load(OUT / f"{backbone}-b_hooks_fp32.npz")
         for m in methods:
@@ -243,11 +249,13 @@ def main() -> None:
         print(f"all {len(np.load(OUT / f'{backbone}-b_hooks_fp32.npz').files)} block ends -> all cut points in one pass: "
               f"{one['all cut points']} s vs final layer only {one['final layer only']} s "
               f"(ratio {one['all cut points'] / one['final layer only']:.3f}, {precision})")
-    if not args.quick:
+    if "rss" in parts:
         sizes = [int(s) for s in args.rss_sizes.split(",")]
+        shutil.rmtree(OUT / "rss-images", ignore_errors=True)
         big = write_images(OUT / "rss-images", max(sizes))
         rss = []
         for n in sizes:
+            shutil.rmtree(OUT / f"rss-{n}", ignore_errors=True)
             sub = OUT / f"rss-{n}" / "data"
             sub.mkdir(parents=True)
             for cls in ("a", "b"):
@@ -260,12 +268,14 @@ def main() -> None:
         for r in rss:
             print(f"  {r['n']:5d} images: peak RSS {r['peak_rss_mb']:.0f} MB, {r['img_per_s']:.1f} img/s, "
                   f"waiting for input {100 * r['input_wait_share']:.2f}% of the time")
+    if "demo" in parts:
         doc["demo_auroc_bf16"] = demo_auroc_shift()
         print(f"demo probes (efficientnet_lite0, {doc['demo_auroc_bf16']['layers']} layers): bf16 moves test AUROC by "
               f"at most {doc['demo_auroc_bf16']['max_abs_auroc_change']} (layer {doc['demo_auroc_bf16']['at_layer']})")
+    if "decode" in parts:
         doc["decode_img_per_s"] = decode_throughput(64)
         print("decode, 2000-px JPEGs to 256 px: " + ", ".join(f"{k} {v} img/s" for k, v in doc["decode_img_per_s"].items()))
-    (OUT / "result.json").write_text(json.dumps(doc, indent=1))
+    result.write_text(json.dumps(doc, indent=1))
     print(f"\nwrote {OUT / 'result.json'}")
 
 

@@ -237,7 +237,8 @@ def test_bf16_is_close_to_fp32_and_recorded(phantom_dir, tmp_path):
     for a in f32.addresses:
         x, y = f32.features(a).ravel(), b16.features(a).ravel()
         assert np.dot(x, y) / np.linalg.norm(x) / np.linalg.norm(y) > 0.999, a
-    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_fast_bf16() else "fp32")
+    assert resolve_precision("auto", "cpu") == "fp32"  # bf16 is not validated for extraction (device.py)
+    assert resolve_precision("auto", "cpu", purpose="train") == ("bf16" if cpu_has_fast_bf16() else "fp32")
     with pytest.raises(UsageError, match="fp16"):
         resolve_precision("fp16", "cpu")
     with pytest.raises(UsageError, match="--engine onnx runs fp32"):
@@ -259,3 +260,15 @@ def test_pixel_cache_gives_identical_features_and_is_shared(phantom_dir, tmp_pat
     extract_features(ExtractConfig(**base, backbone="densenet121", store=str(tmp_path / "e.zarr")), progress=False)
     assert {p: p.stat().st_mtime_ns for p in caches[0].rglob("*") if p.is_file()} == stamp
     assert cached.input_wait_seconds < cached.seconds
+
+
+def test_pixel_cache_built_by_worker_processes_equals_in_process(phantom_dir, tmp_path):
+    from tlmic_feats.data import load_manifest
+    from tlmic_feats.pixels import build_pixel_cache, load_pixels
+
+    m = load_manifest(DataConfig(str(phantom_dir / "test")))
+    a = build_pixel_cache(m, 64, "bilinear", tmp_path / "a", workers=0)
+    b = build_pixel_cache(m, 64, "bilinear", tmp_path / "b", workers=1)
+    rows = np.arange(len(m))
+    np.testing.assert_array_equal(a.read(rows), b.read(rows))
+    np.testing.assert_array_equal(a.read(rows[::3]), load_pixels(m.source, rows[::3], 64, "bilinear"))

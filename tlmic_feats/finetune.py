@@ -308,7 +308,7 @@ def finetune(
         )
     )
     device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device)
+    precision = resolve_precision(config.precision, device, purpose="train")
     record = {
         "config": json.loads(json.dumps(asdict(config))),
         "address": address,

@@ -116,7 +116,8 @@ def _decode_chunks(source, n: int, chunks: list[int], size: int, interpolation: 
 
         ds = _ChunkDecoder(source, n, chunks, size, interpolation)
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, multiprocessing_context="spawn")
-        yield from zip(chunks, loader, strict=True)
+        for chunk, (pixels, errors) in zip(chunks, loader, strict=True):
+            yield chunk, (np.asarray(pixels), {int(k): v for k, v in errors.items()})  # the loader made tensors
         return
     ds = _ChunkDecoder(source, n, chunks, size, interpolation)
     for i, chunk in enumerate(chunks):

@@ -55,8 +55,9 @@ def aggregate(rows: list[dict]) -> list[dict]:
             a[m] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
             a[f"{m}_sd"] = float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else 0.0
         for m in ("auroc", "auprc"):
-            a[f"{m}_lo"] = float(np.nanmean([r[f"{m}_lo"] for r in rs]))
-            a[f"{m}_hi"] = float(np.nanmean([r[f"{m}_hi"] for r in rs]))
+            for end in ("lo", "hi"):
+                v = np.array([r[f"{m}_{end}"] for r in rs], dtype=float)
+                a[f"{m}_{end}"] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
         out.append(a)
     return out
 
