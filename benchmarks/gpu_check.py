@@ -99,12 +99,12 @@ def ort_cuda_check() -> dict:
 
     from tlmic_feats.backbones import build_backbone
     from tlmic_feats.backbones.cutpoints import tap_network
-    from tlmic_feats.engines import _export
+    from tlmic_feats.export import write_onnx
 
     b = build_backbone("resnet18", "random:0")
     net = tap_network(b.family, b.model, b.cut_points[-1:], "avg", b.preprocess).eval()
     path = Path(tempfile.mkdtemp()) / "r18.onnx"
-    _export(net, torch.zeros(2, 1, 224, 224, dtype=torch.uint8), path, ["out"])
+    write_onnx(net, torch.zeros(2, 1, 224, 224, dtype=torch.uint8), path, output_names=["out"])
     s = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     s.run(None, {s.get_inputs()[0].name: np.zeros((8, 1, 224, 224), np.uint8)})
     return {"available": ort.get_available_providers(), "session": s.get_providers(),

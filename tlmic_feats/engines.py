@@ -56,6 +56,7 @@ class OnnxEngine:
         import torch
 
         from .backbones.cutpoints import tap_network
+        from .export import write_onnx
 
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         path = Path(cache_dir) / f"{backbone.name}-{pool}-{digest}.onnx"
@@ -64,7 +65,7 @@ class OnnxEngine:
             net = tap_network(backbone.family, backbone.model, cut_points, pool, backbone.preprocess).eval()
             size = backbone.preprocess.input_size
             example = torch.zeros(2, 1, size, size, dtype=torch.uint8)
-            _export(net, example, path, self.output_names)
+            write_onnx(net, example, path, output_names=self.output_names)
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda"):
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -81,26 +82,6 @@ class OnnxEngine:
     def __call__(self, pixels) -> list[np.ndarray]:
         outs = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(pixels.numpy())})
         return [np.asarray(o, dtype=np.float32) for o in outs]
-
-
-def _export(net, example, path: Path, output_names: list[str]) -> None:
-    import tempfile
-    import warnings
-
-    import onnx
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        raw = Path(tmp) / "raw.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(net, (example,), str(raw), input_names=["pixels"], output_names=output_names,
-                              dynamo=True, dynamic_shapes={"x": {0: batch}}, verbose=False)
-        single = Path(tmp) / "model.onnx"
-        onnx.save_model(onnx.load(str(raw)), str(single), save_as_external_data=False)
-        single.replace(path)
 
 
 def make_engine(name: str, backbone, cut_points, pool: str, device: str, precision: str, *,
