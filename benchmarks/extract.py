@@ -73,8 +73,13 @@ def _method(q, method: str, backbone: str, n: int, batch: int) -> None:
             for cp in cps:
                 m = b.model.get_submodule(cp.taps[0].module)
                 act = cp.taps[0].act
-                hooks.append(m.register_forward_hook(
-                    lambda _m, _i, o, a=cp.address, act=act: store.__setitem__(a, (o.relu() if act else o).mean((2, 3)))))
+                hooks.append(
+                    m.register_forward_hook(
+                        lambda _m, _i, o, a=cp.address, act=act: store.__setitem__(
+                            a, (o.relu() if act else o).mean((2, 3))
+                        )
+                    )
+                )
             for i in range(0, n, batch):
                 if i == batch:
                     t0 = time.perf_counter()
@@ -82,10 +87,14 @@ def _method(q, method: str, backbone: str, n: int, batch: int) -> None:
                 for a in outs:
                     outs[a].append(store[a].numpy())
         else:
-            engine, precision = {"c_tlmic_torch_fp32": ("torch", "fp32"), "d_tlmic_torch_bf16": ("torch", "bf16"),
-                                 "e_tlmic_onnx": ("onnx", "fp32")}[method]
-            eng = make_engine(engine, b, cps, "avg", "cpu", precision, cache_dir=OUT / "onnx",
-                              key={"bench": backbone, "blocks": True})
+            engine, precision = {
+                "c_tlmic_torch_fp32": ("torch", "fp32"),
+                "d_tlmic_torch_bf16": ("torch", "bf16"),
+                "e_tlmic_onnx": ("onnx", "fp32"),
+            }[method]
+            eng = make_engine(
+                engine, b, cps, "avg", "cpu", precision, cache_dir=OUT / "onnx", key={"bench": backbone, "blocks": True}
+            )
             for i in range(0, n, batch):
                 if i == batch:
                     t0 = time.perf_counter()
@@ -122,12 +131,27 @@ def _extract_rss(q, root: str, n: int, precision: str) -> None:
     from tlmic_feats import DataConfig, ExtractConfig, extract_features
 
     base = rss_mb()
-    r = extract_features(ExtractConfig(data=DataConfig(root), backbone="resnet50", weights="random:0", layers="all",
-                                       precision=precision, store=str(Path(root).parent / f"store-{n}.zarr"),
-                                       overwrite=True), progress=False)
-    q.put({"n": n, "peak_rss_mb": round(rss_mb(), 1), "rss_after_import_mb": round(base, 1),
-           "img_per_s": round(r.images_per_second, 2),
-           "input_wait_share": round(r.input_wait_seconds / r.seconds, 4)})
+    r = extract_features(
+        ExtractConfig(
+            data=DataConfig(root),
+            backbone="resnet50",
+            weights="random:0",
+            layers="all",
+            precision=precision,
+            store=str(Path(root).parent / f"store-{n}.zarr"),
+            overwrite=True,
+        ),
+        progress=False,
+    )
+    q.put(
+        {
+            "n": n,
+            "peak_rss_mb": round(rss_mb(), 1),
+            "rss_after_import_mb": round(base, 1),
+            "img_per_s": round(r.images_per_second, 2),
+            "input_wait_share": round(r.input_wait_seconds / r.seconds, 4),
+        }
+    )
 
 
 def in_process(target, *args):
@@ -189,11 +213,23 @@ def demo_auroc_shift() -> dict:
     data = make_phantom_dataset(OUT / "demo-data", PhantomConfig())
     auc = {}
     for precision in ("fp32", "bf16"):
-        s = extract_features(ExtractConfig(data=DataConfig(str(data)), backbone="efficientnet_lite0", layers="all",
-                                           pool="avgmax", precision=precision,
-                                           store=str(OUT / f"demo-{precision}.zarr")), progress=False).store
-        run = run_probes(ProbeConfig(store=str(s.path), models=("logreg",), seeds=1, bootstrap=0,
-                                     out=str(OUT / f"demo-probe-{precision}")), progress=False)
+        s = extract_features(
+            ExtractConfig(
+                data=DataConfig(str(data)),
+                backbone="efficientnet_lite0",
+                layers="all",
+                pool="avgmax",
+                precision=precision,
+                store=str(OUT / f"demo-{precision}.zarr"),
+            ),
+            progress=False,
+        ).store
+        run = run_probes(
+            ProbeConfig(
+                store=str(s.path), models=("logreg",), seeds=1, bootstrap=0, out=str(OUT / f"demo-probe-{precision}")
+            ),
+            progress=False,
+        )
         auc[precision] = {r["layer"]: r["auroc"] for r in run.rows}
     diff = {a: abs(auc["bf16"][a] - auc["fp32"][a]) for a in auc["fp32"]}
     worst = max(diff, key=diff.get)
@@ -218,8 +254,14 @@ def main() -> None:
     os.environ.setdefault("TLMIC_CACHE", str(OUT / "cache"))
     result = OUT / "result.json"
     doc = json.loads(result.read_text()) if result.is_file() and "engines" not in parts else {}
-    doc.update({"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-                "images": args.images, "batch": args.batch, "cut points": "block ends"})
+    doc.update(
+        {
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+            "images": args.images,
+            "batch": args.batch,
+            "cut points": "block ends",
+        }
+    )
     doc.setdefault("backbones", {})
     methods = ("a_naive_per_layer", "b_hooks_fp32", "c_tlmic_torch_fp32", "d_tlmic_torch_bf16", "e_tlmic_onnx")
     for backbone in args.backbones.split(",") if "engines" in parts else []:
@@ -237,18 +279,32 @@ def main() -> None:
         best = max(("c_tlmic_torch_fp32", "d_tlmic_torch_bf16", "e_tlmic_onnx"), key=lambda m: rows[m]["img_per_s"])
         precision = "bf16" if best == "d_tlmic_torch_bf16" else "fp32"
         one = in_process(_one_pass_vs_final, backbone, args.images, args.batch, precision)
-        doc["backbones"][backbone] = {"methods": rows, "best": best,
-                                      "all_cut_points_vs_final_only": {**one, "precision": precision,
-                                                                       "ratio": round(one["all cut points"] / one["final layer only"], 3)}}
-        print(f"\n{backbone} ({args.images} images of 224 px, block-end cut points, batch {args.batch}; {doc['machine']})")
-        print(f"{'method':24s} {'img/s':>8s} {'vs (b)':>7s} {'peak RSS MB':>12s} {'max rel err':>12s} {'min cosine':>11s}")
+        doc["backbones"][backbone] = {
+            "methods": rows,
+            "best": best,
+            "all_cut_points_vs_final_only": {
+                **one,
+                "precision": precision,
+                "ratio": round(one["all cut points"] / one["final layer only"], 3),
+            },
+        }
+        print(
+            f"\n{backbone} ({args.images} images of 224 px, block-end cut points, batch {args.batch}; {doc['machine']})"
+        )
+        print(
+            f"{'method':24s} {'img/s':>8s} {'vs (b)':>7s} {'peak RSS MB':>12s} {'max rel err':>12s} {'min cosine':>11s}"
+        )
         for m in methods:
             r = rows[m]
-            print(f"{m:24s} {r['img_per_s']:8.1f} {r['speedup_vs_b']:6.2f}x {r['peak_rss_mb']:12.0f} "
-                  f"{r['max_rel_err']:12.2e} {r['min_cosine']:11.6f}")
-        print(f"all {len(np.load(OUT / f'{backbone}-b_hooks_fp32.npz').files)} block ends -> all cut points in one pass: "
-              f"{one['all cut points']} s vs final layer only {one['final layer only']} s "
-              f"(ratio {one['all cut points'] / one['final layer only']:.3f}, {precision})")
+            print(
+                f"{m:24s} {r['img_per_s']:8.1f} {r['speedup_vs_b']:6.2f}x {r['peak_rss_mb']:12.0f} "
+                f"{r['max_rel_err']:12.2e} {r['min_cosine']:11.6f}"
+            )
+        print(
+            f"all {len(np.load(OUT / f'{backbone}-b_hooks_fp32.npz').files)} block ends -> all cut points in one pass: "
+            f"{one['all cut points']} s vs final layer only {one['final layer only']} s "
+            f"(ratio {one['all cut points'] / one['final layer only']:.3f}, {precision})"
+        )
     if "rss" in parts:
         sizes = [int(s) for s in args.rss_sizes.split(",")]
         shutil.rmtree(OUT / "rss-images", ignore_errors=True)
@@ -266,15 +322,22 @@ def main() -> None:
         doc["extract_rss_vs_n"] = rss
         print("\nfull `extract` (resnet50, all 20 cut points, bf16, pixel cache):")
         for r in rss:
-            print(f"  {r['n']:5d} images: peak RSS {r['peak_rss_mb']:.0f} MB, {r['img_per_s']:.1f} img/s, "
-                  f"waiting for input {100 * r['input_wait_share']:.2f}% of the time")
+            print(
+                f"  {r['n']:5d} images: peak RSS {r['peak_rss_mb']:.0f} MB, {r['img_per_s']:.1f} img/s, "
+                f"waiting for input {100 * r['input_wait_share']:.2f}% of the time"
+            )
     if "demo" in parts:
         doc["demo_auroc_bf16"] = demo_auroc_shift()
-        print(f"demo probes (efficientnet_lite0, {doc['demo_auroc_bf16']['layers']} layers): bf16 moves test AUROC by "
-              f"at most {doc['demo_auroc_bf16']['max_abs_auroc_change']} (layer {doc['demo_auroc_bf16']['at_layer']})")
+        print(
+            f"demo probes (efficientnet_lite0, {doc['demo_auroc_bf16']['layers']} layers): bf16 moves test AUROC by "
+            f"at most {doc['demo_auroc_bf16']['max_abs_auroc_change']} (layer {doc['demo_auroc_bf16']['at_layer']})"
+        )
     if "decode" in parts:
         doc["decode_img_per_s"] = decode_throughput(64)
-        print("decode, 2000-px JPEGs to 256 px: " + ", ".join(f"{k} {v} img/s" for k, v in doc["decode_img_per_s"].items()))
+        print(
+            "decode, 2000-px JPEGs to 256 px: "
+            + ", ".join(f"{k} {v} img/s" for k, v in doc["decode_img_per_s"].items())
+        )
     result.write_text(json.dumps(doc, indent=1))
     print(f"\nwrote {OUT / 'result.json'}")
 

@@ -60,7 +60,8 @@ def bench_hooks_fp32(backbone: str, x, device: str, batch: int) -> float:
     for cp in b.cut_points:
         t = cp.taps[-1]
         b.model.get_submodule(t.module).register_forward_hook(
-            lambda _m, _i, o, a=cp.address: store.__setitem__(a, o.mean((2, 3)).cpu()))
+            lambda _m, _i, o, a=cp.address: store.__setitem__(a, o.mean((2, 3)).cpu())
+        )
     xs = x.to(device)
     with torch.inference_mode():
         model(norm(xs[:batch]))
@@ -85,8 +86,17 @@ def bench_pixel_cache(backbone: str, n: int, device: str, batch: int, precision:
     base = [render_phantom(rng, 224, k % 3) for k in range(32)]
     for i in range(n):
         Image.fromarray(base[i % 32]).save(root / ("a", "b")[i % 2] / f"{i:05d}.png", compress_level=1)
-    cfg = dict(data=DataConfig(str(root)), backbone=backbone, weights="random:0", layers="all", precision=precision,
-               device=device, batch_size=batch, chunk_rows=1024, workers=min(8, os.cpu_count() or 1))
+    cfg = dict(
+        data=DataConfig(str(root)),
+        backbone=backbone,
+        weights="random:0",
+        layers="all",
+        precision=precision,
+        device=device,
+        batch_size=batch,
+        chunk_rows=1024,
+        workers=min(8, os.cpu_count() or 1),
+    )
     # first run builds the pixel cache (decode once); the second extraction reads it
     extract_features(ExtractConfig(**cfg, store=str(root.parent / "warm.zarr")), progress=False)
     r = extract_features(ExtractConfig(**cfg, store=str(root.parent / "s.zarr")), progress=False)
@@ -107,8 +117,11 @@ def ort_cuda_check() -> dict:
     write_onnx(net, torch.zeros(2, 1, 224, 224, dtype=torch.uint8), path, output_names=["out"])
     s = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     s.run(None, {s.get_inputs()[0].name: np.zeros((8, 1, 224, 224), np.uint8)})
-    return {"available": ort.get_available_providers(), "session": s.get_providers(),
-            "cuda_ran": s.get_providers()[0] == "CUDAExecutionProvider"}
+    return {
+        "available": ort.get_available_providers(),
+        "session": s.get_providers(),
+        "cuda_ran": s.get_providers()[0] == "CUDAExecutionProvider",
+    }
 
 
 def main() -> None:
@@ -125,25 +138,39 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.integers(0, 256, (args.images, 1, 224, 224), dtype=np.uint8))
-    doc = {"device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
-           "torch": torch.__version__, "batch": args.batch, "precision": args.precision, "backbones": {}}
+    doc = {
+        "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
+        "torch": torch.__version__,
+        "batch": args.batch,
+        "precision": args.precision,
+        "backbones": {},
+    }
     for backbone in ("resnet50", "densenet121"):
         mem = bench_engine(backbone, x, args.device, args.batch, args.precision)
         hooks = bench_hooks_fp32(backbone, x, args.device, args.batch)
         cache = bench_pixel_cache(backbone, args.cache_images, args.device, args.batch, args.precision)
-        doc["backbones"][backbone] = {"from_memory_img_per_s": round(mem, 1), "hooks_fp32_img_per_s": round(hooks, 1),
-                                      "speedup_vs_hooks": round(mem / hooks, 2), "pixel_cache": cache}
-        print(f"{backbone}: {mem:,.0f} img/s from memory ({args.precision}, all cut points), "
-              f"(b) hooks fp32 {hooks:,.0f} img/s -> {mem / hooks:.2f}x; through the pixel cache "
-              f"{cache['img_per_s']:,.0f} img/s (waiting for input {100 * cache['input_wait_share']:.1f}%)", flush=True)
+        doc["backbones"][backbone] = {
+            "from_memory_img_per_s": round(mem, 1),
+            "hooks_fp32_img_per_s": round(hooks, 1),
+            "speedup_vs_hooks": round(mem / hooks, 2),
+            "pixel_cache": cache,
+        }
+        print(
+            f"{backbone}: {mem:,.0f} img/s from memory ({args.precision}, all cut points), "
+            f"(b) hooks fp32 {hooks:,.0f} img/s -> {mem / hooks:.2f}x; through the pixel cache "
+            f"{cache['img_per_s']:,.0f} img/s (waiting for input {100 * cache['input_wait_share']:.1f}%)",
+            flush=True,
+        )
     try:
         doc["onnxruntime"] = ort_cuda_check()
     except Exception as e:  # report, don't hide
         doc["onnxruntime"] = {"error": f"{type(e).__name__}: {e}"}
     print("onnxruntime:", json.dumps(doc["onnxruntime"]))
     r50 = doc["backbones"]["resnet50"]
-    print(f"targets: resnet50 >= 8000 img/s from memory: {r50['from_memory_img_per_s'] >= 8000}; "
-          f">= 4x (b): {r50['speedup_vs_hooks'] >= 4}")
+    print(
+        f"targets: resnet50 >= 8000 img/s from memory: {r50['from_memory_img_per_s'] >= 8000}; "
+        f">= 4x (b): {r50['speedup_vs_hooks'] >= 4}"
+    )
     Path(args.out).write_text(json.dumps(doc, indent=1))
 
 

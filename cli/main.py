@@ -21,7 +21,10 @@ COMMANDS = {
         "Finetune a backbone truncated at a cut point (or full depth).",
     ),
     "report": ("tlmic_cli.commands.probe:report", "Re-render a probe run's summary.md and layers.png."),
-    "doctor": ("tlmic_cli.commands.doctor:doctor", "Devices, working onnxruntime providers, CPU features, versions, cache."),
+    "doctor": (
+        "tlmic_cli.commands.doctor:doctor",
+        "Devices, working onnxruntime providers, CPU features, versions, cache.",
+    ),
     "demo": ("tlmic_cli.commands.demo:demo", "Run the pipeline on the embedded phantom chest X-ray data."),
 }
 

@@ -232,7 +232,9 @@ def test_bf16_is_close_to_fp32_and_recorded(phantom_dir, tmp_path):
 
     base = dict(data=DataConfig(str(phantom_dir / "val")), backbone="resnet18", weights="random:2", layers="blocks")
     f32 = extract_features(ExtractConfig(**base, store=str(tmp_path / "a.zarr")), progress=False).store
-    b16 = extract_features(ExtractConfig(**base, precision="bf16", store=str(tmp_path / "b.zarr")), progress=False).store
+    b16 = extract_features(
+        ExtractConfig(**base, precision="bf16", store=str(tmp_path / "b.zarr")), progress=False
+    ).store
     assert b16.fingerprint["precision"] == "bf16" and f32.fingerprint["precision"] == "fp32"
     for a in f32.addresses:
         x, y = f32.features(a).ravel(), b16.features(a).ravel()
@@ -242,15 +244,19 @@ def test_bf16_is_close_to_fp32_and_recorded(phantom_dir, tmp_path):
     with pytest.raises(UsageError, match="fp16"):
         resolve_precision("fp16", "cpu")
     with pytest.raises(UsageError, match="--engine onnx runs fp32"):
-        extract_features(ExtractConfig(**base, engine="onnx", precision="bf16", store=str(tmp_path / "c.zarr")),
-                         progress=False)
+        extract_features(
+            ExtractConfig(**base, engine="onnx", precision="bf16", store=str(tmp_path / "c.zarr")), progress=False
+        )
 
 
 def test_pixel_cache_gives_identical_features_and_is_shared(phantom_dir, tmp_path):
     base = dict(data=DataConfig(str(phantom_dir / "val")), weights="random:4", layers="blocks")
-    direct = extract_features(ExtractConfig(**base, backbone="resnet18", pixel_cache=False,
-                                            store=str(tmp_path / "d.zarr")), progress=False)
-    cached = extract_features(ExtractConfig(**base, backbone="resnet18", store=str(tmp_path / "c.zarr")), progress=False)
+    direct = extract_features(
+        ExtractConfig(**base, backbone="resnet18", pixel_cache=False, store=str(tmp_path / "d.zarr")), progress=False
+    )
+    cached = extract_features(
+        ExtractConfig(**base, backbone="resnet18", store=str(tmp_path / "c.zarr")), progress=False
+    )
     for a in direct.store.addresses:
         np.testing.assert_array_equal(cached.store.features(a), direct.store.features(a))
     caches = list((tmp_path / "cache" / "pixels").glob("*.zarr"))

@@ -137,7 +137,8 @@ def write_demo_report(path: Path, extracted: ExtractReport, probes: ProbeRun, fi
         c = r.compactness[0]
         label = "finetune: truncated" if truncate != "all" else "finetune: full depth"
         lines.append(
-            f"| {label} | {m['address']} | {m['n_train']} | {m['auroc']:.3f} [{m['auroc_lo']:.3f}, {m['auroc_hi']:.3f}] | "
+            f"| {label} | {m['address']} | {m['n_train']} | "
+            f"{m['auroc']:.3f} [{m['auroc_lo']:.3f}, {m['auroc_hi']:.3f}] | "
             f"{m['auprc']:.3f} [{m['auprc_lo']:.3f}, {m['auprc_hi']:.3f}] | {c['params'] / 1e6:.2f} M | "
             f"{c['macs'] / 1e9:.2f} G | {c['latency_ms']:.1f} |"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from importlib import metadata
@@ -30,7 +31,8 @@ def working_ort_providers() -> dict[str, str]:
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "probe",
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "probe",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
     )
@@ -65,10 +67,8 @@ def cache_usage(root=None) -> dict[str, int]:
         total = 0
         for dirpath, _, files in os.walk(entry) if entry.is_dir() else [(str(root), [], [entry.name])]:
             for f in files:
-                try:
+                with contextlib.suppress(OSError):
                     total += os.path.getsize(os.path.join(dirpath, f))
-                except OSError:
-                    pass
         sizes[entry.name] = total
     return sizes
 
@@ -83,18 +83,25 @@ def diagnose() -> dict:
     info = {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": {"cores": os.cpu_count(), "flags": {f: f in flags for f in CPU_FLAGS},
-                "precision_auto": resolve_precision("auto", "cpu")},
-        "torch": {"cuda_available": cuda, "cuda_version": torch.version.cuda,
-                  "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
-                  "threads": torch.get_num_threads()},
+        "cpu": {
+            "cores": os.cpu_count(),
+            "flags": {f: f in flags for f in CPU_FLAGS},
+            "precision_auto": resolve_precision("auto", "cpu"),
+        },
+        "torch": {
+            "cuda_available": cuda,
+            "cuda_version": torch.version.cuda,
+            "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+            "threads": torch.get_num_threads(),
+        },
         "onnxruntime": {"providers": working_ort_providers()},
         "packages": {p: _version(p) for p in PACKAGES},
         "cache": {"root": str(cache_root().resolve()), "bytes": cache_usage()},
     }
     if info["packages"]["onnxruntime"] and info["packages"]["onnxruntime-gpu"]:
-        info["warnings"] = ["both onnxruntime and onnxruntime-gpu are installed; they share one import name: "
-                            "uninstall one"]
+        info["warnings"] = [
+            "both onnxruntime and onnxruntime-gpu are installed; they share one import name: uninstall one"
+        ]
     return info
 
 
@@ -105,9 +112,13 @@ def format_report(info: dict) -> str:
     lines.append(f"cpu: {c['cores']} cores; {flags}; --precision auto on cpu -> {c['precision_auto']}")
     t = info["torch"]
     gpus = ", ".join(t["devices"]) or "none"
-    lines.append(f"torch: CUDA {'available' if t['cuda_available'] else 'not available'} (build {t['cuda_version']}); "
-                 f"GPUs: {gpus}; CPU threads {t['threads']}")
-    lines.append("onnxruntime providers: " + "; ".join(f"{k}: {v}" for k, v in info["onnxruntime"]["providers"].items()))
+    lines.append(
+        f"torch: CUDA {'available' if t['cuda_available'] else 'not available'} (build {t['cuda_version']}); "
+        f"GPUs: {gpus}; CPU threads {t['threads']}"
+    )
+    lines.append(
+        "onnxruntime providers: " + "; ".join(f"{k}: {v}" for k, v in info["onnxruntime"]["providers"].items())
+    )
     lines.append("packages: " + ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v))
     missing = [k for k, v in info["packages"].items() if not v and k not in ("onnxruntime", "onnxruntime-gpu")]
     if missing:

@@ -84,8 +84,18 @@ class OnnxEngine:
         return [np.asarray(o, dtype=np.float32) for o in outs]
 
 
-def make_engine(name: str, backbone, cut_points, pool: str, device: str, precision: str, *,
-                compile: bool = False, cache_dir: Path | None = None, key: dict | None = None):
+def make_engine(
+    name: str,
+    backbone,
+    cut_points,
+    pool: str,
+    device: str,
+    precision: str,
+    *,
+    compile: bool = False,
+    cache_dir: Path | None = None,
+    key: dict | None = None,
+):
     if name == "torch":
         return TorchEngine(backbone, cut_points, pool, device, precision, compile)
     if name == "onnx":

@@ -17,8 +17,9 @@ def export_onnx(model, example, path: str | Path, *, atol: float = 1e-4) -> dict
     """
     model = model.eval().to("cpu")
     example = example.to("cpu")
-    return write_onnx(model, example, path, output_names=["logits"],
-                      check=lambda p: check_onnx(model, example, p, atol=atol))
+    return write_onnx(
+        model, example, path, output_names=["logits"], check=lambda p: check_onnx(model, example, p, atol=atol)
+    )
 
 
 def write_onnx(model, example, path: str | Path, *, output_names: list[str], check=None):
@@ -43,8 +44,9 @@ def write_onnx(model, example, path: str | Path, *, output_names: list[str], che
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # exporter chatter (deprecations inside torch.onnx)
             try:
-                torch.onnx.export(model, (example,), str(raw), dynamo=True, dynamic_shapes={"x": {0: batch}},
-                                  verbose=False, **names)
+                torch.onnx.export(
+                    model, (example,), str(raw), dynamo=True, dynamic_shapes={"x": {0: batch}}, verbose=False, **names
+                )
             except Exception:
                 axes = {n: {0: "batch"} for n in ["pixels", *output_names]}
                 torch.onnx.export(model, (example,), str(raw), dynamo=False, dynamic_axes=axes, **names)

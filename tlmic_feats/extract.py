@@ -22,9 +22,9 @@ from .backbones.cutpoints import select_cut_points, storage_groups
 from .data.readers import DataConfig, load_manifest
 from .device import PRECISIONS, resolve_device, resolve_precision
 from .engines import ENGINES, make_engine
-from .pixels import build_pixel_cache
 from .errors import BadImageError, UsageError, check_choice
 from .paths import cache_root, slug
+from .pixels import build_pixel_cache
 from .store import FeatureStore, LayerInfo, StoreLock, open_for_writing
 
 POOLS = ("avg", "max", "avgmax")
@@ -165,7 +165,11 @@ def extract_features(
     config.validate()
     log = log or (lambda msg: print(msg, file=sys.stderr))
     device = resolve_device(config.device)
-    precision = "fp32" if config.engine == "onnx" and config.precision == "auto" else resolve_precision(config.precision, device)
+    precision = (
+        "fp32"
+        if config.engine == "onnx" and config.precision == "auto"
+        else resolve_precision(config.precision, device)
+    )
     manifest = load_manifest(config.data)
     backbone = build_backbone(config.backbone, config.weights, seed=config.seed)
     selected = select_cut_points(backbone.cut_points, config.layers, backbone.name)
@@ -209,26 +213,42 @@ def extract_features(
         pending = writer.pending_shards()
         # Aliased cut points (ResNet's "2" is "2.4") are computed once, under their array.
         stored = tuple(cp for cp in selected if arrays[cp.address] == cp.address)
-        engine = make_engine(config.engine, backbone, stored, config.pool, device, precision,
-                             compile=config.compile, cache_dir=cache_root() / "onnx",
-                             key={k: fingerprint[k] for k in ("backbone", "weights", "preprocess", "pool", "layers")})
+        engine = make_engine(
+            config.engine,
+            backbone,
+            stored,
+            config.pool,
+            device,
+            precision,
+            compile=config.compile,
+            cache_dir=cache_root() / "onnx",
+            key={k: fingerprint[k] for k in ("backbone", "weights", "preprocess", "pool", "layers")},
+        )
 
         batches = _shard_batches(writer, pending, config.batch_size)
         n_todo = sum(len(b) for b in batches)
         workers = config.workers if config.workers >= 0 else _auto_workers(n_todo, manifest.source)
         pre = backbone.preprocess
         if config.pixel_cache and n_todo:
-            cache = build_pixel_cache(manifest, pre.resize_size, pre.interpolation, cache_root() / "pixels",
-                                      workers=workers, progress=progress)
+            cache = build_pixel_cache(
+                manifest,
+                pre.resize_size,
+                pre.interpolation,
+                cache_root() / "pixels",
+                workers=workers,
+                progress=progress,
+            )
             source = _cached_batches(cache, batches, pre.input_size)
         else:
-            source = iter(torch.utils.data.DataLoader(
-                PixelDataset(manifest.source, pre),
-                batch_sampler=batches,
-                num_workers=workers,
-                multiprocessing_context="spawn" if workers > 0 else None,
-                pin_memory=device.startswith("cuda"),
-            ))
+            source = iter(
+                torch.utils.data.DataLoader(
+                    PixelDataset(manifest.source, pre),
+                    batch_sampler=batches,
+                    num_workers=workers,
+                    multiprocessing_context="spawn" if workers > 0 else None,
+                    pin_memory=device.startswith("cuda"),
+                )
+            )
         bar = _progress(len(manifest), len(manifest) - n_todo, f"extract {backbone.name}", progress)
         shard_of = {s: writer.shard_rows(s) for s in pending}
         buffers: dict[int, dict] = {}
@@ -278,8 +298,9 @@ def extract_features(
             bar.close()
         seconds = time.perf_counter() - t0
         store = writer.finalize()
-    return ExtractReport(store, computed_images=n_todo, seconds=seconds, skipped_ids=skipped_ids,
-                         input_wait_seconds=waited)
+    return ExtractReport(
+        store, computed_images=n_todo, seconds=seconds, skipped_ids=skipped_ids, input_wait_seconds=waited
+    )
 
 
 def _cached_batches(cache, batches: list[list[int]], input_size: int):

@@ -55,8 +55,9 @@ class PixelCache:
         return np.asarray(self._pixels.get_orthogonal_selection((rows, slice(None), slice(None))))
 
 
-def build_pixel_cache(manifest, size: int, interpolation: str, root: Path, *, workers: int = 0,
-                      progress: bool = False) -> PixelCache:
+def build_pixel_cache(
+    manifest, size: int, interpolation: str, root: Path, *, workers: int = 0, progress: bool = False
+) -> PixelCache:
     """Open the cache for ``manifest`` at ``size`` (building what is missing) and return it."""
     import zarr
 
@@ -69,12 +70,19 @@ def build_pixel_cache(manifest, size: int, interpolation: str, root: Path, *, wo
         meta = _meta(path)
         if meta is None or meta.get("n") != n:
             group = zarr.open_group(str(path), mode="w")
-            group.create_array("pixels", shape=(n, size, size), chunks=(min(CHUNK, n), size, size), dtype="uint8",
-                               fill_value=0)
+            group.create_array(
+                "pixels", shape=(n, size, size), chunks=(min(CHUNK, n), size, size), dtype="uint8", fill_value=0
+            )
             group.create_array("bad", shape=(n,), chunks=(min(CHUNK, n),), dtype="bool", fill_value=False)
             group.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False)
-            group.attrs["tlmic_pixels"] = {"n": n, "size": size, "interpolation": interpolation,
-                                           "dataset": manifest.fingerprint(), "status": "in_progress", "errors": "{}"}
+            group.attrs["tlmic_pixels"] = {
+                "n": n,
+                "size": size,
+                "interpolation": interpolation,
+                "dataset": manifest.fingerprint(),
+                "status": "in_progress",
+                "errors": "{}",
+            }
         group = zarr.open_group(str(path), mode="r+")
         done = np.asarray(group["done"][:])
         todo = [int(c) for c in np.flatnonzero(~done)]
@@ -141,8 +149,9 @@ class _ChunkDecoder:
         for k, r in enumerate(rows):
             try:
                 im = self.source.load(r, min_side=self.size)
-                out[k] = resize_center_crop(im, resize_size=self.size, input_size=self.size,
-                                            interpolation=self.interpolation)
+                out[k] = resize_center_crop(
+                    im, resize_size=self.size, input_size=self.size, interpolation=self.interpolation
+                )
             except BadImageError as e:
                 errors[k] = str(e)
         return out, errors
@@ -154,13 +163,20 @@ def load_pixels(source, rows: np.ndarray, size: int, interpolation: str) -> np.n
 
     out = np.empty((len(rows), size, size), dtype=np.uint8)
     for k, i in enumerate(np.asarray(rows).tolist()):
-        out[k] = resize_center_crop(source.load(i, min_side=size), resize_size=size, input_size=size,
-                                    interpolation=interpolation)
+        out[k] = resize_center_crop(
+            source.load(i, min_side=size), resize_size=size, input_size=size, interpolation=interpolation
+        )
     return out
 
 
 def _bar(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="decode once (pixel cache)", unit="img", disable=not enabled, dynamic_ncols=True,
-                file=sys.stderr)
+    return tqdm(
+        total=total,
+        desc="decode once (pixel cache)",
+        unit="img",
+        disable=not enabled,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )

@@ -30,7 +30,8 @@ def demo(root, quiet):
     run = result.probes
     click.echo((run.out / "summary.md").read_text().split("\n## Per layer")[0].rstrip())
     click.echo(
-        f"\nprobes: {len(run.rows)} results in {run.seconds:.1f} s; report: {run.out / 'summary.md'}, plot: {run.out / 'layers.png'}"
+        f"\nprobes: {len(run.rows)} results in {run.seconds:.1f} s; "
+        f"report: {run.out / 'summary.md'}, plot: {run.out / 'layers.png'}"
     )
     click.echo("")
     click.echo(result.report.read_text().rstrip())

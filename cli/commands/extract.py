@@ -36,10 +36,20 @@ from ..options import data_options
 @click.option("--overwrite", is_flag=True, help="Replace a store made from different inputs.")
 @click.option("--seed", default=0, show_default=True, help="Seed of random weights.")
 @click.option("--chunk-rows", default=256, show_default=True, help="Rows per chunk (and per resumable shard).")
-@click.option("--engine", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
-              help="torch (eager or compiled) or onnxruntime (graph exported once, cached under cache/onnx).")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="fp32", show_default=True,
-              help="auto: bf16 where the GPU or CPU (AMX, AVX512-BF16) runs it fast; recorded in the store.")
+@click.option(
+    "--engine",
+    type=click.Choice(["torch", "onnx"]),
+    default="torch",
+    show_default=True,
+    help="torch (eager or compiled) or onnxruntime (graph exported once, cached under cache/onnx).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="auto: bf16 where the GPU or CPU (AMX, AVX512-BF16) runs it fast; recorded in the store.",
+)
 @click.option("--compile", is_flag=True, help="torch.compile the network (pays off on long runs).")
 @click.option("--no-pixel-cache", is_flag=True, help="Decode images directly instead of through cache/pixels.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")

@@ -93,7 +93,7 @@ def _densenet_cut_points(model) -> list[CutPoint]:
         block = getattr(model.features, f"denseblock{k}")
         n = len(block)
         for u in range(1, n + 1):
-            taps = (Tap(block_input),) + tuple(Tap(f"features.denseblock{k}.denselayer{i}") for i in range(1, u + 1))
+            taps = (Tap(block_input), *(Tap(f"features.denseblock{k}.denselayer{i}") for i in range(1, u + 1)))
             out.append(CutPoint(f"{k}.{u}", f"cat(features.denseblock{k}[:{u}])", taps))
         if k < 4:
             end = f"features.transition{k}"
