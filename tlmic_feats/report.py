@@ -102,9 +102,10 @@ def render_summary(doc: dict) -> str:
     if controls:
         lines += [
             "",
-            "## Leakage control: shuffled training labels",
+            "## Leakage control: shuffled labels",
             "",
-            "Each probe refit on permuted training labels; test AUROC should sit at chance (0.5).",
+            "Each probe refit on permuted training and validation labels (test labels untouched); "
+                  "test AUROC should sit at chance (0.5).",
             "",
             "| model | fraction | test AUROC over layers: mean [mean 95% CI] (min, max) | verdict |",
             "| --- | --- | --- | --- |",
