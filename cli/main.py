@@ -25,6 +25,7 @@ COMMANDS = {
         "tlmic_cli.commands.doctor:doctor",
         "Devices, working onnxruntime providers, CPU features, versions, cache.",
     ),
+    "data": ("tlmic_cli.commands.data:data", "Inspect a dataset: `tlmic data check --data D`."),
     "demo": ("tlmic_cli.commands.demo:demo", "Run the pipeline on the embedded phantom chest X-ray data."),
 }
 

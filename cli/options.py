@@ -36,6 +36,28 @@ _DATA_OPTIONS = [
     click.option("--positive", "positive_class", default="", help="Binary data: the positive class name."),
     click.option("--patient-regex", default="", help=r"Patient id from each file name, e.g. 'person(\d+)_'."),
     click.option("--split-seed", default=0, show_default=True, help="Seed of the split made when the data has none."),
+    click.option(
+        "--uncertain",
+        type=click.Choice(["ones", "zeros", "ignore"]),
+        default="ignore",
+        show_default=True,
+        help="CheXpert -1 (uncertain) labels: U-Ones, U-Zeros, or U-Ignore (masked).",
+    ),
+    click.option(
+        "--blank",
+        type=click.Choice(["zeros", "missing"]),
+        default="zeros",
+        show_default=True,
+        help="CheXpert blank labels: negative, or missing (masked).",
+    ),
+    click.option(
+        "--views",
+        type=click.Choice(["frontal", "all"]),
+        default="frontal",
+        show_default=True,
+        help="CheXpert views to keep.",
+    ),
+    click.option("--allow-outside-root", is_flag=True, help="Allow manifest paths outside the data root."),
 ]
 
 
@@ -57,6 +79,10 @@ def data_options(f):
             positive_class=kw.pop("positive_class"),
             patient_regex=kw.pop("patient_regex"),
             split_seed=kw.pop("split_seed"),
+            uncertain=kw.pop("uncertain"),
+            blank=kw.pop("blank"),
+            views=kw.pop("views"),
+            allow_outside_root=kw.pop("allow_outside_root"),
         )
         return f(*args, **kw)
 

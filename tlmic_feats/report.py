@@ -105,7 +105,7 @@ def render_summary(doc: dict) -> str:
             "## Leakage control: shuffled labels",
             "",
             "Each probe refit on permuted training and validation labels (test labels untouched); "
-                  "test AUROC should sit at chance (0.5).",
+            "test AUROC should sit at chance (0.5).",
             "",
             "| model | fraction | test AUROC over layers: mean [mean 95% CI] (min, max) | verdict |",
             "| --- | --- | --- | --- |",

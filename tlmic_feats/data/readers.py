@@ -18,7 +18,7 @@ from ..errors import DataFormatError, MissingColumnError, choices
 from .manifest import ArrayImageSource, FileImageSource, Manifest, file_sha256
 from .splits import DEFAULT_FRACTIONS, make_splits
 
-FORMATS = ("auto", "imagefolder", "csv", "medmnist")
+FORMATS = ("auto", "imagefolder", "csv", "medmnist", "chexpert", "nih")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm")
 SPLIT_ALIASES = {
     "train": "train", "training": "train",
@@ -62,6 +62,9 @@ class DataConfig:
     split_seed: int = 0
     split_fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
     allow_outside_root: bool = False
+    uncertain: str = "ignore"  # CheXpert -1 labels: ones | zeros | ignore (masked)
+    blank: str = "zeros"  # CheXpert blank labels: zeros | missing
+    views: str = "frontal"  # CheXpert: frontal | all
 
 
 def detect_format(path: str | Path) -> str:
@@ -70,10 +73,21 @@ def detect_format(path: str | Path) -> str:
     if not p.exists():
         raise DataFormatError(f"dataset path does not exist: {p}")
     if p.is_dir():
+        if any(p.glob("Data_Entry_2017*.csv")):
+            return "nih"
+        if (p / "train.csv").is_file() or (p / "valid.csv").is_file():
+            with open(next(f for f in (p / "train.csv", p / "valid.csv") if f.is_file()), encoding="utf-8-sig") as f:
+                if "Frontal/Lateral" in f.readline():
+                    return "chexpert"
         return "imagefolder"
     if p.suffix.lower() == ".npz":
         return "medmnist"
+    if p.name.startswith("Data_Entry_2017"):
+        return "nih"
     if p.suffix.lower() in (".csv", ".tsv"):
+        with open(p, encoding="utf-8-sig") as f:
+            if "Frontal/Lateral" in f.readline():
+                return "chexpert"
         return "csv"
     raise DataFormatError(
         f"cannot tell the format of {p}: expected a directory, a .csv or a .npz file "
@@ -90,7 +104,15 @@ def load_manifest(config: DataConfig) -> Manifest:
         fmt = detect_format(config.path)
     elif not Path(config.path).exists():
         raise DataFormatError(f"dataset path does not exist: {config.path}")
-    reader = {"imagefolder": _read_imagefolder, "csv": _read_csv, "medmnist": _read_medmnist}[fmt]
+    from .chestxray import read_chexpert, read_nih
+
+    reader = {
+        "imagefolder": _read_imagefolder,
+        "csv": _read_csv,
+        "medmnist": _read_medmnist,
+        "chexpert": read_chexpert,
+        "nih": read_nih,
+    }[fmt]
     fields = reader(config)
     existing = fields.pop("splits")
     complete = existing is not None and "" not in set(existing.tolist()) and "val" in set(existing.tolist())
@@ -150,7 +172,8 @@ def _patients_from_names(paths: list[str], pattern: str) -> np.ndarray:
         m = rx.search(os.path.basename(p))
         if not m:
             raise DataFormatError(f"--patient-regex {pattern!r} does not match file name {os.path.basename(p)!r}")
-        out.append(m.group(1) if m.groups() else m.group(0))
+        # the first group that matched (alternatives such as 'person(\d+)_|(IM-\d+)-' are allowed)
+        out.append(next((g for g in m.groups() if g is not None), m.group(0)))
     return np.array(out)
 
 

@@ -1,0 +1,146 @@
+"""Public chest X-ray dataset formats (fixtures follow the real files' columns and conventions)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from tlmic_cli.main import cli
+
+from tests.conftest import write_images
+from tlmic_feats.data import DataConfig, load_manifest, patients_straddling
+from tlmic_feats.data.chestxray import CHEXPERT_LABELS, NIH_LABELS
+from tlmic_feats.errors import DataFormatError, MissingColumnError
+
+
+@pytest.fixture
+def chexpert(tmp_path):
+    """CheXpert-v1.0-small/{train,valid}.csv with Path relative to the folder's parent."""
+    root = tmp_path / "CheXpert-v1.0-small"
+    rng = np.random.default_rng(0)
+    header = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS]
+    for split, n_pat in (("train", 12), ("valid", 3)):
+        rows = []
+        for p in range(n_pat):
+            pid = f"patient{p + (0 if split == 'train' else 64000):05d}"
+            for view, fl in (("view1_frontal", "Frontal"), ("view2_lateral", "Lateral")):
+                rel = f"CheXpert-v1.0-small/{split}/{pid}/study1/{view}.jpg"
+                folder = tmp_path / rel.rsplit("/", 1)[0]
+                folder.mkdir(parents=True, exist_ok=True)
+                write_images(folder, 1, seed=p, size=(40, 48))[0].rename(tmp_path / rel)
+                values = [rng.choice(["1.0", "0.0", "-1.0", ""]) for _ in CHEXPERT_LABELS]
+                rows.append([rel, "Female", "60", fl, "AP" if fl == "Frontal" else "", *values])
+        with open(root / f"{split}.csv", "w", newline="") as f:
+            csv.writer(f).writerows([header, *rows])
+    return root
+
+
+def test_chexpert_policies_views_and_patients(chexpert):
+    m = load_manifest(DataConfig(str(chexpert)))
+    assert m.format == "chexpert" and m.label_names == CHEXPERT_LABELS and m.label_kind == "multilabel"
+    assert len(m) == 15 and all("frontal" in i for i in m.ids)  # frontal only by default
+    assert set(m.splits) == {"train", "val", "test"} and (m.splits == "test").sum() == 3
+    assert patients_straddling(m.splits, m.patient_ids) == []
+    assert m.patient_ids[0] == "00000"
+    raw = {}
+    with open(chexpert / "train.csv") as f:
+        for r in csv.DictReader(f):
+            raw[r["Path"]] = r
+    ones = load_manifest(DataConfig(str(chexpert), uncertain="ones", blank="missing", views="all"))
+    zeros = load_manifest(DataConfig(str(chexpert), uncertain="zeros"))
+    assert len(ones) == 30
+    for mm, u, b in ((m, np.nan, 0.0), (ones, 1.0, np.nan), (zeros, 0.0, 0.0)):
+        for i, pid in enumerate(mm.ids):
+            if pid not in raw:
+                continue
+            for j, name in enumerate(CHEXPERT_LABELS):
+                v = raw[pid][name]
+                want = {"1.0": 1.0, "0.0": 0.0, "-1.0": u, "": b}[v]
+                got = mm.labels[i, j]
+                assert (np.isnan(want) and np.isnan(got)) or got == want, (pid, name, v)
+    assert sum(m.meta["uncertain"].values()) > 0
+
+
+def test_chexpert_bad_value_and_missing_column(chexpert):
+    text = (chexpert / "train.csv").read_text().splitlines()
+    cells = next(csv.reader([text[1]]))
+    cells[5] = "2.0"
+    (chexpert / "train.csv").write_text("\n".join([text[0], ",".join(cells), *text[2:]]) + "\n")
+    with pytest.raises(DataFormatError, match=r"train.csv row 2: No Finding is '2.0'; valid: 1, 0, -1 or blank"):
+        load_manifest(DataConfig(str(chexpert), format="chexpert"))
+    (chexpert / "valid.csv").write_text("Path,Sex\nx.jpg,F\n")
+    (chexpert / "train.csv").unlink()
+    with pytest.raises(MissingColumnError, match="lacks CheXpert column"):
+        load_manifest(DataConfig(str(chexpert), format="chexpert"))
+
+
+@pytest.fixture
+def nih(tmp_path):
+    rng = np.random.default_rng(1)
+    root = tmp_path / "nih"
+    rows, train_val, test = [], [], []
+    for p in range(20):
+        for k in range(2):
+            name = f"{p:08d}_{k:03d}.png"
+            sub = root / f"images_{1 + p % 2:03d}" / "images"
+            sub.mkdir(parents=True, exist_ok=True)
+            write_images(sub, 1, seed=p * 2 + k, size=(40, 40))[0].rename(sub / name)
+            chosen = [n for n in NIH_LABELS if rng.random() < 0.15]
+            rows.append([name, "|".join(chosen) or "No Finding", k, p, 50, "M", "PA", 2500, 2048, 0.14, 0.14])
+            (test if p >= 16 else train_val).append(name)
+    header = [
+        "Image Index",
+        "Finding Labels",
+        "Follow-up #",
+        "Patient ID",
+        "Patient Age",
+        "Patient Gender",
+        "View Position",
+        "OriginalImage[Width",
+        "Height]",
+        "OriginalImagePixelSpacing[x",
+        "y]",
+    ]
+    with open(root / "Data_Entry_2017_v2020.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    (root / "train_val_list.txt").write_text("\n".join(train_val) + "\n")
+    (root / "test_list.txt").write_text("\n".join(test) + "\n")
+    return root, rows
+
+
+def test_nih_labels_and_official_split(nih):
+    root, rows = nih
+    m = load_manifest(DataConfig(str(root)))
+    assert m.format == "nih" and m.label_names == NIH_LABELS and len(m) == 40
+    by_id = {r[0]: r[1] for r in rows}
+    for i, name in enumerate(m.ids):
+        want = set(by_id[name].split("|")) - {"No Finding"}
+        assert {NIH_LABELS[j] for j in np.flatnonzero(m.labels[i])} == want
+    assert (m.splits == "test").sum() == 8 and m.meta["official_split"]
+    assert patients_straddling(m.splits, m.patient_ids) == []  # val carved from train_val by patient
+
+
+def test_kermany_patient_regex_keeps_person1946_together(kermany_dir):
+    m = load_manifest(DataConfig(str(kermany_dir), patient_regex=r"(person\d+)_|(IM-\d+)-"))
+    rows = [i for i, x in enumerate(m.ids) if "person1946_" in x]
+    assert len(rows) == 2 and m.patient_ids[rows[0]] == m.patient_ids[rows[1]] == "person1946"
+    assert m.splits[rows[0]] == m.splits[rows[1]]
+    assert len(np.unique(m.patient_ids)) == 15
+
+
+def test_data_check_cli(nih, kermany_dir):
+    root, _ = nih
+    r = CliRunner().invoke(cli, ["data", "check", "--data", str(root)])
+    assert r.exit_code == 0, r.output + r.stderr
+    assert "images: 40; patients: 20" in r.output and "patients in more than one split: none" in r.output
+    assert "Pleural_Thickening" in r.output and "unreadable images: 0" in r.output
+    bad = root / "images_001" / "images" / "00000000_000.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    r = CliRunner().invoke(cli, ["data", "check", "--data", str(root)])
+    assert "unreadable images: 1" in r.output and "00000000_000.png" in r.output
+    r = CliRunner().invoke(
+        cli, ["data", "check", "--data", str(kermany_dir), "--patient-regex", r"(person\d+)_|(IM-\d+)-"]
+    )
+    assert r.exit_code == 0 and "images: 16; patients: 15" in r.output
