@@ -4,6 +4,7 @@ a second writer on the same store is refused with the holder named."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,13 +60,15 @@ def test_sigkill_at_random_moments_then_resume_gives_the_identical_store(bigger_
     victim = tmp_path / "victim.zarr"
     rng = np.random.default_rng(0)
     kills = 0
-    for _ in range(12):
+    for _ in range(30):
         proc = subprocess.Popen(
             [*CLI, *_args(phantom_dir, victim)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         time.sleep(float(rng.uniform(2.0, 5.0)))  # during start-up, pixel cache, creation or shard writes
-        if proc.poll() is not None:  # finished before the kill
-            break
+        if proc.poll() is not None:  # it finished before the kill: start afresh until enough kills
+            assert proc.returncode == 0
+            shutil.rmtree(victim)
+            continue
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
