@@ -144,3 +144,70 @@ def test_data_check_cli(nih, kermany_dir):
         cli, ["data", "check", "--data", str(kermany_dir), "--patient-regex", r"(person\d+)_|(IM-\d+)-"]
     )
     assert r.exit_code == 0 and "images: 16; patients: 15" in r.output
+
+
+DICOM = __import__("tests.conftest", fromlist=["SHARED_DATA"]).SHARED_DATA / "dicom"
+
+
+@pytest.fixture
+def dicom_dir():
+    if not (DICOM / "RG1_UNCR.dcm").is_file():
+        pytest.skip(f"shared DICOM files not present at {DICOM}")
+    return DICOM
+
+
+def test_monochrome1_chest_cr_loads_inverted(dicom_dir):
+    from tlmic_feats.data.images import open_image
+
+    im = np.asarray(open_image(str(dicom_dir / "RG1_UNCR.dcm")))
+    h, w = im.shape
+    assert (h, w) == (1955, 1841) and im.dtype == np.uint8
+    mediastinum = im[h // 3 : 2 * h // 3, w // 2 - w // 20 : w // 2 + w // 20].mean()
+    lungs = np.mean(
+        [
+            im[h // 3 : 2 * h // 3, int(w * 0.2) : int(w * 0.35)].mean(),
+            im[h // 3 : 2 * h // 3, int(w * 0.65) : int(w * 0.8)].mean(),
+        ]
+    )
+    assert mediastinum > lungs + 30  # lungs dark, mediastinum bright: MONOCHROME1 was inverted
+    corner = im[: h // 20, : w // 20].mean()  # outside the body (collimated) differs from lungs
+    assert abs(corner - lungs) > 10
+
+
+def test_jpeg2000_dicom_decodes_to_the_same_pixels(dicom_dir):
+    pytest.importorskip("pylibjpeg")
+    pytest.importorskip("openjpeg")
+    from tlmic_feats.data.images import open_image
+
+    a = np.asarray(open_image(str(dicom_dir / "RG1_UNCR.dcm")))
+    b = np.asarray(open_image(str(dicom_dir / "RG1_J2KR.dcm")))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_dicom_folder_goes_through_the_reader(dicom_dir, tmp_path):
+    import shutil
+
+    for cls in ("normal", "abnormal"):
+        (tmp_path / cls).mkdir()
+        shutil.copy(dicom_dir / "RG1_UNCR.dcm", tmp_path / cls / f"{cls}.dcm")
+    m = load_manifest(DataConfig(str(tmp_path), format="dicom"))
+    assert len(m) == 2 and m.label_names == ("normal", "abnormal")
+    assert np.asarray(m.source.load(0)).shape == (1955, 1841)
+
+
+def test_multiframe_dicom_is_refused_with_a_clear_message(dicom_dir, tmp_path):
+    import pydicom
+
+    from tlmic_feats.data.dicom import read_dicom
+    from tlmic_feats.errors import BadImageError
+
+    ds = pydicom.dcmread(dicom_dir / "RG1_UNCR.dcm")
+    ds.NumberOfFrames = 2
+    ds.PixelData = ds.PixelData * 2
+    ds.save_as(tmp_path / "two.dcm")
+    with pytest.raises(BadImageError, match="has 2 frames; choose one"):
+        read_dicom(str(tmp_path / "two.dcm"))
+    np.testing.assert_array_equal(
+        np.asarray(read_dicom(str(tmp_path / "two.dcm"), frame=1)),
+        np.asarray(read_dicom(str(dicom_dir / "RG1_UNCR.dcm"))),
+    )

@@ -27,7 +27,11 @@ def open_image(path: str, *, what: str = "", min_side: int | None = None):
     """
     from PIL import Image, UnidentifiedImageError
 
+    from .dicom import is_dicom, read_dicom
+
     where = f"{path}" + (f" ({what})" if what else "")
+    if is_dicom(path):
+        return read_dicom(path, what=what)
     try:
         with Image.open(path) as im:
             if min_side is not None and im.format == "JPEG":

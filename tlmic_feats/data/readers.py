@@ -18,8 +18,8 @@ from ..errors import DataFormatError, MissingColumnError, choices
 from .manifest import ArrayImageSource, FileImageSource, Manifest, file_sha256
 from .splits import DEFAULT_FRACTIONS, make_splits
 
-FORMATS = ("auto", "imagefolder", "csv", "medmnist", "chexpert", "nih")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm")
+FORMATS = ("auto", "imagefolder", "csv", "medmnist", "chexpert", "nih", "dicom")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".dcm", ".dicom")
 SPLIT_ALIASES = {
     "train": "train", "training": "train",
     "val": "val", "valid": "val", "validation": "val", "dev": "val",
@@ -112,6 +112,7 @@ def load_manifest(config: DataConfig) -> Manifest:
         "medmnist": _read_medmnist,
         "chexpert": read_chexpert,
         "nih": read_nih,
+        "dicom": _read_imagefolder,  # class folders of DICOM files (DICOM is decoded per file)
     }[fmt]
     fields = reader(config)
     existing = fields.pop("splits")
