@@ -58,6 +58,9 @@ _DATA_OPTIONS = [
         help="CheXpert views to keep.",
     ),
     click.option("--allow-outside-root", is_flag=True, help="Allow manifest paths outside the data root."),
+    click.option(
+        "--dicom-frame", default=-1, show_default=True, help="Multi-frame DICOM: the frame to use (-1: refuse)."
+    ),
 ]
 
 
@@ -83,6 +86,7 @@ def data_options(f):
             blank=kw.pop("blank"),
             views=kw.pop("views"),
             allow_outside_root=kw.pop("allow_outside_root"),
+            dicom_frame=kw.pop("dicom_frame"),
         )
         return f(*args, **kw)
 

@@ -205,9 +205,26 @@ def test_multiframe_dicom_is_refused_with_a_clear_message(dicom_dir, tmp_path):
     ds.NumberOfFrames = 2
     ds.PixelData = ds.PixelData * 2
     ds.save_as(tmp_path / "two.dcm")
-    with pytest.raises(BadImageError, match="has 2 frames; choose one"):
+    with pytest.raises(BadImageError, match="has 2 frames; choose one with --dicom-frame N"):
         read_dicom(str(tmp_path / "two.dcm"))
     np.testing.assert_array_equal(
         np.asarray(read_dicom(str(tmp_path / "two.dcm"), frame=1)),
         np.asarray(read_dicom(str(dicom_dir / "RG1_UNCR.dcm"))),
     )
+
+
+def test_dicom_frame_option_reaches_the_decoder(dicom_dir, tmp_path):
+    import pydicom
+
+    ds = pydicom.dcmread(dicom_dir / "RG1_UNCR.dcm")
+    ds.NumberOfFrames = 2
+    ds.PixelData = ds.PixelData * 2
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        ds.save_as(tmp_path / cls / "two.dcm")
+    r = CliRunner().invoke(cli, ["data", "check", "--data", str(tmp_path), "--format", "dicom"])
+    assert "unreadable images: 2" in r.output and "--dicom-frame" in r.output
+    r = CliRunner().invoke(
+        cli, ["data", "check", "--data", str(tmp_path), "--format", "dicom", "--dicom-frame", "1", "--decode"]
+    )
+    assert "unreadable images: 0" in r.output, r.output

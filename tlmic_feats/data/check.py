@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .dicom import is_dicom
 from .manifest import SPLITS, FileImageSource, Manifest
 from .readers import DataConfig, load_manifest
 from .splits import patients_straddling
@@ -26,8 +27,8 @@ def check_dataset(config: DataConfig, *, decode: bool = False) -> DataCheck:
     bad = []
     for i in range(len(m)):
         try:
-            if decode or not isinstance(m.source, FileImageSource):
-                m.source.load(i)
+            if decode or not isinstance(m.source, FileImageSource) or is_dicom(m.source.paths[i]):
+                m.source.load(i)  # arrays, DICOM (frames, transfer syntax) and --decode: a full decode
             else:
                 with Image.open(m.source.paths[i]) as im:
                     im.verify()

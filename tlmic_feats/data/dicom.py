@@ -42,7 +42,7 @@ def read_dicom(path: str, *, frame: int | None = None, what: str = ""):
         raise BadImageError(f"DICOM {where} holds no pixel data")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1 and frame is None:
-        raise BadImageError(f"DICOM {where} has {frames} frames; choose one (DataConfig.dicom_frame) to use it")
+        raise BadImageError(f"DICOM {where} has {frames} frames; choose one with --dicom-frame N (0..{frames - 1})")
     try:
         arr = ds.pixel_array
     except Exception as e:  # a compressed transfer syntax without its decoder plugin, or bad data

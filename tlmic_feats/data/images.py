@@ -15,7 +15,7 @@ from ..errors import BadImageError
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
 
-def open_image(path: str, *, what: str = "", min_side: int | None = None):
+def open_image(path: str, *, what: str = "", min_side: int | None = None, dicom_frame: int | None = None):
     """Open an image file and return it as an 8-bit grayscale PIL image (mode ``L``).
 
     16-bit and 32-bit grayscale are scaled by their nominal range (not by min and max, which
@@ -31,7 +31,7 @@ def open_image(path: str, *, what: str = "", min_side: int | None = None):
 
     where = f"{path}" + (f" ({what})" if what else "")
     if is_dicom(path):
-        return read_dicom(path, what=what)
+        return read_dicom(path, what=what, frame=dicom_frame)
     try:
         with Image.open(path) as im:
             if min_side is not None and im.format == "JPEG":

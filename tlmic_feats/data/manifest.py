@@ -54,6 +54,7 @@ class FileImageSource:
 
     paths: tuple[str, ...]
     root: str
+    dicom_frame: int | None = None  # the frame to read from multi-frame DICOM files
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -61,7 +62,7 @@ class FileImageSource:
     def load(self, i: int, min_side: int | None = None):
         from .images import open_image
 
-        return open_image(self.paths[i], what=f"row {i}", min_side=min_side)
+        return open_image(self.paths[i], what=f"row {i}", min_side=min_side, dicom_frame=self.dicom_frame)
 
     def describe(self, i: int) -> str:
         return self.paths[i]

@@ -65,6 +65,7 @@ class DataConfig:
     uncertain: str = "ignore"  # CheXpert -1 labels: ones | zeros | ignore (masked)
     blank: str = "zeros"  # CheXpert blank labels: zeros | missing
     views: str = "frontal"  # CheXpert: frontal | all
+    dicom_frame: int = -1  # multi-frame DICOM: the frame to use (-1: refuse multi-frame files)
 
 
 def detect_format(path: str | Path) -> str:
@@ -209,7 +210,7 @@ def _read_imagefolder(config: DataConfig) -> dict:
     labels, kind, names = _single_label([r[1] for r in rows], "class folder", config.positive_class)
     fields = {
         "ids": np.array([os.path.relpath(p, root) for p in paths]),
-        "source": FileImageSource(tuple(paths), str(root)),
+        "source": FileImageSource(tuple(paths), str(root), _frame(config)),
         "labels": labels,
         "label_kind": kind,
         "label_names": names,
@@ -306,7 +307,7 @@ def _read_csv(config: DataConfig) -> dict:
         ids = np.array([r[config.path_column] for r in records])
     return {
         "ids": ids,
-        "source": FileImageSource(tuple(paths), str(root)),
+        "source": FileImageSource(tuple(paths), str(root), _frame(config)),
         "labels": labels,
         "label_kind": kind,
         "label_names": names,
@@ -314,6 +315,10 @@ def _read_csv(config: DataConfig) -> dict:
         "patient_ids": patients,
         "root": str(root),
     }
+
+
+def _frame(config: DataConfig) -> int | None:
+    return config.dicom_frame if config.dicom_frame >= 0 else None
 
 
 def _binary_value(v: str, name: str, row: int, col: str) -> float:
