@@ -8,6 +8,8 @@ normalization happen on the device, batched (see :mod:`tlmic_feats.backbones.pre
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from ..errors import BadImageError
@@ -33,14 +35,18 @@ def open_image(path: str, *, what: str = "", min_side: int | None = None, dicom_
     if is_dicom(path):
         return read_dicom(path, what=what, frame=dicom_frame)
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            # PIL only warns between its pixel limit and twice that; tlmic refuses both.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im_ctx = Image.open(path)
+        with im_ctx as im:
             if min_side is not None and im.format == "JPEG":
                 im.draft("L", (min_side, min_side))
             im.load()
             return to_gray8(im)
     except FileNotFoundError as e:
         raise BadImageError(f"image file not found: {where}") from e
-    except Image.DecompressionBombError as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise BadImageError(f"image {where} is too large to decode safely: {e}") from e
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise BadImageError(f"cannot decode image {where}: {e}") from e

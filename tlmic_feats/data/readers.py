@@ -155,7 +155,11 @@ def _natural_key(s: str):
 
 
 def _single_label(values: list[str], column: str, positive: str):
-    """Labels, kind and names from one categorical column."""
+    """Labels, kind and names from one categorical column.
+
+    Numeric values are compared as numbers ("1" and "1.0" are one class, named "1").
+    """
+    values = [_canonical_number(v) for v in values]
     classes = _order_classes(sorted(set(values)), positive)
     if len(classes) < 2:
         raise DataFormatError(f"label column {column!r} holds one class only: {classes}")
@@ -165,6 +169,16 @@ def _single_label(values: list[str], column: str, positive: str):
     if kind == "binary" and classes == ["0", "1"]:
         classes = [f"not {column}", column]
     return labels, kind, tuple(classes)
+
+
+def _canonical_number(v: str) -> str:
+    try:
+        x = float(v)
+    except ValueError:
+        return v
+    if not np.isfinite(x):
+        return v
+    return str(int(x)) if x == int(x) else repr(x)
 
 
 def _patients_from_names(paths: list[str], pattern: str) -> np.ndarray:
@@ -271,9 +285,11 @@ def _read_csv(config: DataConfig) -> dict:
     if len(label_cols) == 1:
         col = label_cols[0]
         values = [r[col] for r in records]
-        empty = [i for i, v in enumerate(values) if v == ""]
+        empty = [i for i, v in enumerate(values) if v == "" or v.lower() in ("nan", "na", "null")]
         if empty:
-            raise DataFormatError(f"{csv_path.name} row {empty[0] + 2}: empty label in column {col!r}")
+            raise DataFormatError(
+                f"{csv_path.name} row {empty[0] + 2}: missing label {values[empty[0]]!r} in column {col!r}"
+            )
         labels, kind, names = _single_label(values, col, config.positive_class)
     else:
         labels = np.empty((len(records), len(label_cols)), dtype=np.float32)
