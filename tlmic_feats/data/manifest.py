@@ -139,7 +139,7 @@ class Manifest:
     label_names: tuple[str, ...]
     splits: np.ndarray  # (N,) str, one of SPLITS
     patient_ids: np.ndarray | None = None  # (N,) str
-    split_origin: str = "data"  # "data" or "generated(seed=..)"
+    split_origin: str = "data"  # "data", "data, val carved from train (seed=..)" or "generated (seed=..)"
     format: str = ""
     root: str = ""
     meta: dict = field(default_factory=dict)

@@ -126,7 +126,12 @@ def load_manifest(config: DataConfig) -> Manifest:
         fractions=config.split_fractions,
         seed=config.split_seed,
     )
-    origin = "data" if complete else f"generated(seed={config.split_seed})"
+    if complete:
+        origin = "data"
+    elif existing is not None:
+        origin = f"data, val carved from train (seed={config.split_seed})"
+    else:
+        origin = f"generated (seed={config.split_seed})"
     return Manifest(splits=splits, split_origin=origin, format=fmt, **fields)
 
 

@@ -60,17 +60,19 @@ def _split_off(
         freq[-1] = len(idx) + 1  # "no positive label" is never the rarest
         unit_keys = np.array([min(set(key[u].tolist()), key=freq.__getitem__) for u in units])
     held: list[int] = []
+    carry = 0.0  # what earlier strata could not take (groups are indivisible) passes on
     for k in np.unique(unit_keys):
         members = np.flatnonzero(unit_keys == k)
         rng.shuffle(members)
         total = sum(len(units[m]) for m in members)
-        quota = fraction * total
+        quota = fraction * total + carry
         taken = 0
         for m in members:
             if taken >= quota - 0.5 * len(units[m]):
                 break
             held.extend(units[m])
             taken += len(units[m])
+        carry = quota - taken
     held_arr = np.array(sorted(held), dtype=np.int64)
     rest = np.setdiff1d(idx, held_arr)
     return rest, held_arr
