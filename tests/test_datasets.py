@@ -228,3 +228,19 @@ def test_dicom_frame_option_reaches_the_decoder(dicom_dir, tmp_path):
         cli, ["data", "check", "--data", str(tmp_path), "--format", "dicom", "--dicom-frame", "1", "--decode"]
     )
     assert "unreadable images: 0" in r.output, r.output
+
+
+def test_official_split_that_mixes_patients_is_reported(tmp_path):
+    paths = write_images(tmp_path, 6, size=(32, 32))
+    rows = [
+        [p.name, i % 2, s, pid]
+        for i, (p, s, pid) in enumerate(
+            zip(paths, ["train", "train", "val", "test", "test", "train"], ["a", "b", "c", "d", "a", "e"], strict=True)
+        )
+    ]
+    with open(tmp_path / "m.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["path", "label", "split", "patient_id"], *rows])
+    m = load_manifest(DataConfig(str(tmp_path / "m.csv")))
+    assert m.meta["patients_straddling"] == 1 and list(m.splits) == ["train", "train", "val", "test", "test", "train"]
+    r = CliRunner().invoke(cli, ["data", "check", "--data", str(tmp_path / "m.csv")])
+    assert "PATIENTS IN MORE THAN ONE SPLIT: 1 (e.g. a)" in r.output

@@ -171,6 +171,11 @@ def extract_features(
         else resolve_precision(config.precision, device)
     )
     manifest = load_manifest(config.data)
+    if manifest.meta.get("patients_straddling"):
+        log(
+            f"warning: the data's own split puts {manifest.meta['patients_straddling']} patient(s) in more than one "
+            "split; metrics will be optimistic (`tlmic data check` lists them)"
+        )
     backbone = build_backbone(config.backbone, config.weights, seed=config.seed)
     selected = select_cut_points(backbone.cut_points, config.layers, backbone.name)
     arrays = storage_groups(selected)

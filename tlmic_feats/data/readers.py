@@ -132,7 +132,14 @@ def load_manifest(config: DataConfig) -> Manifest:
         origin = f"data, val carved from train (seed={config.split_seed})"
     else:
         origin = f"generated (seed={config.split_seed})"
-    return Manifest(splits=splits, split_origin=origin, format=fmt, **fields)
+    meta = dict(fields.pop("meta", {}) or {})
+    if existing is not None and fields.get("patient_ids") is not None:
+        from .splits import patients_straddling
+
+        # The data's own split is kept as given, but a violation of patient separation is reported
+        # (extract logs it; `tlmic data check` lists the patients).
+        meta["patients_straddling"] = len(patients_straddling(splits, fields["patient_ids"]))
+    return Manifest(splits=splits, split_origin=origin, format=fmt, meta=meta, **fields)
 
 
 # --- class handling ----------------------------------------------------------------------------
