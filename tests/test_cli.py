@@ -17,6 +17,23 @@ def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], prog_name="tlmic")
 
 
+def small_extract(data, *extra):
+    """Arguments of a small, quiet extraction (resnet18, random weights, block 1)."""
+    return [
+        "extract",
+        "--data",
+        data,
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "random",
+        "--layers",
+        "1",
+        "--quiet",
+        *extra,
+    ]
+
+
 def one_error_line(result, code):
     assert result.exit_code == code, (result.exit_code, result.output, result.stderr)
     lines = result.stderr.strip().splitlines()
@@ -113,18 +130,7 @@ def test_corrupt_image_exit_1_names_file(phantom_dir, tmp_path):
 def test_unfinished_or_foreign_store(tmp_path, phantom_dir):
     (tmp_path / "notastore").mkdir()
     (tmp_path / "notastore" / "precious.txt").write_text("keep me")
-    args = [
-        "extract",
-        "--data",
-        phantom_dir / "test",
-        "--backbone",
-        "resnet18",
-        "--weights",
-        "random",
-        "--layers",
-        "1",
-        "--quiet",
-    ]
+    args = small_extract(phantom_dir / "test")
     line = one_error_line(run(*args, "--store", tmp_path / "notastore"), 2)
     assert "not a tlmic feature store" in line
     assert (tmp_path / "notastore" / "precious.txt").read_text() == "keep me"
@@ -141,20 +147,7 @@ def test_store_lock_names_its_holder(tmp_path, phantom_dir):
     store = tmp_path / "s.zarr"
     holder = {"pid": os.getppid(), "host": socket.gethostname(), "since": 0}
     (tmp_path / "s.zarr.lock").write_text(json.dumps(holder))
-    args = [
-        "extract",
-        "--data",
-        phantom_dir / "test",
-        "--backbone",
-        "resnet18",
-        "--weights",
-        "random",
-        "--layers",
-        "1",
-        "--quiet",
-        "--store",
-        store,
-    ]
+    args = small_extract(phantom_dir / "test", "--store", store)
     line = one_error_line(run(*args), 1)
     assert f"pid {os.getppid()}" in line and "being written" in line
     # a lock left by a dead process is taken over
