@@ -288,3 +288,17 @@ def test_probe_cli(planted_run, tmp_path):
     assert r.exit_code == 2 and "comma-separated list of numbers" in r.stderr
     r = CliRunner().invoke(cli, ["probe", "--store", str(tmp_path / "none.zarr"), "--quiet"])
     assert r.exit_code == 1 and "no feature store" in r.stderr
+
+
+def test_from_arrays_fingerprints_contents_and_keeps_existing_stores(tmp_path):
+    from tlmic_feats.errors import StoreMismatchError
+
+    rng = np.random.default_rng(0)
+    kw = dict(labels=np.arange(20) % 2, label_kind="binary", label_names=["a", "b"], splits=SPLITS[::25])
+    a = FeatureStore.from_arrays(tmp_path / "a.zarr", {"1": rng.normal(size=(20, 3))}, **kw)
+    b = FeatureStore.from_arrays(tmp_path / "b.zarr", {"1": rng.normal(size=(20, 3))}, **kw)
+    assert a.fingerprint["dataset"] != b.fingerprint["dataset"]
+    with pytest.raises(StoreMismatchError, match="exists"):
+        FeatureStore.from_arrays(tmp_path / "a.zarr", {"1": rng.normal(size=(20, 3))}, **kw)
+    c = FeatureStore.from_arrays(tmp_path / "a.zarr", {"1": np.ones((20, 3))}, overwrite=True, **kw)
+    assert (c.features("1") == 1).all()

@@ -185,12 +185,20 @@ class FeatureStore:
         patient_ids: np.ndarray | None = None,
         chunk_rows: int = 1024,
         description: str = "from_arrays",
+        overwrite: bool = False,
     ) -> FeatureStore:
         """Write a finished store from in-memory arrays (``{address: (N, C)}``, depth order).
 
-        For features computed elsewhere, synthetic benchmarks and tests; the fingerprint records
-        ``description`` in place of a backbone.
+        For features computed elsewhere, synthetic benchmarks and tests. The fingerprint records
+        ``description`` in place of a backbone, and a digest of the arrays as the dataset, so that
+        runs made on one such store are never taken for runs on another. An existing store at
+        ``path`` is replaced only with ``overwrite``.
         """
+        import hashlib
+
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise StoreMismatchError(f"{path} exists; pass overwrite=True to replace it")
         n = len(labels)
         manifest = _ArrayTable(
             n,
@@ -203,21 +211,25 @@ class FeatureStore:
             split_origin="given",
         )
         layers = [LayerInfo(a, "external", int(x.shape[1]), 0, a) for a, x in features.items()]
-        fingerprint = {"backbone": description, "dataset": description, "layers": list(features)}
-        writer, _ = open_for_writing(
-            path,
-            fingerprint=fingerprint,
-            config={"source": description},
-            manifest=manifest,
-            layers=layers,
-            chunk_rows=chunk_rows,
-            dtype="float32",
-            overwrite=True,
-        )
-        for shard in writer.pending_shards():
-            start, stop = writer.shard_rows(shard)
-            writer.write_shard(shard, {a: x[start:stop] for a, x in features.items()}, np.zeros(stop - start, bool))
-        return writer.finalize()
+        digest = hashlib.sha256()
+        for a in (manifest.labels, manifest.splits.astype(str), *features.values()):
+            digest.update(np.ascontiguousarray(a).tobytes())
+        fingerprint = {"backbone": description, "dataset": digest.hexdigest(), "layers": list(features)}
+        with StoreLock(path):
+            writer, _ = open_for_writing(
+                path,
+                fingerprint=fingerprint,
+                config={"source": description},
+                manifest=manifest,
+                layers=layers,
+                chunk_rows=chunk_rows,
+                dtype="float32",
+                overwrite=True,
+            )
+            for shard in writer.pending_shards():
+                start, stop = writer.shard_rows(shard)
+                writer.write_shard(shard, {a: x[start:stop] for a, x in features.items()}, np.zeros(stop - start, bool))
+            return writer.finalize()
 
     def __repr__(self) -> str:
         return (
