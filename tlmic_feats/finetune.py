@@ -38,7 +38,7 @@ from .data.readers import DataConfig, load_manifest
 from .device import PRECISIONS
 from .device import autocast as amp
 from .errors import UsageError, check_choice
-from .metrics import METRICS, UndefinedMetricWarning, bootstrap, choose_thresholds, evaluate
+from .metrics import METRICS, UndefinedMetricWarning, bootstrap, choose_thresholds, evaluate, write_predictions
 from .paths import cache_root, slug
 from .subsets import nested_subsets
 
@@ -499,7 +499,15 @@ def finetune(
         train_seconds=round(sum(h["seconds"] for h in state["history"]), 2),
         precision=precision,
     )
-    _write_predictions(out / "predictions.csv", manifest, rows, s_val, s_test, kind, names)
+    write_predictions(
+        out / "predictions.csv",
+        ids=manifest.ids,
+        labels=manifest.labels,
+        rows={"val": rows["val"], "test": rows["test"]},
+        scores={"val": s_val, "test": s_test},
+        label_kind=kind,
+        label_names=names,
+    )
     _write_history(out / "history.csv", state["history"])
     plot_curves(state["history"], out / "curves.png", config.monitor)
 
@@ -564,26 +572,6 @@ def _predict(net, pixels, size: int, batch_size: int, device: str, autocast) -> 
             with autocast:
                 out.append(net(x.contiguous(memory_format=torch.channels_last)).float().cpu())
     return torch.cat(out).numpy().astype(np.float64)
-
-
-def _write_predictions(path: Path, manifest, rows, s_val, s_test, kind, names) -> None:
-    heads = (
-        ["y", "score"]
-        if kind == "binary"
-        else ["y", *[f"score_{n}" for n in names]]
-        if kind == "multiclass"
-        else [*[f"y_{n}" for n in names], *[f"score_{n}" for n in names]]
-    )
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "split", *heads])
-        for split, s in (("val", s_val), ("test", s_test)):
-            s2 = np.asarray(s).reshape(len(rows[split]), -1)
-            for k, r in enumerate(rows[split]):
-                lab = ["" if np.isnan(v) else int(v) for v in manifest.labels[r].tolist()]
-                w.writerow([manifest.ids[r], split, *lab, *[repr(float(v)) for v in s2[k]]])
-    tmp.replace(path)
 
 
 def _write_history(path: Path, history: list[dict]) -> None:

@@ -17,7 +17,9 @@ run over the labels that are defined and say how many (``n_labels``).
 
 from __future__ import annotations
 
+import csv
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -330,3 +332,39 @@ def _multiclass_rows(y: np.ndarray, p: np.ndarray, n_resamples: int, rng) -> dic
         "sensitivity": bacc,
         "specificity": np.mean(spec, axis=0),
     }
+
+
+# --- predictions files -----------------------------------------------------------------------------
+
+
+def write_predictions(
+    path: str | Path,
+    *,
+    ids: np.ndarray,
+    labels: np.ndarray,
+    rows: dict[str, np.ndarray],
+    scores: dict[str, np.ndarray],
+    label_kind: str,
+    label_names,
+) -> None:
+    """One CSV per fitted model, so anyone can recompute a metric: ``id, split``, the label(s)
+    (empty where missing) and the score(s), for each split in ``rows`` (e.g. val then test).
+    Written under a temporary name and renamed."""
+    names = list(label_names)
+    if label_kind == "binary":
+        heads = ["y", "score"]
+    elif label_kind == "multiclass":
+        heads = ["y", *[f"score_{n}" for n in names]]
+    else:
+        heads = [*[f"y_{n}" for n in names], *[f"score_{n}" for n in names]]
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "split", *heads])
+        for split, split_rows in rows.items():
+            s = np.asarray(scores[split]).reshape(len(split_rows), -1)
+            for k, r in enumerate(split_rows):
+                lab = ["" if np.isnan(v) else int(v) for v in labels[r].tolist()]
+                w.writerow([ids[r], split, *lab, *[repr(float(v)) for v in s[k]]])
+    tmp.replace(path)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UnknownCutPointError, UsageError, check_choice, choices
-from .metrics import METRICS, UndefinedMetricWarning, bootstrap, choose_thresholds, evaluate
+from .metrics import METRICS, UndefinedMetricWarning, bootstrap, choose_thresholds, evaluate, write_predictions
 from .paths import cache_root, slug
 from .probes import PROBES
 from .store import FeatureStore
@@ -240,7 +240,15 @@ def _fit_cell(X: np.ndarray, ctx: _Context, cell: tuple, common: dict) -> dict:
         ci = bootstrap(labels[test], s_test, kind, thresholds=thresholds, n_resamples=config.bootstrap, seed=seed)
     run_id = _run_id(common["layer"], cell)
     pred_file = out / "predictions" / f"{run_id}.csv"
-    _write_predictions(pred_file, ctx, s_val, s_test)
+    write_predictions(
+        pred_file,
+        ids=ctx.ids,
+        labels=labels,
+        rows={"val": val, "test": test},
+        scores={"val": s_val, "test": s_test},
+        label_kind=kind,
+        label_names=names,
+    )
     if config.save_probes:
         probe.save(out / "probes" / run_id)
     positives = (
@@ -331,27 +339,6 @@ def _claim_run_dir(out: Path, config: ProbeConfig, store: FeatureStore) -> None:
     tmp = out / "run.json.tmp"
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(existing)
-
-
-def _write_predictions(path: Path, ctx: _Context, s_val, s_test) -> None:
-    val, test = ctx.rows_of["val"], ctx.rows_of["test"]
-    rows = np.concatenate([val, test])
-    scores = np.concatenate([np.asarray(s_val).reshape(len(val), -1), np.asarray(s_test).reshape(len(test), -1)])
-    split = ["val"] * len(val) + ["test"] * len(test)
-    if ctx.kind == "binary":
-        heads = ["y", "score"]
-    elif ctx.kind == "multiclass":
-        heads = ["y", *[f"score_{n}" for n in ctx.names]]
-    else:
-        heads = [*[f"y_{n}" for n in ctx.names], *[f"score_{n}" for n in ctx.names]]
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "split", *heads])
-        for i, r in enumerate(rows):
-            lab = ["" if np.isnan(v) else int(v) for v in ctx.labels[r].tolist()]
-            w.writerow([ctx.ids[r], split[i], *lab, *[repr(float(v)) for v in scores[i]]])
-    tmp.replace(path)
 
 
 RESULT_COLUMNS = (
