@@ -286,27 +286,20 @@ def describe_cut_points(family: str, model, probe_size: int = 64) -> tuple[CutPo
     """
     import torch
 
-    define = FAMILIES[family][0]
+    define, _, tap_forward = FAMILIES[family]
     cps = define(model)
-    shapes: dict[str, tuple[int, int]] = {}
-    modules = {t.module for cp in cps for t in cp.taps}
-    handles = []
-    for name in modules:
-        m = model.get_submodule(name)
-        handles.append(
-            m.register_forward_hook(
-                lambda _m, _i, out, name=name: shapes.__setitem__(name, (out.shape[1], out.shape[2]))
-            )
-        )
+    # The same tapping forward that extraction runs: a tap the registry names but the forward
+    # never produces fails here, when the backbone is built.
     was_training = model.training
     try:
         model.eval()
         with torch.inference_mode():
-            model(torch.zeros(1, 3, probe_size, probe_size))
+            shapes = {
+                name: (out.shape[1], out.shape[2])
+                for name, out in tap_forward(model, torch.zeros(1, 3, probe_size, probe_size))
+            }
     finally:
         model.train(was_training)
-        for h in handles:
-            h.remove()
     out = []
     for cp in cps:
         channels = sum(shapes[t.module][0] for t in cp.taps)
