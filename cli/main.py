@@ -83,3 +83,7 @@ def cli() -> None:
 
 def main() -> None:
     cli(prog_name="tlmic")
+
+
+if __name__ == "__main__":  # `python -m tlmic_cli.main`: how torchrun starts each rank
+    main()

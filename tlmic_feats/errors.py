@@ -109,3 +109,8 @@ class StoreIncompleteError(StoreError):
 
 class StoreLockedError(StoreError):
     """Another process holds the store's write lock."""
+
+
+class ClusterError(RunError):
+    """A Dask cluster or torchrun group could not be used (unreachable, a worker that cannot see
+    the store, workers lost too often)."""

@@ -25,7 +25,7 @@ from .engines import ENGINES, make_engine
 from .errors import BadImageError, UsageError, check_choice
 from .paths import cache_root, slug
 from .pixels import build_pixel_cache
-from .store import FeatureStore, LayerInfo, StoreLock, open_for_writing
+from .store import FeatureStore, LayerInfo, StoreLock, StoreWriter, open_for_writing, store_location
 
 POOLS = ("avg", "max", "avgmax")
 DTYPES = ("float32", "float16")
@@ -54,6 +54,7 @@ class ExtractConfig:
     precision: str = "fp32"  # auto: the fastest precision validated for this hardware (see device.py)
     compile: bool = False
     pixel_cache: bool = True  # decode each image once into cache/pixels, shared by backbones and finetuning
+    cluster: str = ""  # "": this process; local:N or tcp://HOST:PORT: shards run as Dask tasks (see cluster.py)
 
     def validate(self) -> None:
         check_choice("--pool", self.pool, POOLS)
@@ -61,6 +62,10 @@ class ExtractConfig:
         check_choice("--on-bad-image", self.on_bad_image, BAD_IMAGE_POLICIES)
         check_choice("--engine", self.engine, ENGINES)
         check_choice("--precision", self.precision, PRECISIONS)
+        if self.cluster:
+            from .cluster import parse_cluster
+
+            parse_cluster(self.cluster, device="cpu")
         if self.batch_size < 1 or self.chunk_rows < 1:
             raise UsageError(f"batch size and chunk rows must be >= 1 (got {self.batch_size}, {self.chunk_rows})")
 
@@ -158,8 +163,6 @@ def extract_features(
     use it to interrupt a run). Returns an :class:`ExtractReport` whose ``store`` is the finished
     :class:`FeatureStore`.
     """
-    import torch
-
     from .backbones.registry import build_backbone
 
     config.validate()
@@ -198,7 +201,7 @@ def extract_features(
         "precision": precision,
         "tlmic_version": __version__,
     }
-    path = Path(config.store) if config.store else default_store_path(config, fingerprint)
+    path = store_location(config.store) if config.store else default_store_path(config, fingerprint)
     record = asdict(config)
     record["store"] = str(path)
 
@@ -218,94 +221,259 @@ def extract_features(
         pending = writer.pending_shards()
         # Aliased cut points (ResNet's "2" is "2.4") are computed once, under their array.
         stored = tuple(cp for cp in selected if arrays[cp.address] == cp.address)
-        engine = make_engine(
-            config.engine,
-            backbone,
-            stored,
-            config.pool,
-            device,
-            precision,
-            compile=config.compile,
-            cache_dir=cache_root() / "onnx",
-            key={k: fingerprint[k] for k in ("backbone", "weights", "preprocess", "pool", "layers")},
-        )
-
-        batches = _shard_batches(writer, pending, config.batch_size)
-        n_todo = sum(len(b) for b in batches)
-        workers = config.workers if config.workers >= 0 else _auto_workers(n_todo, manifest.source)
-        pre = backbone.preprocess
-        if config.pixel_cache and n_todo:
-            cache = build_pixel_cache(
+        engine_key = {k: fingerprint[k] for k in ("backbone", "weights", "preprocess", "pool", "layers")}
+        if config.cluster:
+            t0 = time.perf_counter()
+            skipped_ids = _extract_on_cluster(
+                config,
                 manifest,
-                pre.resize_size,
-                pre.interpolation,
-                cache_root() / "pixels",
-                workers=workers,
-                progress=progress,
+                backbone.preprocess,
+                writer,
+                pending,
+                stored,
+                layers,
+                precision,
+                engine_key,
+                log,
+                progress,
+                on_shard,
             )
-            source = _cached_batches(cache, batches, pre.input_size)
+            n_todo, waited = sum(writer.shard_rows(s)[1] - writer.shard_rows(s)[0] for s in pending), 0.0
         else:
-            source = iter(
-                torch.utils.data.DataLoader(
-                    PixelDataset(manifest.source, pre),
-                    batch_sampler=batches,
-                    num_workers=workers,
-                    multiprocessing_context="spawn" if workers > 0 else None,
-                    pin_memory=device.startswith("cuda"),
-                )
+            t0 = time.perf_counter()
+            n_todo, skipped_ids, waited = _extract_here(
+                config,
+                manifest,
+                backbone,
+                writer,
+                pending,
+                stored,
+                layers,
+                device,
+                precision,
+                engine_key,
+                log,
+                progress,
+                on_shard,
             )
-        bar = _progress(len(manifest), len(manifest) - n_todo, f"extract {backbone.name}", progress)
-        shard_of = {s: writer.shard_rows(s) for s in pending}
-        buffers: dict[int, dict] = {}
-        skipped_ids: list[str] = []
-        done_shards = writer.n_shards - len(pending)
-        t0 = time.perf_counter()
-        waited = 0.0
-        try:
-            with torch.inference_mode():
-                while True:
-                    t_wait = time.perf_counter()
-                    item = next(source, None)
-                    waited += time.perf_counter() - t_wait
-                    if item is None:
-                        break
-                    rows, pixels, errors = item
-                    rows = np.asarray(rows)
-                    bad = np.array([bool(e) for e in errors])
-                    if bad.any() and config.on_bad_image == "error":
-                        raise BadImageError(
-                            f"{errors[int(np.flatnonzero(bad)[0])]}; id "
-                            f"{manifest.ids[rows[np.flatnonzero(bad)[0]]]} "
-                            "(pass --on-bad-image skip to record it and go on)"
-                        )
-                    pooled = dict(zip((cp.address for cp in stored), engine(pixels), strict=True))
-                    shard = int(rows[0]) // writer.chunk_rows
-                    buf = buffers.setdefault(shard, _new_buffer(shard_of[shard], layers, config.dtype))
-                    offset = rows - shard_of[shard][0]
-                    for array, values in pooled.items():
-                        buf["features"][array][offset] = values
-                    for j in np.flatnonzero(bad):
-                        buf["features_nan"].append(int(offset[j]))
-                        skipped_ids.append(str(manifest.ids[rows[j]]))
-                        log(f"skipped unreadable image: {errors[j]}")
-                    buf["skipped"][offset[bad]] = True
-                    buf["filled"] += len(rows)
-                    bar.update(len(rows))
-                    if buf["filled"] == shard_of[shard][1] - shard_of[shard][0]:
-                        for arr in buf["features"].values():
-                            arr[buf["features_nan"]] = np.nan
-                        writer.write_shard(shard, buf["features"], buf["skipped"])
-                        del buffers[shard]
-                        done_shards += 1
-                        if on_shard:
-                            on_shard(done_shards, writer.n_shards)
-        finally:
-            bar.close()
         seconds = time.perf_counter() - t0
         store = writer.finalize()
     return ExtractReport(
         store, computed_images=n_todo, seconds=seconds, skipped_ids=skipped_ids, input_wait_seconds=waited
     )
+
+
+def _extract_here(
+    config, manifest, backbone, writer, pending, stored, layers, device, precision, engine_key, log, progress, on_shard
+) -> tuple[int, list[str], float]:
+    """The single-process extraction loop: ``(images computed, skipped ids, seconds waiting for input)``."""
+    import torch
+
+    engine = make_engine(
+        config.engine,
+        backbone,
+        stored,
+        config.pool,
+        device,
+        precision,
+        compile=config.compile,
+        cache_dir=cache_root() / "onnx",
+        key=engine_key,
+    )
+    batches = _shard_batches(writer, pending, config.batch_size)
+    n_todo = sum(len(b) for b in batches)
+    workers = config.workers if config.workers >= 0 else _auto_workers(n_todo, manifest.source)
+    pre = backbone.preprocess
+    if config.pixel_cache and n_todo:
+        cache = build_pixel_cache(
+            manifest, pre.resize_size, pre.interpolation, cache_root() / "pixels", workers=workers, progress=progress
+        )
+        source = _cached_batches(cache, batches, pre.input_size)
+    else:
+        source = iter(
+            torch.utils.data.DataLoader(
+                PixelDataset(manifest.source, pre),
+                batch_sampler=batches,
+                num_workers=workers,
+                multiprocessing_context="spawn" if workers > 0 else None,
+                pin_memory=device.startswith("cuda"),
+            )
+        )
+    bar = _progress(len(manifest), len(manifest) - n_todo, f"extract {backbone.name}", progress)
+    addresses = [cp.address for cp in stored]
+    buffers: dict[int, ShardBuffer] = {}
+    skipped_ids: list[str] = []
+    done_shards = writer.n_shards - len(pending)
+    waited = 0.0
+    try:
+        while True:
+            t_wait = time.perf_counter()
+            item = next(source, None)
+            waited += time.perf_counter() - t_wait
+            if item is None:
+                break
+            rows, pixels, errors = item
+            rows = np.asarray(rows)
+            shard = int(rows[0]) // writer.chunk_rows
+            buf = buffers.setdefault(shard, ShardBuffer(writer.shard_rows(shard), layers, config.dtype))
+            bad = buf.add(rows, engine(pixels), errors, addresses, manifest.ids, config.on_bad_image)
+            for j in np.flatnonzero(bad):
+                skipped_ids.append(str(manifest.ids[rows[j]]))
+                log(f"skipped unreadable image: {errors[j]}")
+            bar.update(len(rows))
+            if buf.complete:
+                writer.write_shard(shard, *buf.result())
+                del buffers[shard]
+                done_shards += 1
+                if on_shard:
+                    on_shard(done_shards, writer.n_shards)
+    finally:
+        bar.close()
+    return n_todo, skipped_ids, waited
+
+
+class ShardBuffer:
+    """One shard's rows of every array, filled batch by batch, written when complete."""
+
+    def __init__(self, rows: tuple[int, int], layers: list[LayerInfo], dtype: str) -> None:
+        self.start, self.stop = rows
+        n = self.stop - self.start
+        self.features = {li.array: np.empty((n, li.channels), dtype=dtype) for li in layers}
+        self.skipped = np.zeros(n, bool)
+        self.filled = 0
+
+    def add(self, rows: np.ndarray, outputs: list[np.ndarray], errors, arrays, ids, on_bad_image: str) -> np.ndarray:
+        """Store one batch's pooled outputs (one per array, in ``arrays`` order); returns the unreadable rows' mask.
+        With ``on_bad_image="error"`` an unreadable row raises instead."""
+        bad = np.array([bool(e) for e in errors])
+        if bad.any() and on_bad_image == "error":
+            j = int(np.flatnonzero(bad)[0])
+            raise BadImageError(f"{errors[j]}; id {ids[rows[j]]} (pass --on-bad-image skip to record it and go on)")
+        offset = rows - self.start
+        for array, values in zip(arrays, outputs, strict=True):
+            self.features[array][offset] = values
+        self.skipped[offset[bad]] = True
+        self.filled += len(rows)
+        return bad
+
+    @property
+    def complete(self) -> bool:
+        return self.filled == self.stop - self.start
+
+    def result(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        for arr in self.features.values():
+            arr[self.skipped] = np.nan  # an unreadable image has no features
+        return self.features, self.skipped
+
+
+# --- on a Dask cluster --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ShardJob:
+    """What every shard task shares (sent once with each task; small)."""
+
+    store: str
+    engine: object  # cluster.EngineSpec
+    preprocess: object
+    stored: tuple[str, ...]
+    layers: tuple[LayerInfo, ...]
+    dtype: str
+    batch_size: int
+    on_bad_image: str
+
+
+def extract_shard(job: _ShardJob, data, shard: int, threads: dict[str, int]) -> tuple[int, list[tuple[int, str]]]:
+    """A Dask task: decode one shard's images, run the worker's backbone, write the shard's rows of
+    every array and then its done flag. Returns ``(shard, [(row, error) of skipped rows])``."""
+    import torch
+
+    from .cluster import my_threads, worker_engine
+
+    source, ids = data
+    _, engine = worker_engine(job.engine, my_threads(threads))
+    writer = StoreWriter.attach(job.store)
+    start, stop = writer.shard_rows(shard)
+    dataset = PixelDataset(source, job.preprocess)
+    buf = ShardBuffer((start, stop), list(job.layers), job.dtype)
+    skipped = []
+    for b in range(start, stop, job.batch_size):
+        items = [dataset[i] for i in range(b, min(stop, b + job.batch_size))]
+        rows = np.array([i for i, _, _ in items])
+        errors = [e for _, _, e in items]
+        with torch.inference_mode():
+            outputs = engine(torch.stack([p for _, p, _ in items]))
+        bad = buf.add(rows, outputs, errors, job.stored, ids, job.on_bad_image)
+        skipped += [(int(rows[j]), errors[j]) for j in np.flatnonzero(bad)]
+    writer.write_shard(shard, *buf.result())
+    return shard, skipped
+
+
+def _extract_on_cluster(
+    config, manifest, preprocess, writer, pending, stored, layers, precision, engine_key, log, progress, on_shard
+) -> list[str]:
+    import json
+
+    from .cluster import EngineSpec, check_visible, connect, gather, torch_threads_per_worker
+
+    spec = EngineSpec(
+        backbone=config.backbone,
+        weights=config.weights,
+        seed=config.seed,
+        addresses=tuple(cp.address for cp in stored),
+        pool=config.pool,
+        engine=config.engine,
+        precision=precision,
+        device=config.device,
+        compile=config.compile,
+        cache_dir=str(cache_root() / "onnx"),
+        key=json.dumps(engine_key, sort_keys=True),
+    )
+    job = _ShardJob(
+        store=str(writer.path),
+        engine=spec,
+        preprocess=preprocess,
+        stored=spec.addresses,
+        layers=tuple(layers),
+        dtype=config.dtype,
+        batch_size=config.batch_size,
+        on_bad_image=config.on_bad_image,
+    )
+    skipped_ids: list[str] = []
+    if not pending:
+        return skipped_ids
+    with connect(config.cluster, device=config.device, log=log) as client:
+        check_visible(client, writer.path)
+        threads = torch_threads_per_worker(client)
+        data = client.scatter((manifest.source, manifest.ids), broadcast=True, hash=False)
+        futures = [
+            client.submit(extract_shard, job, data, shard, threads, key=f"tlmic-extract-shard-{shard}", pure=False)
+            for shard in pending
+        ]
+        bar = _progress(
+            len(manifest),
+            len(manifest) - sum(writer.shard_rows(s)[1] - writer.shard_rows(s)[0] for s in pending),
+            f"extract {config.backbone} on {config.cluster}",
+            progress,
+        )
+        done = [writer.n_shards - len(pending)]
+
+        def finished(result) -> None:
+            shard, skipped = result
+            start, stop = writer.shard_rows(shard)
+            for row, error in skipped:
+                skipped_ids.append(str(manifest.ids[row]))
+                log(f"skipped unreadable image: {error}")
+            bar.update(stop - start)
+            done[0] += 1
+            if on_shard:
+                on_shard(done[0], writer.n_shards)
+
+        try:
+            gather(client, futures, finished)
+        finally:
+            bar.close()
+    return skipped_ids
 
 
 def _cached_batches(cache, batches: list[list[int]], input_size: int):
@@ -328,15 +496,6 @@ def _cached_batches(cache, batches: list[list[int]], input_size: int):
             result = future.result()
             future = pool.submit(read, batches[i + 1]) if i + 1 < len(batches) else None
             yield result
-
-
-def _new_buffer(rows: tuple[int, int], layers: list[LayerInfo], dtype: str) -> dict:
-    n = rows[1] - rows[0]
-    features = {}
-    for li in layers:
-        if li.array not in features:
-            features[li.array] = np.empty((n, li.channels), dtype=dtype)
-    return {"features": features, "skipped": np.zeros(n, bool), "filled": 0, "features_nan": []}
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):

@@ -283,16 +283,23 @@ def finetune(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     on_epoch: Callable[[int], None] | None = None,
-) -> FinetuneResult:
-    """Run (or resume) a finetuning run; see the module docstring."""
+) -> FinetuneResult | None:
+    """Run (or resume) a finetuning run; see the module docstring. In a torchrun group (see
+    :mod:`tlmic_feats.ddp`) every rank calls this; rank 0 returns the result, the others None."""
     import torch
 
     from . import __version__
     from .backbones.registry import build_backbone
+    from .ddp import join
     from .device import resolve_device, resolve_precision
 
     config.validate()
+    group = join(config.device)
+    if not group.is_main:  # rank 0 alone logs and shows progress
+        log, progress = (lambda m: None), False
     log = log or (lambda m: print(m, file=sys.stderr))
+    if group.restarted:  # torchrun restarted the group after a failure: continue, never start over
+        resume, overwrite = True, False
     manifest = load_manifest(config.data)
     backbone = build_backbone(config.backbone, config.weights, seed=config.seed)
     address = full_depth_address(backbone) if config.truncate == "all" else backbone.cut_point(config.truncate).address
@@ -308,6 +315,8 @@ def finetune(
         )
     )
     device = resolve_device(config.device)
+    if group.distributed and device.startswith("cuda"):
+        device = f"cuda:{group.local_rank}"
     precision = resolve_precision(config.precision, device, purpose="train")
     record = {
         "config": json.loads(json.dumps(asdict(config))),
@@ -317,7 +326,17 @@ def finetune(
         "tlmic_version": __version__,
         "precision": precision,
     }
-    resuming = _claim_run_dir(out, record, resume=resume, overwrite=overwrite)
+    record["world_size"] = group.world
+    claimed: tuple[bool, Exception | None] = (False, None)
+    if group.is_main:
+        try:
+            claimed = (_claim_run_dir(out, record, resume=resume, overwrite=overwrite), None)
+        except Exception as e:  # every rank must fail alike, not wait for rank 0 forever
+            claimed = (False, e)
+    resuming, error = group.broadcast(claimed)
+    if error is not None:
+        group.leave()
+        raise error
 
     rows = {s: np.flatnonzero(manifest.splits == s) for s in ("train", "val", "test")}
     if len(rows["val"]) == 0 or len(rows["test"]) == 0:
@@ -336,10 +355,14 @@ def finetune(
 
     pre = backbone.preprocess
     t0 = time.perf_counter()
-    pixels = {
-        s: torch.from_numpy(load_pixels_for(manifest, r, pre, config.workers, use_cache=config.pixel_cache))[:, None]
-        for s, r in (("train", train), ("val", rows["val"]), ("test", rows["test"]))
-    }
+    pixels = group.first_then_rest(  # rank 0 builds the shared pixel cache; the others then read it
+        lambda: {
+            s: torch.from_numpy(load_pixels_for(manifest, r, pre, config.workers, use_cache=config.pixel_cache))[
+                :, None
+            ]
+            for s, r in (("train", train), ("val", rows["val"]), ("test", rows["test"]))
+        }
+    )
     log(f"decoded {sum(len(p) for p in pixels.values())} images in {time.perf_counter() - t0:.1f} s")
     labels = {
         s: torch.from_numpy(manifest.labels[r].astype(np.float32))
@@ -357,6 +380,11 @@ def finetune(
             net.head.weight.copy_(torch.from_numpy(w))
             net.head.bias.copy_(torch.from_numpy(b))
     net.to(device)
+    model = net
+    if group.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(net, device_ids=[group.local_rank] if device.startswith("cuda") else None)
     if config.freeze_backbone:
         net.backbone.requires_grad_(False)
         params = list(net.head.parameters())
@@ -383,9 +411,9 @@ def finetune(
 
     while state["epoch"] < config.epochs and not state.get("stopped"):
         epoch = state["epoch"] + 1
-        gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout
-        order = torch.randperm(len(train), generator=gen)
+        gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch + 7_919 * group.rank)
+        torch.manual_seed(config.seed * 100_003 + epoch + 7_919 * group.rank)  # dropout
+        order = _epoch_order(len(train), config.seed, epoch, gen, group)
         net.train()
         if config.freeze_backbone:
             net.backbone.eval()  # frozen means frozen: BatchNorm statistics too
@@ -404,7 +432,7 @@ def finetune(
             )
             y = labels["train"][idx].to(device)
             with autocast:
-                logits = net(x.contiguous(memory_format=torch.channels_last))
+                logits = model(x.contiguous(memory_format=torch.channels_last))
             loss = loss_fn(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -415,12 +443,19 @@ def finetune(
             bar.set_postfix(loss=f"{total / max(seen, 1):.4f}")
         bar.close()
         train_seconds = time.perf_counter() - t
-        val_logits = _predict(net, pixels["val"], pre.input_size, config.batch_size, device, autocast)
-        with torch.no_grad():
-            val_loss = float(loss_fn(torch.from_numpy(val_logits), labels["val"]))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UndefinedMetricWarning)
-            vm = evaluate(manifest.labels[rows["val"]], scores_from_logits(kind, val_logits), kind, label_names=names)
+        total, seen = group.sum([total, seen])
+        group.sync_buffers(net)
+        vm, val_loss = {}, float("nan")
+        if group.is_main:  # rank 0 validates and decides; every rank follows
+            val_logits = _predict(net, pixels["val"], pre.input_size, config.batch_size, device, autocast)
+            with torch.no_grad():
+                val_loss = float(loss_fn(torch.from_numpy(val_logits), labels["val"]))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UndefinedMetricWarning)
+                vm = evaluate(
+                    manifest.labels[rows["val"]], scores_from_logits(kind, val_logits), kind, label_names=names
+                )
+        vm, val_loss = group.broadcast((vm, val_loss))
         score = -val_loss if config.monitor == "loss" else vm[config.monitor]
         if config.schedule == "cosine":
             scheduler.step()
@@ -429,7 +464,8 @@ def finetune(
         improved = np.isfinite(score) and score > state["best_score"] + 1e-6
         if improved:
             state.update(best_score=float(score), best_epoch=epoch, bad_epochs=0)
-            _save({"model": net.state_dict()}, out / "best.pt")
+            if group.is_main:
+                _save({"model": net.state_dict()}, out / "best.pt")
         else:
             state["bad_epochs"] += 1
         row = {
@@ -451,18 +487,24 @@ def finetune(
         if state["bad_epochs"] >= config.patience:
             state["stopped"] = True
             log(f"early stop: no val {config.monitor} improvement for {config.patience} epochs")
-        _save(
-            {
-                "model": net.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "state": json.dumps(state),
-            },
-            out / "last.pt",
-        )
-        if on_epoch:
+        if group.is_main:
+            _save(
+                {
+                    "model": net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "state": json.dumps(state),
+                },
+                out / "last.pt",
+            )
+        group.barrier()  # nobody starts the next epoch before the checkpoint of this one exists
+        group.maybe_crash(epoch)
+        if on_epoch and group.is_main:
             on_epoch(epoch)
     seconds = time.perf_counter() - t_start
+    if not group.is_main:  # rank 0 alone evaluates on test and writes the outputs
+        group.leave()
+        return None
 
     # --- final model: the best epoch, evaluated once on test --------------------------------------
     best = torch.load(out / "best.pt", map_location=device, weights_only=True) if (out / "best.pt").exists() else None
@@ -525,12 +567,29 @@ def finetune(
 
     (out / "compactness.md").write_text(format_compactness(comp) + "\n")
     metrics["onnx"] = onnx
+    metrics["world_size"] = group.world
     tmp = out / "metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=1, default=float))
     tmp.replace(out / "metrics.json")
+    group.leave()
     return FinetuneResult(
         out, metrics, state["history"], state["best_epoch"], [asdict(c) for c in comp], onnx, seconds, resumed_from
     )
+
+
+def _epoch_order(n: int, seed: int, epoch: int, gen, group):
+    """This rank's training rows for ``epoch``, in order: a seeded permutation in a single process;
+    a :class:`~torch.utils.data.DistributedSampler` share (padded so that every rank runs the same
+    number of equal-sized batches) in a torchrun group."""
+    import torch
+
+    if not group.distributed:
+        return torch.randperm(n, generator=gen)
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(range(n), num_replicas=group.world, rank=group.rank, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    return torch.tensor(list(sampler))
 
 
 def load_pixels_for(manifest, rows, pre, workers: int, *, use_cache: bool = True) -> np.ndarray:

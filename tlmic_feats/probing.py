@@ -51,6 +51,16 @@ class ProbeConfig:
     bootstrap: int = 1000
     n_jobs: int = 0  # 0: one per CPU core
     save_probes: bool = True
+    cluster: str = ""  # local:N or tcp://HOST:PORT: every cell a Dask task (see cluster.py); same results
+    distributed_fit: bool = False  # LightGBM cells trained by lightgbm.dask on row chunks of the store
+
+    @property
+    def grid_key(self) -> dict:
+        """The fields that define the grid's results (where it runs does not)."""
+        record = json.loads(json.dumps(asdict(self)))
+        for k in ("n_jobs", "cluster"):
+            record.pop(k)
+        return record
 
     def validate(self) -> None:
         bad = [m for m in self.models if m not in MODELS]
@@ -62,6 +72,15 @@ class ProbeConfig:
                 raise UsageError(f"fraction {f} is not in (0, 1]; e.g. --fractions 0.05,0.1,1.0")
         if self.seeds < 1:
             raise UsageError(f"--seeds {self.seeds}: need at least 1")
+        if self.cluster:
+            from .cluster import parse_cluster
+
+            parse_cluster(self.cluster, device="cpu")
+        if self.distributed_fit and (not self.cluster or tuple(self.models) != ("lightgbm",)):
+            raise UsageError(
+                "--distributed-fit trains LightGBM across a Dask cluster: it needs --cluster and --model lightgbm "
+                f"(got --cluster {self.cluster or '(none)'}, --model {','.join(self.models)})"
+            )
 
 
 @dataclass
@@ -160,36 +179,56 @@ def run_probes(config: ProbeConfig, *, progress: bool = True, log: Callable[[str
 
     ctx = _Context(labels, kind, names, rows_of, store.ids, config, out)
     n_jobs = config.n_jobs or _cpu_count()
-    if n_jobs > 1:
+    if n_jobs > 1 and not config.cluster:
         _limit_malloc_arenas()
     bar = _progress(len(layers) * len(cells), progress)
+    # One entry per stored array: an alias (ResNet's "2" is "2.4") has the same features, same results.
+    first_of: dict[str, tuple[int, str]] = {}
+    for depth, address in enumerate(layers):
+        first_of.setdefault(store.layer(address).array, (depth, address))
+    todo = {
+        array: [c for c in range(len(cells)) if _load_cell(out, _run_id(address, cells[c])) is None]
+        for array, (_, address) in first_of.items()
+    }
+
+    def common_of(depth: int, address: str) -> dict:
+        info = store.layer(address)
+        return dict(layer=address, depth=depth, module=info.module, array=info.array, channels=info.channels)
+
+    t0 = time.perf_counter()
+    fitted_by_array: dict[str, dict[int, dict]] = {}
+    if config.cluster:
+        from .cluster_probes import fit_grid_on_cluster
+
+        fitted_by_array = fit_grid_on_cluster(
+            store, ctx, cells, {a: (common_of(*first_of[a]), todo[a]) for a in first_of}, bar
+        )
     rows: list[dict] = []
     done_arrays: dict[str, list[dict]] = {}
-    t0 = time.perf_counter()
     for depth, address in enumerate(layers):
         info = store.layer(address)
-        if info.array in done_arrays:  # an alias (ResNet's "2" is "2.4"): same features, same results
+        if info.array in done_arrays:
             for r in done_arrays[info.array]:
                 rows.append({**r, "layer": address, "depth": depth, "module": info.module})
             bar.update(len(cells))
             continue
-        X = store.features(address).astype(np.float32, copy=False)
-        common = dict(layer=address, depth=depth, module=info.module, array=info.array, channels=info.channels)
         finished = {c: _load_cell(out, _run_id(address, cells[c])) for c in range(len(cells))}
-        todo = [c for c, r in finished.items() if r is None]
-        # Cells run in threads; with several at once, BLAS and OpenMP get one thread each.
-        with threadpool_limits(1) if n_jobs > 1 else contextlib.nullcontext():
-            fitted = (
-                Parallel(n_jobs=n_jobs, prefer="threads")(delayed(_fit_cell)(X, ctx, cells[c], common) for c in todo)
-                if todo
-                else []
-            )
-        finished.update(zip(todo, fitted, strict=True))
+        if config.cluster:
+            finished.update(fitted_by_array[info.array])
+        else:
+            X = store.features(address).astype(np.float32, copy=False)
+            # Cells run in threads; with several at once, BLAS and OpenMP get one thread each.
+            with threadpool_limits(1) if n_jobs > 1 else contextlib.nullcontext():
+                fitted = Parallel(n_jobs=n_jobs, prefer="threads")(
+                    delayed(_fit_cell)(X, ctx, cells[c], common_of(depth, address)) for c in todo[info.array]
+                )
+            finished.update(zip(todo[info.array], fitted, strict=True))
+            del X, fitted
+            bar.update(len(cells))
         results = [finished[c] for c in range(len(cells))]
-        bar.update(len(cells))
         done_arrays[info.array] = results
         rows.extend(results)
-        del X, fitted, finished
+        del finished
         _release_freed_memory()
     bar.close()
     run = ProbeRun(out, rows, skipped, time.perf_counter() - t0)
@@ -213,23 +252,44 @@ class _Context:
     out: Path
 
 
-def _fit_cell(X: np.ndarray, ctx: _Context, cell: tuple, common: dict) -> dict:
-    labels, kind, names, rows_of, config, out = ctx.labels, ctx.kind, ctx.names, ctx.rows_of, ctx.config, ctx.out
-    model, fraction, seed, control, train = cell
-    val, test = rows_of["val"], rows_of["test"]
-    y_train, y_val = labels[train], labels[val]
+def cell_targets(ctx: _Context, cell: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """The labels a cell learns from and is tuned on: ``(y_train, y_val)``, permuted for controls."""
+    _, _, seed, control, train = cell
+    y_train, y_val = ctx.labels[train], ctx.labels[ctx.rows_of["val"]]
     if control == "shuffle":
         # The null: permute every label the probe learns or is tuned from (train, and the
         # validation labels behind C, early stopping and the threshold). Test labels stay true,
         # so test AUROC must sit at chance unless features or ids leak the label.
         rng = np.random.default_rng([seed, 0xC0])
         y_train, y_val = y_train[rng.permutation(len(y_train))], y_val[rng.permutation(len(y_val))]
-    target = (lambda y: y[:, 0]) if kind != "multilabel" else (lambda y: y)
+    return y_train, y_val
+
+
+def target_of(kind: str, y: np.ndarray) -> np.ndarray:
+    """What a probe is fitted on: a vector for binary and multi-class, the matrix for multi-label."""
+    return y if kind == "multilabel" else y[:, 0]
+
+
+def _fit_cell(X: np.ndarray, ctx: _Context, cell: tuple, common: dict) -> dict:
+    model, _, seed, _, train = cell
+    val, test = ctx.rows_of["val"], ctx.rows_of["test"]
+    y_train, y_val = cell_targets(ctx, cell)
     probe = PROBES[model](random_state=seed)
     t = time.perf_counter()
-    probe.fit(X[train], target(y_train), eval_set=(X[val], target(y_val)))
+    probe.fit(X[train], target_of(ctx.kind, y_train), eval_set=(X[val], target_of(ctx.kind, y_val)))
     fit_seconds = time.perf_counter() - t
-    p_val, p_test = probe.predict_proba(X[val]), probe.predict_proba(X[test])
+    return finish_cell(ctx, cell, common, probe, probe.predict_proba(X[val]), probe.predict_proba(X[test]), fit_seconds)
+
+
+def finish_cell(
+    ctx: _Context, cell: tuple, common: dict, probe, p_val: np.ndarray, p_test: np.ndarray, fit_seconds: float
+) -> dict:
+    """Score a fitted cell on val and test, write its predictions, probe and finished-cell record;
+    returns its results row. Shared by every way of fitting a cell (here, on a cluster, distributed)."""
+    labels, kind, names, rows_of, config, out = ctx.labels, ctx.kind, ctx.names, ctx.rows_of, ctx.config, ctx.out
+    model, fraction, seed, control, train = cell
+    val, test = rows_of["val"], rows_of["test"]
+    y_train, y_val = cell_targets(ctx, cell)
     s_val = p_val[:, 1] if kind == "binary" else p_val
     s_test = p_test[:, 1] if kind == "binary" else p_test
     with warnings.catch_warnings():
@@ -313,7 +373,7 @@ def _claim_run_dir(out: Path, config: ProbeConfig, store: FeatureStore) -> None:
     from . import __version__
 
     record = {
-        "config": json.loads(json.dumps(asdict(config))),
+        "config": config.grid_key,
         "store_fingerprint": store.fingerprint,
         "tlmic_version": __version__,
     }

@@ -38,6 +38,46 @@ from .errors import (
 )
 
 FORMAT_VERSION = 1
+LOCAL_SCHEMES = ("", "file")
+
+
+class StoreURL(str):
+    """A store on fsspec storage (``s3://``, ``gs://``, ``memory://``...).
+
+    Offers the few :class:`~pathlib.Path` members the library uses on a store's location, so that
+    code handling stores needs no branches for where a store lives.
+    """
+
+    @property
+    def name(self) -> str:
+        return self.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def stem(self) -> str:
+        return self.name.rsplit(".", 1)[0] if "." in self.name else self.name
+
+    def with_name(self, name: str) -> StoreURL:
+        return StoreURL(self.rstrip("/").rsplit("/", 1)[0] + "/" + name)
+
+    def filesystem(self):
+        """``(fsspec filesystem, path inside it)``."""
+        import fsspec
+
+        return fsspec.core.url_to_fs(str(self))
+
+
+def store_location(path: str | Path) -> Path | StoreURL:
+    """A local :class:`Path` for plain paths and ``file://`` URLs, a :class:`StoreURL` for any other
+    fsspec URL (the store is then read and written through fsspec, e.g. on object storage)."""
+    if isinstance(path, (Path, StoreURL)):
+        return path
+    text = str(path)
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    if scheme in LOCAL_SCHEMES:
+        return Path(text[len("file://") :] if scheme == "file" else text)
+    return StoreURL(text)
+
+
 # Fingerprint keys that may differ between a store and a request without changing its contents.
 _INFORMATIONAL_KEYS = ("tlmic_version",)
 
@@ -62,7 +102,7 @@ class FeatureStore:
     """
 
     def __init__(self, path: str | Path, group, meta: dict) -> None:
-        self.path = Path(path)
+        self.path = store_location(path)
         self._group = group
         self._meta = meta
         self._cache: dict[str, np.ndarray] = {}
@@ -74,8 +114,8 @@ class FeatureStore:
         """Open a finished store read-only. Unfinished stores raise :class:`StoreIncompleteError`."""
         import zarr
 
-        path = Path(path)
-        if not (path / "zarr.json").is_file():
+        path = store_location(path)
+        if not _exists(path, "zarr.json"):
             raise StoreError(f"no feature store at {path} (run `tlmic extract` to make one)")
         group = zarr.open_group(str(path), mode="r")
         meta = dict(group.attrs).get("tlmic")
@@ -196,8 +236,8 @@ class FeatureStore:
         """
         import hashlib
 
-        path = Path(path)
-        if path.exists() and not overwrite:
+        path = store_location(path)
+        if _exists(path) and not overwrite:
             raise StoreMismatchError(f"{path} exists; pass overwrite=True to replace it")
         n = len(labels)
         manifest = _ArrayTable(
@@ -244,12 +284,25 @@ class FeatureStore:
 class StoreWriter:
     """Creates or resumes a store, writes shards, finalizes. One per extraction run."""
 
-    def __init__(self, path: Path, group, meta: dict) -> None:
+    def __init__(self, path: Path | StoreURL, group, meta: dict) -> None:
         self.path = path
         self.group = group
         self.meta = meta
         self.chunk_rows = int(meta["chunk_rows"])
         self.n = int(meta["n"])
+
+    @classmethod
+    def attach(cls, path: str | Path) -> StoreWriter:
+        """A shard writer on a store another process created (a cluster worker): it writes shards
+        and their flags, never metadata. The creating process holds the lock and finalizes."""
+        import zarr
+
+        path = store_location(path)
+        meta = _read_meta(path)
+        if meta is None or meta.get("status") not in ("in_progress", "complete"):
+            status = None if meta is None else meta.get("status")
+            raise StoreError(f"no feature store being written at {path} (status {status})")
+        return cls(path, zarr.open_group(str(path), mode="r+"), meta)
 
     @property
     def n_shards(self) -> int:
@@ -320,11 +373,11 @@ def open_for_writing(
     """
     import zarr
 
-    path = Path(path)
-    if path.exists():
+    path = store_location(path)
+    if _exists(path):
         existing = _read_meta(path)
         if existing is None:
-            if any(path.iterdir()):
+            if _nonempty(path):
                 raise StoreMismatchError(f"{path} exists and is not a tlmic feature store; choose another --store")
         elif existing.get("status") == "creating" or overwrite:
             _remove(path)
@@ -339,7 +392,8 @@ def open_for_writing(
             writer = StoreWriter(path, group, existing)
             return writer, existing.get("status") == "complete"
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(path, Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     group = zarr.open_group(str(path), mode="w")
     n = len(manifest)
     n_shards = max(1, -(-n // chunk_rows))
@@ -395,21 +449,52 @@ def _write_full(group, name: str, values: np.ndarray, rows: int) -> None:
     a[:] = values
 
 
-def _read_meta(path: Path) -> dict | None:
-    zj = path / "zarr.json"
-    if not zj.is_file():
-        return None
+def _exists(path: Path | StoreURL, member: str = "") -> bool:
+    if isinstance(path, Path):
+        return (path / member).is_file() if member else path.exists()
+    fs, root = path.filesystem()
+    return fs.exists(f"{root}/{member}" if member else root)
+
+
+def _nonempty(path: Path | StoreURL) -> bool:
+    if isinstance(path, Path):
+        return path.is_dir() and any(path.iterdir())
+    fs, root = path.filesystem()
+    return bool(fs.ls(root))
+
+
+def _read_text(path: Path | StoreURL, member: str) -> str | None:
     try:
-        return json.loads(zj.read_text()).get("attributes", {}).get("tlmic")
+        if isinstance(path, Path):
+            return (path / member).read_text()
+        fs, root = path.filesystem()
+        return fs.cat(f"{root}/{member}").decode()
     except (OSError, ValueError):
         return None
 
 
-def _remove(path: Path) -> None:
-    """Remove a store: renamed first, so a crash mid-delete never leaves a half store in place."""
-    trash = path.with_name(f".{path.name}.deleting-{os.getpid()}")
-    os.replace(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
+def _read_meta(path: Path | StoreURL) -> dict | None:
+    text = _read_text(path, "zarr.json")
+    if text is None:
+        return None
+    try:
+        return json.loads(text).get("attributes", {}).get("tlmic")
+    except ValueError:
+        return None
+
+
+def _remove(path: Path | StoreURL) -> None:
+    """Remove a store. Locally it is renamed first, so a crash mid-delete never leaves a half
+    store in place; on object storage (no rename) a half-deleted store has no ``zarr.json`` left
+    after the first deletion and is recognized as not a store."""
+    if isinstance(path, Path):
+        trash = path.with_name(f".{path.name}.deleting-{os.getpid()}")
+        os.replace(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        return
+    fs, root = path.filesystem()
+    fs.rm(f"{root}/zarr.json")
+    fs.rm(root, recursive=True)
 
 
 # --- the write lock --------------------------------------------------------------------------------
@@ -419,50 +504,76 @@ class StoreLock:
     """An exclusive lock file beside the store (``<store>.lock``) naming its holder.
 
     A lock left by a dead process on this host is taken over; one held by a live process (or by
-    another host) raises :class:`StoreLockedError` naming the holder.
+    another host) raises :class:`StoreLockedError` naming the holder. Locally the lock file is
+    created atomically (``O_EXCL``); on object storage, which has no exclusive create everywhere,
+    it is checked and then written, which guards against a second run but not against two runs
+    started in the same instant.
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.store = Path(path)
+        self.store = store_location(path)
         self.lock = self.store.with_name(self.store.name + ".lock")
         self._held = False
 
-    def acquire(self) -> StoreLock:
-        self.lock.parent.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-        for _ in range(2):
+    def _create(self, me: dict) -> bool:
+        """Create the lock file holding ``me``; False when it exists already."""
+        if isinstance(self.lock, Path):
+            self.lock.parent.mkdir(parents=True, exist_ok=True)
             try:
                 fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                holder = self._holder()
-                if holder and holder.get("host") == me["host"] and not _alive(holder.get("pid")):
-                    self.lock.unlink(missing_ok=True)  # stale: its process is gone
-                    continue
-                who = (
-                    f"pid {holder.get('pid')} on {holder.get('host')}, since "
-                    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('since', 0)))}"
-                    if holder
-                    else "an unknown process"
-                )
-                raise StoreLockedError(
-                    f"store {self.store} is being written by {who}; wait for it, or remove "
-                    f"{self.lock} if that process is gone"
-                ) from None
+                return False
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
-            self._held = True
-            return self
+            return True
+        fs, lock = self.lock.filesystem()
+        if fs.exists(lock):
+            return False
+        fs.pipe(lock, json.dumps(me).encode())
+        return True
+
+    def _unlink(self) -> None:
+        if isinstance(self.lock, Path):
+            self.lock.unlink(missing_ok=True)
+        else:
+            fs, lock = self.lock.filesystem()
+            if fs.exists(lock):
+                fs.rm(lock)
+
+    def acquire(self) -> StoreLock:
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        for _ in range(2):
+            if self._create(me):
+                self._held = True
+                return self
+            holder = self._holder()
+            if holder and holder.get("host") == me["host"] and not _alive(holder.get("pid")):
+                self._unlink()  # stale: its process is gone
+                continue
+            who = (
+                f"pid {holder.get('pid')} on {holder.get('host')}, since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('since', 0)))}"
+                if holder
+                else "an unknown process"
+            )
+            raise StoreLockedError(
+                f"store {self.store} is being written by {who}; wait for it, or remove "
+                f"{self.lock} if that process is gone"
+            )
         raise StoreLockedError(f"could not take the lock {self.lock}")
 
     def _holder(self) -> dict | None:
         try:
-            return json.loads(self.lock.read_text())
+            if isinstance(self.lock, Path):
+                return json.loads(self.lock.read_text())
+            fs, lock = self.lock.filesystem()
+            return json.loads(fs.cat(lock))
         except (OSError, ValueError):
             return None
 
     def release(self) -> None:
         if self._held:
-            self.lock.unlink(missing_ok=True)
+            self._unlink()
             self._held = False
 
     def __enter__(self) -> StoreLock:

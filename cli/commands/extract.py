@@ -52,6 +52,13 @@ from ..options import data_options
 )
 @click.option("--compile", is_flag=True, help="torch.compile the network (pays off on long runs).")
 @click.option("--no-pixel-cache", is_flag=True, help="Decode images directly instead of through cache/pixels.")
+@click.option(
+    "--cluster",
+    default="",
+    metavar="local:N|tcp://HOST:PORT",
+    help="Run the shards as Dask tasks: a local cluster of N workers (one per GPU on GPU machines) or an "
+    "existing scheduler whose workers see the store.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(data, quiet, no_pixel_cache, **kw):
     """Extract pooled features of every requested cut point into a Zarr feature store."""

@@ -49,10 +49,32 @@ from ..options import data_options
 @click.option("--no-pixel-cache", is_flag=True, help="Decode images directly instead of through cache/pixels.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out (same configuration required).")
 @click.option("--overwrite", is_flag=True, help="Replace whatever run is in --out.")
+@click.option(
+    "--nproc",
+    default=0,
+    show_default=True,
+    help="Data-parallel: run as N processes under torchrun on this machine (gloo on CPU, nccl on GPU). "
+    "Multi-node: start `torchrun ... -m tlmic_cli.main finetune ...` yourself (README).",
+)
+@click.option(
+    "--max-restarts", default=0, show_default=True, help="With --nproc: times torchrun restarts a failed group."
+)
 @click.option("--quiet", is_flag=True)
-def finetune(data, hflip, no_augment, no_onnx, no_pixel_cache, resume, overwrite, quiet, **kw):
+def finetune(data, hflip, no_augment, no_onnx, no_pixel_cache, resume, overwrite, quiet, nproc, max_restarts, **kw):
     """Finetune a backbone truncated at a cut point, with a new head; test metrics, ONNX, compactness."""
+    import sys
     from dataclasses import replace
+
+    if nproc:
+        from tlmic_feats.ddp import launch, strip_options
+
+        args = sys.argv[sys.argv.index("finetune") :] if "finetune" in sys.argv else []
+        if not args:
+            raise click.UsageError("--nproc needs the command line of `tlmic finetune` (run it from a shell)")
+        code = launch(strip_options(args, ("--nproc", "--max-restarts")), nproc, max_restarts=max_restarts)
+        if code:
+            raise SystemExit(f"tlmic: error: the torchrun group failed (exit {code}); see its log above")
+        return
 
     from tlmic_feats.augment import AugmentConfig
     from tlmic_feats.finetune import FinetuneConfig
@@ -65,6 +87,8 @@ def finetune(data, hflip, no_augment, no_onnx, no_pixel_cache, resume, overwrite
         **kw,
     )
     r = run(config, resume=resume, overwrite=overwrite, progress=not quiet, log=None if not quiet else (lambda m: None))
+    if r is None:  # a torchrun rank other than 0: rank 0 reports
+        return
     m = r.metrics
     click.echo(
         f"truncated at {m['address']}: best epoch {r.best_epoch} of {m['epochs_run']}; test "

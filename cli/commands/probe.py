@@ -36,6 +36,18 @@ def _floats(ctx, param, value):
 )
 @click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for test CIs.")
 @click.option("--jobs", "n_jobs", default=0, show_default=True, help="Parallel fits (0: one per core).")
+@click.option(
+    "--cluster",
+    default="",
+    metavar="local:N|tcp://HOST:PORT",
+    help="Fit the cells as Dask tasks (same results as a local run); workers must see the store and --out.",
+)
+@click.option(
+    "--distributed-fit",
+    is_flag=True,
+    help="With --cluster and --model lightgbm: train each LightGBM on row chunks across the workers "
+    "(a layer too large for one machine's memory).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def probe(model, quiet, **kw):
     """Train a probe per layer x model x fraction x seed on stored features; report per-layer metrics."""
