@@ -26,6 +26,10 @@ COMMANDS = {
         "Devices, working onnxruntime providers, CPU features, versions, cache.",
     ),
     "data": ("tlmic_cli.commands.data:data", "Inspect a dataset: `tlmic data check --data D`."),
+    "study": (
+        "tlmic_cli.commands.study:study",
+        "The paper's experiment: probes, probe-guided truncation search, baselines, report.",
+    ),
     "demo": ("tlmic_cli.commands.demo:demo", "Run the pipeline on the embedded phantom chest X-ray data."),
 }
 

@@ -43,6 +43,10 @@ from .paths import cache_root, slug
 from .subsets import nested_subsets
 
 SCHEDULES = ("cosine", "plateau")
+# "truncated": the registry's backbone cut at --truncate. "hybrid" (TransFusion-style): the pretrained
+# backbone up to the block end before the deepest, then a slimmer randomly initialised block. The CBR
+# names: Transfusion's shallow networks, trained from scratch (backbones/cbr.py).
+ARCHS = ("truncated", "hybrid", "cbr-tiny", "cbr-small", "cbr-larget", "cbr-largew")
 MONITORS = ("auroc", "auprc", "loss")
 
 
@@ -74,8 +78,19 @@ class FinetuneConfig:
     export_onnx: bool = True
     workers: int = 0
     pixel_cache: bool = True
+    arch: str = "truncated"
+    freeze_until: str = ""  # layer-wise finetuning: the backbone up to this cut point stays frozen
+    backbone_lr_mult: float = 1.0  # learning rate of the trainable backbone layers, relative to the head's
 
     def validate(self) -> None:
+        check_choice("--arch", self.arch, ARCHS)
+        if self.arch != "truncated" and (self.freeze_backbone or self.head_init or self.freeze_until):
+            raise UsageError(
+                f"--arch {self.arch} trains its own layers; --freeze-backbone, --head-init and "
+                "--freeze-until apply to --arch truncated only"
+            )
+        if not 0 < self.backbone_lr_mult <= 10:
+            raise UsageError(f"--backbone-lr-mult {self.backbone_lr_mult} is not in (0, 10]")
         check_choice("--schedule", self.schedule, SCHEDULES)
         check_choice("--monitor", self.monitor, MONITORS)
         check_choice("--precision", self.precision, PRECISIONS)
@@ -130,6 +145,61 @@ def build_network(backbone, address: str, n_outputs: int, dropout: float):
             return self.head(self.dropout(self.features(x)))
 
     return TruncatedClassifier()
+
+
+def build_model(config: FinetuneConfig, backbone, address: str, n_outputs: int):
+    """The network ``config.arch`` names: truncated (:func:`build_network`), hybrid or a CBR net."""
+    if config.arch.startswith("cbr-"):
+        from .backbones.cbr import build_cbr
+
+        return build_cbr(config.arch, n_outputs, dropout=config.dropout)
+    if config.arch == "hybrid":
+        return build_hybrid(backbone, n_outputs, config.dropout)
+    return build_network(backbone, address, n_outputs, config.dropout)
+
+
+def hybrid_address(backbone) -> str:
+    """Where the hybrid keeps the pretrained backbone up to: the block end before the deepest."""
+    from .backbones.cutpoints import address_key
+
+    blocks = sorted((cp.address for cp in backbone.cut_points if cp.is_block), key=address_key)
+    return blocks[-2]
+
+
+def build_hybrid(backbone, n_outputs: int, dropout: float):
+    """TransFusion-style hybrid: pretrained bottom blocks (up to :func:`hybrid_address`), then one
+    randomly initialised slim block (two 3x3 conv-BN-ReLU, stride 2, half the channels) in place of
+    the top block, global average pooling, dropout and a linear head."""
+    import torch.nn as nn
+
+    from .backbones.preprocess import device_normalize
+
+    cut = backbone.cut_point(hybrid_address(backbone))
+    width = max(8, cut.channels // 2)
+
+    def cbr(cin: int, cout: int, stride: int) -> list:
+        return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+
+    class HybridClassifier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.normalize = device_normalize(backbone.preprocess)
+            self.backbone = backbone.truncated(cut.address)
+            self.slim = nn.Sequential(*cbr(cut.channels, width, 2), *cbr(width, width, 1))
+            for m in self.slim.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.dropout = nn.Dropout(dropout)
+            self.head = nn.Linear(width, n_outputs)
+
+        def features(self, x):
+            return self.pool(self.slim(self.backbone(self.normalize(x)))).flatten(1)
+
+        def forward(self, x):
+            return self.head(self.dropout(self.features(x)))
+
+    return HybridClassifier()
 
 
 def full_depth_address(backbone) -> str:
@@ -303,6 +373,10 @@ def finetune(
     manifest = load_manifest(config.data)
     backbone = build_backbone(config.backbone, config.weights, seed=config.seed)
     address = full_depth_address(backbone) if config.truncate == "all" else backbone.cut_point(config.truncate).address
+    if config.arch == "hybrid":
+        address = hybrid_address(backbone)
+    elif config.arch.startswith("cbr-"):
+        address = config.arch
     kind, names = manifest.label_kind, list(manifest.label_names)
     out = (
         Path(config.out)
@@ -370,7 +444,7 @@ def finetune(
     }
 
     torch.manual_seed(config.seed)
-    net = build_network(backbone, address, n_outputs_for(kind, len(names)), config.dropout)
+    net = build_model(config, backbone, address, n_outputs_for(kind, len(names)))
     head_source = None
     if config.head_init:
         w, b, head_source = head_from_probe(config.head_init, address, config.fraction, config.seed, config.backbone)
@@ -385,12 +459,20 @@ def finetune(
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(net, device_ids=[group.local_rank] if device.startswith("cuda") else None)
+    frozen = backbone.truncated(config.freeze_until) if config.freeze_until else None  # shares net's modules
+    if frozen is not None:
+        frozen.requires_grad_(False)
     if config.freeze_backbone:
         net.backbone.requires_grad_(False)
         params = list(net.head.parameters())
         optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
     else:
-        optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        head = {id(p) for p in net.head.parameters()}
+        rest = [p for p in net.parameters() if p.requires_grad and id(p) not in head]
+        groups = [{"params": list(net.head.parameters()), "lr": config.lr}]
+        if rest:
+            groups.append({"params": rest, "lr": config.lr * config.backbone_lr_mult})
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     if config.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     else:
@@ -417,6 +499,8 @@ def finetune(
         net.train()
         if config.freeze_backbone:
             net.backbone.eval()  # frozen means frozen: BatchNorm statistics too
+        if frozen is not None:
+            frozen.eval()
         total, seen = 0.0, 0
         t = time.perf_counter()
         bar = _bar(len(order), f"epoch {epoch}/{config.epochs}", progress)
@@ -538,6 +622,7 @@ def finetune(
         address=address,
         n_train=len(train),
         head_init=head_source,
+        arch=config.arch,
         train_seconds=round(sum(h["seconds"] for h in state["history"]), 2),
         precision=precision,
     )
@@ -561,7 +646,14 @@ def finetune(
         from .export import export_onnx
 
         onnx = export_onnx(net_cpu, example, out / "model.onnx")
-    comp = compactness_pair(backbone, address, net_cpu, example[:1], n_outputs_for(kind, len(names)))
+    comp = compactness_pair(
+        backbone,
+        address,
+        net_cpu,
+        example[:1],
+        n_outputs_for(kind, len(names)),
+        name="" if config.arch == "truncated" else arm_name(config, backbone.name, address),
+    )
     (out / "compactness.json").write_text(json.dumps([asdict(c) for c in comp], indent=1))
     from .compactness import format_compactness
 
@@ -607,13 +699,22 @@ def load_pixels_for(manifest, rows, pre, workers: int, *, use_cache: bool = True
     return cache.read(np.sort(rows))[np.argsort(np.argsort(rows))]
 
 
-def compactness_pair(backbone, address: str, net, example, n_out: int):
-    """Compactness of the truncated network and of the full-depth one (same head shape)."""
+def arm_name(config: FinetuneConfig, backbone_name: str, address: str) -> str:
+    """What the trained network is, in words (compactness tables, reports)."""
+    if config.arch.startswith("cbr-"):
+        return f"{config.arch} (from scratch)"
+    if config.arch == "hybrid":
+        return f"{backbone_name} hybrid (to {address} + slim block)"
+    return f"{backbone_name} truncated at {address}"
+
+
+def compactness_pair(backbone, address: str, net, example, n_out: int, name: str = ""):
+    """Compactness of the trained network and of the full-depth one (same head shape)."""
     from .compactness import measure
 
-    rows = [measure(f"{backbone.name} truncated at {address}", net, example)]
+    rows = [measure(name or f"{backbone.name} truncated at {address}", net, example)]
     full = full_depth_address(backbone)
-    if address != full:
+    if address != full or name:
         rows.append(
             measure(f"{backbone.name} full ({full})", build_network(backbone, full, n_out, 0.0).eval(), example)
         )

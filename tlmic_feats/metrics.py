@@ -368,3 +368,69 @@ def write_predictions(
                 lab = ["" if np.isnan(v) else int(v) for v in labels[r].tolist()]
                 w.writerow([ids[r], split, *lab, *[repr(float(v)) for v in s[k]]])
     tmp.replace(path)
+
+
+def read_predictions(path: str | Path, label_kind: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``{split: (ids, labels (n, L), scores)}`` from a file :func:`write_predictions` wrote; scores are
+    ``(n,)`` for binary, ``(n, K)`` multi-class, ``(n, L)`` multi-label."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        head = next(reader)
+        rows = list(reader)
+    ys = [i for i, h in enumerate(head) if h == "y" or h.startswith("y_")]
+    ss = [i for i, h in enumerate(head) if h == "score" or h.startswith("score_")]
+    out = {}
+    for split in dict.fromkeys(r[1] for r in rows):
+        part = [r for r in rows if r[1] == split]
+        ids = np.array([r[0] for r in part])
+        y = np.array([[float(r[i]) if r[i] != "" else np.nan for i in ys] for r in part], dtype=float)
+        s = np.array([[float(r[i]) for i in ss] for r in part], dtype=float)
+        out[split] = (ids, y, s[:, 0] if label_kind == "binary" else s)
+    return out
+
+
+def paired_bootstrap(
+    y: np.ndarray,
+    arms: dict[str, list[np.ndarray]],
+    label_kind: str,
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Resampled AUROC and AUPRC of each arm's *seed mean*, with the same test resamples for every
+    arm: ``{arm: {"auroc": (B,), "auprc": (B,)}}``. Percentiles of one arm give its CI over test
+    images; percentiles of a difference of two arms give a paired CI of the difference.
+
+    ``arms[name]`` lists one score array per seed, rows aligned with ``y`` (as in ``evaluate``).
+    """
+    rng = np.random.default_rng(seed)
+    y2 = _as_2d(y)
+    columns = []  # (labels of the rows used, the rows, which score column, resample index)
+    if label_kind == "multiclass":
+        yc = y2[:, 0].astype(int)
+        idx = _stratified_index(yc, n_resamples, rng)
+        for c in np.unique(yc):
+            if 0 < (yc == c).sum() < len(yc):
+                columns.append(((yc == c).astype(float), np.arange(len(yc)), int(c), idx))
+    else:
+        for j in range(y2.shape[1]):
+            rows = np.flatnonzero(~np.isnan(y2[:, j]))
+            yj = y2[rows, j]
+            if len(np.unique(yj)) == 2:
+                columns.append((yj, rows, j, _stratified_index(yj, n_resamples, rng)))
+    out = {}
+    for name, per_seed in arms.items():
+        acc = {"auroc": np.zeros(n_resamples), "auprc": np.zeros(n_resamples)}
+        for scores in per_seed:
+            s2 = np.asarray(scores, dtype=float).reshape(len(y2), -1)
+            if label_kind == "binary":
+                s2 = s2[:, -1:]
+            for m in acc:
+                vals = []
+                for yj, rows, col, idx in columns:
+                    sj = s2[rows, col]
+                    fn = auroc_rows if m == "auroc" else average_precision_rows
+                    vals.append(fn(yj[idx], sj[idx]))
+                acc[m] += np.mean(vals, axis=0) if vals else np.nan
+        out[name] = {m: v / max(len(per_seed), 1) for m, v in acc.items()}
+    return out

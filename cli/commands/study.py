@@ -1,0 +1,61 @@
+"""``tlmic study``."""
+
+from __future__ import annotations
+
+import click
+
+from ..options import data_options
+from .probe import _floats
+
+
+def _names(ctx, param, value):
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value not in ("", "none") else ()
+
+
+@click.command()
+@data_options
+@click.option("--backbone", default="resnet50", show_default=True)
+@click.option("--weights", default="imagenet", show_default=True, help="imagenet[:MEMBER] or a state-dict file.")
+@click.option("--fractions", default="0.05,0.1,1.0", show_default=True, callback=_floats, help="Training fractions.")
+@click.option("--seeds", default=3, show_default=True, help="Seeds per fraction and arm.")
+@click.option("--out", default="", help="Study directory (default: under cache/studies).")
+@click.option("--top-blocks", default=2, show_default=True, help="Stage 1: block ends finetuned (best by probes).")
+@click.option("--top-units", default=2, show_default=True, help="Stage 2: units of the best block finetuned.")
+@click.option(
+    "--baselines",
+    default="cbr-tiny,cbr-small,cbr-larget,cbr-largew,hybrid,layerwise",
+    show_default=True,
+    callback=_names,
+    help="Other arms (comma-separated, or none).",
+)
+@click.option("--epochs", default=20, show_default=True, help="Maximum epochs per finetuning run (early stop on val).")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--lr", default=1e-4, show_default=True)
+@click.option("--patience", default=5, show_default=True)
+@click.option("--pool", type=click.Choice(["avg", "max", "avgmax"]), default="avg", show_default=True)
+@click.option("--store", default="", help="Feature store to use or create (default: under cache/stores).")
+@click.option("--bootstrap", default=1000, show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--cluster", default="", metavar="local:N|tcp://HOST:PORT", help="Extraction and probes on Dask.")
+@click.option("--budget", default=0, show_default=True, help="Maximum finetuning runs in the study (0: no limit).")
+@click.option("--max-minutes", default=0.0, show_default=True, help="Start no run after this long (0: no limit).")
+@click.option(
+    "--plan", is_flag=True, help="Print the runs and their estimated cost (measured calibration); run nothing."
+)
+@click.option("--quiet", is_flag=True)
+def study(data, budget, max_minutes, plan, quiet, **kw):
+    """The paper's experiment: extract, probe every layer, probe-guided truncation search, baselines, report."""
+    from tlmic_feats.study import StudyConfig, plan_study, run_study
+
+    config = StudyConfig(data=data, **kw)
+    log = None if not quiet else (lambda m: None)
+    if plan:
+        click.echo(plan_study(config, budget=budget, log=log))
+        return
+    result = run_study(config, budget=budget, max_minutes=max_minutes, progress=not quiet, log=log)
+    text = result.report.read_text()
+    click.echo(text.split("\n## Compute")[0].rstrip())
+    if result.not_run:
+        click.echo(f"\nnot run: {len(result.not_run)} (rerun the same command to continue)")
+    click.echo(f"\nreport: {result.report} and {result.report.with_suffix('.html')}")

@@ -1,0 +1,422 @@
+"""The study report: ``results.csv``, ``report.md``, a self-contained ``report.html`` and figures.
+
+Per fraction, one table of every arm (the probes at their best layer, the truncated finetunes of
+both search stages, full finetuning, training from scratch, the baselines): test AUROC and AUPRC
+as mean ± sd over seeds with a 95% bootstrap CI of the seed mean over test images, the validation
+AUPRC that selection used, parameters, MACs and CPU latency per image. Then the winner on test and
+the arm validation would pick; the paired difference of the best truncated arm (chosen on
+validation) against full finetuning, with a paired bootstrap CI (the same test resamples for both
+arms); the probe curves with the finetuned cut points overlaid; and the compute the probe-guided
+search spent against finetuning every block end and unit.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .metrics import paired_bootstrap, read_predictions
+from .report import aggregate, best_layers
+
+ROW_COLUMNS = (
+    "stage",
+    "arm",
+    "address",
+    "fraction",
+    "seed",
+    "n_train",
+    "val_auprc",
+    "auroc",
+    "auroc_lo",
+    "auroc_hi",
+    "auprc",
+    "auprc_lo",
+    "auprc_hi",
+    "params",
+    "macs",
+    "latency_ms",
+    "train_seconds",
+    "wall_seconds",
+    "predictions",
+)
+
+
+def collect_rows(out: Path, config, probe_dir: Path) -> list[dict]:
+    """One row per finished finetuning run and per probe seed at its best layer; written to
+    ``results.csv``."""
+    from .study import run_val_auprc
+
+    state = json.loads((out / "study.json").read_text())
+    rows = []
+    for run_id, rec in sorted(state["runs"].items()):
+        run_dir = out / "runs" / run_id
+        if rec.get("status") != "done" or not (run_dir / "metrics.json").is_file():
+            continue
+        m = json.loads((run_dir / "metrics.json").read_text())
+        comp = json.loads((run_dir / "compactness.json").read_text())[0]
+        rows.append(
+            {
+                "stage": rec["stage"],
+                "arm": rec["arm"],
+                "address": m["address"],
+                "fraction": float(rec["fraction"]),
+                "seed": int(rec["seed"]),
+                "n_train": m["n_train"],
+                "val_auprc": run_val_auprc(run_dir),
+                **{k: m[k] for k in ("auroc", "auroc_lo", "auroc_hi", "auprc", "auprc_lo", "auprc_hi")},
+                "params": comp["params"],
+                "macs": comp["macs"],
+                "latency_ms": comp["latency_ms"],
+                "train_seconds": m.get("train_seconds"),
+                "wall_seconds": rec.get("seconds"),
+                "predictions": str((run_dir / "predictions.csv").relative_to(out)),
+            }
+        )
+    probe_rows = json.loads((Path(probe_dir) / "results.json").read_text())["rows"]
+    for (model, fraction), best in sorted(best_layers(aggregate(probe_rows)).items()):
+        for r in probe_rows:
+            if (
+                r["model"] == model
+                and r["fraction"] == fraction
+                and r["control"] == "none"
+                and r["layer"] == best["layer"]
+            ):
+                rows.append(
+                    {
+                        "stage": "probe",
+                        "arm": f"probe-{model}",
+                        "address": r["layer"],
+                        "fraction": float(fraction),
+                        "seed": int(r["seed"]),
+                        "n_train": r["n_train"],
+                        "val_auprc": r["val_auprc"],
+                        **{k: r[k] for k in ("auroc", "auroc_lo", "auroc_hi", "auprc", "auprc_lo", "auprc_hi")},
+                        "params": None,
+                        "macs": None,
+                        "latency_ms": None,
+                        "train_seconds": r["fit_seconds"],
+                        "wall_seconds": None,
+                        "predictions": str((Path(probe_dir) / r["predictions"]).relative_to(out)),
+                    }
+                )
+    tmp = out / "results.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=ROW_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(out / "results.csv")
+    return rows
+
+
+_ARM_ORDER = {"probe": 0, "stage1": 1, "stage2": 2, "baseline": 4}
+
+
+def _arm_sort(stage: str, arm: str) -> tuple:
+    from .backbones.cutpoints import address_key
+
+    if arm in ("full", "scratch"):
+        return (3, 0 if arm == "full" else 1, (0, 0))
+    if arm.startswith("t"):
+        return (1, 0, address_key(arm[1:]))
+    return (_ARM_ORDER.get(stage, 5), 0, (0, 0), arm)
+
+
+def _describe(arm: str, stage: str, address: str) -> str:
+    if arm.startswith("probe-"):
+        return f"probe: {arm[6:]} @ {address}"
+    if arm.startswith("t"):
+        return f"truncated @ {arm[1:]}" + (" (stage 2)" if stage == "stage2" else "")
+    return {
+        "full": "full finetuning",
+        "scratch": "from scratch (full depth)",
+        "hybrid": f"hybrid (pretrained to {address} + slim block)",
+        "layerwise": "layer-wise finetuning",
+    }.get(arm, f"{arm} (from scratch)")
+
+
+def summarize(out: Path, rows: list[dict], label_kind: str, n_resamples: int = 1000) -> dict:
+    """Per fraction: per arm aggregates with bootstrap CIs, the winner, validation's pick and the
+    truncated-vs-full paired difference."""
+    out_doc = {}
+    for fraction in sorted({r["fraction"] for r in rows}):
+        part = [r for r in rows if r["fraction"] == fraction]
+        arms: dict[str, list[dict]] = {}
+        for r in part:
+            arms.setdefault(r["arm"], []).append(r)
+        scores, y = {}, None
+        for arm, rs in arms.items():
+            per_seed = []
+            for r in sorted(rs, key=lambda r: r["seed"]):
+                ids, yy, s = read_predictions(out / r["predictions"], label_kind)["test"]
+                order = np.argsort(ids, kind="stable")
+                per_seed.append(s[order])
+                y = yy[order]
+            scores[arm] = per_seed
+        boot = paired_bootstrap(y, scores, label_kind, n_resamples=n_resamples, seed=0)
+        table = []
+        for arm, rs in sorted(arms.items(), key=lambda kv: _arm_sort(kv[1][0]["stage"], kv[0])):
+            a = {"arm": arm, "stage": rs[0]["stage"], "address": rs[0]["address"], "seeds": len(rs)}
+            a["name"] = _describe(arm, a["stage"], a["address"])
+            for m in ("auroc", "auprc", "val_auprc"):
+                v = np.array([r[m] for r in rs], dtype=float)
+                a[m] = float(np.nanmean(v))
+                a[f"{m}_sd"] = float(np.nanstd(v, ddof=1)) if len(v) > 1 else 0.0
+            for m in ("auroc", "auprc"):
+                b = boot[arm][m]
+                b = b[np.isfinite(b)]
+                a[f"{m}_ci"] = (
+                    (float(np.percentile(b, 2.5)), float(np.percentile(b, 97.5))) if len(b) else (np.nan,) * 2
+                )
+            for k in ("params", "macs", "latency_ms", "n_train"):
+                a[k] = rs[0][k]
+            table.append(a)
+        winner = max(table, key=lambda a: a["auprc"])
+        pick = max(table, key=lambda a: a["val_auprc"])
+        truncated = [a for a in table if a["arm"].startswith("t")]
+        paired = None
+        if truncated and "full" in arms:
+            best_t = max(truncated, key=lambda a: a["val_auprc"])
+            paired = {"arm": best_t["arm"], "name": best_t["name"]}
+            for m in ("auroc", "auprc"):
+                d = boot[best_t["arm"]][m] - boot["full"][m]
+                d = d[np.isfinite(d)]
+                mean_diff = best_t[m] - next(a for a in table if a["arm"] == "full")[m]
+                paired[m] = (mean_diff, _percentiles(d))
+        out_doc[fraction] = {"table": table, "winner": winner, "pick": pick, "paired": paired}
+    return out_doc
+
+
+def _percentiles(v: np.ndarray) -> tuple[float, float]:
+    return (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if len(v) else (np.nan, np.nan)
+
+
+def compute_summary(config, backbone, calibration: dict, rows: list[dict], state: dict) -> dict:
+    """What the probe-guided search spent against exhaustive finetuning of every cut point."""
+    from .study import distinct_truncations, estimate_seconds
+
+    runs = [r for r in rows if r["stage"] in ("stage1", "stage2") and r["arm"].startswith("t")]
+    ft_rows = [r for r in rows if r["stage"] != "probe"]
+    n_train = {r["fraction"]: r["n_train"] for r in ft_rows}
+    evals = state.get("n_eval", 0)
+    search_est = sum(estimate_seconds(calibration, r["arm"], r["n_train"], evals, config.epochs) for r in runs)
+    search_measured = sum(float(r["wall_seconds"] or 0) for r in runs)
+    exhaustive_runs = [(f, arm) for f in n_train for arm in distinct_truncations(backbone) for _ in range(config.seeds)]
+    exhaustive_est = sum(
+        estimate_seconds(calibration, arm, n_train[f], evals, config.epochs) for f, arm in exhaustive_runs
+    )
+    compute = state.get("compute", {})
+    return {
+        "search_runs": len(runs),
+        "search_measured": search_measured,
+        "search_estimate": search_est,
+        "exhaustive_runs": len(exhaustive_runs),
+        "exhaustive_estimate": exhaustive_est,
+        "extract_seconds": float(compute.get("extract_seconds", 0.0)),
+        "probe_seconds": float(compute.get("probe_seconds", 0.0)),
+        "other_runs": len(ft_rows) - len(runs),
+        "other_measured": sum(float(r["wall_seconds"] or 0) for r in ft_rows if r not in runs),
+    }
+
+
+def _ci(a: dict, m: str) -> str:
+    lo, hi = a[f"{m}_ci"]
+    return f"{a[m]:.3f} ± {a[f'{m}_sd']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _n(v, scale: float, unit: str, digits: int = 2) -> str:
+    return "" if v is None else f"{v / scale:.{digits}f} {unit}".strip()
+
+
+def render_study_report(out: Path, config, backbone, calibration: dict, rows: list[dict], state: dict) -> Path:
+    from .data.readers import load_manifest
+
+    manifest = load_manifest(config.data)
+    kind = manifest.label_kind
+    state["n_eval"] = int((manifest.splits == "val").sum() + (manifest.splits == "test").sum())
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    lines = [
+        f"# tlmic study: {config.backbone} on {Path(config.data.path).name}",
+        "",
+        f"{len(manifest)} images ({int((manifest.splits == 'train').sum())} train, "
+        f"{int((manifest.splits == 'val').sum())} val, {int((manifest.splits == 'test').sum())} test), "
+        f"{kind} labels ({', '.join(manifest.label_names)}); backbone {config.backbone} ({config.weights} weights); "
+        f"{config.seeds} seed(s) per arm; finetuning up to {config.epochs} epochs, early stop on validation AUPRC. "
+        "Test metrics: mean ± sd over seeds [95% bootstrap CI of the seed mean over test images]. "
+        "Every choice (layers, cut points, epochs, thresholds) was made on validation data.",
+        "",
+    ]
+    if not rows:
+        lines.append("No finished runs yet.")
+    summary = summarize(out, rows, kind, n_resamples=config.bootstrap) if rows else {}
+    for fraction, doc in summary.items():
+        c = state.get("choices", {}).get(f"{fraction:g}", {})
+        lines += [
+            f"## {fraction:g} of the training set ({doc['table'][0]['n_train']} images)",
+            "",
+            "| arm | test AUROC | test AUPRC | val AUPRC | params | MACs | CPU ms/img |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+        ]
+        for a in doc["table"]:
+            lines.append(
+                f"| {a['name']} | {_ci(a, 'auroc')} | {_ci(a, 'auprc')} | {a['val_auprc']:.3f} | "
+                f"{_n(a['params'], 1e6, 'M')} | {_n(a['macs'], 1e9, 'G')} | {_n(a['latency_ms'], 1, '', 1)} |"
+            )
+        w, p = doc["winner"], doc["pick"]
+        lines += [
+            "",
+            f"**Winner on test (mean AUPRC): {w['name']}** ({w['auprc']:.3f}); validation would pick "
+            f"{p['name']} (val AUPRC {p['val_auprc']:.3f}, test AUPRC {p['auprc']:.3f}).",
+        ]
+        if doc["paired"]:
+            d = doc["paired"]
+            lines.append(
+                f"Truncated vs full finetuning ({d['name']}, the truncated arm with the best validation AUPRC, "
+                f"minus full): AUROC {d['auroc'][0]:+.3f} [{d['auroc'][1][0]:+.3f}, {d['auroc'][1][1]:+.3f}], "
+                f"AUPRC {d['auprc'][0]:+.3f} [{d['auprc'][1][0]:+.3f}, {d['auprc'][1][1]:+.3f}] "
+                "(paired bootstrap over test images)."
+            )
+        if c:
+            ranking = ", ".join(f"{a} {v:.3f}" for a, v in c.get("stage1_ranking", []))
+            lines.append(f"Search: block ends by probe val AUPRC: {ranking}; finetuned: {', '.join(c['blocks'])}.")
+            if c.get("best_block"):
+                units = ", ".join(f"{a} {v:.3f}" for a, v in c.get("stage2_ranking", [])) or "none"
+                lines.append(
+                    f"Best finetuned block {c['best_block']} (val AUPRC "
+                    + ", ".join(f"{a}: {v:.3f}" for a, v in c["stage1_val_auprc"].items())
+                    + f"); its units by probe val AUPRC: {units}; finetuned: {', '.join(c['units']) or 'none'}."
+                )
+        plot = _plot_fraction(out, rows, fraction, figures / f"probe-curve-f{fraction:g}.png", config)
+        lines += ["", f"![probe curve and finetuned cut points at {fraction:g}]({plot.relative_to(out)})", ""]
+    if rows:
+        comp = compute_summary(config, backbone, calibration, rows, state)
+        saving = comp["exhaustive_estimate"] / comp["search_estimate"] if comp["search_estimate"] else float("nan")
+        lines += [
+            "## Compute",
+            "",
+            "| what | runs | measured s | estimated s (cost model) |",
+            "| --- | ---: | ---: | ---: |",
+            f"| extraction (every cut point, once) | | {comp['extract_seconds']:.0f} | |",
+            f"| probes (every cut point, both models) | | {comp['probe_seconds']:.0f} | |",
+            f"| probe-guided search: truncated finetunes (stages 1 and 2) | {comp['search_runs']} | "
+            f"{comp['search_measured']:.0f} | {comp['search_estimate']:.0f} |",
+            f"| exhaustive search: every block end and unit | {comp['exhaustive_runs']} | | "
+            f"{comp['exhaustive_estimate']:.0f} |",
+            f"| other arms (full, scratch, baselines) | {comp['other_runs']} | {comp['other_measured']:.0f} | |",
+            "",
+            f"The probe-guided search finetuned {comp['search_runs']} truncated networks where an exhaustive search "
+            f"would finetune {comp['exhaustive_runs']}: {saving:.1f}x less finetuning compute by the cost model "
+            "(seconds per training image measured on this machine for each network, `calibration.json`; no early "
+            f"stop assumed), for {comp['extract_seconds'] + comp['probe_seconds']:.0f} s of extraction and probing.",
+            "",
+        ]
+    if state.get("not_run"):
+        lines += ["## Not run", "", *[f"- {x}" for x in state["not_run"]], ""]
+    text = "\n".join(lines) + "\n"
+    path = out / "report.md"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    html_path = out / "report.html"
+    tmp = html_path.with_suffix(".tmp")
+    tmp.write_text(markdown_to_html(text, out))
+    tmp.replace(html_path)
+    state.pop("n_eval", None)
+    return path
+
+
+def _plot_fraction(out: Path, rows: list[dict], fraction: float, path: Path, config) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .backbones.cutpoints import address_key
+
+    probe_rows = json.loads((out / "probes" / "results.json").read_text())["rows"]
+    agg = [a for a in aggregate(probe_rows) if a["fraction"] == fraction and a["control"] == "none"]
+    layers = sorted({a["layer"] for a in agg}, key=address_key)
+    x = {a: i for i, a in enumerate(layers)}
+    fig, ax = plt.subplots(figsize=(max(6, len(layers) * 0.28), 3.8))
+    for model, style in (("logreg", "o-"), ("lightgbm", "s-")):
+        pts = sorted((x[a["layer"]], a["val_auprc"], a["auprc"]) for a in agg if a["model"] == model)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, ms=3, alpha=0.8, label=f"probe {model}, val AUPRC")
+    ft = [r for r in rows if r["fraction"] == fraction and r["arm"].startswith("t")]
+    for arm in sorted({r["arm"] for r in ft}, key=lambda a: address_key(a[1:])):
+        v = [r["auprc"] for r in ft if r["arm"] == arm]
+        if arm[1:] in x:
+            ax.plot(x[arm[1:]], np.mean(v), "r*", ms=12)
+            ax.annotate(arm[1:], (x[arm[1:]], np.mean(v)), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    full = [r["auprc"] for r in rows if r["fraction"] == fraction and r["arm"] == "full"]
+    if full:
+        ax.axhline(np.mean(full), color="k", ls="--", lw=1, label="full finetuning, test AUPRC")
+    ax.plot([], [], "r*", ms=10, label="truncated finetuning, test AUPRC")
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels(layers, rotation=90, fontsize=6)
+    ax.set_xlabel("cut point (shallow to deep)")
+    ax.set_ylabel("AUPRC")
+    ax.set_title(f"{config.backbone}: probes per cut point and finetuned cut points, {fraction:g} of train")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def markdown_to_html(text: str, base: Path) -> str:
+    """The report's markdown (headings, paragraphs, tables, list items, images) as one HTML page with
+    its images embedded, so that it can be mailed or archived as one file."""
+    import re
+
+    def inline(s: str) -> str:
+        s = html.escape(s)
+        s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
+
+    body, table = [], []
+
+    def flush_table() -> None:
+        if not table:
+            return
+        head, *rest = [[c.strip() for c in r.strip().strip("|").split("|")] for r in table if not set(r) <= set("|-: ")]
+        body.append("<table><tr>" + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr>")
+        body.extend("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rest)
+        body.append("</table>")
+        table.clear()
+
+    for line in text.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush_table()
+        if line.startswith("## "):
+            body.append(f"<h2>{inline(line[3:])}</h2>")
+        elif line.startswith("# "):
+            body.append(f"<h1>{inline(line[2:])}</h1>")
+        elif line.startswith("- "):
+            body.append(f"<li>{inline(line[2:])}</li>")
+        elif m := re.fullmatch(r"!\[(.*)\]\((.+)\)", line.strip()):
+            data = base64.b64encode((base / m.group(2)).read_bytes()).decode()
+            body.append(f'<p><img alt="{html.escape(m.group(1))}" src="data:image/png;base64,{data}"></p>')
+        elif line.strip():
+            body.append(f"<p>{inline(line)}</p>")
+    flush_table()
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+        "table{border-collapse:collapse;font-size:0.85em}td,th{border:1px solid #ccc;padding:3px 6px}"
+        "img{max-width:100%}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
