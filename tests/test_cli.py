@@ -160,26 +160,21 @@ def test_store_lock_names_its_holder(tmp_path, phantom_dir):
 
 
 @pytest.mark.slow
-def test_demo_runs_and_second_run_reuses(tmp_path):
+def test_demo_runs_a_miniature_study_and_a_second_run_reuses_it(tmp_path):
     from tlmic_feats.data.phantom import PhantomConfig
     from tlmic_feats.demo import run_demo
 
-    small = PhantomConfig(n_train=16, n_val=8, n_test=8, prevalence=0.5)
+    small = PhantomConfig(n_train=40, n_val=10, n_test=10, prevalence=0.5)
     kw = dict(progress=False, phantom=small, seeds=1, bootstrap=50, epochs=1)
     first = run_demo(tmp_path, **kw)
-    assert first.extract.computed_images == 32 and len(first.extract.store.layers) == 24
-    # 20% of 16 training images cannot hold two of each class: that cell is skipped and said so
-    assert len(first.probes.rows) == 24 * 2 * 1 * 2  # layers x models x fractions x (real, control)
-    assert len(first.probes.skipped) == 1 and "fraction 0.2" in first.probes.skipped[0]
-    cut = next(a for a in first.finetunes if a != "all")
-    assert first.finetunes["all"].metrics["address"] == "8"
+    study = first.study
+    assert {r["stage"] for r in study.rows} == {"probe", "stage1", "stage2", "baseline"}
+    assert {r["arm"] for r in study.rows} >= {"full", "scratch", "cbr-tiny", "hybrid", "layerwise"}
     report = first.report.read_text()
-    assert f"| finetune: truncated | {cut} |" in report and "| finetune: full depth | 8 |" in report
-    mtimes = {
-        p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".json", ".pt", ".onnx")
-    }
+    assert report.count("**Winner on test (mean AUPRC):") == 2  # one per fraction
+    assert "## Compute" in report
+    mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".pt", ".csv")}
     second = run_demo(tmp_path, **kw)
-    assert second.extract.already_complete and second.dataset == first.dataset
     assert second.report.read_text() == report
-    changed = [p for p, t in mtimes.items() if p.stat().st_mtime_ns != t and p.name not in ("results.json", "run.json")]
-    assert changed == []  # nothing recomputed: no checkpoint, model or cell rewritten
+    changed = [p for p, t in mtimes.items() if p.stat().st_mtime_ns != t and p.name != "results.csv"]
+    assert changed == []  # nothing recomputed: no checkpoint, prediction or probe cell rewritten

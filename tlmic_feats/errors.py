@@ -114,3 +114,7 @@ class StoreLockedError(StoreError):
 class ClusterError(RunError):
     """A Dask cluster or torchrun group could not be used (unreachable, a worker that cannot see
     the store, workers lost too often)."""
+
+
+class SubsetTooSmallError(UsageError):
+    """A training subset (a small --fraction) lacks a class: nothing can be trained on it."""

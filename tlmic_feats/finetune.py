@@ -37,7 +37,7 @@ from .augment import AugmentConfig, augment_batch, center_crop
 from .data.readers import DataConfig, load_manifest
 from .device import PRECISIONS
 from .device import autocast as amp
-from .errors import UsageError, check_choice
+from .errors import SubsetTooSmallError, UsageError, check_choice
 from .metrics import METRICS, UndefinedMetricWarning, bootstrap, choose_thresholds, evaluate, write_predictions
 from .paths import cache_root, slug
 from .subsets import nested_subsets
@@ -81,6 +81,7 @@ class FinetuneConfig:
     arch: str = "truncated"
     freeze_until: str = ""  # layer-wise finetuning: the backbone up to this cut point stays frozen
     backbone_lr_mult: float = 1.0  # learning rate of the trainable backbone layers, relative to the head's
+    compactness: bool = True  # measure parameters, MACs and CPU latency (a study measures one seed per arm)
 
     def validate(self) -> None:
         check_choice("--arch", self.arch, ARCHS)
@@ -422,7 +423,7 @@ def finetune(
     if kind != "multilabel":
         counts = np.bincount(y_train[:, 0].astype(int), minlength=len(names))
         if counts.min() < 1:
-            raise UsageError(
+            raise SubsetTooSmallError(
                 f"training subset (fraction {config.fraction}) has no '{names[int(np.argmin(counts))]}' "
                 "image; use a larger --fraction"
             )
@@ -646,18 +647,20 @@ def finetune(
         from .export import export_onnx
 
         onnx = export_onnx(net_cpu, example, out / "model.onnx")
-    comp = compactness_pair(
-        backbone,
-        address,
-        net_cpu,
-        example[:1],
-        n_outputs_for(kind, len(names)),
-        name="" if config.arch == "truncated" else arm_name(config, backbone.name, address),
-    )
-    (out / "compactness.json").write_text(json.dumps([asdict(c) for c in comp], indent=1))
-    from .compactness import format_compactness
+    comp = []
+    if config.compactness:
+        from .compactness import format_compactness
 
-    (out / "compactness.md").write_text(format_compactness(comp) + "\n")
+        comp = compactness_pair(
+            backbone,
+            address,
+            net_cpu,
+            example[:1],
+            n_outputs_for(kind, len(names)),
+            name="" if config.arch == "truncated" else arm_name(config, backbone.name, address),
+        )
+        (out / "compactness.json").write_text(json.dumps([asdict(c) for c in comp], indent=1))
+        (out / "compactness.md").write_text(format_compactness(comp) + "\n")
     metrics["onnx"] = onnx
     metrics["world_size"] = group.world
     tmp = out / "metrics.json.tmp"

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.readers import DataConfig
-from .errors import UsageError, check_choice
+from .errors import SubsetTooSmallError, UsageError, check_choice
 from .paths import cache_root, slug
 
 BASELINES = ("cbr-tiny", "cbr-small", "cbr-larget", "cbr-largew", "hybrid", "layerwise")
@@ -142,6 +142,7 @@ def finetune_config(config: StudyConfig, run: Run, out: Path, backbone=None):
         export_onnx=False,
         out=str(out / "runs" / run.id),
         monitor="auprc",
+        compactness=run.seed == 0,  # the same network for every seed: measured once per arm
     )
     arm = run.arm
     if arm.startswith("t"):
@@ -327,6 +328,9 @@ def run_study(
                 study.state["runs"][run.id] = {**asdict(run), "status": "done", "seconds": record.get("seconds")}
                 study.save()
             return True
+        if record.get("status") == "impossible":
+            not_run.append(f"{run.id} ({record['why']})")
+            return False
         started = sum(1 for r in study.state["runs"].values() if r.get("status") in ("done", "started"))
         if budget and record.get("status") != "started" and started >= budget:
             not_run.append(f"{run.id} (budget of {budget} runs)")
@@ -338,12 +342,18 @@ def run_study(
         study.save()
         log(f"study: {run.stage} {run.id}")
         t0 = time.perf_counter()
-        finetune(
-            finetune_config(config, run, out, backbone),
-            resume=(run_dir / "run.json").is_file(),
-            progress=progress,
-            log=log,
-        )
+        try:
+            finetune(
+                finetune_config(config, run, out, backbone),
+                resume=(run_dir / "run.json").is_file(),
+                progress=progress,
+                log=log,
+            )
+        except SubsetTooSmallError as e:  # a tiny fraction without one class: say so, go on
+            study.state["runs"][run.id] = {**asdict(run), "status": "impossible", "why": str(e)}
+            study.save()
+            not_run.append(f"{run.id} ({e})")
+            return False
         seconds = round(time.perf_counter() - t0, 2) + float(record.get("seconds") or 0)
         study.state["runs"][run.id] = {**asdict(run), "status": "done", "seconds": seconds}
         study.save()

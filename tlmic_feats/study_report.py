@@ -58,7 +58,8 @@ def collect_rows(out: Path, config, probe_dir: Path) -> list[dict]:
         if rec.get("status") != "done" or not (run_dir / "metrics.json").is_file():
             continue
         m = json.loads((run_dir / "metrics.json").read_text())
-        comp = json.loads((run_dir / "compactness.json").read_text())[0]
+        comp_file = run_dir / "compactness.json"
+        comp = json.loads(comp_file.read_text())[0] if comp_file.is_file() else {}
         rows.append(
             {
                 "stage": rec["stage"],
@@ -69,9 +70,9 @@ def collect_rows(out: Path, config, probe_dir: Path) -> list[dict]:
                 "n_train": m["n_train"],
                 "val_auprc": run_val_auprc(run_dir),
                 **{k: m[k] for k in ("auroc", "auroc_lo", "auroc_hi", "auprc", "auprc_lo", "auprc_hi")},
-                "params": comp["params"],
-                "macs": comp["macs"],
-                "latency_ms": comp["latency_ms"],
+                "params": comp.get("params"),
+                "macs": comp.get("macs"),
+                "latency_ms": comp.get("latency_ms"),
                 "train_seconds": m.get("train_seconds"),
                 "wall_seconds": rec.get("seconds"),
                 "predictions": str((run_dir / "predictions.csv").relative_to(out)),
@@ -173,7 +174,7 @@ def summarize(out: Path, rows: list[dict], label_kind: str, n_resamples: int = 1
                     (float(np.percentile(b, 2.5)), float(np.percentile(b, 97.5))) if len(b) else (np.nan,) * 2
                 )
             for k in ("params", "macs", "latency_ms", "n_train"):
-                a[k] = rs[0][k]
+                a[k] = next((r[k] for r in rs if r[k] is not None), None)
             table.append(a)
         winner = max(table, key=lambda a: a["auprc"])
         pick = max(table, key=lambda a: a["val_auprc"])
