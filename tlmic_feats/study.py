@@ -534,31 +534,26 @@ def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], Non
             if arm
             else config.epochs * n_train[f] * mean_block
         )
-        status = "done" if rid in done else ("over budget" if budget and runs >= budget else "to run")
+        over = budget and len(done) + runs >= budget  # the budget counts the study's runs, done ones included
+        status = "done" if rid in done else ("over budget" if over else "to run")
         if status == "to run":
             total += est
-        runs += status != "done"
+            runs += 1
         lines.append(f"| {stage} | {rid} | {n_train[f]} | {est:.0f} | {status} |")
 
     chosen = state.get("choices", {})
-    for f in config.fractions:
-        blocks = chosen.get(f"{f:g}", {}).get("blocks")
-        for s in range(config.seeds):
-            for i in range(config.top_blocks):
-                if blocks:
-                    add("1", f"t{blocks[i]}", f"t{blocks[i]}", f, s)
-                else:
-                    add("1", f"block#{i + 1}", None, f, s)
-            add("1", "full", "full", f, s)
-            add("1", "scratch", "scratch", f, s)
-    for f in config.fractions:
-        units = chosen.get(f"{f:g}", {}).get("units")
-        for s in range(config.seeds):
-            for i in range(config.top_units):
-                if units:
-                    add("2", f"t{units[i]}", f"t{units[i]}", f, s)
-                else:
-                    add("2", f"unit#{i + 1}", None, f, s)
+    for stage, key, label, n in (("1", "blocks", "block", config.top_blocks), ("2", "units", "unit", config.top_units)):
+        for f in config.fractions:
+            picked = chosen.get(f"{f:g}", {}).get(key)  # known once the study has made its choice
+            for s in range(config.seeds):
+                for i in range(n if picked is None else len(picked)):
+                    if picked is not None:
+                        add(stage, f"t{picked[i]}", f"t{picked[i]}", f, s)
+                    else:
+                        add(stage, f"{label}#{i + 1}", None, f, s)
+                if stage == "1":
+                    add(stage, "full", "full", f, s)
+                    add(stage, "scratch", "scratch", f, s)
     for f in config.fractions:
         for s in range(config.seeds):
             for b in config.baselines:

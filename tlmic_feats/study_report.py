@@ -343,11 +343,11 @@ def _plot_fraction(out: Path, rows: list[dict], fraction: float, path: Path, con
     agg = [a for a in aggregate(probe_rows) if a["fraction"] == fraction and a["control"] == "none"]
     layers = sorted({a["layer"] for a in agg}, key=address_key)
     x = {a: i for i, a in enumerate(layers)}
-    fig, ax = plt.subplots(figsize=(max(6, len(layers) * 0.28), 3.8))
+    fig, ax = plt.subplots(figsize=(max(7, len(layers) * 0.3), 3.8))
     for model, style in (("logreg", "o-"), ("lightgbm", "s-")):
-        pts = sorted((x[a["layer"]], a["val_auprc"], a["auprc"]) for a in agg if a["model"] == model)
+        pts = sorted((x[a["layer"]], a["auprc"]) for a in agg if a["model"] == model)
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, ms=3, alpha=0.8, label=f"probe {model}, val AUPRC")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, ms=3, alpha=0.8, label=f"probe: {model}")
     ft = [r for r in rows if r["fraction"] == fraction and r["arm"].startswith("t")]
     for arm in sorted({r["arm"] for r in ft}, key=lambda a: address_key(a[1:])):
         v = [r["auprc"] for r in ft if r["arm"] == arm]
@@ -356,13 +356,13 @@ def _plot_fraction(out: Path, rows: list[dict], fraction: float, path: Path, con
             ax.annotate(arm[1:], (x[arm[1:]], np.mean(v)), textcoords="offset points", xytext=(4, 4), fontsize=7)
     full = [r["auprc"] for r in rows if r["fraction"] == fraction and r["arm"] == "full"]
     if full:
-        ax.axhline(np.mean(full), color="k", ls="--", lw=1, label="full finetuning, test AUPRC")
-    ax.plot([], [], "r*", ms=10, label="truncated finetuning, test AUPRC")
+        ax.axhline(np.mean(full), color="k", ls="--", lw=1, label="full finetuning")
+    ax.plot([], [], "r*", ms=10, label="truncated finetuning")
     ax.set_xticks(range(len(layers)))
     ax.set_xticklabels(layers, rotation=90, fontsize=6)
     ax.set_xlabel("cut point (shallow to deep)")
-    ax.set_ylabel("AUPRC")
-    ax.set_title(f"{config.backbone}: probes per cut point and finetuned cut points, {fraction:g} of train")
+    ax.set_ylabel("test AUPRC (mean over seeds)")
+    ax.set_title(f"{config.backbone}, {fraction:g} of train: probes per cut point, finetuned cut points", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
