@@ -41,6 +41,8 @@ def fit_grid_on_cluster(store: FeatureStore, ctx, cells: list[tuple], plan: dict
         check_visible(client, store.path)
         check_visible(client, ctx.out, member="run.json", what="run directory")
         if config.distributed_fit:
+            quiet_lightgbm()
+            client.run(quiet_lightgbm)
             for array, (common, todo) in plan.items():
                 bar.update(len(cells) - len(todo))
                 for c in todo:
@@ -92,6 +94,18 @@ def fit_cell_task(store_path: str, common: dict, ctx, cell: tuple) -> dict:
 
 
 # --- LightGBM across the cluster ------------------------------------------------------------------
+
+
+def quiet_lightgbm() -> None:
+    """Route LightGBM's Python-side messages through a logger that shows errors only (its native
+    network set-up still prints a few lines per training on each worker)."""
+    import logging
+
+    import lightgbm as lgb
+
+    logger = logging.getLogger("tlmic.lightgbm")
+    logger.setLevel(logging.ERROR)
+    lgb.register_logger(logger)
 
 
 def _fit_distributed_cell(client, store: FeatureStore, ctx, cell: tuple, common: dict) -> dict:
