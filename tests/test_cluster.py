@@ -220,6 +220,8 @@ def _finetune_args(data, out, epochs):
         "--weights",
         "random:1",
         "--truncate",
+        "2",
+        "--freeze-until",  # frozen parameters under DDP: the wrapper must be made after freezing
         "1",
         "--epochs",
         str(epochs),
@@ -253,7 +255,7 @@ def test_torchrun_two_processes_train_checkpoint_loads_alone_and_restart_resumes
     assert metrics["world_size"] == 2 and metrics["epochs_run"] == 2
 
     # rank 0's checkpoint loads into a plain single-process network and gives the run's val scores
-    net = build_network(build_backbone("resnet18", "random:1"), "1", 1, 0.2)
+    net = build_network(build_backbone("resnet18", "random:1"), "2", 1, 0.2)
     net.load_state_dict(torch.load(tmp_path / "whole" / "best.pt", weights_only=True)["model"])
     net.eval()
     from tlmic_feats.augment import center_crop

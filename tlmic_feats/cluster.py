@@ -45,6 +45,8 @@ def parse_cluster(spec: str, *, device: str = "auto") -> ClusterSpec:
     m = re.fullmatch(r"local:(\d+|gpus)", text)
     if m:
         if m.group(1) == "gpus":
+            if device == "cpu":
+                raise UsageError(f"--cluster {spec!r} pins workers to GPUs; with --device cpu use local:N")
             return ClusterSpec("local", gpus=True)
         n = int(m.group(1))
         if n < 1:
@@ -78,9 +80,11 @@ def connect(spec: str, *, device: str = "auto", log: Callable[[str], None] | Non
         except (OSError, TimeoutError) as e:
             raise ClusterError(f"cannot reach the Dask scheduler at {parsed.address}: {e}") from None
         try:
-            n = len(client.scheduler_info()["workers"])
-            if n == 0:
-                client.wait_for_workers(1, timeout=60)
+            if not client.scheduler_info()["workers"]:
+                try:
+                    client.wait_for_workers(1, timeout=60)
+                except TimeoutError:
+                    raise ClusterError(f"no Dask worker joined the scheduler at {parsed.address} within 60 s") from None
             log(f"connected to {parsed.address} ({len(client.scheduler_info()['workers'])} workers)")
             yield client
         finally:
@@ -91,6 +95,8 @@ def connect(spec: str, *, device: str = "auto", log: Callable[[str], None] | Non
         import torch
 
         n_gpus = torch.cuda.device_count()
+        if n_gpus == 0:
+            raise UsageError(f"--cluster {spec}: this machine has no GPU; use local:N for CPU workers")
         n = parsed.n_workers or n_gpus
         if n > n_gpus:
             raise UsageError(f"--cluster local:{n} pins one worker per GPU; this machine has {n_gpus} GPU(s)")

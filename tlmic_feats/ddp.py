@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 from .errors import UsageError
 
@@ -71,9 +72,10 @@ class Group:
         import torch
         import torch.distributed as dist
 
-        t = torch.tensor(values, dtype=torch.float64)
+        device = f"cuda:{self.local_rank}" if self.backend == "nccl" else "cpu"  # nccl reduces GPU tensors only
+        t = torch.tensor(values, dtype=torch.float64, device=device)
         dist.all_reduce(t)
-        return t.tolist()
+        return t.cpu().tolist()
 
     def sync_buffers(self, module) -> None:
         """Rank 0's BatchNorm statistics (and any other buffers) on every rank."""
@@ -120,15 +122,19 @@ def join(device: str) -> Group:
     if cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, store=_attempt_store(), rank=int(os.environ["RANK"]), world_size=world)
+        dist.init_process_group(
+            backend=backend,
+            store=_attempt_store(),
+            rank=int(os.environ["RANK"]),
+            world_size=world,
+            timeout=timedelta(hours=2),  # the other ranks wait while rank 0 builds a large pixel cache
+        )
     return Group(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank, backend=backend)
 
 
 def _attempt_store():
     """torchrun's rendezvous store, under a prefix of its own for each restart of the group: gloo
     otherwise can find the previous attempt's peer addresses in it and fail to connect."""
-    from datetime import timedelta
-
     import torch.distributed as dist
 
     host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])

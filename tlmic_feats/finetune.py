@@ -455,11 +455,6 @@ def finetune(
             net.head.weight.copy_(torch.from_numpy(w))
             net.head.bias.copy_(torch.from_numpy(b))
     net.to(device)
-    model = net
-    if group.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(net, device_ids=[group.local_rank] if device.startswith("cuda") else None)
     frozen = backbone.truncated(config.freeze_until) if config.freeze_until else None  # shares net's modules
     if frozen is not None:
         frozen.requires_grad_(False)
@@ -474,6 +469,11 @@ def finetune(
         if rest:
             groups.append({"params": rest, "lr": config.lr * config.backbone_lr_mult})
         optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    model = net
+    if group.distributed:  # wrapped after freezing: DDP must know which parameters receive gradients
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(net, device_ids=[group.local_rank] if device.startswith("cuda") else None)
     if config.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     else:

@@ -87,8 +87,8 @@ class StudyConfig:
     def results_key(self) -> dict:
         """What decides the study's results (where and how fast it runs does not)."""
         record = json.loads(json.dumps(asdict(self)))
-        for k in ("cluster", "device", "store"):
-            record.pop(k)
+        record.pop("cluster")  # the same results wherever it runs (tested); store and device are recorded by runs
+
         return record
 
 
@@ -377,9 +377,10 @@ def run_study(
         c = choices[f"{fraction:g}"]
         finetuned = {}
         for a in c["blocks"]:
-            dirs = [out / "runs" / Run("stage1", f"t{a}", float(fraction), s).id for s in range(config.seeds)]
-            vals = [run_val_auprc(d) for d in dirs if (d / "metrics.json").is_file()]
-            if len(vals) == config.seeds:
+            ids = [Run("stage1", f"t{a}", float(fraction), s).id for s in range(config.seeds)]
+            possible = [i for i in ids if study.state["runs"].get(i, {}).get("status") != "impossible"]
+            vals = [run_val_auprc(out / "runs" / i) for i in possible if (out / "runs" / i / "metrics.json").is_file()]
+            if possible and len(vals) == len(possible):
                 finetuned[a] = float(np.mean(vals))
         if len(finetuned) < len(c["blocks"]) or not config.top_units:
             c["stage2"] = None if config.top_units else "skipped (--top-units 0)"

@@ -140,6 +140,10 @@ def _describe(arm: str, stage: str, address: str) -> str:
     }.get(arm, f"{arm} (from scratch)")
 
 
+def _seed(row: dict) -> int:
+    return row["seed"]
+
+
 def summarize(out: Path, rows: list[dict], label_kind: str, n_resamples: int = 1000) -> dict:
     """Per fraction: per arm aggregates with bootstrap CIs, the winner, validation's pick and the
     truncated-vs-full paired difference."""
@@ -149,15 +153,24 @@ def summarize(out: Path, rows: list[dict], label_kind: str, n_resamples: int = 1
         arms: dict[str, list[dict]] = {}
         for r in part:
             arms.setdefault(r["arm"], []).append(r)
+        tests = {
+            arm: [
+                read_predictions(out / r["predictions"], label_kind)["test"]
+                for r in sorted(rs, key=lambda r: r["seed"])
+            ]
+            for arm, rs in arms.items()
+        }
+        # Pairing needs the same test images in every arm: probes leave out images the extraction
+        # skipped as unreadable, finetuning does not; compare on the images all arms scored.
+        common = sorted(set.intersection(*(set(ids) for runs in tests.values() for ids, _, _ in runs)))
         scores, y = {}, None
-        for arm, rs in arms.items():
-            per_seed = []
-            for r in sorted(rs, key=lambda r: r["seed"]):
-                ids, yy, s = read_predictions(out / r["predictions"], label_kind)["test"]
-                order = np.argsort(ids, kind="stable")
-                per_seed.append(s[order])
-                y = yy[order]
-            scores[arm] = per_seed
+        for arm, runs in tests.items():
+            scores[arm] = []
+            for ids, yy, sc in runs:
+                index = {i: k for k, i in enumerate(ids)}
+                rows = np.array([index[i] for i in common])
+                scores[arm].append(sc[rows])
+                y = yy[rows]
         boot = paired_bootstrap(y, scores, label_kind, n_resamples=n_resamples, seed=0)
         table = []
         for arm, rs in sorted(arms.items(), key=lambda kv: _arm_sort(kv[1][0]["stage"], kv[0])):

@@ -39,6 +39,19 @@ from ..options import data_options
 )
 @click.option("--seed", default=0, show_default=True)
 @click.option("--freeze-backbone", is_flag=True, help="Baseline: train only a linear head (SGD) on frozen features.")
+@click.option(
+    "--arch",
+    type=click.Choice(["truncated", "hybrid", "cbr-tiny", "cbr-small", "cbr-larget", "cbr-largew"]),
+    default="truncated",
+    show_default=True,
+    help="hybrid: pretrained bottom blocks + a slim random block; cbr-*: Transfusion's shallow nets from scratch.",
+)
+@click.option(
+    "--freeze-until", default="", help="Layer-wise finetuning: keep the backbone up to this cut point frozen."
+)
+@click.option(
+    "--backbone-lr-mult", default=1.0, show_default=True, help="Learning rate of the backbone relative to the head."
+)
 @click.option("--head-init", default="", help="LP-FT: start the head from this probe run's logistic-regression probe.")
 @click.option("--hflip", is_flag=True, help="Allow horizontal flips in augmentation (off: anatomy is not symmetric).")
 @click.option("--no-augment", is_flag=True, help="Train on center crops only.")
