@@ -168,9 +168,9 @@ def summarize(out: Path, rows: list[dict], label_kind: str, n_resamples: int = 1
             scores[arm] = []
             for ids, yy, sc in runs:
                 index = {i: k for k, i in enumerate(ids)}
-                rows = np.array([index[i] for i in common])
-                scores[arm].append(sc[rows])
-                y = yy[rows]
+                take = np.array([index[i] for i in common])
+                scores[arm].append(sc[take])
+                y = yy[take]
         boot = paired_bootstrap(y, scores, label_kind, n_resamples=n_resamples, seed=0)
         table = []
         for arm, rs in sorted(arms.items(), key=lambda kv: _arm_sort(kv[1][0]["stage"], kv[0])):
