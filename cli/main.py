@@ -30,7 +30,7 @@ COMMANDS = {
         "tlmic_cli.commands.study:study",
         "The paper's experiment: probes, probe-guided truncation search, baselines, report.",
     ),
-    "demo": ("tlmic_cli.commands.demo:demo", "Run the pipeline on the embedded phantom chest X-ray data."),
+    "demo": ("tlmic_cli.commands.demo:demo", "A miniature study on the embedded phantom chest X-ray data."),
 }
 
 

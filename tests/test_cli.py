@@ -46,10 +46,12 @@ def test_help_does_not_import_torch():
     code = (
         "import sys\n"
         "from tlmic_cli.main import cli\n"
-        "for args in (['--help'], ['extract', '--help'], ['layers', '--help']):\n"
+        "for args in (['--help'], ['extract', '--help'], ['layers', '--help'], ['study', '--help'],\n"
+        "             ['probe', '--help'], ['finetune', '--help']):\n"
         "    try: cli(args, prog_name='tlmic')\n"
         "    except SystemExit as e: assert e.code == 0, e.code\n"
-        "bad = [m for m in ('torch', 'torchvision', 'timm', 'zarr', 'lightgbm') if m in sys.modules]\n"
+        "heavy = ('torch', 'torchvision', 'timm', 'zarr', 'lightgbm', 'dask', 'distributed')\n"
+        "bad = [m for m in heavy if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
