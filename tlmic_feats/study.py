@@ -42,7 +42,6 @@ from .errors import SubsetTooSmallError, UsageError, check_choice
 from .paths import cache_root, slug
 
 BASELINES = ("cbr-tiny", "cbr-small", "cbr-larget", "cbr-largew", "hybrid", "layerwise")
-STAGES = ("stage1", "stage2", "baseline")
 
 
 @dataclass(frozen=True)
