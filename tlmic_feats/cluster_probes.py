@@ -140,9 +140,9 @@ def fit_lightgbm_dask(client, X, y: np.ndarray, X_val, y_val: np.ndarray, *, ran
     """
     y = np.asarray(y, dtype=np.float64)
     y_val = np.asarray(y_val, dtype=np.float64)
-    params = LightGBMProbe(random_state=random_state).get_params()
+    template = LightGBMProbe(random_state=random_state)
     if y.ndim == 2 and y.shape[1] > 1:
-        probe = LightGBMProbe(**params)
+        probe = LightGBMProbe(**template.get_params())
         probe.kind_, probe.classes_, probe.n_features_in_ = "multilabel", np.arange(y.shape[1]), X.shape[1]
         probe.estimators_ = []
         for j in range(y.shape[1]):
@@ -152,32 +152,21 @@ def fit_lightgbm_dask(client, X, y: np.ndarray, X_val, y_val: np.ndarray, *, ran
                 continue
             probe.estimators_.append(
                 _fit_single(
-                    client, X[known], y[known, j].astype(int), X_val[known_val], y_val[known_val, j], params, step
+                    client, X[known], y[known, j].astype(int), X_val[known_val], y_val[known_val, j], template, step
                 )
             )
         return probe
-    return _fit_single(client, X, y.astype(int), X_val, y_val, params, step)
+    return _fit_single(client, X, y.astype(int), X_val, y_val, template, step)
 
 
-def _fit_single(client, X, y: np.ndarray, X_val, y_val: np.ndarray, params: dict, step: int) -> LightGBMProbe:
+def _fit_single(
+    client, X, y: np.ndarray, X_val, y_val: np.ndarray, template: LightGBMProbe, step: int
+) -> LightGBMProbe:
     import dask.array as da
     import lightgbm as lgb
 
     y_dask = da.from_array(y, chunks=(X.chunks[0],))
-    model = lgb.DaskLGBMClassifier(
-        client=client,
-        n_estimators=params["n_estimators"],
-        learning_rate=params["learning_rate"],
-        num_leaves=params["num_leaves"],
-        colsample_bytree=params["colsample_bytree"],
-        max_bin=params["max_bin"],
-        min_child_samples=int(max(2, min(20, len(y) // 20))),
-        min_data_in_bin=1,
-        class_weight="balanced",
-        force_col_wise=True,
-        random_state=int(params["random_state"]),
-        verbose=-1,
-    )
+    model = lgb.DaskLGBMClassifier(client=client, **template.lightgbm_params(len(y)))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Parameter n_jobs will be ignored", UserWarning)
         model.fit(X, y_dask)
@@ -199,7 +188,7 @@ def _fit_single(client, X, y: np.ndarray, X_val, y_val: np.ndarray, params: dict
         for i in range(len(candidates))
     ]
     best = candidates[int(np.nanargmax(np.nan_to_num(values, nan=-np.inf)))] if np.any(np.isfinite(values)) else total
-    probe = LightGBMProbe(**params)
+    probe = LightGBMProbe(**template.get_params())
     probe.booster_, probe.best_iteration_ = booster, int(best)
     probe.classes_, probe.n_features_in_ = classes, X.shape[1]
     probe.kind_ = "binary" if len(classes) == 2 else "multiclass"

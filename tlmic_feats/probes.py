@@ -301,20 +301,7 @@ class LightGBMProbe(_ProbeBase):
         import lightgbm as lgb
 
         X, y, Xv, yv = self._prepare_single(X, y, eval_set)
-        model = lgb.LGBMClassifier(
-            n_estimators=self.n_estimators,
-            learning_rate=self.learning_rate,
-            num_leaves=self.num_leaves,
-            colsample_bytree=self.colsample_bytree,
-            max_bin=self.max_bin,
-            min_child_samples=int(max(2, min(20, len(y) // 20))),
-            min_data_in_bin=1,
-            class_weight="balanced",
-            force_col_wise=True,
-            n_jobs=self.n_jobs,
-            random_state=0 if self.random_state is None else int(self.random_state),
-            verbose=-1,
-        )
+        model = lgb.LGBMClassifier(**self.lightgbm_params(len(y)), n_jobs=self.n_jobs)
         callbacks = []
         fit_kw = {}
         if len(np.unique(yv)) >= 2 and set(np.unique(yv)) <= set(self.classes_):
@@ -328,6 +315,22 @@ class LightGBMProbe(_ProbeBase):
         self.booster_ = model.booster_
         self.best_iteration_ = int(model.best_iteration_ or model.n_estimators)
         return self
+
+    def lightgbm_params(self, n_rows: int) -> dict:
+        """LightGBM's parameters for ``n_rows`` training rows (shared with the distributed fit)."""
+        return dict(
+            n_estimators=self.n_estimators,
+            learning_rate=self.learning_rate,
+            num_leaves=self.num_leaves,
+            colsample_bytree=self.colsample_bytree,
+            max_bin=self.max_bin,
+            min_child_samples=int(max(2, min(20, n_rows // 20))),
+            min_data_in_bin=1,
+            class_weight="balanced",
+            force_col_wise=True,
+            random_state=0 if self.random_state is None else int(self.random_state),
+            verbose=-1,
+        )
 
     def _proba_single(self, X):
         p = self.booster_.predict(X, num_iteration=self.best_iteration_)
