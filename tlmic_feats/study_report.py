@@ -209,19 +209,18 @@ def _percentiles(v: np.ndarray) -> tuple[float, float]:
     return (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if len(v) else (np.nan, np.nan)
 
 
-def compute_summary(config, backbone, calibration: dict, rows: list[dict], state: dict) -> dict:
+def compute_summary(config, backbone, calibration: dict, rows: list[dict], state: dict, n_eval: int) -> dict:
     """What the probe-guided search spent against exhaustive finetuning of every cut point."""
     from .study import distinct_truncations, estimate_seconds
 
     runs = [r for r in rows if r["stage"] in ("stage1", "stage2") and r["arm"].startswith("t")]
     ft_rows = [r for r in rows if r["stage"] != "probe"]
     n_train = {r["fraction"]: r["n_train"] for r in ft_rows}
-    evals = state.get("n_eval", 0)
-    search_est = sum(estimate_seconds(calibration, r["arm"], r["n_train"], evals, config.epochs) for r in runs)
+    search_est = sum(estimate_seconds(calibration, r["arm"], r["n_train"], n_eval, config.epochs) for r in runs)
     search_measured = sum(float(r["wall_seconds"] or 0) for r in runs)
     exhaustive_runs = [(f, arm) for f in n_train for arm in distinct_truncations(backbone) for _ in range(config.seeds)]
     exhaustive_est = sum(
-        estimate_seconds(calibration, arm, n_train[f], evals, config.epochs) for f, arm in exhaustive_runs
+        estimate_seconds(calibration, arm, n_train[f], n_eval, config.epochs) for f, arm in exhaustive_runs
     )
     compute = state.get("compute", {})
     return {
@@ -251,7 +250,7 @@ def render_study_report(out: Path, config, backbone, calibration: dict, rows: li
 
     manifest = load_manifest(config.data)
     kind = manifest.label_kind
-    state["n_eval"] = int((manifest.splits == "val").sum() + (manifest.splits == "test").sum())
+    n_eval = int((manifest.splits == "val").sum() + (manifest.splits == "test").sum())
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
     lines = [
@@ -308,7 +307,7 @@ def render_study_report(out: Path, config, backbone, calibration: dict, rows: li
         plot = _plot_fraction(out, rows, fraction, figures / f"probe-curve-f{fraction:g}.png", config)
         lines += ["", f"![probe curve and finetuned cut points at {fraction:g}]({plot.relative_to(out)})", ""]
     if rows:
-        comp = compute_summary(config, backbone, calibration, rows, state)
+        comp = compute_summary(config, backbone, calibration, rows, state, n_eval)
         saving = comp["exhaustive_estimate"] / comp["search_estimate"] if comp["search_estimate"] else float("nan")
         lines += [
             "## Compute",
@@ -340,7 +339,6 @@ def render_study_report(out: Path, config, backbone, calibration: dict, rows: li
     tmp = html_path.with_suffix(".tmp")
     tmp.write_text(markdown_to_html(text, out))
     tmp.replace(html_path)
-    state.pop("n_eval", None)
     return path
 
 
