@@ -224,7 +224,7 @@ def extract_features(
         engine_key = {k: fingerprint[k] for k in ("backbone", "weights", "preprocess", "pool", "layers")}
         if config.cluster:
             t0 = time.perf_counter()
-            skipped_ids = _extract_on_cluster(
+            n_todo, skipped_ids, waited = _extract_on_cluster(
                 config,
                 manifest,
                 backbone.preprocess,
@@ -238,7 +238,6 @@ def extract_features(
                 progress,
                 on_shard,
             )
-            n_todo, waited = sum(writer.shard_rows(s)[1] - writer.shard_rows(s)[0] for s in pending), 0.0
         else:
             t0 = time.perf_counter()
             n_todo, skipped_ids, waited = _extract_here(
@@ -411,7 +410,8 @@ def extract_shard(job: _ShardJob, data, shard: int, threads: dict[str, int]) -> 
 
 def _extract_on_cluster(
     config, manifest, preprocess, writer, pending, stored, layers, precision, engine_key, log, progress, on_shard
-) -> list[str]:
+) -> tuple[int, list[str], float]:
+    """As :func:`_extract_here`, on a Dask cluster (input waits happen on the workers: reported as 0)."""
     import json
 
     from .cluster import EngineSpec, check_visible, connect, gather, torch_threads_per_worker
@@ -440,8 +440,9 @@ def _extract_on_cluster(
         on_bad_image=config.on_bad_image,
     )
     skipped_ids: list[str] = []
+    n_todo = sum(writer.shard_rows(s)[1] - writer.shard_rows(s)[0] for s in pending)
     if not pending:
-        return skipped_ids
+        return n_todo, skipped_ids, 0.0
     with connect(config.cluster, device=config.device, log=log) as client:
         check_visible(client, writer.path)
         threads = torch_threads_per_worker(client)
@@ -452,7 +453,7 @@ def _extract_on_cluster(
         ]
         bar = _progress(
             len(manifest),
-            len(manifest) - sum(writer.shard_rows(s)[1] - writer.shard_rows(s)[0] for s in pending),
+            len(manifest) - n_todo,
             f"extract {config.backbone} on {config.cluster}",
             progress,
         )
@@ -473,7 +474,7 @@ def _extract_on_cluster(
             gather(client, futures, finished)
         finally:
             bar.close()
-    return skipped_ids
+    return n_todo, skipped_ids, 0.0
 
 
 def _cached_batches(cache, batches: list[list[int]], input_size: int):
