@@ -212,6 +212,41 @@ def test_estimator_conventions():
         assert cross_val_score(c, X, y, cv=3, scoring="roc_auc").mean() > 0.85
 
 
+# Probe cells fit in threads. LightGBM keeps its thread count in one process-wide variable, so
+# concurrent fits and predictions on sparse wide features (ReLU-pooled CNN features are) crashed the
+# process (SIGFPE / SIGSEGV inside lib_lightgbm) within seconds before LightGBM's cap was pinned.
+_CONCURRENT_LIGHTGBM = """
+import numpy as np
+from joblib import Parallel, delayed
+from tlmic_feats.probes import LightGBMProbe, LogisticProbe
+from tlmic_feats.probing import one_thread_per_cell
+
+def cell(i):
+    r = np.random.default_rng(i)
+    X = np.maximum(r.normal(size=(260, 1280)) - 1.3, 0).astype(np.float32)
+    y = (X[:, 0] + r.normal(size=260) > 0.1).astype(int)
+    probe = (LogisticProbe(Cs=(1.0,)) if i % 5 == 0 else LightGBMProbe(random_state=i, n_estimators=30))
+    probe.fit(X[:200], y[:200], eval_set=(X[200:], y[200:]))
+    for _ in range(5):
+        probe.predict_proba(X[200:])
+        if isinstance(probe, LightGBMProbe):  # a call without num_threads resets LightGBM's count
+            probe.booster_.predict(X[200:])
+
+with one_thread_per_cell():  # as run_probes runs its cells
+    for rep in range(5):
+        Parallel(n_jobs=4, prefer="threads")(delayed(cell)(rep * 100 + i) for i in range(20))
+print("ok")
+"""
+
+
+def test_concurrent_lightgbm_probes_in_threads_do_not_crash_the_process():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _CONCURRENT_LIGHTGBM], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
+
+
 def test_bad_inputs(tmp_path, planted_run):
     store, _ = planted_run
     with pytest.raises(

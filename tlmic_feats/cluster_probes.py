@@ -81,15 +81,13 @@ def fit_grid_on_cluster(store: FeatureStore, ctx, cells: list[tuple], plan: dict
 
 def fit_cell_task(store_path: str, common: dict, ctx, cell: tuple) -> dict:
     """A Dask task: one cell of the grid, on the worker's copy of its layer."""
-    from threadpoolctl import threadpool_limits
-
-    from .probing import _fit_cell
+    from .probing import _fit_cell, one_thread_per_cell
 
     X = worker_cached(
         f"{store_path}::{common['array']}",
         lambda: FeatureStore.open(store_path).features(common["layer"]).astype(np.float32, copy=False),
     )
-    with threadpool_limits(1):  # as a local run's parallel cells: results do not depend on where they ran
+    with one_thread_per_cell():  # as a local run's parallel cells: results do not depend on where they ran
         return _fit_cell(X, ctx, cell, common)
 
 
@@ -176,7 +174,9 @@ def _fit_single(
     classes = np.unique(y)
 
     def scores(block: np.ndarray) -> np.ndarray:  # (rows, candidates, classes-or-1)
-        return np.stack([np.atleast_2d(booster.predict(block, num_iteration=k).T).T for k in candidates], 1)
+        return np.stack(
+            [np.atleast_2d(booster.predict(block, num_iteration=k, num_threads=1).T).T for k in candidates], 1
+        )
 
     width = 1 if len(classes) == 2 else len(classes)
     p = X_val.map_blocks(

@@ -22,6 +22,7 @@ intercepts and scaler statistics as ``.npz`` arrays; LightGBM models as LightGBM
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -333,7 +334,7 @@ class LightGBMProbe(_ProbeBase):
         )
 
     def _proba_single(self, X):
-        p = self.booster_.predict(X, num_iteration=self.best_iteration_)
+        p = self.booster_.predict(X, num_iteration=self.best_iteration_, num_threads=self.n_jobs)
         return np.stack([1 - p, p], axis=1) if p.ndim == 1 else p
 
     def _save_single(self, path: Path, j: int):
@@ -354,6 +355,31 @@ class LightGBMProbe(_ProbeBase):
 
 
 PROBES = {"logreg": LogisticProbe, "lightgbm": LightGBMProbe}
+
+
+@contextlib.contextmanager
+def lightgbm_max_threads(n: int):
+    """Cap every LightGBM call in this process at ``n`` threads (``LGBM_SetMaxThreads``), restoring
+    the previous cap on exit.
+
+    Needed to fit LightGBM probes in several threads of one process: LightGBM keeps its thread
+    count in one process-wide variable that each call sets (a call without ``num_threads``, such
+    as a prediction, resets it to OpenMP's default), so concurrent calls can size per-thread
+    buffers for one count and run a parallel region with another. That crashed a test run (SIGFPE
+    in an OpenMP worker of lib_lightgbm); LightGBM's docs warn against changing ``num_threads``
+    while another job trains. Under a cap of 1 every call runs single-threaded whatever it sets.
+    """
+    import ctypes
+
+    from lightgbm.basic import _LIB
+
+    before = ctypes.c_int(-1)
+    _LIB.LGBM_GetMaxThreads(ctypes.byref(before))
+    _LIB.LGBM_SetMaxThreads(ctypes.c_int(n))
+    try:
+        yield
+    finally:
+        _LIB.LGBM_SetMaxThreads(before)
 
 
 def load_probe(path: str | Path) -> _ProbeBase:

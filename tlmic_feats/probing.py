@@ -15,6 +15,7 @@ shared metrics module and bootstrap CIs. It writes, under ``out``:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import sys
@@ -29,7 +30,7 @@ import numpy as np
 from .errors import UnknownCutPointError, UsageError, check_choice, choices
 from .metrics import METRICS, UndefinedMetricWarning, bootstrap, choose_thresholds, evaluate, write_predictions
 from .paths import cache_root, slug
-from .probes import PROBES
+from .probes import PROBES, lightgbm_max_threads
 from .store import FeatureStore
 from .subsets import nested_subsets
 
@@ -124,10 +125,7 @@ def _class_counts(y: np.ndarray, kind: str, n_classes: int) -> np.ndarray:
 
 def run_probes(config: ProbeConfig, *, progress: bool = True, log: Callable[[str], None] | None = None) -> ProbeRun:
     """Run the probe grid of ``config``; see the module docstring for the outputs."""
-    import contextlib
-
     from joblib import Parallel, delayed
-    from threadpoolctl import threadpool_limits
 
     config.validate()
     log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -217,8 +215,8 @@ def run_probes(config: ProbeConfig, *, progress: bool = True, log: Callable[[str
             finished.update(fitted_by_array[info.array])
         else:
             X = store.features(address).astype(np.float32, copy=False)
-            # Cells run in threads; with several at once, BLAS and OpenMP get one thread each.
-            with threadpool_limits(1) if n_jobs > 1 else contextlib.nullcontext():
+            # Cells run in threads; with several at once, BLAS, OpenMP and LightGBM get one thread each.
+            with one_thread_per_cell() if n_jobs > 1 else contextlib.nullcontext():
                 fitted = Parallel(n_jobs=n_jobs, prefer="threads")(
                     delayed(_fit_cell)(X, ctx, cells[c], common_of(depth, address)) for c in todo[info.array]
                 )
@@ -470,6 +468,16 @@ def _libc():
     except OSError:
         return None
     return libc if libc is not None and hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+@contextlib.contextmanager
+def one_thread_per_cell():
+    """One thread for BLAS and OpenMP (threadpoolctl) and for LightGBM (its own process-wide cap):
+    how cells fit when several run at once, here or on a cluster worker."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1), lightgbm_max_threads(1):
+        yield
 
 
 def _limit_malloc_arenas(n: int = 2) -> None:
