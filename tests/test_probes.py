@@ -247,6 +247,44 @@ def test_concurrent_lightgbm_probes_in_threads_do_not_crash_the_process():
     assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
 
 
+def test_lightgbm_thread_cap_holds_until_the_last_overlapping_holder_leaves():
+    # Task threads on one Dask worker enter and leave the cap in any order: the first to leave must
+    # not lift it while another still fits.
+    import ctypes
+    import threading
+
+    from lightgbm.basic import _LIB
+
+    from tlmic_feats.probes import lightgbm_max_threads
+
+    def cap():
+        c = ctypes.c_int(-7)
+        _LIB.LGBM_GetMaxThreads(ctypes.byref(c))
+        return c.value
+
+    before = cap()
+    inside, release_first, seen = threading.Barrier(2), threading.Event(), {}
+
+    def first():
+        with lightgbm_max_threads(1):
+            inside.wait()
+            release_first.wait()
+
+    def second():
+        with lightgbm_max_threads(2):
+            inside.wait()
+            seen["both in"] = cap()
+            release_first.set()
+            t1.join()
+            seen["first left"] = cap()
+
+    t1, t2 = threading.Thread(target=first), threading.Thread(target=second)
+    t1.start(), t2.start()
+    t2.join()
+    assert seen == {"both in": 1, "first left": 2}
+    assert cap() == before
+
+
 def test_bad_inputs(tmp_path, planted_run):
     store, _ = planted_run
     with pytest.raises(

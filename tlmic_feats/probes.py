@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -357,10 +358,14 @@ class LightGBMProbe(_ProbeBase):
 PROBES = {"logreg": LogisticProbe, "lightgbm": LightGBMProbe}
 
 
+_LGBM_CAP_LOCK = threading.Lock()
+_LGBM_CAP_HOLDERS: list[tuple[int, int]] = []  # (cap, cap before it) of each active holder, in entry order
+
+
 @contextlib.contextmanager
 def lightgbm_max_threads(n: int):
     """Cap every LightGBM call in this process at ``n`` threads (``LGBM_SetMaxThreads``), restoring
-    the previous cap on exit.
+    the previous cap when the last holder leaves.
 
     Needed to fit LightGBM probes in several threads of one process: LightGBM keeps its thread
     count in one process-wide variable that each call sets (a call without ``num_threads``, such
@@ -368,18 +373,31 @@ def lightgbm_max_threads(n: int):
     buffers for one count and run a parallel region with another. That crashed a test run (SIGFPE
     in an OpenMP worker of lib_lightgbm); LightGBM's docs warn against changing ``num_threads``
     while another job trains. Under a cap of 1 every call runs single-threaded whatever it sets.
+
+    Holders may overlap (one per task thread on a Dask worker with several threads): while any is
+    inside, the cap is the smallest any of them asked for, and it is lifted only when all have left.
     """
     import ctypes
 
     from lightgbm.basic import _LIB
 
-    before = ctypes.c_int(-1)
-    _LIB.LGBM_GetMaxThreads(ctypes.byref(before))
-    _LIB.LGBM_SetMaxThreads(ctypes.c_int(n))
+    def current() -> int:
+        cap = ctypes.c_int(-1)
+        _LIB.LGBM_GetMaxThreads(ctypes.byref(cap))
+        return cap.value
+
+    with _LGBM_CAP_LOCK:
+        before = current() if not _LGBM_CAP_HOLDERS else _LGBM_CAP_HOLDERS[0][1]
+        holder = (n, before)
+        _LGBM_CAP_HOLDERS.append(holder)
+        _LIB.LGBM_SetMaxThreads(ctypes.c_int(min(c for c, _ in _LGBM_CAP_HOLDERS)))
     try:
         yield
     finally:
-        _LIB.LGBM_SetMaxThreads(before)
+        with _LGBM_CAP_LOCK:
+            _LGBM_CAP_HOLDERS.remove(holder)
+            cap = min((c for c, _ in _LGBM_CAP_HOLDERS), default=before)
+            _LIB.LGBM_SetMaxThreads(ctypes.c_int(cap))
 
 
 def load_probe(path: str | Path) -> _ProbeBase:
