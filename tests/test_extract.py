@@ -278,3 +278,38 @@ def test_pixel_cache_built_by_worker_processes_equals_in_process(phantom_dir, tm
     rows = np.arange(len(m))
     np.testing.assert_array_equal(a.read(rows), b.read(rows))
     np.testing.assert_array_equal(a.read(rows[::3]), load_pixels(m.source, rows[::3], 64, "bilinear"))
+
+
+# A user's script calling tlmic at top level, without an `if __name__ == "__main__":` guard: each
+# spawned decode worker re-runs it and dies. With a source larger than a pipe's buffer (64 KiB,
+# here 360 long paths) the parent used to block forever sending it to the dead worker.
+_UNGUARDED_SCRIPT = """
+from tlmic_feats import DataConfig, ExtractConfig, extract_features
+extract_features(ExtractConfig(data=DataConfig({root!r}), backbone="resnet18", weights="random:4", layers="blocks",
+                               workers=1, pixel_cache={cache}, store={store!r}), progress=False)
+print("finished")
+"""
+
+
+@pytest.mark.parametrize("pixel_cache", [True, False])
+def test_unguarded_script_with_decode_workers_fails_with_the_fix_instead_of_hanging(phantom_dir, tmp_path, pixel_cache):
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path / "data"
+    for src in (phantom_dir / "train").rglob("*.png"):
+        dest = root / src.parent.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for k in range(18):
+            os.link(src, dest / f"{src.stem}-copy{k:02d}-{'x' * 180}.png")
+    script = tmp_path / "unguarded.py"
+    script.write_text(_UNGUARDED_SCRIPT.format(root=str(root), cache=pixel_cache, store=str(tmp_path / "s.zarr")))
+    env = {**os.environ, "TLMIC_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path
+    )
+    assert done.returncode == 1 and "finished" not in done.stdout
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("tlmic_feats.errors.RunError: a decode worker process exited unexpectedly"), last
+    assert 'if __name__ == "__main__":' in last

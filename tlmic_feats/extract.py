@@ -288,14 +288,16 @@ def _extract_here(
             manifest, pre.resize_size, pre.interpolation, cache_root() / "pixels", workers=workers, progress=progress
         )
         source = _cached_batches(cache, batches, pre.input_size)
+    elif workers > 0:
+        from .workers import spawned_loader
+
+        source = spawned_loader(
+            PixelDataset(manifest.source, pre), workers, batch_sampler=batches, pin_memory=device.startswith("cuda")
+        )
     else:
         source = iter(
             torch.utils.data.DataLoader(
-                PixelDataset(manifest.source, pre),
-                batch_sampler=batches,
-                num_workers=workers,
-                multiprocessing_context="spawn" if workers > 0 else None,
-                pin_memory=device.startswith("cuda"),
+                PixelDataset(manifest.source, pre), batch_sampler=batches, pin_memory=device.startswith("cuda")
             )
         )
     bar = _progress(len(manifest), len(manifest) - n_todo, f"extract {backbone.name}", progress)
@@ -328,6 +330,7 @@ def _extract_here(
                     on_shard(done_shards, writer.n_shards)
     finally:
         bar.close()
+        getattr(source, "close", lambda: None)()  # a generator's workers and files go now, not at GC
     return n_todo, skipped_ids, waited
 
 

@@ -120,11 +120,10 @@ def _decode_chunks(source, n: int, chunks: list[int], size: int, interpolation: 
     """Yield ``(chunk, (pixels, {offset: error}))`` for each chunk, decoded in worker processes
     (spawned: Zarr and fork do not mix) when ``workers > 0``."""
     if workers > 0:
-        import torch
+        from .workers import spawned_loader
 
         ds = _ChunkDecoder(source, n, chunks, size, interpolation)
-        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, multiprocessing_context="spawn")
-        for chunk, (pixels, errors) in zip(chunks, loader, strict=True):
+        for chunk, (pixels, errors) in zip(chunks, spawned_loader(ds, workers, batch_size=None), strict=True):
             yield chunk, (np.asarray(pixels), {int(k): v for k, v in errors.items()})  # the loader made tensors
         return
     ds = _ChunkDecoder(source, n, chunks, size, interpolation)
