@@ -267,22 +267,64 @@ def test_lightgbm_thread_cap_holds_until_the_last_overlapping_holder_leaves():
 
     def first():
         with lightgbm_max_threads(1):
-            inside.wait()
-            release_first.wait()
+            inside.wait(30)
+            release_first.wait(30)
 
     def second():
         with lightgbm_max_threads(2):
-            inside.wait()
+            inside.wait(30)
             seen["both in"] = cap()
             release_first.set()
-            t1.join()
+            t1.join(30)
             seen["first left"] = cap()
 
-    t1, t2 = threading.Thread(target=first), threading.Thread(target=second)
+    t1, t2 = threading.Thread(target=first, daemon=True), threading.Thread(target=second, daemon=True)
     t1.start(), t2.start()
-    t2.join()
+    t2.join(60)
     assert seen == {"both in": 1, "first left": 2}
     assert cap() == before
+
+
+def test_overlapping_cells_keep_blas_and_lightgbm_at_one_thread_until_the_last_leaves():
+    # Cells on a multi-threaded Dask worker: A enters, B enters, A leaves while B still fits.
+    import ctypes
+    import threading
+
+    from lightgbm.basic import _LIB
+    from threadpoolctl import threadpool_info
+
+    from tlmic_feats.probing import one_thread_per_cell
+
+    def limits():
+        c = ctypes.c_int(-7)
+        _LIB.LGBM_GetMaxThreads(ctypes.byref(c))
+        return c.value, max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+    before = limits()
+    if before[1] < 2:
+        pytest.skip(f"BLAS runs {before[1]} thread here: a lifted limit would not show")
+    a_in, b_in, a_out, seen = threading.Event(), threading.Event(), threading.Event(), {}
+
+    def cell_a():
+        with one_thread_per_cell():
+            a_in.set()
+            b_in.wait(30)
+        a_out.set()
+
+    def cell_b():
+        a_in.wait(30)
+        with one_thread_per_cell():
+            b_in.set()
+            a_out.wait(30)
+            seen["A left, B inside"] = limits()
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (cell_a, cell_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert seen == {"A left, B inside": (1, 1)}
+    assert limits() == before
 
 
 def test_bad_inputs(tmp_path, planted_run):

@@ -379,25 +379,28 @@ def lightgbm_max_threads(n: int):
     """
     import ctypes
 
-    from lightgbm.basic import _LIB
+    from lightgbm.basic import _LIB, _safe_call
+
+    if n < 1:
+        raise ValueError(f"lightgbm_max_threads needs n >= 1; got {n}")
 
     def current() -> int:
         cap = ctypes.c_int(-1)
-        _LIB.LGBM_GetMaxThreads(ctypes.byref(cap))
+        _safe_call(_LIB.LGBM_GetMaxThreads(ctypes.byref(cap)))
         return cap.value
 
     with _LGBM_CAP_LOCK:
         before = current() if not _LGBM_CAP_HOLDERS else _LGBM_CAP_HOLDERS[0][1]
         holder = (n, before)
         _LGBM_CAP_HOLDERS.append(holder)
-        _LIB.LGBM_SetMaxThreads(ctypes.c_int(min(c for c, _ in _LGBM_CAP_HOLDERS)))
+        _safe_call(_LIB.LGBM_SetMaxThreads(ctypes.c_int(min(c for c, _ in _LGBM_CAP_HOLDERS))))
     try:
         yield
     finally:
         with _LGBM_CAP_LOCK:
             _LGBM_CAP_HOLDERS.remove(holder)
             cap = min((c for c, _ in _LGBM_CAP_HOLDERS), default=before)
-            _LIB.LGBM_SetMaxThreads(ctypes.c_int(cap))
+            _safe_call(_LIB.LGBM_SetMaxThreads(ctypes.c_int(cap)))
 
 
 def load_probe(path: str | Path) -> _ProbeBase:

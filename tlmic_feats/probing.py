@@ -19,6 +19,7 @@ import contextlib
 import csv
 import json
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -470,14 +471,36 @@ def _libc():
     return libc if libc is not None and hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
+_CELL_LIMITS_LOCK = threading.Lock()
+_cell_limits: list = [0, None]  # holders inside, and the ExitStack that lifts the limits
+
+
 @contextlib.contextmanager
 def one_thread_per_cell():
-    """One thread for BLAS and OpenMP (threadpoolctl) and for LightGBM (its own process-wide cap):
-    how cells fit when several run at once, here or on a cluster worker."""
+    """One thread for BLAS (threadpoolctl, process-wide; OpenMP's count is per calling thread) and
+    for LightGBM (its own process-wide cap): how cells fit when several run at once, here or on a
+    cluster worker.
+
+    Holders may overlap (one per task thread on a Dask worker with several threads): the first in
+    sets the limits and the last out restores them, so none is lifted while another cell still fits.
+    """
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(1), lightgbm_max_threads(1):
+    with _CELL_LIMITS_LOCK:
+        if _cell_limits[0] == 0:
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(threadpool_limits(1))
+                stack.enter_context(lightgbm_max_threads(1))
+                _cell_limits[1] = stack.pop_all()
+        _cell_limits[0] += 1
+    try:
         yield
+    finally:
+        with _CELL_LIMITS_LOCK:
+            _cell_limits[0] -= 1
+            if _cell_limits[0] == 0:
+                stack, _cell_limits[1] = _cell_limits[1], None
+                stack.close()
 
 
 def _limit_malloc_arenas(n: int = 2) -> None:
