@@ -307,9 +307,30 @@ def test_unguarded_script_with_decode_workers_fails_with_the_fix_instead_of_hang
     script.write_text(_UNGUARDED_SCRIPT.format(root=str(root), cache=pixel_cache, store=str(tmp_path / "s.zarr")))
     env = {**os.environ, "TLMIC_CACHE": str(tmp_path / "cache")}
     done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path
     )
     assert done.returncode == 1 and "finished" not in done.stdout
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("tlmic_feats.errors.RunError: a decode worker process exited unexpectedly"), last
     assert 'if __name__ == "__main__":' in last
+
+
+def test_a_worker_killed_while_the_consumer_is_busy_is_reported_as_a_run_error():
+    # PyTorch raises a worker's death from its SIGCHLD handler in whatever the main thread runs:
+    # here the consumer's own code, outside the loader, which is why consumers run their loop
+    # under dead_workers_reported.
+    import multiprocessing as mp
+    import os
+    import signal
+    import time
+
+    from tlmic_feats.errors import RunError
+    from tlmic_feats.workers import dead_workers_reported, spawned_loader
+
+    with pytest.raises(RunError, match=r"decode worker process exited unexpectedly \(DataLoader worker \(pid \d+\) is killed by signal"):
+        with dead_workers_reported():
+            for k, _ in enumerate(spawned_loader(list(range(50)), 1, batch_size=None)):
+                if k == 1:
+                    for worker in mp.active_children():
+                        os.kill(worker.pid, signal.SIGKILL)  # as the OOM killer would
+                    time.sleep(5)  # busy in the consumer when the death is reported

@@ -26,6 +26,7 @@ from .errors import BadImageError, UsageError, check_choice
 from .paths import cache_root, slug
 from .pixels import build_pixel_cache
 from .store import FeatureStore, LayerInfo, StoreLock, StoreWriter, open_for_writing, store_location
+from .workers import dead_workers_reported, spawned_loader
 
 POOLS = ("avg", "max", "avgmax")
 DTYPES = ("float32", "float16")
@@ -289,8 +290,6 @@ def _extract_here(
         )
         source = _cached_batches(cache, batches, pre.input_size)
     elif workers > 0:
-        from .workers import spawned_loader
-
         source = spawned_loader(
             PixelDataset(manifest.source, pre), workers, batch_sampler=batches, pin_memory=device.startswith("cuda")
         )
@@ -307,30 +306,33 @@ def _extract_here(
     done_shards = writer.n_shards - len(pending)
     waited = 0.0
     try:
-        while True:
-            t_wait = time.perf_counter()
-            item = next(source, None)
-            waited += time.perf_counter() - t_wait
-            if item is None:
-                break
-            rows, pixels, errors = item
-            rows = np.asarray(rows)
-            shard = int(rows[0]) // writer.chunk_rows
-            buf = buffers.setdefault(shard, ShardBuffer(writer.shard_rows(shard), layers, config.dtype))
-            bad = buf.add(rows, engine(pixels), errors, addresses, manifest.ids, config.on_bad_image)
-            for j in np.flatnonzero(bad):
-                skipped_ids.append(str(manifest.ids[rows[j]]))
-                log(f"skipped unreadable image: {errors[j]}")
-            bar.update(len(rows))
-            if buf.complete:
-                writer.write_shard(shard, *buf.result())
-                del buffers[shard]
-                done_shards += 1
-                if on_shard:
-                    on_shard(done_shards, writer.n_shards)
+        with dead_workers_reported():  # a decode worker's death may surface anywhere in the loop
+            while True:
+                t_wait = time.perf_counter()
+                item = next(source, None)
+                waited += time.perf_counter() - t_wait
+                if item is None:
+                    break
+                rows, pixels, errors = item
+                rows = np.asarray(rows)
+                shard = int(rows[0]) // writer.chunk_rows
+                buf = buffers.setdefault(shard, ShardBuffer(writer.shard_rows(shard), layers, config.dtype))
+                bad = buf.add(rows, engine(pixels), errors, addresses, manifest.ids, config.on_bad_image)
+                for j in np.flatnonzero(bad):
+                    skipped_ids.append(str(manifest.ids[rows[j]]))
+                    log(f"skipped unreadable image: {errors[j]}")
+                bar.update(len(rows))
+                if buf.complete:
+                    writer.write_shard(shard, *buf.result())
+                    del buffers[shard]
+                    done_shards += 1
+                    if on_shard:
+                        on_shard(done_shards, writer.n_shards)
     finally:
-        bar.close()
-        getattr(source, "close", lambda: None)()  # a generator's workers and files go now, not at GC
+        try:
+            bar.close()
+        finally:
+            getattr(source, "close", lambda: None)()  # a generator's workers and files go now, not at GC
     return n_todo, skipped_ids, waited
 
 

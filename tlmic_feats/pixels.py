@@ -15,6 +15,7 @@ resumes. Rows that cannot be decoded are recorded with their error, for the call
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BadImageError
+from .workers import dead_workers_reported, spawned_loader
 
 CHUNK = 64
 
@@ -89,18 +91,20 @@ def build_pixel_cache(
         if todo:
             errors = json.loads(group.attrs["tlmic_pixels"]["errors"])
             bar = _bar(len(todo) * CHUNK, progress)
-            for chunk, (pixels, errs) in _decode_chunks(manifest.source, n, todo, size, interpolation, workers):
-                start = chunk * CHUNK
-                group["pixels"][start : start + len(pixels)] = pixels
-                bad = np.zeros(len(pixels), bool)
-                for k, e in errs.items():
-                    bad[k] = True
-                    errors[str(start + k)] = e
-                group["bad"][start : start + len(pixels)] = bad
-                if errs:  # metadata: single writer (this process), rare
-                    group.attrs["tlmic_pixels"] = {**group.attrs["tlmic_pixels"], "errors": json.dumps(errors)}
-                group["done"][chunk] = True
-                bar.update(len(pixels))
+            chunks = contextlib.closing(_decode_chunks(manifest.source, n, todo, size, interpolation, workers))
+            with dead_workers_reported(), chunks as decoded:  # a worker's death may surface mid-loop
+                for chunk, (pixels, errs) in decoded:
+                    start = chunk * CHUNK
+                    group["pixels"][start : start + len(pixels)] = pixels
+                    bad = np.zeros(len(pixels), bool)
+                    for k, e in errs.items():
+                        bad[k] = True
+                        errors[str(start + k)] = e
+                    group["bad"][start : start + len(pixels)] = bad
+                    if errs:  # metadata: single writer (this process), rare
+                        group.attrs["tlmic_pixels"] = {**group.attrs["tlmic_pixels"], "errors": json.dumps(errors)}
+                    group["done"][chunk] = True
+                    bar.update(len(pixels))
             bar.close()
             group.attrs["tlmic_pixels"] = {**group.attrs["tlmic_pixels"], "status": "complete"}
     return PixelCache(path, zarr.open_group(str(path), mode="r"))
@@ -120,8 +124,6 @@ def _decode_chunks(source, n: int, chunks: list[int], size: int, interpolation: 
     """Yield ``(chunk, (pixels, {offset: error}))`` for each chunk, decoded in worker processes
     (spawned: Zarr and fork do not mix) when ``workers > 0``."""
     if workers > 0:
-        from .workers import spawned_loader
-
         ds = _ChunkDecoder(source, n, chunks, size, interpolation)
         for chunk, (pixels, errors) in zip(chunks, spawned_loader(ds, workers, batch_size=None), strict=True):
             yield chunk, (np.asarray(pixels), {int(k): v for k, v in errors.items()})  # the loader made tensors

@@ -10,10 +10,14 @@ dies. Two things turn that into a one-line error instead of a hang:
   ends; past the pipe's buffer (64 KiB, a source of ~1,000 file paths) a dead worker leaves the
   parent blocked in that write forever;
 * a worker that died is reported as :class:`RunError`, naming the likely causes and the way out.
+  PyTorch raises a worker's death either from the loader (while waiting for a batch) or from its
+  SIGCHLD handler, in whatever code the main thread is running: so the consumer's loop, not only
+  the loader, runs under :func:`dead_workers_reported`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import tempfile
 from collections.abc import Iterator
@@ -48,14 +52,29 @@ class _DatasetFile:
         return {"path": self.path, "n": self.n, "_dataset": None}
 
 
+@contextlib.contextmanager
+def dead_workers_reported():
+    """Turn PyTorch's report of a dead DataLoader worker (``DataLoader worker (pid ...) exited
+    unexpectedly`` / ``is killed by signal``) into :class:`RunError`; other errors pass through."""
+    try:
+        yield
+    except RuntimeError as e:
+        if not str(e).startswith("DataLoader worker (pid"):
+            raise
+        raise RunError(WORKER_DIED.format(detail=str(e).split(". ")[0])) from e
+
+
 def spawned_loader(dataset, workers: int, **loader_kwargs) -> Iterator:
     """Iterate ``torch.utils.data.DataLoader(dataset, num_workers=workers, **loader_kwargs)`` with
-    ``workers`` (> 0) spawned processes; a worker's death raises :class:`RunError`.
+    ``workers`` (> 0) spawned processes; a worker's death raises :class:`RunError` (run the loop
+    that consumes it under :func:`dead_workers_reported` too).
 
     A generator: the dataset's file lives until the iteration ends or the generator is closed.
     """
     import torch
 
+    if workers <= 0:
+        raise ValueError(f"spawned_loader needs workers > 0; got {workers}")
     with tempfile.TemporaryDirectory(prefix="tlmic-workers-") as tmp:
         path = Path(tmp) / "dataset.pickle"
         with open(path, "wb") as f:
@@ -66,9 +85,5 @@ def spawned_loader(dataset, workers: int, **loader_kwargs) -> Iterator:
             multiprocessing_context="spawn",
             **loader_kwargs,
         )
-        try:
+        with dead_workers_reported():
             yield from loader
-        except RuntimeError as e:
-            if "exited unexpectedly" not in str(e):
-                raise
-            raise RunError(WORKER_DIED.format(detail=str(e).split(". ")[0])) from e
