@@ -247,21 +247,25 @@ def test_concurrent_lightgbm_probes_in_threads_do_not_crash_the_process():
     assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
 
 
-def test_lightgbm_thread_cap_holds_until_the_last_overlapping_holder_leaves():
-    # Task threads on one Dask worker enter and leave the cap in any order: the first to leave must
-    # not lift it while another still fits.
+def _lightgbm_cap() -> int:
+    """LightGBM's process-wide thread cap, read straight from the library."""
     import ctypes
-    import threading
 
     from lightgbm.basic import _LIB
 
+    c = ctypes.c_int(-7)
+    _LIB.LGBM_GetMaxThreads(ctypes.byref(c))
+    return c.value
+
+
+def test_lightgbm_thread_cap_holds_until_the_last_overlapping_holder_leaves():
+    # Task threads on one Dask worker enter and leave the cap in any order: the first to leave must
+    # not lift it while another still fits.
+    import threading
+
     from tlmic_feats.probes import lightgbm_max_threads
 
-    def cap():
-        c = ctypes.c_int(-7)
-        _LIB.LGBM_GetMaxThreads(ctypes.byref(c))
-        return c.value
-
+    cap = _lightgbm_cap
     before = cap()
     inside, release_first, seen = threading.Barrier(2), threading.Event(), {}
 
@@ -287,18 +291,14 @@ def test_lightgbm_thread_cap_holds_until_the_last_overlapping_holder_leaves():
 
 def test_overlapping_cells_keep_blas_and_lightgbm_at_one_thread_until_the_last_leaves():
     # Cells on a multi-threaded Dask worker: A enters, B enters, A leaves while B still fits.
-    import ctypes
     import threading
 
-    from lightgbm.basic import _LIB
     from threadpoolctl import threadpool_info
 
     from tlmic_feats.probing import one_thread_per_cell
 
     def limits():
-        c = ctypes.c_int(-7)
-        _LIB.LGBM_GetMaxThreads(ctypes.byref(c))
-        return c.value, max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+        return _lightgbm_cap(), max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
 
     before = limits()
     if before[1] < 2:

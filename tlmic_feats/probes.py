@@ -359,7 +359,8 @@ PROBES = {"logreg": LogisticProbe, "lightgbm": LightGBMProbe}
 
 
 _LGBM_CAP_LOCK = threading.Lock()
-_LGBM_CAP_HOLDERS: list[tuple[int, int]] = []  # (cap, cap before it) of each active holder, in entry order
+_lgbm_caps: list[int] = []  # the cap each active holder asked for
+_lgbm_cap_before = [-1]  # LightGBM's cap before the first of them came (-1: none)
 
 
 @contextlib.contextmanager
@@ -384,22 +385,19 @@ def lightgbm_max_threads(n: int):
     if n < 1:
         raise ValueError(f"lightgbm_max_threads needs n >= 1; got {n}")
 
-    def current() -> int:
-        cap = ctypes.c_int(-1)
-        _safe_call(_LIB.LGBM_GetMaxThreads(ctypes.byref(cap)))
-        return cap.value
-
     with _LGBM_CAP_LOCK:
-        before = current() if not _LGBM_CAP_HOLDERS else _LGBM_CAP_HOLDERS[0][1]
-        holder = (n, before)
-        _LGBM_CAP_HOLDERS.append(holder)
-        _safe_call(_LIB.LGBM_SetMaxThreads(ctypes.c_int(min(c for c, _ in _LGBM_CAP_HOLDERS))))
+        if not _lgbm_caps:
+            before = ctypes.c_int(-1)
+            _safe_call(_LIB.LGBM_GetMaxThreads(ctypes.byref(before)))
+            _lgbm_cap_before[0] = before.value
+        _lgbm_caps.append(n)
+        _safe_call(_LIB.LGBM_SetMaxThreads(ctypes.c_int(min(_lgbm_caps))))
     try:
         yield
     finally:
         with _LGBM_CAP_LOCK:
-            _LGBM_CAP_HOLDERS.remove(holder)
-            cap = min((c for c, _ in _LGBM_CAP_HOLDERS), default=before)
+            _lgbm_caps.remove(n)
+            cap = min(_lgbm_caps) if _lgbm_caps else _lgbm_cap_before[0]
             _safe_call(_LIB.LGBM_SetMaxThreads(ctypes.c_int(cap)))
 
 

@@ -66,8 +66,8 @@ def dead_workers_reported():
 
 def spawned_loader(dataset, workers: int, **loader_kwargs) -> Iterator:
     """Iterate ``torch.utils.data.DataLoader(dataset, num_workers=workers, **loader_kwargs)`` with
-    ``workers`` (> 0) spawned processes; a worker's death raises :class:`RunError` (run the loop
-    that consumes it under :func:`dead_workers_reported` too).
+    ``workers`` (> 0) spawned processes. Run the loop that consumes it under
+    :func:`dead_workers_reported`: a worker's death can surface anywhere in that loop.
 
     A generator: the dataset's file lives until the iteration ends or the generator is closed.
     """
@@ -85,5 +85,4 @@ def spawned_loader(dataset, workers: int, **loader_kwargs) -> Iterator:
             multiprocessing_context="spawn",
             **loader_kwargs,
         )
-        with dead_workers_reported():
-            yield from loader
+        yield from loader
