@@ -31,6 +31,7 @@ COMMANDS = {
         "The paper's experiment: probes, probe-guided truncation search, baselines, report.",
     ),
     "demo": ("tlmic_cli.commands.demo:demo", "A miniature study on the embedded phantom chest X-ray data."),
+    "cache": ("tlmic_cli.commands.cache:cache", "What the cache folder holds (info, list) and reclaiming it (clean)."),
 }
 
 

