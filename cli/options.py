@@ -91,3 +91,45 @@ def data_options(f):
         return f(*args, **kw)
 
     return wrapper
+
+
+def budget_options(f):
+    """The step budget of finetuning (``tlmic finetune`` and ``tlmic study``; see tlmic_feats.budget)."""
+    from tlmic_feats.budget import MIN_STEPS
+
+    options = [
+        click.option(
+            "--steps",
+            default=0,
+            show_default=True,
+            help="Optimizer steps per run (0: max(--min-steps, --epochs x steps per epoch)).",
+        ),
+        click.option(
+            "--epochs",
+            default=20,
+            show_default=True,
+            help="Passes over the training subset that the default budget gives data-rich runs.",
+        ),
+        click.option(
+            "--min-steps",
+            default=MIN_STEPS,
+            show_default=True,
+            help="The default budget's floor, so that small subsets get enough steps to learn.",
+        ),
+        click.option("--eval-every", default=0, show_default=True, help="Steps between validations (0: 20 per run)."),
+        click.option(
+            "--patience", default=5, show_default=True, help="Evaluations without improvement before stopping."
+        ),
+        click.option("--batch-size", default=32, show_default=True, help="Images per step (per process)."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+input_size_option = click.option(
+    "--input-size",
+    default=0,
+    show_default=True,
+    help="Input side in px (0: the weights' own; e.g. 128 for fast CPU runs; the resize follows).",
+)

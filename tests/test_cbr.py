@@ -82,7 +82,10 @@ def test_structure_matches_definition(name):
         c_in = channels[i]
     n_pools = sum(isinstance(m, nn.MaxPool2d) for m in model.modules())
     assert n_pools == n_blocks - 1
-    assert isinstance(model.pool, nn.AdaptiveAvgPool2d)
+    x = torch.rand(2, 3, 32, 32) * 255
+    with torch.no_grad():  # global average pooling by default, as torch's own adaptive pool computes it
+        expected = torch.flatten(nn.AdaptiveAvgPool2d(1)(model.blocks(model.normalize(x))), 1)
+        torch.testing.assert_close(model.features(x), expected)
     assert isinstance(model.head, nn.Linear)
     assert (model.head.in_features, model.head.out_features) == (channels[-1], 2)
 

@@ -210,7 +210,7 @@ def test_distributed_lightgbm_fit_learns_and_saves_loadable_probes(easy_store, t
 # --- torchrun --------------------------------------------------------------------------------------
 
 
-def _finetune_args(data, out, epochs):
+def _finetune_args(data, out, steps):
     return [
         "finetune",
         "--data",
@@ -223,8 +223,11 @@ def _finetune_args(data, out, epochs):
         "2",
         "--freeze-until",  # frozen parameters under DDP: the wrapper must be made after freezing
         "1",
-        "--epochs",
-        str(epochs),
+        "--steps",
+        str(steps),
+        "--eval-every",
+        "2",
+        "--keep-checkpoints",
         "--batch-size",
         "8",
         "--precision",
@@ -248,11 +251,11 @@ def test_torchrun_two_processes_train_checkpoint_loads_alone_and_restart_resumes
 
     env = {**os.environ, "TLMIC_CACHE": str(tmp_path / "cache")}
     whole = subprocess.run(
-        [*CLI, *_finetune_args(phantom_dir, tmp_path / "whole", 2)], env=env, capture_output=True, text=True
+        [*CLI, *_finetune_args(phantom_dir, tmp_path / "whole", 4)], env=env, capture_output=True, text=True
     )
     assert whole.returncode == 0, whole.stderr[-3000:]
     metrics = json.loads((tmp_path / "whole" / "metrics.json").read_text())
-    assert metrics["world_size"] == 2 and metrics["epochs_run"] == 2
+    assert metrics["world_size"] == 2 and metrics["steps_run"] == 4
 
     # rank 0's checkpoint loads into a plain single-process network and gives the run's val scores
     net = build_network(build_backbone("resnet18", "random:1"), "2", 1, 0.2)
@@ -272,18 +275,18 @@ def test_torchrun_two_processes_train_checkpoint_loads_alone_and_restart_resumes
         saved = {r["id"]: float(r["score"]) for r in csv.DictReader(f) if r["split"] == "val"}
     np.testing.assert_allclose(1 / (1 + np.exp(-logits)), [saved[manifest.ids[i]] for i in val], atol=1e-5)
 
-    # the last rank dies after epoch 1; torchrun restarts the group, which resumes from epoch 1
+    # the last rank dies after the evaluation at step 2; torchrun restarts the group, which resumes there
     crashed = subprocess.run(
-        [*CLI, *_finetune_args(phantom_dir, tmp_path / "crashed", 2), "--max-restarts", "1"],
-        env={**env, "TLMIC_TEST_CRASH_AFTER_EPOCH": "1"},
+        [*CLI, *_finetune_args(phantom_dir, tmp_path / "crashed", 4), "--max-restarts", "1"],
+        env={**env, "TLMIC_TEST_CRASH_AFTER_STEP": "2"},
         capture_output=True,
         text=True,
     )
     assert crashed.returncode == 0, crashed.stderr[-3000:]
     assert "exitcode: 17" in crashed.stderr  # the crash did happen
     again = json.loads((tmp_path / "crashed" / "metrics.json").read_text())
-    assert again["epochs_run"] == 2
-    for k in ("auroc", "auprc", "best_epoch"):
+    assert again["steps_run"] == 4
+    for k in ("auroc", "auprc", "best_step"):
         assert again[k] == metrics[k]  # resumed to the same result as the uninterrupted run
     a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "crashed" / "last.pt", weights_only=True)["model"]

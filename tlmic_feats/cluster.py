@@ -167,6 +167,7 @@ class EngineSpec:
     backbone: str
     weights: str
     seed: int
+    input_size: int
     addresses: tuple[str, ...]
     pool: str
     engine: str
@@ -193,7 +194,7 @@ def worker_engine(spec: EngineSpec, threads: int = 0):
     key = repr(spec)
     if key not in _ENGINES:
         _ENGINES.clear()  # one backbone at a time per worker
-        backbone = build_backbone(spec.backbone, spec.weights, seed=spec.seed)
+        backbone = build_backbone(spec.backbone, spec.weights, seed=spec.seed, input_size=spec.input_size)
         stored = tuple(backbone.cut_point(a) for a in spec.addresses)
         engine = make_engine(
             spec.engine,

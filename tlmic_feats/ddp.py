@@ -8,8 +8,8 @@ one, and finetuning runs exactly as before.
 
 Roles: every rank trains on its DistributedSampler share of the training subset (the global batch
 is ``nproc x --batch-size``) and keeps an identical model (DDP averages gradients; BatchNorm
-buffers are taken from rank 0 after each epoch). Rank 0 alone validates, decides (best epoch,
-early stop), writes checkpoints, logs and outputs, and broadcasts its decisions. After torchrun
+buffers are taken from rank 0 before each evaluation). Rank 0 alone validates, decides (best
+step, early stop), writes checkpoints, logs and outputs, and broadcasts its decisions. After torchrun
 restarts a failed group (``--max-restarts``), every rank resumes from rank 0's last checkpoint.
 """
 
@@ -23,9 +23,9 @@ from datetime import timedelta
 
 from .errors import UsageError
 
-# Testing only: the last rank exits abruptly after this epoch on a group's first attempt, so that
+# Testing only: the last rank exits abruptly after the evaluation at this step on a group's first attempt, so that
 # tests can watch torchrun restart the group and the run resume.
-CRASH_AFTER_EPOCH_ENV = "TLMIC_TEST_CRASH_AFTER_EPOCH"
+CRASH_AFTER_STEP_ENV = "TLMIC_TEST_CRASH_AFTER_STEP"
 
 
 @dataclass
@@ -95,9 +95,9 @@ class Group:
         self.barrier()
         return fn()
 
-    def maybe_crash(self, epoch: int) -> None:
-        wanted = os.environ.get(CRASH_AFTER_EPOCH_ENV)
-        if wanted and int(wanted) == epoch and self.rank == self.world - 1 and not self.restarted:
+    def maybe_crash(self, step: int) -> None:
+        wanted = os.environ.get(CRASH_AFTER_STEP_ENV)
+        if wanted and int(wanted) == step and self.rank == self.world - 1 and not self.restarted:
             os._exit(17)
 
     def leave(self) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import __version__
 from .backbones.cutpoints import select_cut_points, storage_groups
+from .backbones.pooling import POOLS, pooled_width
 from .data.readers import DataConfig, load_manifest
 from .device import PRECISIONS, resolve_device, resolve_precision
 from .engines import ENGINES, make_engine
@@ -28,7 +29,6 @@ from .pixels import build_pixel_cache
 from .store import FeatureStore, LayerInfo, StoreLock, StoreWriter, open_for_writing, store_location
 from .workers import dead_workers_reported, spawned_loader
 
-POOLS = ("avg", "max", "avgmax")
 DTYPES = ("float32", "float16")
 BAD_IMAGE_POLICIES = ("error", "skip")
 
@@ -56,6 +56,7 @@ class ExtractConfig:
     compile: bool = False
     pixel_cache: bool = True  # decode each image once into cache/pixels, shared by backbones and finetuning
     cluster: str = ""  # "": this process; local:N or tcp://HOST:PORT: shards run as Dask tasks (see cluster.py)
+    input_size: int = 0  # 0: the weights' own (see backbones.preprocess.at_input_size)
 
     def validate(self) -> None:
         check_choice("--pool", self.pool, POOLS)
@@ -180,13 +181,11 @@ def extract_features(
             f"warning: the data's own split puts {manifest.meta['patients_straddling']} patient(s) in more than one "
             "split; metrics will be optimistic (`tlmic data check` lists them)"
         )
-    backbone = build_backbone(config.backbone, config.weights, seed=config.seed)
+    backbone = build_backbone(config.backbone, config.weights, seed=config.seed, input_size=config.input_size)
     selected = select_cut_points(backbone.cut_points, config.layers, backbone.name)
     arrays = storage_groups(selected)
     layers = [
-        LayerInfo(
-            cp.address, cp.module, cp.channels * (2 if config.pool == "avgmax" else 1), cp.stride, arrays[cp.address]
-        )
+        LayerInfo(cp.address, cp.module, pooled_width(cp.channels, config.pool), cp.stride, arrays[cp.address])
         for cp in selected
     ]
     fingerprint = {
@@ -425,6 +424,7 @@ def _extract_on_cluster(
         backbone=config.backbone,
         weights=config.weights,
         seed=config.seed,
+        input_size=config.input_size,
         addresses=tuple(cp.address for cp in stored),
         pool=config.pool,
         engine=config.engine,

@@ -1,23 +1,31 @@
 """The truncated-finetuning arm: a backbone cut at a registry cut point, a new head, trained.
 
 :func:`finetune` builds the backbone truncated at ``truncate`` (everything after the cut is
-removed, not frozen; ``all`` keeps the whole network), adds global average pooling, dropout and a
-linear head, and trains every kept layer with AdamW, a cosine or plateau schedule, a class-weighted
-loss and radiograph-safe augmentation, stopping early on a validation metric. Baselines on the
-same function: ``truncate="all"`` (full finetuning), ``weights="random"`` (from scratch),
-``freeze_backbone=True`` (a linear head by SGD on frozen features), ``head_init=PROBE_DIR``
-(the head starts from the fitted logistic-regression probe of the same cut point: LP-FT).
+removed, not frozen; ``all`` keeps the whole network), adds global pooling (``pool``: the same
+``avg``/``max``/``avgmax`` as the feature store, so probes and finetuned heads see one
+representation), dropout and a linear head, and trains every kept layer with AdamW, a warmup and
+cosine schedule over optimizer steps (or a plateau schedule), a class-weighted loss and
+radiograph-safe augmentation, stopping early on a validation metric. Baselines on the same
+function: ``truncate="all"`` (full finetuning), ``weights="random"`` (from scratch),
+``freeze_backbone=True`` (a linear head by SGD on frozen features), ``head_init=PROBE_DIR`` (the
+head starts from the fitted logistic-regression probe of the same cut point: LP-FT).
+
+The budget is counted in optimizer steps (:mod:`tlmic_feats.budget`): small subsets get enough
+steps to learn, validation runs every ``eval_every`` steps and ``patience`` counts evaluations.
 
 Training subsets are the probes' nested subsets (:mod:`tlmic_feats.subsets`) for the same seed and
 fraction, and the metrics are the shared module's, so both arms sit in one table.
 
-Determinism and resume: an epoch's batch order, augmentation and dropout are seeded from
-``(seed, epoch)``; a checkpoint after every epoch holds model, optimizer, scheduler and early-stop
-state, so ``resume`` continues to the same result as an uninterrupted run.
+Determinism and resume: a step's batch, augmentation and dropout are seeded from ``(seed, step)``;
+a checkpoint at every evaluation holds model, optimizer, scheduler and early-stop state, so
+``resume`` continues to the same weights as an uninterrupted run. A finished run deletes its
+resume state (``last.pt``) once its outputs are written (``keep_checkpoints`` keeps it); resuming
+a finished run returns its result.
 
-Run directory: ``run.json`` (config), ``last.pt`` / ``best.pt`` (state dicts; loaded with
-``weights_only=True``), ``history.csv``, ``curves.png``, ``metrics.json``, ``predictions.csv``,
-``model.onnx``, ``compactness.md`` / ``compactness.json``.
+Run directory: ``run.json`` (config and budget), ``best.pt`` (state dict, loaded with
+``weights_only=True``; ``last.pt`` while the run is unfinished), ``history.csv`` (one row per
+evaluation), ``curves.png``, ``metrics.json``, ``predictions.csv``, ``model.onnx``,
+``compactness.md`` / ``compactness.json``.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from pathlib import Path
 import numpy as np
 
 from .augment import AugmentConfig, augment_batch, center_crop
+from .backbones.pooling import POOLS, pooled_width
+from .budget import MIN_STEPS, BatchStream, StepBudget, lr_factor, resolve_budget, step_seed
 from .data.readers import DataConfig, load_manifest
 from .device import PRECISIONS
 from .device import autocast as amp
@@ -48,6 +58,8 @@ SCHEDULES = ("cosine", "plateau")
 # names: Transfusion's shallow networks, trained from scratch (backbones/cbr.py).
 ARCHS = ("truncated", "hybrid", "cbr-tiny", "cbr-small", "cbr-larget", "cbr-largew")
 MONITORS = ("auroc", "auprc", "loss")
+# Settings that change how a run is kept, not what it computes: a resumed run may change them.
+_NOT_IDENTITY = ("keep_checkpoints",)
 
 
 @dataclass(frozen=True)
@@ -59,20 +71,26 @@ class FinetuneConfig:
     weights: str = "imagenet"
     truncate: str = "all"
     out: str = ""
-    epochs: int = 20
+    epochs: int = 20  # the budget's data-rich part: steps = max(min_steps, epochs x steps per epoch)
+    steps: int = 0  # optimizer steps; 0: the policy above (see tlmic_feats.budget)
+    min_steps: int = MIN_STEPS
+    eval_every: int = 0  # steps between validations; 0: 20 evaluations per run
     batch_size: int = 32
-    lr: float = 1e-4
+    lr: float = 1e-3  # AdamW, after warmup; 1e-4 (the paper's) starves short runs (docs/finetune-recipe.md)
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     monitor: str = "auroc"
-    patience: int = 5
+    patience: int = 5  # evaluations without improvement before stopping
     dropout: float = 0.2
+    pool: str = "avg"
+    input_size: int = 0  # 0: the weights' own (see backbones.preprocess.at_input_size)
     fraction: float = 1.0
     seed: int = 0
     freeze_backbone: bool = False
     head_init: str = ""
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
     precision: str = "auto"
+    compile: bool = False  # torch.compile the training step's network (benchmarks/finetune_speed.py)
     device: str = "auto"
     bootstrap: int = 1000
     export_onnx: bool = True
@@ -82,9 +100,11 @@ class FinetuneConfig:
     freeze_until: str = ""  # layer-wise finetuning: the backbone up to this cut point stays frozen
     backbone_lr_mult: float = 1.0  # learning rate of the trainable backbone layers, relative to the head's
     compactness: bool = True  # measure parameters, MACs and CPU latency (a study measures one seed per arm)
+    keep_checkpoints: bool = False  # keep last.pt (resume state) after the run has finished
 
     def validate(self) -> None:
         check_choice("--arch", self.arch, ARCHS)
+        check_choice("--pool", self.pool, POOLS)
         if self.arch != "truncated" and (self.freeze_backbone or self.head_init or self.freeze_until):
             raise UsageError(
                 f"--arch {self.arch} trains its own layers; --freeze-backbone, --head-init and "
@@ -97,8 +117,16 @@ class FinetuneConfig:
         check_choice("--precision", self.precision, PRECISIONS)
         if not 0 < self.fraction <= 1:
             raise UsageError(f"--fraction {self.fraction} is not in (0, 1]")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise UsageError(f"--epochs and --batch-size must be >= 1 (got {self.epochs}, {self.batch_size})")
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
+            raise UsageError(
+                f"--epochs, --batch-size and --patience must be >= 1 "
+                f"(got {self.epochs}, {self.batch_size}, {self.patience})"
+            )
+        if self.steps < 0 or self.min_steps < 0 or self.eval_every < 0:
+            raise UsageError(
+                f"--steps, --min-steps and --eval-every must be >= 0 (0: automatic; got {self.steps}, "
+                f"{self.min_steps}, {self.eval_every})"
+            )
         if self.freeze_backbone and self.head_init:
             raise UsageError("--freeze-backbone and --head-init together would train nothing new; choose one")
 
@@ -107,24 +135,27 @@ class FinetuneConfig:
 class FinetuneResult:
     out: Path
     metrics: dict
-    history: list[dict]
-    best_epoch: int
+    history: list[dict]  # one row per evaluation
+    best_step: int
     compactness: list[dict] = field(default_factory=list)
     onnx: dict | None = None
-    seconds: float = 0.0
-    resumed_from: int = 0
+    seconds: float = 0.0  # wall time of this call's training loop
+    resumed_from: int = 0  # the step this call started from
+    already_complete: bool = False  # the run had finished before this call: nothing was computed
 
 
 # --- the network ------------------------------------------------------------------------------------
 
 
-def build_network(backbone, address: str, n_outputs: int, dropout: float):
-    """Normalization -> backbone truncated at ``address`` -> global average pool -> dropout -> linear.
+def build_network(backbone, address: str, n_outputs: int, dropout: float, pool: str = "avg"):
+    """Normalization -> backbone truncated at ``address`` -> global ``pool`` -> dropout -> linear.
 
     Input: uint8 or float pixels ``(N, 1, S, S)`` in 0..255 (grayscale; copied to 3 channels).
+    ``features`` is what ``extract --pool POOL`` stores at ``address``.
     """
     import torch.nn as nn
 
+    from .backbones.pooling import global_pool_module
     from .backbones.preprocess import device_normalize
 
     cut = backbone.cut_point(address)
@@ -134,13 +165,13 @@ def build_network(backbone, address: str, n_outputs: int, dropout: float):
             super().__init__()
             self.normalize = device_normalize(backbone.preprocess)
             self.backbone = backbone.truncated(cut.address)
-            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.pool = global_pool_module(pool)
             self.dropout = nn.Dropout(dropout)
-            self.head = nn.Linear(cut.channels, n_outputs)
+            self.head = nn.Linear(pooled_width(cut.channels, pool), n_outputs)
 
         def features(self, x):
-            """The pooled features at the cut point (what ``extract --pool avg`` stores)."""
-            return self.pool(self.backbone(self.normalize(x))).flatten(1)
+            """The pooled features at the cut point (what ``extract --pool POOL`` stores)."""
+            return self.pool(self.backbone(self.normalize(x)))
 
         def forward(self, x):
             return self.head(self.dropout(self.features(x)))
@@ -149,14 +180,15 @@ def build_network(backbone, address: str, n_outputs: int, dropout: float):
 
 
 def build_model(config: FinetuneConfig, backbone, address: str, n_outputs: int):
-    """The network ``config.arch`` names: truncated (:func:`build_network`), hybrid or a CBR net."""
+    """The network ``config.arch`` names: truncated (:func:`build_network`), hybrid or a CBR net,
+    each pooled with ``config.pool``."""
     if config.arch.startswith("cbr-"):
         from .backbones.cbr import build_cbr
 
-        return build_cbr(config.arch, n_outputs, dropout=config.dropout)
+        return build_cbr(config.arch, n_outputs, dropout=config.dropout, pool=config.pool)
     if config.arch == "hybrid":
-        return build_hybrid(backbone, n_outputs, config.dropout)
-    return build_network(backbone, address, n_outputs, config.dropout)
+        return build_hybrid(backbone, n_outputs, config.dropout, config.pool)
+    return build_network(backbone, address, n_outputs, config.dropout, config.pool)
 
 
 def hybrid_address(backbone) -> str:
@@ -167,12 +199,13 @@ def hybrid_address(backbone) -> str:
     return blocks[-2]
 
 
-def build_hybrid(backbone, n_outputs: int, dropout: float):
+def build_hybrid(backbone, n_outputs: int, dropout: float, pool: str = "avg"):
     """TransFusion-style hybrid: pretrained bottom blocks (up to :func:`hybrid_address`), then one
     randomly initialised slim block (two 3x3 conv-BN-ReLU, stride 2, half the channels) in place of
-    the top block, global average pooling, dropout and a linear head."""
+    the top block, global pooling, dropout and a linear head."""
     import torch.nn as nn
 
+    from .backbones.pooling import global_pool_module
     from .backbones.preprocess import device_normalize
 
     cut = backbone.cut_point(hybrid_address(backbone))
@@ -190,12 +223,12 @@ def build_hybrid(backbone, n_outputs: int, dropout: float):
             for m in self.slim.modules():
                 if isinstance(m, nn.Conv2d):
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.pool = global_pool_module(pool)
             self.dropout = nn.Dropout(dropout)
-            self.head = nn.Linear(width, n_outputs)
+            self.head = nn.Linear(pooled_width(width, pool), n_outputs)
 
         def features(self, x):
-            return self.pool(self.slim(self.backbone(self.normalize(x)))).flatten(1)
+            return self.pool(self.slim(self.backbone(self.normalize(x))))
 
         def forward(self, x):
             return self.head(self.dropout(self.features(x)))
@@ -210,30 +243,43 @@ def full_depth_address(backbone) -> str:
     return max((cp.address for cp in backbone.cut_points if cp.is_block), key=address_key)
 
 
-def head_from_probe(probe_dir: str | Path, address: str, fraction: float, seed: int, backbone_name: str):
-    """(weight, bias) for the head from a probe run's logistic-regression probe at ``address``.
+def head_from_probe(
+    probe_dir: str | Path,
+    address: str,
+    fraction: float,
+    seed: int,
+    backbone_name: str,
+    pool: str = "avg",
+    input_size: int | None = None,
+):
+    """(weight, bias, probe name) for the head from a probe run's logistic-regression probe at
+    ``address``, fitted on the same training subset (``fraction``, ``seed``).
 
     The probe standardizes (z = (x - mean) / scale) before its linear map; folding that in gives
-    a head on raw pooled features. The probe run must be on average-pooled features of the same
-    backbone (checked from its run record).
+    a head on raw pooled features. The probe run must be on features of the same backbone, pooled
+    with ``pool`` at ``input_size`` (checked from its run record).
     """
     from .probes import load_probe
+    from .probing import fitted_probe_dir
 
     probe_dir = Path(probe_dir)
     record_file = probe_dir / "run.json"
     if not record_file.is_file():
         raise UsageError(f"--head-init {probe_dir}: not a probe run directory (no run.json)")
     fp = json.loads(record_file.read_text())["store_fingerprint"]
-    if fp.get("backbone") != backbone_name or fp.get("pool") != "avg":
+    if fp.get("backbone") != backbone_name or fp.get("pool") != pool:
         raise UsageError(
             f"--head-init {probe_dir}: its probes are on {fp.get('backbone')} features pooled "
-            f"{fp.get('pool')!r}; LP-FT needs {backbone_name} with --pool avg"
+            f"{fp.get('pool')!r}; LP-FT needs {backbone_name} with --pool {pool}"
         )
-    candidates = sorted((probe_dir / "probes").glob(f"L{address}-logreg-f*-s*"))
-    wanted = probe_dir / "probes" / f"L{address}-logreg-f{fraction:g}-s{seed}"
-    chosen = wanted if wanted.is_dir() else (candidates[0] if candidates else None)
-    if chosen is None:
-        raise UsageError(f"--head-init {probe_dir}: no logistic-regression probe at layer {address}")
+    stored_size = fp.get("preprocess", {}).get("input_size")
+    if input_size is not None and stored_size is not None and stored_size != input_size:
+        raise UsageError(
+            f"--head-init {probe_dir}: its probes are on {stored_size}-px inputs; this run uses {input_size} px "
+            f"(--input-size {stored_size})"
+        )
+    # the probe of this run's own training subset (same fraction and seed), never another one
+    chosen = fitted_probe_dir(probe_dir, address, "logreg", float(fraction), seed)
     probe = load_probe(chosen)
     singles = probe.estimators_ if probe.kind_ == "multilabel" else [probe]
     ws, bs = [], []
@@ -294,7 +340,7 @@ def scores_from_logits(kind: str, logits: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-logits))
 
 
-# --- the run -----------------------------------------------------------------------------------------
+# --- the run directory -------------------------------------------------------------------------------
 
 
 def _claim_run_dir(out: Path, record: dict, *, resume: bool, overwrite: bool) -> bool:
@@ -312,7 +358,7 @@ def _claim_run_dir(out: Path, record: dict, *, resume: bool, overwrite: bool) ->
                     f"run directory {out} holds a finetuning run; pass --resume to continue it "
                     "or --overwrite to replace it"
                 )
-            diff = _diff_keys(old, record)
+            diff = _diff_keys(_identity(old), _identity(record))
             if diff:
                 raise UsageError(f"cannot resume {out}: configuration differs in {', '.join(diff)}")
             return True
@@ -325,6 +371,11 @@ def _claim_run_dir(out: Path, record: dict, *, resume: bool, overwrite: bool) ->
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(run_file)
     return False
+
+
+def _identity(record: dict) -> dict:
+    config = {k: v for k, v in record.get("config", {}).items() if k not in _NOT_IDENTITY}
+    return {**record, "config": config}
 
 
 def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -346,6 +397,65 @@ def _save(obj, path: Path) -> None:
     tmp.replace(path)
 
 
+def _completed(out: Path) -> FinetuneResult:
+    """The result of a run that finished before (its ``metrics.json`` is written last)."""
+    metrics = json.loads((out / "metrics.json").read_text())
+    comp_file = out / "compactness.json"
+    return FinetuneResult(
+        out,
+        metrics,
+        read_history(out / "history.csv"),
+        int(metrics["best_step"]),
+        json.loads(comp_file.read_text()) if comp_file.is_file() else [],
+        metrics.get("onnx"),
+        resumed_from=int(metrics["steps_run"]),
+        already_complete=True,
+    )
+
+
+def read_history(path: Path) -> list[dict]:
+    """``history.csv`` as written: one dict per evaluation, numbers as numbers."""
+
+    def value(k: str, v: str):
+        if k == "best":
+            return v == "True"
+        return int(v) if k == "step" else float(v)
+
+    with open(path, newline="") as f:
+        return [{k: value(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+# --- the run -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Setup:
+    """What a run trains on and where it writes, resolved once."""
+
+    config: FinetuneConfig
+    group: object
+    manifest: object
+    backbone: object
+    address: str
+    kind: str
+    names: list[str]
+    out: Path
+    device: str
+    precision: str
+    rows: dict
+    train: np.ndarray
+    budget: StepBudget
+    resuming: bool = False
+    complete: bool = False
+    lock: object = None  # rank 0 holds the run directory's lock file while it writes there
+    pixels: dict = field(default_factory=dict)
+    labels: dict = field(default_factory=dict)
+
+    @property
+    def n_outputs(self) -> int:
+        return n_outputs_for(self.kind, len(self.names))
+
+
 def finetune(
     config: FinetuneConfig,
     *,
@@ -353,16 +463,12 @@ def finetune(
     overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
-    on_epoch: Callable[[int], None] | None = None,
+    on_eval: Callable[[int], None] | None = None,
 ) -> FinetuneResult | None:
-    """Run (or resume) a finetuning run; see the module docstring. In a torchrun group (see
-    :mod:`tlmic_feats.ddp`) every rank calls this; rank 0 returns the result, the others None."""
-    import torch
-
-    from . import __version__
-    from .backbones.registry import build_backbone
+    """Run (or resume) a finetuning run; see the module docstring. ``on_eval(step)`` is called after
+    each evaluation's checkpoint (progress; tests use it to interrupt a run). In a torchrun group
+    (see :mod:`tlmic_feats.ddp`) every rank calls this; rank 0 returns the result, the others None."""
     from .ddp import join
-    from .device import resolve_device, resolve_precision
 
     config.validate()
     group = join(config.device)
@@ -371,47 +477,66 @@ def finetune(
     log = log or (lambda m: print(m, file=sys.stderr))
     if group.restarted:  # torchrun restarted the group after a failure: continue, never start over
         resume, overwrite = True, False
-    manifest = load_manifest(config.data)
-    backbone = build_backbone(config.backbone, config.weights, seed=config.seed)
-    address = full_depth_address(backbone) if config.truncate == "all" else backbone.cut_point(config.truncate).address
-    if config.arch == "hybrid":
-        address = hybrid_address(backbone)
-    elif config.arch.startswith("cbr-"):
-        address = config.arch
-    kind, names = manifest.label_kind, list(manifest.label_names)
-    out = (
-        Path(config.out)
-        if config.out
-        else cache_root()
+    setup = _set_up(config, group, resume=resume, overwrite=overwrite)
+    try:
+        if setup.complete:
+            group.leave()
+            if not config.keep_checkpoints and group.is_main:
+                (setup.out / "last.pt").unlink(missing_ok=True)  # left by a crash after the outputs were written
+            return _completed(setup.out) if group.is_main else None
+        _load_data(setup, log)
+        training = _build_training(setup)
+        state = _train(setup, training, progress=progress, log=log, on_eval=on_eval)
+        if not group.is_main:  # rank 0 alone evaluates on test and writes the outputs
+            group.leave()
+            return None
+        metrics, comp, onnx = _write_outputs(setup, training, state)
+        group.leave()
+    finally:
+        if setup.lock is not None:
+            setup.lock.release()
+    return FinetuneResult(
+        setup.out,
+        metrics,
+        state["history"],
+        state["best_step"],
+        [asdict(c) for c in comp],
+        onnx,
+        state["loop_seconds"],
+        state["resumed_from"],
+    )
+
+
+def default_run_dir(config: FinetuneConfig, address: str) -> Path:
+    return (
+        cache_root()
         / "runs"
         / (
             f"finetune-{slug(Path(config.data.path).name)}-{config.backbone}-{slug(config.weights)}-t{address}"
             f"-f{config.fraction:g}-s{config.seed}"
         )
     )
+
+
+def _set_up(config: FinetuneConfig, group, *, resume: bool, overwrite: bool) -> _Setup:
+    """Data, subset, backbone, budget and the claimed run directory (every rank alike)."""
+    from . import __version__
+    from .backbones.registry import build_backbone
+    from .device import resolve_device, resolve_precision
+
+    manifest = load_manifest(config.data)
+    backbone = build_backbone(config.backbone, config.weights, seed=config.seed, input_size=config.input_size)
+    address = full_depth_address(backbone) if config.truncate == "all" else backbone.cut_point(config.truncate).address
+    if config.arch == "hybrid":
+        address = hybrid_address(backbone)
+    elif config.arch.startswith("cbr-"):
+        address = config.arch
+    kind, names = manifest.label_kind, list(manifest.label_names)
+    out = Path(config.out) if config.out else default_run_dir(config, address)
     device = resolve_device(config.device)
     if group.distributed and device.startswith("cuda"):
         device = f"cuda:{group.local_rank}"
     precision = resolve_precision(config.precision, device, purpose="train")
-    record = {
-        "config": json.loads(json.dumps(asdict(config))),
-        "address": address,
-        "dataset": manifest.fingerprint(),
-        "weights_sha256": backbone.weights.sha256,
-        "tlmic_version": __version__,
-        "precision": precision,
-    }
-    record["world_size"] = group.world
-    claimed: tuple[bool, Exception | None] = (False, None)
-    if group.is_main:
-        try:
-            claimed = (_claim_run_dir(out, record, resume=resume, overwrite=overwrite), None)
-        except Exception as e:  # every rank must fail alike, not wait for rank 0 forever
-            claimed = (False, e)
-    resuming, error = group.broadcast(claimed)
-    if error is not None:
-        group.leave()
-        raise error
 
     rows = {s: np.flatnonzero(manifest.splits == s) for s in ("train", "val", "test")}
     if len(rows["val"]) == 0 or len(rows["test"]) == 0:
@@ -419,49 +544,120 @@ def finetune(
     train = nested_subsets(
         rows["train"], manifest.labels, kind, [config.fraction], seed=config.seed, patient_ids=manifest.patient_ids
     )[float(config.fraction)]
-    y_train = manifest.labels[train]
     if kind != "multilabel":
-        counts = np.bincount(y_train[:, 0].astype(int), minlength=len(names))
+        counts = np.bincount(manifest.labels[train][:, 0].astype(int), minlength=len(names))
         if counts.min() < 1:
             raise SubsetTooSmallError(
                 f"training subset (fraction {config.fraction}) has no '{names[int(np.argmin(counts))]}' "
                 "image; use a larger --fraction"
             )
+    budget = resolve_budget(
+        n_train=len(train),
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        min_steps=config.min_steps,
+        steps=config.steps,
+        eval_every=config.eval_every,
+        world=group.world,
+    )
+    record = {
+        "config": asdict(config),
+        "address": address,
+        "dataset": manifest.fingerprint(),
+        "weights_sha256": backbone.weights.sha256,
+        "preprocess": asdict(backbone.preprocess),
+        "tlmic_version": __version__,
+        "precision": precision,
+        "budget": asdict(budget),
+        "world_size": group.world,
+    }
+    record = json.loads(json.dumps(record))  # as run.json holds it (tuples as lists), so that records compare
+    claimed: tuple[bool, bool, Exception | None] = (False, False, None)
+    lock = None
+    if group.is_main:
+        from .store import StoreLock
 
-    pre = backbone.preprocess
+        try:
+            lock = StoreLock(out).acquire()  # a second process writing the same run would corrupt it
+            resuming = _claim_run_dir(out, record, resume=resume, overwrite=overwrite)
+            claimed = (resuming, resuming and (out / "metrics.json").is_file(), None)
+        except Exception as e:  # every rank must fail alike, not wait for rank 0 forever
+            claimed = (False, False, e)
+    resuming, complete, error = group.broadcast(claimed)
+    if error is not None:
+        if lock is not None:
+            lock.release()
+        group.leave()
+        raise error
+    return _Setup(
+        config, group, manifest, backbone, address, kind, names, out, device, precision, rows, train, budget,
+        resuming, complete, lock,
+    )  # fmt: skip
+
+
+def _load_data(setup: _Setup, log) -> None:
+    """Decoded pixels (through the shared pixel cache) and float labels of train, val and test."""
+    import torch
+
+    config, manifest, pre = setup.config, setup.manifest, setup.backbone.preprocess
+    splits = (("train", setup.train), ("val", setup.rows["val"]), ("test", setup.rows["test"]))
     t0 = time.perf_counter()
-    pixels = group.first_then_rest(  # rank 0 builds the shared pixel cache; the others then read it
+    setup.pixels = setup.group.first_then_rest(  # rank 0 builds the shared pixel cache; the others then read it
         lambda: {
             s: torch.from_numpy(load_pixels_for(manifest, r, pre, config.workers, use_cache=config.pixel_cache))[
                 :, None
             ]
-            for s, r in (("train", train), ("val", rows["val"]), ("test", rows["test"]))
+            for s, r in splits
         }
     )
-    log(f"decoded {sum(len(p) for p in pixels.values())} images in {time.perf_counter() - t0:.1f} s")
-    labels = {
-        s: torch.from_numpy(manifest.labels[r].astype(np.float32))
-        for s, r in (("train", train), ("val", rows["val"]), ("test", rows["test"]))
-    }
+    log(f"decoded {sum(len(p) for p in setup.pixels.values())} images in {time.perf_counter() - t0:.1f} s")
+    setup.labels = {s: torch.from_numpy(manifest.labels[r].astype(np.float32)) for s, r in splits}
 
+
+@dataclass
+class _Training:
+    """The network being trained and what trains it."""
+
+    net: object  # the network (rank 0 saves and evaluates it)
+    model: object  # what the steps call: ``net``, or its DistributedDataParallel wrapper
+    optimizer: object
+    scheduler: object
+    frozen: object = None  # layer-wise finetuning: the bottom of ``net`` that stays frozen
+    head_source: str | None = None  # LP-FT: the probe the head started from
+
+
+def _build_training(setup: _Setup) -> _Training:
+    """The network (head from a probe for LP-FT), what is frozen, the optimizer and the schedule."""
+    import torch
+
+    config, backbone = setup.config, setup.backbone
     torch.manual_seed(config.seed)
-    net = build_model(config, backbone, address, n_outputs_for(kind, len(names)))
+    net = build_model(config, backbone, setup.address, setup.n_outputs)
     head_source = None
     if config.head_init:
-        w, b, head_source = head_from_probe(config.head_init, address, config.fraction, config.seed, config.backbone)
+        w, b, head_source = head_from_probe(
+            config.head_init,
+            setup.address,
+            config.fraction,
+            config.seed,
+            config.backbone,
+            config.pool,
+            backbone.preprocess.input_size,
+        )
         if w.shape != tuple(net.head.weight.shape):
             raise UsageError(f"--head-init: probe head {w.shape} does not fit this head {tuple(net.head.weight.shape)}")
         with torch.no_grad():
             net.head.weight.copy_(torch.from_numpy(w))
             net.head.bias.copy_(torch.from_numpy(b))
-    net.to(device)
+    net.to(setup.device)
     frozen = backbone.truncated(config.freeze_until) if config.freeze_until else None  # shares net's modules
     if frozen is not None:
         frozen.requires_grad_(False)
     if config.freeze_backbone:
         net.backbone.requires_grad_(False)
-        params = list(net.head.parameters())
-        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+        optimizer = torch.optim.SGD(
+            list(net.head.parameters()), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay
+        )
     else:
         head = {id(p) for p in net.head.parameters()}
         rest = [p for p in net.parameters() if p.requires_grad and id(p) not in head]
@@ -470,146 +666,172 @@ def finetune(
             groups.append({"params": rest, "lr": config.lr * config.backbone_lr_mult})
         optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     model = net
-    if group.distributed:  # wrapped after freezing: DDP must know which parameters receive gradients
+    if setup.group.distributed:  # wrapped after freezing: DDP must know which parameters receive gradients
         from torch.nn.parallel import DistributedDataParallel
 
-        model = DistributedDataParallel(net, device_ids=[group.local_rank] if device.startswith("cuda") else None)
+        model = DistributedDataParallel(
+            net, device_ids=[setup.group.local_rank] if setup.device.startswith("cuda") else None
+        )
+    if config.compile:  # the training steps only: every batch has one shape; evaluation stays eager
+        model = torch.compile(model)
     if config.schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, setup.budget))
     else:
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=2)
-    loss_fn = make_loss(kind, y_train)
+    return _Training(net, model, optimizer, scheduler, frozen, head_source)
 
-    state = {"epoch": 0, "best_score": -np.inf, "best_epoch": 0, "bad_epochs": 0, "history": []}
-    if resuming and (out / "last.pt").is_file():
+
+def _set_train_mode(tr: _Training, config: FinetuneConfig) -> None:
+    tr.net.train()
+    if config.freeze_backbone:
+        tr.net.backbone.eval()  # frozen means frozen: BatchNorm statistics too
+    if tr.frozen is not None:
+        tr.frozen.eval()
+
+
+def _train(setup: _Setup, tr: _Training, *, progress: bool, log, on_eval) -> dict:
+    """The step loop: a batch per step, validation every ``eval_every`` steps, checkpoints, early stop."""
+    import torch
+
+    config, group, budget, device = setup.config, setup.group, setup.budget, setup.device
+    out, size = setup.out, setup.backbone.preprocess.input_size
+    loss_fn = make_loss(setup.kind, setup.manifest.labels[setup.train])
+    state = {"step": 0, "best_score": -np.inf, "best_step": 0, "bad_evals": 0, "stopped": False, "history": []}
+    if setup.resuming and (out / "last.pt").is_file():
         ckpt = torch.load(out / "last.pt", map_location=device, weights_only=True)
-        net.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        tr.net.load_state_dict(ckpt["model"])
+        tr.optimizer.load_state_dict(ckpt["optimizer"])
+        tr.scheduler.load_state_dict(ckpt["scheduler"])
         state = json.loads(ckpt["state"])
-        log(f"resuming {out} after epoch {state['epoch']}")
-    resumed_from = state["epoch"]
-    autocast = amp(device, precision)
-    t_start = time.perf_counter()
-
-    while state["epoch"] < config.epochs and not state.get("stopped"):
-        epoch = state["epoch"] + 1
-        gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch + 7_919 * group.rank)
-        torch.manual_seed(config.seed * 100_003 + epoch + 7_919 * group.rank)  # dropout
-        order = _epoch_order(len(train), config.seed, epoch, gen, group)
-        net.train()
-        if config.freeze_backbone:
-            net.backbone.eval()  # frozen means frozen: BatchNorm statistics too
-        if frozen is not None:
-            frozen.eval()
-        total, seen = 0.0, 0
-        t = time.perf_counter()
-        bar = _bar(len(order), f"epoch {epoch}/{config.epochs}", progress)
-        for start in range(0, len(order), config.batch_size):
-            idx = order[start : start + config.batch_size]
-            if len(idx) < 2 and len(order) > 1:
-                continue  # BatchNorm cannot train on one image
-            x = pixels["train"][idx].to(device)
-            x = (
-                augment_batch(x, pre.input_size, config.augment, gen)
-                if config.augment
-                else center_crop(x, pre.input_size)
-            )
-            y = labels["train"][idx].to(device)
-            with autocast:
-                logits = model(x.contiguous(memory_format=torch.channels_last))
-            loss = loss_fn(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
-            bar.update(len(idx))
-            bar.set_postfix(loss=f"{total / max(seen, 1):.4f}")
-        bar.close()
-        train_seconds = time.perf_counter() - t
-        total, seen = group.sum([total, seen])
-        group.sync_buffers(net)
-        vm, val_loss = {}, float("nan")
-        if group.is_main:  # rank 0 validates and decides; every rank follows
-            val_logits = _predict(net, pixels["val"], pre.input_size, config.batch_size, device, autocast)
-            with torch.no_grad():
-                val_loss = float(loss_fn(torch.from_numpy(val_logits), labels["val"]))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UndefinedMetricWarning)
-                vm = evaluate(
-                    manifest.labels[rows["val"]], scores_from_logits(kind, val_logits), kind, label_names=names
-                )
-        vm, val_loss = group.broadcast((vm, val_loss))
-        score = -val_loss if config.monitor == "loss" else vm[config.monitor]
+        log(f"resuming {out} after step {state['step']}")
+    resumed_from = state["step"]
+    autocast = amp(device, setup.precision)
+    stream = BatchStream(len(setup.train), budget.batch_size, config.seed, group.rank, group.world)
+    log(f"budget: {budget.describe()}; {len(setup.train)} training images")
+    bar = _bar(budget.steps, "finetune", progress, initial=state["step"])
+    t_loop = time.perf_counter()
+    total, seen, t = 0.0, 0, time.perf_counter()
+    _set_train_mode(tr, config)
+    while state["step"] < budget.steps and not state["stopped"]:
+        step = state["step"]
+        seed = step_seed(config.seed, step, group.rank)
+        gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)  # dropout
+        idx = stream.rows(step)
+        x = setup.pixels["train"][idx].to(device)
+        x = augment_batch(x, size, config.augment, gen) if config.augment else center_crop(x, size)
+        y = setup.labels["train"][idx].to(device)
+        with autocast:
+            logits = tr.model(x.contiguous(memory_format=torch.channels_last))
+        loss = loss_fn(logits, y)
+        tr.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        tr.optimizer.step()
         if config.schedule == "cosine":
-            scheduler.step()
-        else:
-            scheduler.step(val_loss)
-        improved = np.isfinite(score) and score > state["best_score"] + 1e-6
-        if improved:
-            state.update(best_score=float(score), best_epoch=epoch, bad_epochs=0)
-            if group.is_main:
-                _save({"model": net.state_dict()}, out / "best.pt")
-        else:
-            state["bad_epochs"] += 1
-        row = {
-            "epoch": epoch,
-            "train_loss": total / max(seen, 1),
-            "val_loss": val_loss,
-            "val_auroc": vm["auroc"],
-            "val_auprc": vm["auprc"],
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": round(train_seconds, 3),
-            "best": improved,
-        }
-        state["history"].append(row)
-        log(
-            f"epoch {epoch}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
-            f"val AUROC {vm['auroc']:.4f}, AUPRC {vm['auprc']:.4f}{' *' if improved else ''}"
-        )
-        state["epoch"] = epoch
-        if state["bad_epochs"] >= config.patience:
-            state["stopped"] = True
-            log(f"early stop: no val {config.monitor} improvement for {config.patience} epochs")
-        if group.is_main:
-            _save(
-                {
-                    "model": net.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "state": json.dumps(state),
-                },
-                out / "last.pt",
-            )
-        group.barrier()  # nobody starts the next epoch before the checkpoint of this one exists
-        group.maybe_crash(epoch)
-        if on_epoch and group.is_main:
-            on_epoch(epoch)
-    seconds = time.perf_counter() - t_start
-    if not group.is_main:  # rank 0 alone evaluates on test and writes the outputs
-        group.leave()
-        return None
+            tr.scheduler.step()
+        state["step"] = step + 1
+        total += float(loss.detach()) * len(idx)
+        seen += len(idx)
+        bar.update(1)
+        bar.set_postfix(loss=f"{total / max(seen, 1):.4f}")
+        if state["step"] % budget.eval_every == 0 or state["step"] == budget.steps:
+            train_seconds = time.perf_counter() - t
+            _evaluate(setup, tr, loss_fn, state, group.sum([total, seen]), train_seconds, log)
+            if on_eval and group.is_main:
+                on_eval(state["step"])
+            total, seen, t = 0.0, 0, time.perf_counter()
+            _set_train_mode(tr, config)
+    bar.close()
+    state["loop_seconds"] = time.perf_counter() - t_loop
+    state["resumed_from"] = resumed_from
+    return state
 
-    # --- final model: the best epoch, evaluated once on test --------------------------------------
-    best = torch.load(out / "best.pt", map_location=device, weights_only=True) if (out / "best.pt").exists() else None
-    if best is not None:
-        net.load_state_dict(best["model"])
-    val_logits = _predict(net, pixels["val"], pre.input_size, config.batch_size, device, autocast)
-    test_logits = _predict(net, pixels["test"], pre.input_size, config.batch_size, device, autocast)
-    s_val, s_test = scores_from_logits(kind, val_logits), scores_from_logits(kind, test_logits)
+
+def _evaluate(setup: _Setup, tr: _Training, loss_fn, state: dict, loss_seen, train_seconds, log) -> None:
+    """Validate (rank 0), decide (best, early stop: every rank follows), log and checkpoint."""
+    import torch
+
+    config, group, budget, out, net = setup.config, setup.group, setup.budget, setup.out, tr.net
+    total, seen = loss_seen
+    group.sync_buffers(net)
+    t = time.perf_counter()
+    vm, val_loss = {}, float("nan")
+    if group.is_main:
+        val_logits = _predict(net, setup.pixels["val"], setup, config.batch_size)
+        with torch.no_grad():
+            val_loss = float(loss_fn(torch.from_numpy(val_logits), setup.labels["val"]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            vm = evaluate(
+                setup.manifest.labels[setup.rows["val"]],
+                scores_from_logits(setup.kind, val_logits),
+                setup.kind,
+                label_names=setup.names,
+            )
+    vm, val_loss = group.broadcast((vm, val_loss))
+    step = state["step"]
+    score = -val_loss if config.monitor == "loss" else vm[config.monitor]
+    if config.schedule == "plateau":
+        tr.scheduler.step(val_loss)
+    improved = bool(np.isfinite(score) and score > state["best_score"] + 1e-6)
+    if improved:
+        state.update(best_score=float(score), best_step=step, bad_evals=0)
+        if group.is_main:
+            _save({"model": net.state_dict()}, out / "best.pt")
+    else:
+        state["bad_evals"] += 1
+    row = {
+        "step": step,
+        "epoch": round(step / budget.steps_per_epoch, 3),
+        "train_loss": total / max(seen, 1),
+        "val_loss": val_loss,
+        "val_auroc": vm["auroc"],
+        "val_auprc": vm["auprc"],
+        "lr": tr.optimizer.param_groups[0]["lr"],
+        "seconds": round(train_seconds, 3),
+        "eval_seconds": round(time.perf_counter() - t, 3),
+        "best": improved,
+    }
+    state["history"].append(row)
+    log(
+        f"step {step}/{budget.steps} (epoch {row['epoch']:.1f}): train loss {row['train_loss']:.4f}, "
+        f"val loss {val_loss:.4f}, val AUROC {vm['auroc']:.4f}, AUPRC {vm['auprc']:.4f}{' *' if improved else ''}"
+    )
+    if state["bad_evals"] >= config.patience and step < budget.steps:
+        state["stopped"] = True
+        log(f"early stop: no val {config.monitor} improvement for {config.patience} evaluations")
+    if group.is_main:
+        _save(
+            {
+                "model": net.state_dict(),
+                "optimizer": tr.optimizer.state_dict(),
+                "scheduler": tr.scheduler.state_dict(),
+                "state": json.dumps(state),
+            },
+            out / "last.pt",
+        )
+    group.barrier()  # nobody takes the next step before the checkpoint of this one exists
+    group.maybe_crash(step)
+
+
+def _write_outputs(setup: _Setup, tr: _Training, state: dict):
+    """The best checkpoint evaluated once on test; metrics, predictions, history, curves, ONNX,
+    compactness. ``metrics.json`` is written last (it marks the run finished); the resume state
+    is deleted after it."""
+    import torch
+
+    config, out, manifest, kind, names, net = setup.config, setup.out, setup.manifest, setup.kind, setup.names, tr.net
+    if (out / "best.pt").exists():
+        net.load_state_dict(torch.load(out / "best.pt", map_location=setup.device, weights_only=True)["model"])
+    s_val = scores_from_logits(kind, _predict(net, setup.pixels["val"], setup, config.batch_size))
+    s_test = scores_from_logits(kind, _predict(net, setup.pixels["test"], setup, config.batch_size))
+    y_val, y_test = manifest.labels[setup.rows["val"]], manifest.labels[setup.rows["test"]]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
-        thresholds = choose_thresholds(manifest.labels[rows["val"]], s_val, kind)
-        test_m = evaluate(manifest.labels[rows["test"]], s_test, kind, thresholds=thresholds, label_names=names)
-        ci = bootstrap(
-            manifest.labels[rows["test"]],
-            s_test,
-            kind,
-            thresholds=thresholds,
-            n_resamples=config.bootstrap,
-            seed=config.seed,
-        )
+        thresholds = choose_thresholds(y_val, s_val, kind)
+        test_m = evaluate(y_test, s_test, kind, thresholds=thresholds, label_names=names)
+        ci = bootstrap(y_test, s_test, kind, thresholds=thresholds, n_resamples=config.bootstrap, seed=config.seed)
+    history, budget = state["history"], setup.budget
     metrics = {m: test_m[m] for m in METRICS}
     metrics.update({f"{m}_lo": ci[m][0] for m in METRICS})
     metrics.update({f"{m}_hi": ci[m][1] for m in METRICS})
@@ -618,30 +840,39 @@ def finetune(
         n_labels_total=test_m["n_labels_total"],
         per_label=test_m["per_label"],
         threshold=None if thresholds is None else thresholds.tolist(),
-        best_epoch=state["best_epoch"],
-        epochs_run=state["epoch"],
-        address=address,
-        n_train=len(train),
-        head_init=head_source,
+        best_step=state["best_step"],
+        steps_run=state["step"],
+        steps=budget.steps,
+        budget_policy=budget.policy,
+        eval_every=budget.eval_every,
+        batch_size=budget.batch_size,
+        epochs_run=round(state["step"] / budget.steps_per_epoch, 3),
+        best_val=state["best_score"] if np.isfinite(state["best_score"]) else None,
+        address=setup.address,
+        pool=config.pool,
+        input_size=setup.backbone.preprocess.input_size,
+        n_train=len(setup.train),
+        head_init=tr.head_source,
         arch=config.arch,
-        train_seconds=round(sum(h["seconds"] for h in state["history"]), 2),
-        precision=precision,
+        train_seconds=round(sum(h["seconds"] for h in history), 2),
+        eval_seconds=round(sum(h["eval_seconds"] for h in history), 2),
+        precision=setup.precision,
     )
     write_predictions(
         out / "predictions.csv",
         ids=manifest.ids,
         labels=manifest.labels,
-        rows={"val": rows["val"], "test": rows["test"]},
+        rows={"val": setup.rows["val"], "test": setup.rows["test"]},
         scores={"val": s_val, "test": s_test},
         label_kind=kind,
         label_names=names,
     )
-    _write_history(out / "history.csv", state["history"])
-    plot_curves(state["history"], out / "curves.png", config.monitor)
+    _write_history(out / "history.csv", history)
+    plot_curves(history, out / "curves.png", config.monitor)
 
     net_cpu = net.float().to("cpu").eval()
-    example = pixels["val"][: min(4, len(pixels["val"]))]
-    example = center_crop(example, pre.input_size).contiguous()
+    example = center_crop(setup.pixels["val"][: min(4, len(setup.pixels["val"]))], setup.backbone.preprocess.input_size)
+    example = example.contiguous()
     onnx = None
     if config.export_onnx:
         from .export import export_onnx
@@ -652,39 +883,24 @@ def finetune(
         from .compactness import format_compactness
 
         comp = compactness_pair(
-            backbone,
-            address,
+            setup.backbone,
+            setup.address,
             net_cpu,
             example[:1],
-            n_outputs_for(kind, len(names)),
-            name="" if config.arch == "truncated" else arm_name(config, backbone.name, address),
+            setup.n_outputs,
+            name="" if config.arch == "truncated" else arm_name(config, setup.backbone.name, setup.address),
+            pool=config.pool,
         )
         (out / "compactness.json").write_text(json.dumps([asdict(c) for c in comp], indent=1))
         (out / "compactness.md").write_text(format_compactness(comp) + "\n")
     metrics["onnx"] = onnx
-    metrics["world_size"] = group.world
+    metrics["world_size"] = setup.group.world
     tmp = out / "metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=1, default=float))
     tmp.replace(out / "metrics.json")
-    group.leave()
-    return FinetuneResult(
-        out, metrics, state["history"], state["best_epoch"], [asdict(c) for c in comp], onnx, seconds, resumed_from
-    )
-
-
-def _epoch_order(n: int, seed: int, epoch: int, gen, group):
-    """This rank's training rows for ``epoch``, in order: a seeded permutation in a single process;
-    a :class:`~torch.utils.data.DistributedSampler` share (padded so that every rank runs the same
-    number of equal-sized batches) in a torchrun group."""
-    import torch
-
-    if not group.distributed:
-        return torch.randperm(n, generator=gen)
-    from torch.utils.data import DistributedSampler
-
-    sampler = DistributedSampler(range(n), num_replicas=group.world, rank=group.rank, shuffle=True, seed=seed)
-    sampler.set_epoch(epoch)
-    return torch.tensor(list(sampler))
+    if not config.keep_checkpoints:  # finished: the resume state is of no further use
+        (out / "last.pt").unlink(missing_ok=True)
+    return metrics, comp, onnx
 
 
 def load_pixels_for(manifest, rows, pre, workers: int, *, use_cache: bool = True) -> np.ndarray:
@@ -711,29 +927,31 @@ def arm_name(config: FinetuneConfig, backbone_name: str, address: str) -> str:
     return f"{backbone_name} truncated at {address}"
 
 
-def compactness_pair(backbone, address: str, net, example, n_out: int, name: str = ""):
+def compactness_pair(backbone, address: str, net, example, n_out: int, name: str = "", pool: str = "avg"):
     """Compactness of the trained network and of the full-depth one (same head shape)."""
     from .compactness import measure
 
     rows = [measure(name or f"{backbone.name} truncated at {address}", net, example)]
     full = full_depth_address(backbone)
     if address != full or name:
-        rows.append(
-            measure(f"{backbone.name} full ({full})", build_network(backbone, full, n_out, 0.0).eval(), example)
-        )
+        full_net = build_network(backbone, full, n_out, 0.0, pool).eval()
+        rows.append(measure(f"{backbone.name} full ({full})", full_net, example))
     return rows
 
 
-def _predict(net, pixels, size: int, batch_size: int, device: str, autocast) -> np.ndarray:
+def _predict(net, pixels, setup: _Setup, batch_size: int) -> np.ndarray:
+    """Logits of ``pixels`` (center crops) at inference speed: no autograd, the training precision,
+    batches at least 64 images."""
     import torch
 
+    size, device = setup.backbone.preprocess.input_size, setup.device
+    batch = max(batch_size, 64)
     net.eval()
     out = []
-    with torch.inference_mode():
-        for start in range(0, len(pixels), batch_size):
-            x = center_crop(pixels[start : start + batch_size], size).to(device)
-            with autocast:
-                out.append(net(x.contiguous(memory_format=torch.channels_last)).float().cpu())
+    with torch.inference_mode(), amp(device, setup.precision):
+        for start in range(0, len(pixels), batch):
+            x = center_crop(pixels[start : start + batch], size).to(device)
+            out.append(net(x.contiguous(memory_format=torch.channels_last)).float().cpu())
     return torch.cat(out).numpy().astype(np.float64)
 
 
@@ -754,20 +972,20 @@ def plot_curves(history: list[dict], path: Path, monitor: str) -> None:
 
     if not history:
         return
-    ep = [h["epoch"] for h in history]
+    ep = [h["step"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
     a.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
     a.plot(ep, [h["val_loss"] for h in history], "o-", label="val")
     a.set_title("loss")
-    a.set_xlabel("epoch")
+    a.set_xlabel("optimizer step")
     a.legend()
     b.plot(ep, [h["val_auroc"] for h in history], "o-", label="val AUROC")
     b.plot(ep, [h["val_auprc"] for h in history], "o-", label="val AUPRC")
-    best = [h["epoch"] for h in history if h["best"]]
+    best = [h["step"] for h in history if h["best"]]
     if best:
         b.axvline(best[-1], color="grey", ls=":", label=f"best ({monitor})")
     b.set_title("validation")
-    b.set_xlabel("epoch")
+    b.set_xlabel("optimizer step")
     b.legend()
     for ax in (a, b):
         ax.grid(alpha=0.3)
@@ -778,9 +996,16 @@ def plot_curves(history: list[dict], path: Path, monitor: str) -> None:
     tmp.replace(path)
 
 
-def _bar(total: int, desc: str, enabled: bool):
+def _bar(total: int, desc: str, enabled: bool, initial: int = 0):
     from tqdm.auto import tqdm
 
     return tqdm(
-        total=total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True, file=sys.stderr, leave=False
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="step",
+        disable=not enabled,
+        dynamic_ncols=True,
+        file=sys.stderr,
+        leave=False,
     )

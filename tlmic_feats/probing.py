@@ -359,6 +359,28 @@ def _run_id(layer: str, cell: tuple) -> str:
     return f"L{layer}-{model}-f{fraction:g}-s{seed}" + ("-shuffle" if control != "none" else "")
 
 
+def fitted_probe_dir(run_dir: str | Path, layer: str, model: str, fraction: float, seed: int) -> Path:
+    """Where a finished probe run keeps the fitted probe of one cell (no control). An alias cut point
+    (EfficientNet's block end ``5`` is its last unit ``5.3``) is fitted once, under its stored array:
+    the run's results name the cell that holds it."""
+    run_dir = Path(run_dir)
+    try:
+        rows = json.loads((run_dir / "results.json").read_text())["rows"]
+    except (OSError, ValueError, KeyError) as e:
+        raise UsageError(f"{run_dir} is not a finished probe run (no readable results.json)") from e
+    for r in rows:
+        if (r["layer"], r["model"], r["fraction"], r["seed"], r["control"]) == (layer, model, fraction, seed, "none"):
+            path = run_dir / "probes" / r["run_id"]
+            if not path.is_dir():
+                raise UsageError(f"{run_dir}: the {model} probe of layer {layer} was not saved (save_probes was off)")
+            return path
+    have = sorted({(r["fraction"], r["seed"]) for r in rows if r["layer"] == layer and r["model"] == model})
+    raise UsageError(
+        f"{run_dir} has no {model} probe at layer {layer}, fraction {fraction:g}, seed {seed}; it has "
+        + (", ".join(f"fraction {f:g} seed {s}" for f, s in have) or f"none at layer {layer}")
+    )
+
+
 def _load_cell(out: Path, run_id: str) -> dict | None:
     path = out / "cells" / f"{run_id}.json"
     try:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ..options import data_options
+from tlmic_feats.backbones.pooling import POOLS
+
+from ..options import data_options, input_size_option
 
 
 @click.command()
@@ -16,11 +18,12 @@ from ..options import data_options
 @click.option("--layers", default="all", show_default=True, help="all, blocks, units, or addresses like 3,3.4.")
 @click.option(
     "--pool",
-    type=click.Choice(["avg", "max", "avgmax"]),
+    type=click.Choice(POOLS),
     default="avg",
     show_default=True,
     help="Global pooling after each tap; avgmax keeps small local findings that avg washes out.",
 )
+@input_size_option
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
 @click.option("--store", default="", help="Store path (default: under cache/stores, derived from the inputs).")
 @click.option("--batch-size", default=32, show_default=True)

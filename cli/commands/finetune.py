@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ..options import data_options
+from tlmic_feats.backbones.pooling import POOLS
+
+from ..options import budget_options, data_options, input_size_option
 
 
 @click.command()
@@ -20,9 +22,9 @@ from ..options import data_options
     "--truncate", default="all", show_default=True, help="Cut point k or k.u (see `tlmic layers`), or all (full depth)."
 )
 @click.option("--out", default="", help="Run directory (default: under cache/runs).")
-@click.option("--epochs", default=20, show_default=True)
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--lr", default=1e-4, show_default=True)
+@budget_options
+@input_size_option
+@click.option("--lr", default=1e-3, show_default=True, help="AdamW learning rate (peak, after warmup).")
 @click.option("--weight-decay", default=1e-4, show_default=True)
 @click.option("--schedule", type=click.Choice(["cosine", "plateau"]), default="cosine", show_default=True)
 @click.option(
@@ -32,8 +34,14 @@ from ..options import data_options
     show_default=True,
     help="Validation metric for early stopping and the best checkpoint.",
 )
-@click.option("--patience", default=5, show_default=True, help="Epochs without improvement before stopping.")
 @click.option("--dropout", default=0.2, show_default=True)
+@click.option(
+    "--pool",
+    type=click.Choice(POOLS),
+    default="avg",
+    show_default=True,
+    help="Global pooling before the head (the head's width follows): as the feature store pools.",
+)
 @click.option(
     "--fraction", default=1.0, show_default=True, help="Training fraction: the probes' nested subset for --seed."
 )
@@ -56,10 +64,16 @@ from ..options import data_options
 @click.option("--hflip", is_flag=True, help="Allow horizontal flips in augmentation (off: anatomy is not symmetric).")
 @click.option("--no-augment", is_flag=True, help="Train on center crops only.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
+@click.option(
+    "--compile",
+    is_flag=True,
+    help="torch.compile the training network (pays off on long runs: compiling takes ~1 min).",
+)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--bootstrap", default=1000, show_default=True)
 @click.option("--no-onnx", is_flag=True, help="Skip the ONNX export.")
 @click.option("--no-pixel-cache", is_flag=True, help="Decode images directly instead of through cache/pixels.")
+@click.option("--keep-checkpoints", is_flag=True, help="Keep last.pt (the resume state) after the run has finished.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out (same configuration required).")
 @click.option("--overwrite", is_flag=True, help="Replace whatever run is in --out.")
 @click.option(
@@ -103,8 +117,11 @@ def finetune(data, hflip, no_augment, no_onnx, no_pixel_cache, resume, overwrite
     if r is None:  # a torchrun rank other than 0: rank 0 reports
         return
     m = r.metrics
+    if r.already_complete:
+        click.echo(f"run {r.out} had finished: its stored result")
     click.echo(
-        f"truncated at {m['address']}: best epoch {r.best_epoch} of {m['epochs_run']}; test "
+        f"truncated at {m['address']}: best step {r.best_step} of {m['steps_run']} "
+        f"({m['epochs_run']:g} epochs at batch {m['batch_size']}); test "
         f"AUROC {m['auroc']:.3f} [{m['auroc_lo']:.3f}, {m['auroc_hi']:.3f}], "
         f"AUPRC {m['auprc']:.3f} [{m['auprc_lo']:.3f}, {m['auprc_hi']:.3f}]"
     )

@@ -11,7 +11,8 @@ Definition (one place; :data:`CBR_SPECS` holds the per-variant numbers):
   -> ``ReLU``; the conv has no bias because the BatchNorm that follows has its own shift;
 * every block but the last ends with ``MaxPool2d(3, stride=2, padding=1)``, so the map after the
   blocks is ``S / 2 ** (n_blocks - 1)`` for an input of side ``S`` divisible by that;
-* global average pooling, optional dropout and a linear head.
+* global pooling (average, as in Transfusion; a study passes its own ``pool``), optional dropout and
+  a linear head.
 
 Variants (parameter counts for 3 input channels and 2 outputs; the paper's rough sizes in brackets):
 
@@ -130,7 +131,11 @@ class CBRNet(nn.Module):
     never has to know this arm's normalization.
     """
 
-    def __init__(self, spec: CBRSpec, n_outputs: int, *, dropout: float = 0.0, in_channels: int = 3) -> None:
+    def __init__(
+        self, spec: CBRSpec, n_outputs: int, *, dropout: float = 0.0, in_channels: int = 3, pool: str = "avg"
+    ) -> None:
+        from .pooling import global_pool_module, pooled_width
+
         super().__init__()
         self.spec = spec
         self.normalize = PixelNormalize(channels=in_channels)
@@ -139,10 +144,10 @@ class CBRNet(nn.Module):
             blocks.append(_block(c_in, c_out, spec.kernel, pool=i < len(spec.channels) - 1))
             c_in = c_out
         self.blocks = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = global_pool_module(pool)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(c_in, n_outputs)
-        self.num_features = c_in
+        self.num_features = pooled_width(c_in, pool)
+        self.head = nn.Linear(self.num_features, n_outputs)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -155,16 +160,17 @@ class CBRNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Globally average-pooled features of the last block, ``(N, C)``."""
-        return torch.flatten(self.pool(self.blocks(self.normalize(x))), 1)
+        """Globally pooled features of the last block, ``(N, num_features)``."""
+        return self.pool(self.blocks(self.normalize(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, n_outputs)``."""
         return self.head(self.dropout(self.features(x)))
 
 
-def build_cbr(name: str, n_outputs: int, *, dropout: float = 0.0, in_channels: int = 3) -> CBRNet:
-    """A freshly initialized CBR variant ``name`` with a ``n_outputs``-way linear head.
+def build_cbr(name: str, n_outputs: int, *, dropout: float = 0.0, in_channels: int = 3, pool: str = "avg") -> CBRNet:
+    """A freshly initialized CBR variant ``name`` with a ``n_outputs``-way linear head on features
+    pooled with ``pool`` (Transfusion's: ``avg``).
 
     Raises :class:`~tlmic_feats.errors.UsageError` for an unknown ``name`` (listing the valid ones)
     or a non-positive ``n_outputs`` / ``in_channels`` or a ``dropout`` outside [0, 1).
@@ -175,4 +181,4 @@ def build_cbr(name: str, n_outputs: int, *, dropout: float = 0.0, in_channels: i
         raise UsageError(f"in_channels {in_channels!r} is not valid; valid: an integer >= 1")
     if not 0.0 <= dropout < 1.0:
         raise UsageError(f"dropout {dropout!r} is not valid; valid: 0 <= dropout < 1")
-    return CBRNet(_spec(name), n_outputs, dropout=dropout, in_channels=in_channels)
+    return CBRNet(_spec(name), n_outputs, dropout=dropout, in_channels=in_channels, pool=pool)

@@ -240,6 +240,7 @@ def tap_network(family: str, model, cut_points: tuple[CutPoint, ...], pool: str,
     import torch.nn as nn
     import torch.nn.functional as F
 
+    from .pooling import global_pool
     from .preprocess import device_normalize
 
     tap_forward = FAMILIES[family][2]
@@ -260,12 +261,8 @@ def tap_network(family: str, model, cut_points: tuple[CutPoint, ...], pool: str,
                 if name in needed:
                     for act in {t.act for cp in taps_of for t in cp if t.module == name}:
                         y = F.relu(out) if act == "relu" else out
-                        # Pooling kernels (oneDNN on CPU, cuDNN on GPU), not tensor.mean: on a bf16
-                        # channels_last map the generic mean reduction is ~15x slower on the CPU.
-                        if "avg" in modes:
-                            pooled[(name, act, "avg")] = F.avg_pool2d(y, y.shape[-2:]).flatten(1).float()
-                        if "max" in modes:
-                            pooled[(name, act, "max")] = F.max_pool2d(y, y.shape[-2:]).flatten(1).float()
+                        for m in modes:
+                            pooled[(name, act, m)] = global_pool(y, m).float()
                     if len({k[0] for k in pooled}) == len(needed):
                         break  # every tap seen: nothing deeper is computed
             return tuple(

@@ -216,9 +216,12 @@ def get_spec(name: str) -> BackboneSpec:
         raise UnknownBackboneError(f"unknown backbone {name!r}; valid: {choices(list_backbones())}") from None
 
 
-def build_backbone(name: str, weights: str = "imagenet", *, seed: int = 0) -> Backbone:
-    """Build ``name`` with ``weights`` (``imagenet[:MEMBER]``, ``random[:SEED]`` or a path)."""
+def build_backbone(name: str, weights: str = "imagenet", *, seed: int = 0, input_size: int = 0) -> Backbone:
+    """Build ``name`` with ``weights`` (``imagenet[:MEMBER]``, ``random[:SEED]`` or a path); its
+    preprocessing at ``input_size`` (0: the weights' own; see :func:`~.preprocess.at_input_size`)."""
     import torch
+
+    from .preprocess import at_input_size
 
     spec = get_spec(name)
     kind, _, variant = weights.partition(":")
@@ -250,7 +253,7 @@ def build_backbone(name: str, weights: str = "imagenet", *, seed: int = 0) -> Ba
         record = WeightsRecord(str(path), "file", str(path.resolve()), file_sha256(path))
     model.eval()
     cps = describe_cut_points(spec.family, model)
-    return Backbone(name, spec.family, model, spec.preprocess(), record, cps)
+    return Backbone(name, spec.family, model, at_input_size(spec.preprocess(), input_size), record, cps)
 
 
 def _load_state(model, state, what: str) -> None:
