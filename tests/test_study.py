@@ -60,7 +60,8 @@ def _config(data: Path, out: Path, store: Path, **kw) -> StudyConfig:
         top_blocks=1,
         top_units=1,
         baselines=(),
-        epochs=1,
+        steps=3,
+        eval_every=3,
         batch_size=8,
         bootstrap=100,
         out=str(out),
@@ -106,6 +107,12 @@ def test_tiny_study_end_to_end_with_every_arm_names_a_winner(easy, tmp_path):
     assert "**Winner on test (mean AUPRC):" in report and "Truncated vs full finetuning" in report
     assert "| cbr-tiny (from scratch) |" in report and "| layer-wise finetuning |" in report
     assert "less finetuning compute by the cost model" in report
+    assert "Budget: 3 steps (given; 1.0 epochs at batch 8), validation every 3" in report
+    assert "Pooling: avg for the probes' features and for every finetuned network's head" in report
+    assert "| disk | measured | estimated (plan, upper bound) |" in report
+    # finished runs keep their best weights, not their resume state
+    runs = [p for p in (result.out / "runs").iterdir() if p.is_dir()]
+    assert runs and all((p / "best.pt").is_file() and not (p / "last.pt").exists() for p in runs)
     html = result.report.with_suffix(".html").read_text()
     assert "data:image/png;base64," in html and "<table>" in html
     with open(result.out / "results.csv") as f:
@@ -135,10 +142,12 @@ def test_selection_never_reads_test_labels(small_study, tmp_path):
 
 
 def _stable(report: str) -> str:
-    """The report without what is measured in seconds (latency column, compute section)."""
+    """The report without what is measured in seconds (training seconds, latency column, compute section)."""
+    import re
+
     lines = []
     for line in report.split("\n## Compute")[0].splitlines():
-        lines.append(line.rsplit("|", 2)[0] if line.startswith("| ") else line)
+        lines.append(re.sub(r"\), \d+ \|", ") |", line.rsplit("|", 2)[0]) if line.startswith("| ") else line)
     return "\n".join(lines)
 
 
@@ -147,7 +156,7 @@ def test_killed_study_finishes_only_the_remaining_runs_and_gives_the_same_report
     out = tmp_path / "study"
     args = ["study", "--data", str(easy), "--format", "imagefolder", "--backbone", "resnet18"]
     args += ["--weights", "random:3", "--fractions", "1.0", "--seeds", "1", "--top-blocks", "1", "--top-units", "1"]
-    args += ["--baselines", "none", "--epochs", "1", "--batch-size", "8", "--bootstrap", "100"]
+    args += ["--baselines", "none", "--steps", "3", "--eval-every", "3", "--batch-size", "8", "--bootstrap", "100"]
     args += ["--out", str(out), "--store", config.store, "--quiet"]
     env = {**os.environ, "TLMIC_CACHE": str(tmp_path / "cache")}
     proc = subprocess.Popen([*CLI, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -183,6 +192,8 @@ def test_plan_lists_runs_and_costs_without_running_any(easy, small_study, tmp_pa
     text = plan_study(fresh)
     assert "block#1-f1-s0" in text and "unit#1-f1-s0" in text and "full-f1-s0" in text
     assert "to run: 4 finetuning runs" in text and "exhaustive search instead" in text
+    assert "budget per run (every arm of a fraction alike): 1: 24 images, 3 steps" in text
+    assert "disk it will write (upper bounds, before compression): feature store" in text
     assert not (tmp_path / "fresh").exists()  # nothing made in the study directory
     assert "| done |" in plan_study(config)  # the finished study's runs are known as done
 
@@ -211,8 +222,9 @@ def test_layerwise_finetuning_keeps_the_bottom_frozen_and_the_hybrid_is_slimmer(
             truncate="all",
             freeze_until="2",
             backbone_lr_mult=0.1,
-            epochs=1,
+            steps=3,
             batch_size=8,
+            keep_checkpoints=True,
             bootstrap=20,
             export_onnx=False,
             compactness=False,

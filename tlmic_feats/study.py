@@ -37,11 +37,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .budget import MIN_STEPS, StepBudget, resolve_budget
 from .data.readers import DataConfig
 from .errors import SubsetTooSmallError, UsageError, check_choice
 from .paths import cache_root, slug
 
 BASELINES = ("cbr-tiny", "cbr-small", "cbr-larget", "cbr-largew", "hybrid", "layerwise")
+# Which arms start their head from the probe of their cut point (LP-FT). Measured on the phantom
+# (docs/finetune-recipe.md): it lifts truncated networks most (5% of the data: val AUROC 0.914 ->
+# 0.977) and lowered full finetuning's (0.967 -> 0.932), hence "truncated" by default.
+LPFT_ARMS = ("truncated", "all", "none")
 
 
 @dataclass(frozen=True)
@@ -58,10 +63,14 @@ class StudyConfig:
     top_units: int = 2
     baselines: tuple[str, ...] = BASELINES
     epochs: int = 20
+    steps: int = 0  # optimizer steps per run; 0: the default budget (tlmic_feats.budget), one per fraction
+    min_steps: int = MIN_STEPS
+    eval_every: int = 0
     batch_size: int = 32
-    lr: float = 1e-4
-    patience: int = 5
-    pool: str = "avg"
+    lr: float = 1e-3
+    patience: int = 5  # evaluations
+    pool: str = "avg"  # the store's pooling, and every finetuned network's
+    input_size: int = 0  # 0: the weights' own
     store: str = ""
     probe_models: tuple[str, ...] = ("logreg", "lightgbm")
     bootstrap: int = 1000
@@ -69,10 +78,13 @@ class StudyConfig:
     device: str = "auto"
     cluster: str = ""
     layerwise_lr_mult: float = 0.1
+    lpft: str = "truncated"  # arms whose head starts from their cut point's probe: truncated, all, none
+    keep_checkpoints: bool = False
 
     def validate(self) -> None:
         for b in self.baselines:
             check_choice("--baselines", b, BASELINES)
+        check_choice("--lpft", self.lpft, LPFT_ARMS)
         for f in self.fractions:
             if not 0 < f <= 1:
                 raise UsageError(f"fraction {f} is not in (0, 1]; e.g. --fractions 0.05,0.1,1.0")
@@ -87,6 +99,7 @@ class StudyConfig:
         """What decides the study's results (where and how fast it runs does not)."""
         record = json.loads(json.dumps(asdict(self)))
         record.pop("cluster")  # the same results wherever it runs (tested); store and device are recorded by runs
+        record.pop("keep_checkpoints")  # what is kept, not what is computed
 
         return record
 
@@ -121,8 +134,36 @@ def default_out(config: StudyConfig) -> Path:
 # --- the arms -----------------------------------------------------------------------------------------
 
 
-def finetune_config(config: StudyConfig, run: Run, out: Path, backbone=None):
-    """The :class:`~tlmic_feats.finetune.FinetuneConfig` of one run."""
+def fraction_budgets(config: StudyConfig, manifest=None) -> dict[float, tuple[int, StepBudget]]:
+    """``{fraction: (training images, budget)}``: every arm at one fraction gets the same number of
+    optimizer steps, resolved from seed 0's subset by the finetuning budget policy."""
+    from .data.readers import load_manifest
+    from .subsets import nested_subsets
+
+    manifest = manifest if manifest is not None else load_manifest(config.data)
+    train = np.flatnonzero(manifest.splits == "train")
+    subsets = nested_subsets(
+        train, manifest.labels, manifest.label_kind, config.fractions, seed=0, patient_ids=manifest.patient_ids
+    )
+    out = {}
+    for f in config.fractions:
+        n = len(subsets[float(f)])
+        out[float(f)] = (
+            n,
+            resolve_budget(
+                n_train=n,
+                batch_size=config.batch_size,
+                epochs=config.epochs,
+                min_steps=config.min_steps,
+                steps=config.steps,
+                eval_every=config.eval_every,
+            ),
+        )
+    return out
+
+
+def finetune_config(config: StudyConfig, run: Run, out: Path, backbone=None, budget: StepBudget | None = None):
+    """The :class:`~tlmic_feats.finetune.FinetuneConfig` of one run (``budget``: its fraction's)."""
     from .finetune import FinetuneConfig
 
     base = FinetuneConfig(
@@ -130,9 +171,15 @@ def finetune_config(config: StudyConfig, run: Run, out: Path, backbone=None):
         backbone=config.backbone,
         weights=config.weights,
         epochs=config.epochs,
+        steps=budget.steps if budget else config.steps,
+        min_steps=config.min_steps,
+        eval_every=budget.eval_every if budget else config.eval_every,
         batch_size=config.batch_size,
         lr=config.lr,
         patience=config.patience,
+        pool=config.pool,
+        input_size=config.input_size,
+        keep_checkpoints=config.keep_checkpoints,
         fraction=run.fraction,
         seed=run.seed,
         bootstrap=config.bootstrap,
@@ -145,9 +192,9 @@ def finetune_config(config: StudyConfig, run: Run, out: Path, backbone=None):
     )
     arm = run.arm
     if arm.startswith("t"):
-        return replace(base, truncate=arm[1:])
+        return _lpft(replace(base, truncate=arm[1:]), config, out, arm[1:], config.lpft in ("truncated", "all"))
     if arm == "full":
-        return replace(base, truncate="all")
+        return _lpft(replace(base, truncate="all"), config, out, full_address(backbone), config.lpft == "all")
     if arm == "scratch":
         return replace(base, truncate="all", weights="random")
     if arm.startswith("cbr-"):
@@ -155,10 +202,32 @@ def finetune_config(config: StudyConfig, run: Run, out: Path, backbone=None):
     if arm == "hybrid":
         return replace(base, arch="hybrid")
     if arm == "layerwise":
-        return replace(
+        lw = replace(
             base, truncate="all", freeze_until=layerwise_freeze(backbone), backbone_lr_mult=config.layerwise_lr_mult
         )
+        return _lpft(lw, config, out, full_address(backbone), config.lpft == "all")
     raise UsageError(f"unknown study arm {arm!r}")
+
+
+def full_address(backbone) -> str | None:
+    from .finetune import full_depth_address
+
+    return full_depth_address(backbone) if backbone is not None else None
+
+
+def _lpft(fc, config: StudyConfig, out: Path, address: str | None, wanted: bool):
+    """``fc`` with its head starting from the study's probe at ``address`` for the run's own
+    subset, when LP-FT applies to the arm and that probe was fitted (a subset with fewer than two
+    images of a class has none; the run then starts from a random head, as its metrics record)."""
+    from .probing import fitted_probe_dir
+
+    if not wanted or address is None:
+        return fc
+    try:
+        fitted_probe_dir(out / "probes", address, "logreg", fc.fraction, fc.seed)
+    except UsageError:
+        return fc
+    return replace(fc, head_init=str(out / "probes"))
 
 
 def block_ends(backbone) -> list[str]:
@@ -201,14 +270,13 @@ def probe_ranking(probe_rows: list[dict], fraction: float, candidates: list[str]
 
 
 def run_val_auprc(run_dir: Path) -> float:
-    """Validation AUPRC of a finished run's kept (best) epoch."""
-    import csv
+    """Validation AUPRC of a finished run's kept (best) step (its last evaluation when none improved)."""
+    from .finetune import read_history
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    with open(run_dir / "history.csv") as f:
-        history = list(csv.DictReader(f))
-    best = int(metrics["best_epoch"]) or len(history)
-    return float(history[best - 1]["val_auprc"])
+    history = read_history(run_dir / "history.csv")
+    kept = [h for h in history if h["step"] == int(metrics["best_step"])] or history[-1:]
+    return float(kept[0]["val_auprc"])
 
 
 # --- the study ---------------------------------------------------------------------------------------
@@ -258,13 +326,21 @@ def run_study(
     """Run (or resume) a study; see the module docstring. ``budget`` (maximum finetuning runs in the
     study, 0: no limit) and ``max_minutes`` (no new run starts after that long, 0: no limit) are not
     part of the study's identity: a rerun with a larger budget continues it."""
-    from .backbones.registry import build_backbone
-    from .extract import ExtractConfig, extract_features
-    from .probing import ProbeConfig, run_probes
+
+    from .store import StoreLock
 
     config.validate()
     log = log or (lambda m: print(m, file=sys.stderr))
     out = Path(config.out) if config.out else default_out(config)
+    with StoreLock(out):  # one process writes a study at a time; `tlmic cache clean` leaves it alone
+        return _run_study(config, out, budget, max_minutes, progress, log, on_run)
+
+
+def _run_study(config: StudyConfig, out: Path, budget: int, max_minutes: float, progress: bool, log, on_run):
+    from .backbones.registry import build_backbone
+    from .extract import ExtractConfig, extract_features
+    from .probing import ProbeConfig, run_probes
+
     study = _Study(config, out, log, progress)
     study.claim()
     t_start = time.perf_counter()
@@ -280,6 +356,7 @@ def run_study(
             store=config.store,
             cluster=config.cluster,
             device=config.device,
+            input_size=config.input_size,
         ),
         progress=progress,
         log=log,
@@ -310,8 +387,9 @@ def run_study(
         study.state["compute"]["probe_seconds"] = round(time.perf_counter() - t, 2)
     study.save()
 
-    backbone = build_backbone(config.backbone, config.weights)
+    backbone = build_backbone(config.backbone, config.weights, input_size=config.input_size)
     calibration = calibrate(config, backbone, out, log=log)
+    budgets = fraction_budgets(config)
     deadline = t_start + max_minutes * 60 if max_minutes else None
     not_run: list[str] = []
     choices = study.state.setdefault("choices", {})
@@ -343,7 +421,7 @@ def run_study(
         t0 = time.perf_counter()
         try:
             finetune(
-                finetune_config(config, run, out, backbone),
+                finetune_config(config, run, out, backbone, budgets[run.fraction][1]),
                 resume=(run_dir / "run.json").is_file(),
                 progress=progress,
                 log=log,
@@ -366,7 +444,13 @@ def run_study(
     for fraction in config.fractions:
         ranking = probe_ranking(probes.rows, float(fraction), candidates)
         top = [a for a, _ in ranking[: config.top_blocks]]
-        choices[f"{fraction:g}"] = {"stage1_ranking": ranking, "blocks": top}
+        n_train, steps = budgets[float(fraction)]
+        choices[f"{fraction:g}"] = {
+            "stage1_ranking": ranking,
+            "blocks": top,
+            "n_train": n_train,
+            "budget": asdict(steps),
+        }
         for seed in range(config.seeds):
             for arm in [f"t{a}" for a in top] + ["full", "scratch"]:
                 execute(Run("stage1", arm, float(fraction), seed))
@@ -413,9 +497,9 @@ def run_study(
 
 
 def calibrate(config: StudyConfig, backbone, out: Path, *, arms: list[str] | None = None, log=None) -> dict:
-    """Measured seconds per image of one training step and of one inference pass, per network
-    (every cut point's truncation, full, the baselines), on this machine; kept in
-    ``calibration.json`` so that reruns and reports share one cost model."""
+    """Measured seconds per image of one training step and of one inference pass, and the bytes of
+    the weights, per network (every cut point's truncation, full, the baselines), on this machine;
+    kept in ``calibration.json`` so that reruns and reports share one cost model."""
     import torch
 
     from .backbones.cutpoints import storage_groups
@@ -425,7 +509,7 @@ def calibrate(config: StudyConfig, backbone, out: Path, *, arms: list[str] | Non
     path = out / "calibration.json"
     cal = json.loads(path.read_text()) if path.is_file() else {}
     arms = arms or [*distinct_truncations(backbone), "full", *[b for b in config.baselines if b != "layerwise"]]
-    todo = [a for a in arms if a not in cal]
+    todo = [a for a in arms if "state_bytes" not in cal.get(a, {})]
     if not todo:
         return cal
     device = resolve_device(config.device)
@@ -458,7 +542,11 @@ def calibrate(config: StudyConfig, backbone, out: Path, *, arms: list[str] | Non
             t = time.perf_counter()
             net(x)
             infer = time.perf_counter() - t
-        cal[arm] = {"train_s_per_img": float(np.median(times)) / batch, "infer_s_per_img": infer / batch}
+        cal[arm] = {
+            "train_s_per_img": float(np.median(times)) / batch,
+            "infer_s_per_img": infer / batch,
+            "state_bytes": sum(t.numel() * t.element_size() for t in net.state_dict().values()),
+        }
         del net, opt
     cal["_meta"] = {"device": device, "precision": precision, "batch": batch, "input_size": size}
     cal["_alias"] = {f"t{a}": f"t{g}" for a, g in storage_groups(backbone.cut_points).items()}
@@ -468,14 +556,22 @@ def calibrate(config: StudyConfig, backbone, out: Path, *, arms: list[str] | Non
     return cal
 
 
-def estimate_seconds(cal: dict, arm: str, n_train: int, n_eval: int, epochs: int) -> float:
-    """Upper-bound cost of one run (no early stop): every epoch trains on ``n_train`` images and
-    validates; the final model is evaluated once more on val and test."""
+def estimate_seconds(cal: dict, arm: str, budget: StepBudget, n_val: int, n_test: int) -> float:
+    """Upper-bound cost of one run (no early stop): ``budget.steps`` training steps, a validation
+    every ``eval_every`` steps, and the final model evaluated once more on val and test."""
     key = "full" if arm in ("scratch", "layerwise") else cal.get("_alias", {}).get(arm, arm)
     c = cal.get(key)
     if c is None:
         return float("nan")
-    return epochs * n_train * c["train_s_per_img"] + (epochs + 2) * n_eval * c["infer_s_per_img"]
+    evaluations = -(-budget.steps // budget.eval_every)
+    train = budget.steps * budget.batch_size * c["train_s_per_img"]
+    return train + (evaluations * n_val + n_val + n_test) * c["infer_s_per_img"]
+
+
+def checkpoint_bytes(cal: dict, arm: str) -> int:
+    """Bytes of one run's ``best.pt`` (its network's state), from the calibration."""
+    key = "full" if arm in ("scratch", "layerwise") else cal.get("_alias", {}).get(arm, arm)
+    return int(cal.get(key, {}).get("state_bytes", 0))
 
 
 def distinct_truncations(backbone) -> list[str]:
@@ -490,22 +586,17 @@ def distinct_truncations(backbone) -> list[str]:
 
 
 def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], None] | None = None) -> str:
-    """What :func:`run_study` would do and its estimated cost, from a measured short calibration;
-    nothing is extracted, probed or finetuned. Returns the plan as text."""
+    """What :func:`run_study` would do, its estimated cost and the disk it will write, from a
+    measured short calibration; nothing is extracted, probed or finetuned. Returns the plan as text."""
     from .backbones.registry import build_backbone
     from .data.readers import load_manifest
-    from .subsets import nested_subsets
 
     config.validate()
     out = Path(config.out) if config.out else default_out(config)
     manifest = load_manifest(config.data)
-    backbone = build_backbone(config.backbone, config.weights)
-    train = np.flatnonzero(manifest.splits == "train")
-    n_eval = int((manifest.splits == "val").sum() + (manifest.splits == "test").sum())
-    n_train = {
-        f: len(nested_subsets(train, manifest.labels, manifest.label_kind, [f], seed=0)[float(f)])
-        for f in config.fractions
-    }
+    backbone = build_backbone(config.backbone, config.weights, input_size=config.input_size)
+    n_val, n_test = int((manifest.splits == "val").sum()), int((manifest.splits == "test").sum())
+    budgets = fraction_budgets(config, manifest)
     plan_dir = out if out.is_dir() else Path(cache_root()) / "plans" / slug(out.name)
     plan_dir.mkdir(parents=True, exist_ok=True)
     cal = calibrate(config, backbone, plan_dir, log=log)
@@ -514,32 +605,34 @@ def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], Non
     ends = block_ends(backbone)
     lines = [
         f"study plan: {config.backbone} ({config.weights}) on {config.data.path}; {len(manifest)} images, "
-        f"fractions {', '.join(f'{f:g}' for f in config.fractions)}, {config.seeds} seed(s), {config.epochs} epochs",
+        f"fractions {', '.join(f'{f:g}' for f in config.fractions)}, {config.seeds} seed(s)",
+        "budget per run (every arm of a fraction alike): "
+        + "; ".join(f"{f:g}: {n} images, {b.describe()}" for f, (n, b) in budgets.items()),
         f"cost model: {cal['_meta']['device']} {cal['_meta']['precision']}, measured seconds per training image "
         "(calibration.json); estimates assume no early stop",
         "",
-        "| stage | run | train images | estimated s | status |",
-        "| --- | --- | ---: | ---: | --- |",
+        "| stage | run | train images | steps | estimated s | status |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
     ]
-    total, runs = 0.0, 0
-    mean_block = np.nanmean(
-        [estimate_seconds(cal, f"t{a}", 1, 0, 1) for a in ends[:-1]]
-    )  # per training image-epoch, for choices not made yet
+    total, planned = 0.0, []
+    blocks = [f"t{a}" for a in ends[:-1]]
 
     def add(stage: str, name: str, arm: str | None, f: float, s: int) -> None:
-        nonlocal total, runs
+        nonlocal total
         rid = f"{name}-f{f:g}-s{s}"
+        n, b = budgets[float(f)]
+        # a choice not made yet is costed at the mean block end
         est = (
-            estimate_seconds(cal, arm, n_train[f], n_eval, config.epochs)
+            estimate_seconds(cal, arm, b, n_val, n_test)
             if arm
-            else config.epochs * n_train[f] * mean_block
+            else float(np.nanmean([estimate_seconds(cal, t, b, n_val, n_test) for t in blocks]))
         )
-        over = budget and len(done) + runs >= budget  # the budget counts the study's runs, done ones included
+        over = budget and len(done) + len(planned) >= budget  # the budget counts the study's runs, done ones included
         status = "done" if rid in done else ("over budget" if over else "to run")
         if status == "to run":
             total += est
-            runs += 1
-        lines.append(f"| {stage} | {rid} | {n_train[f]} | {est:.0f} | {status} |")
+            planned.append(arm or blocks[0])
+        lines.append(f"| {stage} | {rid} | {n} | {b.steps} | {est:.0f} | {status} |")
 
     chosen = state.get("choices", {})
     for stage, key, label, n in (("1", "blocks", "block", config.top_blocks), ("2", "units", "unit", config.top_units)):
@@ -559,16 +652,55 @@ def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], Non
             for b in config.baselines:
                 add("baseline", b, b, f, s)
     exhaustive = sum(
-        estimate_seconds(cal, arm, n_train[f], n_eval, config.epochs) * config.seeds
+        estimate_seconds(cal, arm, budgets[float(f)][1], n_val, n_test) * config.seeds
         for f in config.fractions
         for arm in distinct_truncations(backbone)
     )
+    disk = estimate_disk(config, backbone, manifest, cal, planned, budgets)
     lines += [
         "",
-        f"to run: {runs} finetuning runs, about {total / 60:.1f} min (block#/unit# are chosen after probing; "
+        f"to run: {len(planned)} finetuning runs, about {total / 60:.1f} min (block#/unit# are chosen after probing; "
         f"costed at the mean block end). Candidates: block ends {', '.join(ends[:-1])}; the deepest ({ends[-1]}) is "
         "full finetuning.",
         f"exhaustive search instead (every block end and unit, every fraction and seed): about {exhaustive / 60:.1f} "
         "min of finetuning.",
+        "disk it will write (upper bounds, before compression): "
+        + ", ".join(f"{k} {_mb(v)}" for k, v in disk.items() if k != "total")
+        + f"; {_mb(disk['total'])} in all",
     ]
     return "\n".join(lines)
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
+def estimate_disk(config: StudyConfig, backbone, manifest, cal: dict, arms: list[str], budgets: dict) -> dict:
+    """Bytes a study writes, as upper bounds (stores and caches compress): the feature store (float32
+    features of every stored cut point for every image), the pixel cache (uint8 squares), the probe
+    run (predictions and fitted probes of every cell) and the finetuning runs (``best.pt`` each, plus
+    the resume state of the one in progress: weights and AdamW's two moments; every run keeps it
+    with ``keep_checkpoints``), with predictions and logs."""
+    from .backbones.cutpoints import storage_groups
+    from .backbones.pooling import pooled_width
+
+    n = len(manifest)
+    n_scored = int((manifest.splits == "val").sum() + (manifest.splits == "test").sum())
+    groups = storage_groups(backbone.cut_points)
+    widths = sum(
+        pooled_width(cp.channels, config.pool) for cp in backbone.cut_points if groups[cp.address] == cp.address
+    )
+    pre = backbone.preprocess
+    cells = len(backbone.cut_points) * len(config.probe_models) * len(config.fractions) * config.seeds
+    widest = max(pooled_width(cp.channels, config.pool) for cp in backbone.cut_points)
+    per_run_files = n_scored * 60 + 100_000  # predictions.csv, history, curves.png, metrics, compactness
+    weights = [checkpoint_bytes(cal, a) for a in arms]
+    resume = sum(3 * w for w in weights) if config.keep_checkpoints else 3 * max(weights, default=0)
+    disk = {
+        "feature store": n * widths * 4,
+        "pixel cache": n * pre.resize_size**2,
+        "probes": cells * (n_scored * 40 + widest * 8 * 2 + 20_000),
+        "finetuning runs": sum(weights) + resume + len(arms) * per_run_files,
+    }
+    disk["total"] = sum(disk.values())
+    return disk

@@ -40,6 +40,9 @@ ROW_COLUMNS = (
     "params",
     "macs",
     "latency_ms",
+    "steps_run",
+    "best_step",
+    "pool",
     "train_seconds",
     "wall_seconds",
     "predictions",
@@ -73,6 +76,9 @@ def collect_rows(out: Path, config, probe_dir: Path) -> list[dict]:
                 "params": comp.get("params"),
                 "macs": comp.get("macs"),
                 "latency_ms": comp.get("latency_ms"),
+                "steps_run": m["steps_run"],
+                "best_step": m["best_step"],
+                "pool": m["pool"],
                 "train_seconds": m.get("train_seconds"),
                 "wall_seconds": rec.get("seconds"),
                 "predictions": str((run_dir / "predictions.csv").relative_to(out)),
@@ -100,6 +106,9 @@ def collect_rows(out: Path, config, probe_dir: Path) -> list[dict]:
                         "params": None,
                         "macs": None,
                         "latency_ms": None,
+                        "steps_run": None,
+                        "best_step": None,
+                        "pool": config.pool,
                         "train_seconds": r["fit_seconds"],
                         "wall_seconds": None,
                         "predictions": str((Path(probe_dir) / r["predictions"]).relative_to(out)),
@@ -188,6 +197,9 @@ def summarize(out: Path, rows: list[dict], label_kind: str, n_resamples: int = 1
                 )
             for k in ("params", "macs", "latency_ms", "n_train"):
                 a[k] = next((r[k] for r in rs if r[k] is not None), None)
+            for k in ("steps_run", "best_step", "train_seconds"):
+                v = [r[k] for r in rs if r[k] is not None and r["stage"] != "probe"]
+                a[k] = float(np.mean(v)) if v else None
             table.append(a)
         winner = max(table, key=lambda a: a["auprc"])
         pick = max(table, key=lambda a: a["val_auprc"])
@@ -209,20 +221,29 @@ def _percentiles(v: np.ndarray) -> tuple[float, float]:
     return (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if len(v) else (np.nan, np.nan)
 
 
-def compute_summary(config, backbone, calibration: dict, rows: list[dict], state: dict, n_eval: int) -> dict:
-    """What the probe-guided search spent against exhaustive finetuning of every cut point."""
-    from .study import distinct_truncations, estimate_seconds
+def compute_summary(config, backbone, calibration: dict, rows: list[dict], state: dict, manifest, out: Path) -> dict:
+    """What the probe-guided search spent against exhaustive finetuning of every cut point, and the
+    disk the study wrote against the plan's estimate."""
+    from .budget import StepBudget
+    from .study import distinct_truncations, estimate_disk, estimate_seconds
 
+    n_val, n_test = int((manifest.splits == "val").sum()), int((manifest.splits == "test").sum())
+    budgets = {float(f): StepBudget(**c["budget"]) for f, c in state.get("choices", {}).items() if "budget" in c}
     runs = [r for r in rows if r["stage"] in ("stage1", "stage2") and r["arm"].startswith("t")]
     ft_rows = [r for r in rows if r["stage"] != "probe"]
-    n_train = {r["fraction"]: r["n_train"] for r in ft_rows}
-    search_est = sum(estimate_seconds(calibration, r["arm"], r["n_train"], n_eval, config.epochs) for r in runs)
+    fractions = sorted({r["fraction"] for r in ft_rows if r["fraction"] in budgets})
+
+    def est(arm: str, f: float) -> float:
+        return estimate_seconds(calibration, arm, budgets[f], n_val, n_test) if f in budgets else float("nan")
+
+    search_est = sum(est(r["arm"], r["fraction"]) for r in runs)
     search_measured = sum(float(r["wall_seconds"] or 0) for r in runs)
-    exhaustive_runs = [(f, arm) for f in n_train for arm in distinct_truncations(backbone) for _ in range(config.seeds)]
-    exhaustive_est = sum(
-        estimate_seconds(calibration, arm, n_train[f], n_eval, config.epochs) for f, arm in exhaustive_runs
-    )
+    exhaustive_runs = [
+        (f, arm) for f in fractions for arm in distinct_truncations(backbone) for _ in range(config.seeds)
+    ]
+    exhaustive_est = sum(est(arm, f) for f, arm in exhaustive_runs)
     compute = state.get("compute", {})
+    disk_est = estimate_disk(config, backbone, manifest, calibration, [r["arm"] for r in ft_rows], budgets)
     return {
         "search_runs": len(runs),
         "search_measured": search_measured,
@@ -233,12 +254,37 @@ def compute_summary(config, backbone, calibration: dict, rows: list[dict], state
         "probe_seconds": float(compute.get("probe_seconds", 0.0)),
         "other_runs": len(ft_rows) - len(runs),
         "other_measured": sum(float(r["wall_seconds"] or 0) for r in ft_rows if r not in runs),
+        "disk_estimate": disk_est,
+        "disk_measured": measured_disk(out, state, manifest, backbone),
     }
+
+
+def measured_disk(out: Path, state: dict, manifest, backbone) -> dict:
+    """Bytes on disk now, in the parts :func:`~tlmic_feats.study.estimate_disk` estimates."""
+    from .paths import cache_root, disk_usage
+    from .pixels import pixel_cache_path
+
+    pre = backbone.preprocess
+    parts = {
+        "feature store": disk_usage(state["store"]) if state.get("store") else 0,
+        "pixel cache": disk_usage(
+            pixel_cache_path(cache_root() / "pixels", manifest.fingerprint(), pre.resize_size, pre.interpolation)
+        ),
+        "probes": disk_usage(out / "probes"),
+        "finetuning runs": disk_usage(out / "runs"),
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
 
 
 def _ci(a: dict, m: str) -> str:
     lo, hi = a[f"{m}_ci"]
-    return f"{a[m]:.3f} ± {a[f'{m}_sd']:.3f} [{lo:.3f}, {hi:.3f}]"
+    sd = f" ± {a[f'{m}_sd']:.3f}" if a["seeds"] > 1 else ""  # one seed has no spread to show
+    return f"{a[m]:.3f}{sd} [{lo:.3f}, {hi:.3f}]"
 
 
 def _n(v, scale: float, unit: str, digits: int = 2) -> str:
@@ -250,7 +296,6 @@ def render_study_report(out: Path, config, backbone, calibration: dict, rows: li
 
     manifest = load_manifest(config.data)
     kind = manifest.label_kind
-    n_eval = int((manifest.splits == "val").sum() + (manifest.splits == "test").sum())
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
     lines = [
@@ -258,10 +303,24 @@ def render_study_report(out: Path, config, backbone, calibration: dict, rows: li
         "",
         f"{len(manifest)} images ({int((manifest.splits == 'train').sum())} train, "
         f"{int((manifest.splits == 'val').sum())} val, {int((manifest.splits == 'test').sum())} test), "
-        f"{kind} labels ({', '.join(manifest.label_names)}); backbone {config.backbone} ({config.weights} weights); "
-        f"{config.seeds} seed(s) per arm; finetuning up to {config.epochs} epochs, early stop on validation AUPRC. "
-        "Test metrics: mean ± sd over seeds [95% bootstrap CI of the seed mean over test images]. "
-        "Every choice (layers, cut points, epochs, thresholds) was made on validation data.",
+        f"{kind} labels ({', '.join(manifest.label_names)}); backbone {config.backbone} ({config.weights} weights) "
+        f"at {backbone.preprocess.input_size} px; {config.seeds} seed(s) per arm. Pooling: {config.pool} for the "
+        "probes' features and for every finetuned network's head. Finetuning: the same number of optimizer steps "
+        f"for every arm of a fraction (below), early stop on validation AUPRC after {config.patience} evaluations "
+        "without improvement, the best evaluation's weights kept. "
+        + {
+            "truncated": "Truncated arms start their head from the logistic-regression probe of their cut point, "
+            "fitted on the same training subset (LP-FT); the other arms from a random head. ",
+            "all": "Every pretrained arm starts its head from the logistic-regression probe of its cut point, "
+            "fitted on the same training subset (LP-FT). ",
+            "none": "Every head starts random (no LP-FT). ",
+        }[config.lpft]
+        + (
+            "Test metrics: mean ± sd over seeds [95% bootstrap CI of the seed mean over test images]. "
+            if config.seeds > 1
+            else "Test metrics: one seed per arm [95% bootstrap CI over test images]. "
+        )
+        + "Every choice (layers, cut points, steps kept, thresholds) was made on validation data.",
         "",
     ]
     if not rows:
@@ -272,14 +331,27 @@ def render_study_report(out: Path, config, backbone, calibration: dict, rows: li
         lines += [
             f"## {fraction:g} of the training set ({doc['table'][0]['n_train']} images)",
             "",
-            "| arm | test AUROC | test AUPRC | val AUPRC | params | MACs | CPU ms/img |",
-            "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+            "| arm | test AUROC | test AUPRC | val AUPRC | steps (best), train s | params | MACs | CPU ms/img |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         for a in doc["table"]:
+            steps = (
+                ""
+                if a["steps_run"] is None
+                else f"{a['steps_run']:.0f} ({a['best_step']:.0f}), {a['train_seconds']:.0f}"
+            )
             lines.append(
-                f"| {a['name']} | {_ci(a, 'auroc')} | {_ci(a, 'auprc')} | {a['val_auprc']:.3f} | "
+                f"| {a['name']} | {_ci(a, 'auroc')} | {_ci(a, 'auprc')} | {a['val_auprc']:.3f} | {steps} | "
                 f"{_n(a['params'], 1e6, 'M')} | {_n(a['macs'], 1e9, 'G')} | {_n(a['latency_ms'], 1, '', 1)} |"
             )
+        if c.get("budget"):
+            from .budget import StepBudget
+
+            lines += [
+                "",
+                f"Budget: {StepBudget(**c['budget']).describe()}; steps (best), train s: steps run, the step "
+                "kept and seconds of training, mean over seeds (a run stops early when its patience runs out).",
+            ]
         w, p = doc["winner"], doc["pick"]
         lines += [
             "",
@@ -307,7 +379,8 @@ def render_study_report(out: Path, config, backbone, calibration: dict, rows: li
         plot = _plot_fraction(out, rows, fraction, figures / f"probe-curve-f{fraction:g}.png", config)
         lines += ["", f"![probe curve and finetuned cut points at {fraction:g}]({plot.relative_to(out)})", ""]
     if rows:
-        comp = compute_summary(config, backbone, calibration, rows, state, n_eval)
+        comp = compute_summary(config, backbone, calibration, rows, state, manifest, out)
+        disk_est, disk_now = comp["disk_estimate"], comp["disk_measured"]
         saving = comp["exhaustive_estimate"] / comp["search_estimate"] if comp["search_estimate"] else float("nan")
         lines += [
             "## Compute",
@@ -321,6 +394,10 @@ def render_study_report(out: Path, config, backbone, calibration: dict, rows: li
             f"| exhaustive search: every block end and unit | {comp['exhaustive_runs']} | | "
             f"{comp['exhaustive_estimate']:.0f} |",
             f"| other arms (full, scratch, baselines) | {comp['other_runs']} | {comp['other_measured']:.0f} | |",
+            "",
+            "| disk | measured | estimated (plan, upper bound) |",
+            "| --- | ---: | ---: |",
+            *[f"| {k} | {_mb(disk_now[k])} | {_mb(disk_est[k])} |" for k in disk_now],
             "",
             f"The probe-guided search finetuned {comp['search_runs']} truncated networks where an exhaustive search "
             f"would finetune {comp['exhaustive_runs']}: {saving:.1f}x less finetuning compute by the cost model "

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ..options import data_options
+from tlmic_feats.backbones.pooling import POOLS
+
+from ..options import budget_options, data_options, input_size_option
 from .probe import _floats
 
 
@@ -28,11 +30,24 @@ def _names(ctx, param, value):
     callback=_names,
     help="Other arms (comma-separated, or none).",
 )
-@click.option("--epochs", default=20, show_default=True, help="Maximum epochs per finetuning run (early stop on val).")
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--lr", default=1e-4, show_default=True)
-@click.option("--patience", default=5, show_default=True)
-@click.option("--pool", type=click.Choice(["avg", "max", "avgmax"]), default="avg", show_default=True)
+@budget_options
+@input_size_option
+@click.option("--lr", default=1e-3, show_default=True, help="AdamW learning rate (peak, after warmup).")
+@click.option(
+    "--lpft",
+    type=click.Choice(["truncated", "all", "none"]),
+    default="truncated",
+    show_default=True,
+    help="Arms whose head starts from the logistic-regression probe of their cut point (same subset): the "
+    "truncated ones, every pretrained one (full and layer-wise too), or none.",
+)
+@click.option(
+    "--pool",
+    type=click.Choice(POOLS),
+    default="avg",
+    show_default=True,
+    help="Pooling of the store's features and of every finetuned network's head.",
+)
 @click.option("--store", default="", help="Feature store to use or create (default: under cache/stores).")
 @click.option("--bootstrap", default=1000, show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
@@ -40,6 +55,7 @@ def _names(ctx, param, value):
 @click.option("--cluster", default="", metavar="local:N|tcp://HOST:PORT", help="Extraction and probes on Dask.")
 @click.option("--budget", default=0, show_default=True, help="Maximum finetuning runs in the study (0: no limit).")
 @click.option("--max-minutes", default=0.0, show_default=True, help="Start no run after this long (0: no limit).")
+@click.option("--keep-checkpoints", is_flag=True, help="Keep every run's last.pt (resume state) after it finished.")
 @click.option(
     "--plan", is_flag=True, help="Print the runs and their estimated cost (measured calibration); run nothing."
 )
