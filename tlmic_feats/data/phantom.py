@@ -29,13 +29,34 @@ class PhantomConfig:
     prevalence: float = 0.4
     seed: int = 0
     version: int = 1  # bump when the generator changes, so caches are not reused wrongly
+    nodule_px: tuple[float, float] = (3.0, 6.0)  # nodule radius range, pixels of the written image
+    nodule_contrast: tuple[float, float] = (0.18, 0.3)  # peak brightening over the lung (0..1 scale)
+
+    @property
+    def name(self) -> str:
+        """The dataset's folder name: counts and seed, and a digest of any other setting changed."""
+        import hashlib
+
+        base = f"phantom-v{self.version}-n{self.n_train + self.n_val + self.n_test}-s{self.seed}"
+        looks = {k: v for k, v in asdict(self).items() if k in ("size", "nodule_px", "nodule_contrast")}
+        if looks == {k: v for k, v in asdict(PhantomConfig()).items() if k in looks}:
+            return base
+        return f"{base}-{hashlib.sha256(json.dumps(looks, sort_keys=True).encode()).hexdigest()[:8]}"
 
 
 CLASSES = ("normal", "nodule")
 
 
-def render_phantom(rng: np.random.Generator, size: int, nodules: int) -> np.ndarray:
-    """One phantom radiograph, uint8 (size, size); ``nodules`` opacities in the lungs."""
+def render_phantom(
+    rng: np.random.Generator,
+    size: int,
+    nodules: int,
+    *,
+    nodule_px: tuple[float, float] = (3.0, 6.0),
+    nodule_contrast: tuple[float, float] = (0.18, 0.3),
+) -> np.ndarray:
+    """One phantom radiograph, uint8 (size, size); ``nodules`` opacities in the lungs, of radius
+    ``nodule_px`` (pixels) and peak brightness ``nodule_contrast``."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size  # 0..1
     cx = 0.5 + rng.normal(0, 0.02)
     cy = 0.52 + rng.normal(0, 0.02)
@@ -77,8 +98,8 @@ def render_phantom(rng: np.random.Generator, size: int, nodules: int) -> np.ndar
     for _ in range(nodules):
         j = rng.integers(len(lung_y))
         ny, nx = lung_y[j] / size, lung_x[j] / size
-        r = rng.uniform(3.0, 6.0) / size
-        img += rng.uniform(0.18, 0.3) * np.exp(-(((xx - nx) ** 2 + (yy - ny) ** 2) / (2 * r * r)))
+        r = rng.uniform(*nodule_px) / size
+        img += rng.uniform(*nodule_contrast) * np.exp(-(((xx - nx) ** 2 + (yy - ny) ** 2) / (2 * r * r)))
     # Exposure, blur-free noise, clip.
     img = img * rng.uniform(0.85, 1.15) + rng.uniform(-0.05, 0.05)
     img += rng.normal(0, 0.03, img.shape).astype(np.float32)
@@ -93,7 +114,7 @@ def make_phantom_dataset(root: str | Path, config: PhantomConfig = PhantomConfig
     """
     from PIL import Image
 
-    name = f"phantom-v{config.version}-n{config.n_train + config.n_val + config.n_test}-s{config.seed}"
+    name = config.name
     target = Path(root) / name
     if (target / "phantom.json").is_file():
         return target
@@ -106,7 +127,13 @@ def make_phantom_dataset(root: str | Path, config: PhantomConfig = PhantomConfig
         for _ in range(n):
             rng = np.random.default_rng([config.seed, index])
             positive = rng.random() < config.prevalence
-            arr = render_phantom(rng, config.size, int(rng.integers(1, 4)) if positive else 0)
+            arr = render_phantom(
+                rng,
+                config.size,
+                int(rng.integers(1, 4)) if positive else 0,
+                nodule_px=config.nodule_px,
+                nodule_contrast=config.nodule_contrast,
+            )
             Image.fromarray(arr).save(tmp / split / CLASSES[positive] / f"phantom_{index:04d}.png")
             index += 1
     (tmp / "phantom.json").write_text(json.dumps(asdict(config), indent=2))
