@@ -55,7 +55,7 @@ def _method(q, method: str, backbone: str, n: int, batch: int) -> None:
 
     from tlmic_feats.backbones import build_backbone, select_cut_points
     from tlmic_feats.backbones.preprocess import device_normalize
-    from tlmic_feats.engines import make_engine
+    from tlmic_feats.features.engines import make_engine
 
     x = pixels(n)
     b = build_backbone(backbone, "random:0")
@@ -112,7 +112,7 @@ def _method(q, method: str, backbone: str, n: int, batch: int) -> None:
 
 def _one_pass_vs_final(q, backbone: str, n: int, batch: int, precision: str) -> None:
     from tlmic_feats.backbones import build_backbone, select_cut_points
-    from tlmic_feats.engines import make_engine
+    from tlmic_feats.features.engines import make_engine
 
     x = pixels(n)
     b = build_backbone(backbone, "random:0")
@@ -187,8 +187,8 @@ def write_images(root: Path, n: int, size: int = 224, fmt: str = "png", seed: in
 def decode_throughput(n: int) -> dict:
     from tlmic_feats.data import DataConfig, load_manifest
     from tlmic_feats.data.images import open_image, resize_center_crop
-    from tlmic_feats.paths import cache_root
-    from tlmic_feats.pixels import build_pixel_cache
+    from tlmic_feats.features.pixels import build_pixel_cache
+    from tlmic_feats.runtime.paths import cache_root
 
     root = write_images(OUT / "jpeg-2000px", n, size=2000, fmt="jpeg")
     m = load_manifest(DataConfig(str(root)))
@@ -232,7 +232,7 @@ def auroc_shift(name: str, phantom, reduced: tuple[str, ...], onnx: bool) -> dic
 
     from tlmic_feats import DataConfig, ExtractConfig, FeatureStore, extract_features
     from tlmic_feats.data.phantom import make_phantom_dataset
-    from tlmic_feats.probing import ProbeConfig, run_probes
+    from tlmic_feats.probes.grid import ProbeConfig, run_probes
 
     data = make_phantom_dataset(OUT / f"{name}-data", phantom)
 
@@ -254,7 +254,7 @@ def auroc_shift(name: str, phantom, reduced: tuple[str, ...], onnx: bool) -> dic
             store=str(OUT / f"{name}-{engine}-{precision}.zarr"),
         )
         # fp16 is refused on a CPU (it is slow there); for its rounding alone, let autocast run it.
-        with mock.patch("tlmic_feats.extract.resolve_precision", lambda p, d, **k: p):
+        with mock.patch("tlmic_feats.features.extract.resolve_precision", lambda p, d, **k: p):
             return extract_features(config, progress=False).store
 
     fp32 = extract("fp32", "torch")
@@ -299,7 +299,9 @@ def auroc_shift(name: str, phantom, reduced: tuple[str, ...], onnx: bool) -> dic
 
 
 def _print_auroc_shift(title: str, d: dict, first: str) -> None:
-    print(f"{title} (efficientnet_lite0, {d['layers']} layers, {d['test_images']} test images), |change of test AUROC|:")
+    print(
+        f"{title} (efficientnet_lite0, {d['layers']} layers, {d['test_images']} test images), |change of test AUROC|:"
+    )
     for label, m in {first: d, **d.get("others", {}), **d["resolution"]}.items():
         print(
             f"  {label:22s} max {m['max_abs_auroc_change']:.4f} (layer {m['at_layer']}), median {m['median']:.4f}, "
@@ -313,7 +315,11 @@ def main() -> None:
     ap.add_argument("--backbones", default="resnet50,densenet121")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rss-sizes", default="1000,4000")
-    ap.add_argument("--parts", default="engines,rss,demo,decode", help="which to run: engines, rss, demo, decode, large (the last not by default)")
+    ap.add_argument(
+        "--parts",
+        default="engines,rss,demo,decode",
+        help="which to run: engines, rss, demo, decode, large (the last not by default)",
+    )
     ap.add_argument("--quick", action="store_true", help="engines only")
     args = ap.parse_args()
     parts = {"engines"} if args.quick else set(args.parts.split(","))

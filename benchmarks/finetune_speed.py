@@ -39,7 +39,7 @@ def plain_loop(backbone_name: str, steps: int, compile_net: bool = False) -> dic
     import torch
 
     from tlmic_feats.backbones import build_backbone
-    from tlmic_feats.finetune import build_network, full_depth_address
+    from tlmic_feats.backbones.networks import build_network, full_depth_address
 
     b = build_backbone(backbone_name, "random:0")
     net = build_network(b, full_depth_address(b), 1, 0.2)
@@ -80,7 +80,8 @@ def tlmic_loop(
 ) -> dict:
     """``finetune()`` itself: training images/s from its history (first interval excluded)."""
     from tlmic_feats.data.readers import DataConfig
-    from tlmic_feats.finetune import FinetuneConfig, finetune
+    from tlmic_feats.finetune.config import FinetuneConfig
+    from tlmic_feats.finetune.trainer import finetune
 
     out = work / f"{backbone_name}-{precision}-{input_size}"
     r = finetune(

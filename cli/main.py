@@ -66,7 +66,7 @@ class LazyGroup(click.Group):
             click.echo("tlmic: interrupted; rerun the same command to resume", err=True)
             sys.exit(130)
         except Exception as e:
-            from tlmic_feats.errors import TlmicError
+            from tlmic_feats.runtime.errors import TlmicError
 
             if isinstance(e, TlmicError):
                 click.echo(f"tlmic: error: {e}", err=True)

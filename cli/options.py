@@ -94,8 +94,8 @@ def data_options(f):
 
 
 def budget_options(f):
-    """The step budget of finetuning (``tlmic finetune`` and ``tlmic study``; see tlmic_feats.budget)."""
-    from tlmic_feats.budget import MIN_STEPS
+    """The step budget of finetuning (``tlmic finetune`` and ``tlmic study``; see tlmic_feats.finetune.budget)."""
+    from tlmic_feats.finetune.budget import MIN_STEPS
 
     options = [
         click.option(

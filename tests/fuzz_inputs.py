@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from tlmic_feats.data import DataConfig, load_manifest
 from tlmic_feats.data.images import open_image, resize_center_crop
-from tlmic_feats.errors import BadImageError, UsageError
+from tlmic_feats.runtime.errors import BadImageError, UsageError
 
 IMAGE_KINDS = (
     "png_L", "png_I16", "png_RGB", "png_RGBA", "png_P", "png_LA", "jpeg_L", "jpeg_CMYK", "truncated_png",

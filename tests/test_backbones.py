@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tlmic_feats.backbones import build_backbone, list_backbones, select_cut_points
-from tlmic_feats.errors import UnknownBackboneError, UnknownCutPointError, WeightsUnavailableError
+from tlmic_feats.runtime.errors import UnknownBackboneError, UnknownCutPointError, WeightsUnavailableError
 
 
 def test_efficientnet_lite0_shipped_weights_recognise_a_cat():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tlmic_feats.budget import MIN_STEPS, BatchStream, lr_factor, resolve_budget
-from tlmic_feats.errors import UsageError
+from tlmic_feats.finetune.budget import MIN_STEPS, BatchStream, lr_factor, resolve_budget
+from tlmic_feats.runtime.errors import UsageError
 
 
 def test_small_subsets_get_the_floor_and_large_ones_their_epochs():

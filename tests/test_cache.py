@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from tlmic_cli.main import cli
 
 from tlmic_feats import DataConfig, ExtractConfig, extract_features
-from tlmic_feats.cache import clean_cache, scan_cache, select_items
-from tlmic_feats.paths import disk_usage
+from tlmic_feats.runtime.cache import clean_cache, scan_cache, select_items
+from tlmic_feats.runtime.paths import disk_usage
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_scan_names_every_item_with_kind_size_and_origin(cache, phantom_dir):
 
 
 def test_clean_by_kind_and_age_frees_what_it_says_and_keeps_locked_items(cache):
-    from tlmic_feats.store import StoreLock
+    from tlmic_feats.features.store import StoreLock
 
     items = scan_cache(cache)
     old = select_items(items, older_than_days=30)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from tlmic_feats.backbones.cbr import CBR_SPECS, build_cbr, cbr_names, expected_parameters
-from tlmic_feats.errors import UsageError
+from tlmic_feats.runtime.errors import UsageError
 
 # name -> (n_blocks, kernel, channels)
 DEFINITION = {

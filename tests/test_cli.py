@@ -143,8 +143,8 @@ def test_store_lock_names_its_holder(tmp_path, phantom_dir):
     import os
     import socket
 
-    from tlmic_feats.errors import StoreLockedError
-    from tlmic_feats.store import StoreLock
+    from tlmic_feats.features.store import StoreLock
+    from tlmic_feats.runtime.errors import StoreLockedError
 
     store = tmp_path / "s.zarr"
     holder = {"pid": os.getppid(), "host": socket.gethostname(), "since": 0}

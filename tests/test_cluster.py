@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tlmic_feats import DataConfig, ExtractConfig, FeatureStore, extract_features
-from tlmic_feats.errors import ClusterError, UsageError
+from tlmic_feats.runtime.errors import ClusterError, UsageError
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def phantom200(tmp_path_factory):
 
 
 def test_cluster_spec_is_parsed_or_refused():
-    from tlmic_feats.cluster import parse_cluster
+    from tlmic_feats.runtime.cluster import parse_cluster
 
     assert parse_cluster("local:3", device="cpu").n_workers == 3
     assert parse_cluster("tcp://10.0.0.1:8786").address == "tcp://10.0.0.1:8786"
@@ -162,7 +162,7 @@ def _rows(path):
 
 
 def test_probe_grid_on_the_cluster_equals_the_local_run(easy_store, tmp_path):
-    from tlmic_feats.probing import ProbeConfig, run_probes
+    from tlmic_feats.probes.grid import ProbeConfig, run_probes
 
     base = dict(store=str(easy_store), fractions=(0.5, 1.0), seeds=2, bootstrap=200, control="shuffle")
     here = run_probes(ProbeConfig(**base, out=str(tmp_path / "here")), progress=False)
@@ -178,8 +178,8 @@ def test_probe_grid_on_the_cluster_equals_the_local_run(easy_store, tmp_path):
 
 
 def test_distributed_lightgbm_fit_learns_and_saves_loadable_probes(easy_store, tmp_path):
-    from tlmic_feats.probes import load_probe
-    from tlmic_feats.probing import ProbeConfig, run_probes
+    from tlmic_feats.probes.estimators import load_probe
+    from tlmic_feats.probes.grid import ProbeConfig, run_probes
 
     with pytest.raises(UsageError, match="--distributed-fit .* needs --cluster and --model lightgbm"):
         ProbeConfig(store=str(easy_store), distributed_fit=True).validate()
@@ -246,8 +246,8 @@ def _finetune_args(data, out, steps):
 def test_torchrun_two_processes_train_checkpoint_loads_alone_and_restart_resumes(phantom_dir, tmp_path):
     import torch
 
+    from tlmic_feats.backbones.networks import build_network
     from tlmic_feats.backbones.registry import build_backbone
-    from tlmic_feats.finetune import build_network
 
     env = {**os.environ, "TLMIC_CACHE": str(tmp_path / "cache")}
     whole = subprocess.run(
@@ -261,9 +261,9 @@ def test_torchrun_two_processes_train_checkpoint_loads_alone_and_restart_resumes
     net = build_network(build_backbone("resnet18", "random:1"), "2", 1, 0.2)
     net.load_state_dict(torch.load(tmp_path / "whole" / "best.pt", weights_only=True)["model"])
     net.eval()
-    from tlmic_feats.augment import center_crop
     from tlmic_feats.data.readers import load_manifest
-    from tlmic_feats.finetune import load_pixels_for
+    from tlmic_feats.finetune.augment import center_crop
+    from tlmic_feats.finetune.trainer import load_pixels_for
 
     manifest = load_manifest(DataConfig(str(phantom_dir)))
     val = np.flatnonzero(manifest.splits == "val")

@@ -12,7 +12,7 @@ from tlmic_cli.main import cli
 from tests.conftest import write_images
 from tlmic_feats.data import DataConfig, load_manifest, patients_straddling
 from tlmic_feats.data.chestxray import CHEXPERT_LABELS, NIH_LABELS
-from tlmic_feats.errors import DataFormatError, MissingColumnError
+from tlmic_feats.runtime.errors import DataFormatError, MissingColumnError
 
 
 @pytest.fixture
@@ -199,7 +199,7 @@ def test_multiframe_dicom_is_refused_with_a_clear_message(dicom_dir, tmp_path):
     import pydicom
 
     from tlmic_feats.data.dicom import read_dicom
-    from tlmic_feats.errors import BadImageError
+    from tlmic_feats.runtime.errors import BadImageError
 
     ds = pydicom.dcmread(dicom_dir / "RG1_UNCR.dcm")
     ds.NumberOfFrames = 2

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tlmic_feats import DataConfig, ExtractConfig, FeatureStore, extract_features
-from tlmic_feats.errors import BadImageError, StoreIncompleteError, StoreMismatchError, UsageError
+from tlmic_feats.runtime.errors import BadImageError, StoreIncompleteError, StoreMismatchError, UsageError
 
 
 def _independent_nodes(backbone: str, address: str, model) -> tuple[str, bool]:
@@ -228,7 +228,7 @@ def test_onnx_engine_matches_torch_and_caches_its_graph(phantom_dir, tmp_path):
 
 
 def test_bf16_is_close_to_fp32_and_recorded(phantom_dir, tmp_path):
-    from tlmic_feats.device import cpu_has_fast_bf16, resolve_precision
+    from tlmic_feats.runtime.devices import cpu_has_fast_bf16, resolve_precision
 
     base = dict(data=DataConfig(str(phantom_dir / "val")), backbone="resnet18", weights="random:2", layers="blocks")
     f32 = extract_features(ExtractConfig(**base, store=str(tmp_path / "a.zarr")), progress=False).store
@@ -270,7 +270,7 @@ def test_pixel_cache_gives_identical_features_and_is_shared(phantom_dir, tmp_pat
 
 def test_pixel_cache_built_by_worker_processes_equals_in_process(phantom_dir, tmp_path):
     from tlmic_feats.data import load_manifest
-    from tlmic_feats.pixels import build_pixel_cache, load_pixels
+    from tlmic_feats.features.pixels import build_pixel_cache, load_pixels
 
     m = load_manifest(DataConfig(str(phantom_dir / "test")))
     a = build_pixel_cache(m, 64, "bilinear", tmp_path / "a", workers=0)
@@ -311,7 +311,7 @@ def test_unguarded_script_with_decode_workers_fails_with_the_fix_instead_of_hang
     )
     assert done.returncode == 1 and "finished" not in done.stdout
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("tlmic_feats.errors.RunError: a decode worker process exited unexpectedly"), last
+    assert last.startswith("tlmic_feats.runtime.errors.RunError: a decode worker process exited unexpectedly"), last
     assert 'if __name__ == "__main__":' in last
 
 
@@ -324,10 +324,12 @@ def test_a_worker_killed_while_the_consumer_is_busy_is_reported_as_a_run_error()
     import signal
     import time
 
-    from tlmic_feats.errors import RunError
-    from tlmic_feats.workers import dead_workers_reported, spawned_loader
+    from tlmic_feats.features.workers import dead_workers_reported, spawned_loader
+    from tlmic_feats.runtime.errors import RunError
 
-    with pytest.raises(RunError, match=r"decode worker process exited unexpectedly \(DataLoader worker \(pid \d+\) is killed by signal"):
+    with pytest.raises(
+        RunError, match=r"decode worker process exited unexpectedly \(DataLoader worker \(pid \d+\) is killed by signal"
+    ):
         with dead_workers_reported():
             for k, _ in enumerate(spawned_loader(list(range(50)), 1, batch_size=None)):
                 if k == 1:

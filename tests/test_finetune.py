@@ -12,8 +12,11 @@ from click.testing import CliRunner
 from tlmic_cli.main import cli
 
 from tlmic_feats import DataConfig, ExtractConfig, extract_features
-from tlmic_feats.errors import UnknownCutPointError, UsageError
-from tlmic_feats.finetune import FinetuneConfig, build_network, finetune, head_from_probe
+from tlmic_feats.backbones.networks import build_network
+from tlmic_feats.finetune.config import FinetuneConfig
+from tlmic_feats.finetune.lpft import head_from_probe
+from tlmic_feats.finetune.trainer import finetune
+from tlmic_feats.runtime.errors import UnknownCutPointError, UsageError
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +107,10 @@ def test_metrics_recompute_from_predictions_and_onnx_matches(easy_run, easy_dir)
 def test_truncated_network_features_equal_extracted(phantom_dir, tmp_path, pool):
     """One registry and one pooling: the finetuning network's pooled map at k is what extract stores
     at k with the same --pool."""
-    from tlmic_feats.augment import center_crop
     from tlmic_feats.backbones import build_backbone
     from tlmic_feats.data import load_manifest
-    from tlmic_feats.pixels import load_pixels
+    from tlmic_feats.features.pixels import load_pixels
+    from tlmic_feats.finetune.augment import center_crop
 
     store = extract_features(
         ExtractConfig(
@@ -184,8 +187,8 @@ def test_frozen_backbone_changes_no_backbone_weight(easy_dir, tmp_path):
 
 
 def test_head_init_reproduces_the_probe(phantom_dir, tmp_path):
-    from tlmic_feats.probes import load_probe
-    from tlmic_feats.probing import ProbeConfig, run_probes
+    from tlmic_feats.probes.estimators import load_probe
+    from tlmic_feats.probes.grid import ProbeConfig, run_probes
 
     store = extract_features(
         ExtractConfig(
@@ -289,8 +292,8 @@ def test_the_default_budget_learns_from_60_training_images(tmp_path):
     recipe. Test AUROC recomputed by scikit-learn from the saved predictions."""
     from sklearn.metrics import roc_auc_score
 
-    from tlmic_feats.budget import MIN_STEPS
     from tlmic_feats.data.phantom import PhantomConfig, make_phantom_dataset
+    from tlmic_feats.finetune.budget import MIN_STEPS
 
     data = make_phantom_dataset(
         tmp_path / "data", PhantomConfig(n_train=60, n_val=40, n_test=80, size=128, nodule_px=(3.5, 6.5), seed=7)

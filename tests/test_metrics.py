@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from tlmic_feats.metrics import (
+from tlmic_feats.metrics.scores import (
     METRICS,
     UndefinedMetricWarning,
     auroc_rows,

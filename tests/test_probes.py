@@ -12,10 +12,10 @@ from sklearn import metrics as skm
 from tlmic_cli.main import cli
 
 from tlmic_feats import FeatureStore
-from tlmic_feats.errors import StoreIncompleteError, UnknownCutPointError, UsageError
-from tlmic_feats.probes import LightGBMProbe, LogisticProbe, load_probe
-from tlmic_feats.probing import ProbeConfig, run_probes
-from tlmic_feats.subsets import nested_subsets
+from tlmic_feats.data.subsets import nested_subsets
+from tlmic_feats.probes.estimators import LightGBMProbe, LogisticProbe, load_probe
+from tlmic_feats.probes.grid import ProbeConfig, run_probes
+from tlmic_feats.runtime.errors import StoreIncompleteError, UnknownCutPointError, UsageError
 
 SPLITS = np.array(["train"] * 300 + ["val"] * 100 + ["test"] * 100)
 
@@ -71,7 +71,7 @@ def test_planted_layer_wins_with_both_models(planted_run):
             assert f"| {model} | {fraction} |" in summary
             line = next(ln for ln in summary.splitlines() if ln.startswith(f"| {model} | {fraction} |"))
             assert line.split("|")[4].strip() == "2", line
-    from tlmic_feats.report import aggregate
+    from tlmic_feats.probes.report import aggregate
 
     for a in aggregate(run.rows):
         if a["control"] == "none":
@@ -218,8 +218,8 @@ def test_estimator_conventions():
 _CONCURRENT_LIGHTGBM = """
 import numpy as np
 from joblib import Parallel, delayed
-from tlmic_feats.probes import LightGBMProbe, LogisticProbe
-from tlmic_feats.probing import one_thread_per_cell
+from tlmic_feats.probes.estimators import LightGBMProbe, LogisticProbe
+from tlmic_feats.probes.grid import one_thread_per_cell
 
 def cell(i):
     r = np.random.default_rng(i)
@@ -263,7 +263,7 @@ def test_lightgbm_thread_cap_holds_until_the_last_overlapping_holder_leaves():
     # not lift it while another still fits.
     import threading
 
-    from tlmic_feats.probes import lightgbm_max_threads
+    from tlmic_feats.probes.estimators import lightgbm_max_threads
 
     cap = _lightgbm_cap
     before = cap()
@@ -295,7 +295,7 @@ def test_overlapping_cells_keep_blas_and_lightgbm_at_one_thread_until_the_last_l
 
     from threadpoolctl import threadpool_info
 
-    from tlmic_feats.probing import one_thread_per_cell
+    from tlmic_feats.probes.grid import one_thread_per_cell
 
     def limits():
         return _lightgbm_cap(), max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
@@ -406,7 +406,7 @@ def test_probe_cli(planted_run, tmp_path):
 
 
 def test_from_arrays_fingerprints_contents_and_keeps_existing_stores(tmp_path):
-    from tlmic_feats.errors import StoreMismatchError
+    from tlmic_feats.runtime.errors import StoreMismatchError
 
     rng = np.random.default_rng(0)
     kw = dict(labels=np.arange(20) % 2, label_kind="binary", label_names=["a", "b"], splits=SPLITS[::25])

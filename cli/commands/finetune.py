@@ -93,7 +93,7 @@ def finetune(data, hflip, no_augment, no_onnx, no_pixel_cache, resume, overwrite
     from dataclasses import replace
 
     if nproc:
-        from tlmic_feats.ddp import launch, strip_options
+        from tlmic_feats.finetune.ddp import launch, strip_options
 
         args = sys.argv[sys.argv.index("finetune") :] if "finetune" in sys.argv else []
         if not args:
@@ -103,9 +103,9 @@ def finetune(data, hflip, no_augment, no_onnx, no_pixel_cache, resume, overwrite
             raise SystemExit(f"tlmic: error: the torchrun group failed (exit {code}); see its log above")
         return
 
-    from tlmic_feats.augment import AugmentConfig
-    from tlmic_feats.finetune import FinetuneConfig
-    from tlmic_feats.finetune import finetune as run
+    from tlmic_feats.finetune.augment import AugmentConfig
+    from tlmic_feats.finetune.config import FinetuneConfig
+    from tlmic_feats.finetune.trainer import finetune as run
 
     config = FinetuneConfig(
         data=data,

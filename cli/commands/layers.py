@@ -18,7 +18,7 @@ def layers(backbone, granularity, list_only):
             click.echo(f"{name:20s} {BACKBONES[name].description}")
         return
     get_spec(backbone)  # unknown names fail before torch loads
-    from tlmic_feats.layers import format_layer_table, full_model_params, layer_table
+    from tlmic_feats.backbones.layers import format_layer_table, full_model_params, layer_table
 
     click.echo(
         format_layer_table(layer_table(backbone, granularity=granularity), full_params=full_model_params(backbone))

@@ -51,7 +51,7 @@ def _floats(ctx, param, value):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def probe(model, quiet, **kw):
     """Train a probe per layer x model x fraction x seed on stored features; report per-layer metrics."""
-    from tlmic_feats.probing import ProbeConfig, run_probes
+    from tlmic_feats.probes.grid import ProbeConfig, run_probes
 
     models = ("logreg", "lightgbm") if model == "both" else (model,)
     run = run_probes(ProbeConfig(models=models, **kw), progress=not quiet)
@@ -66,7 +66,7 @@ def probe(model, quiet, **kw):
 )
 def report(run_dir):
     """Re-render summary.md and layers.png of a probe run from its saved results."""
-    from tlmic_feats.report import render_report
+    from tlmic_feats.probes.report import render_report
 
     summary, plot = render_report(run_dir)
     click.echo(f"wrote {summary} and {plot}")

@@ -62,7 +62,9 @@ def _names(ctx, param, value):
 @click.option("--quiet", is_flag=True)
 def study(data, budget, max_minutes, plan, quiet, **kw):
     """The paper's experiment: extract, probe every layer, probe-guided truncation search, baselines, report."""
-    from tlmic_feats.study import StudyConfig, plan_study, run_study
+    from tlmic_feats.study.config import StudyConfig
+    from tlmic_feats.study.plan import plan_study
+    from tlmic_feats.study.run import run_study
 
     config = StudyConfig(data=data, **kw)
     log = None if not quiet else (lambda m: None)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import UsageError, check_choice
+from ..runtime.errors import UsageError, check_choice
 
 __all__ = ["CBR_SPECS", "CBRNet", "CBRSpec", "PixelNormalize", "build_cbr", "cbr_names", "expected_parameters"]
 
@@ -172,7 +172,7 @@ def build_cbr(name: str, n_outputs: int, *, dropout: float = 0.0, in_channels: i
     """A freshly initialized CBR variant ``name`` with a ``n_outputs``-way linear head on features
     pooled with ``pool`` (Transfusion's: ``avg``).
 
-    Raises :class:`~tlmic_feats.errors.UsageError` for an unknown ``name`` (listing the valid ones)
+    Raises :class:`~tlmic_feats.runtime.errors.UsageError` for an unknown ``name`` (listing the valid ones)
     or a non-positive ``n_outputs`` / ``in_channels`` or a ``dropout`` outside [0, 1).
     """
     if n_outputs < 1:

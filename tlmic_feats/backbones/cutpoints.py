@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import UnknownCutPointError, choices
+from ..runtime.errors import UnknownCutPointError, choices
 
 _ADDRESS = re.compile(r"^\d+(\.\d+)?$")
 

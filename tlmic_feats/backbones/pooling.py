@@ -37,7 +37,7 @@ def global_pool_module(pool: str):
     """:func:`global_pool` as a module (for ``nn.Sequential``-style networks and their repr)."""
     import torch.nn as nn
 
-    from ..errors import check_choice
+    from ..runtime.errors import check_choice
 
     check_choice("--pool", pool, POOLS)
 

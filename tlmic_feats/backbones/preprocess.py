@@ -59,7 +59,7 @@ def at_input_size(preprocess: Preprocess, size: int) -> Preprocess:
     crop to resize (224 of 256 becomes 128 of 146). A lower input size makes CPU studies several
     times faster; the store and every finetuned network of a study use the same one.
     """
-    from ..errors import UsageError
+    from ..runtime.errors import UsageError
 
     if not size or size == preprocess.input_size:
         return preprocess

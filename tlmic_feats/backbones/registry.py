@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UnknownBackboneError, UsageError, WeightsUnavailableError, choices
+from ..runtime.errors import UnknownBackboneError, UsageError, WeightsUnavailableError, choices
 from .cutpoints import CutPoint, describe_cut_points
 from .preprocess import Preprocess
 

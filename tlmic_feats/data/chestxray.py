@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataFormatError, MissingColumnError, check_choice, choices
+from ..runtime.errors import DataFormatError, MissingColumnError, check_choice, choices
 from .manifest import FileImageSource
 
 CHEXPERT_LABELS = (

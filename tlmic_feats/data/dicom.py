@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BadImageError
+from ..runtime.errors import BadImageError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 

@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import BadImageError
+from ..runtime.errors import BadImageError
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 

@@ -23,7 +23,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from ..errors import BadImageError, DataFormatError
+from ..runtime.errors import BadImageError, DataFormatError
 
 LabelKind = Literal["binary", "multiclass", "multilabel"]
 LABEL_KINDS: tuple[str, ...] = ("binary", "multiclass", "multilabel")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataFormatError, MissingColumnError, choices
+from ..runtime.errors import DataFormatError, MissingColumnError, choices
 from .manifest import ArrayImageSource, FileImageSource, Manifest, file_sha256
 from .splits import DEFAULT_FRACTIONS, make_splits
 

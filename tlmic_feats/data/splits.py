@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import DataFormatError
+from ..runtime.errors import DataFormatError
 
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 

@@ -10,10 +10,10 @@ function: ``truncate="all"`` (full finetuning), ``weights="random"`` (from scrat
 ``freeze_backbone=True`` (a linear head by SGD on frozen features), ``head_init=PROBE_DIR`` (the
 head starts from the fitted logistic-regression probe of the same cut point: LP-FT).
 
-The budget is counted in optimizer steps (:mod:`tlmic_feats.budget`): small subsets get enough
+The budget is counted in optimizer steps (:mod:`tlmic_feats.finetune.budget`): small subsets get enough
 steps to learn, validation runs every ``eval_every`` steps and ``patience`` counts evaluations.
 
-Training subsets are the probes' nested subsets (:mod:`tlmic_feats.subsets`) for the same seed and
+Training subsets are the probes' nested subsets (:mod:`tlmic_feats.data.subsets`) for the same seed and
 fraction, and the metrics are the shared module's, so both arms sit in one table.
 
 Determinism and resume: a step's batch, augmentation and dropout are seeded from ``(seed, step)``;
@@ -30,7 +30,6 @@ evaluation), ``curves.png``, ``metrics.json``, ``predictions.csv``, ``model.onnx
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import time
@@ -41,306 +40,34 @@ from pathlib import Path
 
 import numpy as np
 
-from .augment import AugmentConfig, augment_batch, center_crop
-from .backbones.pooling import POOLS, pooled_width
-from .budget import MIN_STEPS, BatchStream, StepBudget, lr_factor, resolve_budget, step_seed
-from .data.readers import DataConfig, load_manifest
-from .device import PRECISIONS
-from .device import autocast as amp
-from .errors import SubsetTooSmallError, UsageError, check_choice
-from .metrics import METRICS, UndefinedMetricWarning, bootstrap, choose_thresholds, evaluate, write_predictions
-from .paths import cache_root, slug
-from .subsets import nested_subsets
+from ..backbones.networks import build_hybrid, build_network, full_depth_address, hybrid_address
+from ..data.readers import load_manifest
+from ..data.subsets import nested_subsets
+from ..metrics.scores import UndefinedMetricWarning, evaluate
+from ..runtime.devices import autocast as amp
+from ..runtime.errors import SubsetTooSmallError, UsageError
+from ..runtime.paths import cache_root, slug
+from .augment import augment_batch, center_crop
+from .budget import BatchStream, StepBudget, lr_factor, resolve_budget, step_seed
+from .config import FinetuneConfig, FinetuneResult
+from .losses import make_loss, n_outputs_for, scores_from_logits
+from .lpft import head_from_probe
+from .outputs import _predict, _write_outputs, read_history
 
-SCHEDULES = ("cosine", "plateau")
-# "truncated": the registry's backbone cut at --truncate. "hybrid" (TransFusion-style): the pretrained
-# backbone up to the block end before the deepest, then a slimmer randomly initialised block. The CBR
-# names: Transfusion's shallow networks, trained from scratch (backbones/cbr.py).
-ARCHS = ("truncated", "hybrid", "cbr-tiny", "cbr-small", "cbr-larget", "cbr-largew")
-MONITORS = ("auroc", "auprc", "loss")
 # Settings that change how a run is kept, not what it computes: a resumed run may change them.
 _NOT_IDENTITY = ("keep_checkpoints",)
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """A finetuning run. Recorded in ``run.json``; resuming requires the same values."""
-
-    data: DataConfig
-    backbone: str = "resnet50"
-    weights: str = "imagenet"
-    truncate: str = "all"
-    out: str = ""
-    epochs: int = 20  # the budget's data-rich part: steps = max(min_steps, epochs x steps per epoch)
-    steps: int = 0  # optimizer steps; 0: the policy above (see tlmic_feats.budget)
-    min_steps: int = MIN_STEPS
-    eval_every: int = 0  # steps between validations; 0: 20 evaluations per run
-    batch_size: int = 32
-    lr: float = 1e-3  # AdamW, after warmup; 1e-4 (the paper's) starves short runs (docs/finetune-recipe.md)
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    monitor: str = "auroc"
-    patience: int = 5  # evaluations without improvement before stopping
-    dropout: float = 0.2
-    pool: str = "avg"
-    input_size: int = 0  # 0: the weights' own (see backbones.preprocess.at_input_size)
-    fraction: float = 1.0
-    seed: int = 0
-    freeze_backbone: bool = False
-    head_init: str = ""
-    augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
-    precision: str = "auto"
-    compile: bool = False  # torch.compile the training step's network (benchmarks/finetune_speed.py)
-    device: str = "auto"
-    bootstrap: int = 1000
-    export_onnx: bool = True
-    workers: int = 0
-    pixel_cache: bool = True
-    arch: str = "truncated"
-    freeze_until: str = ""  # layer-wise finetuning: the backbone up to this cut point stays frozen
-    backbone_lr_mult: float = 1.0  # learning rate of the trainable backbone layers, relative to the head's
-    compactness: bool = True  # measure parameters, MACs and CPU latency (a study measures one seed per arm)
-    keep_checkpoints: bool = False  # keep last.pt (resume state) after the run has finished
-
-    def validate(self) -> None:
-        check_choice("--arch", self.arch, ARCHS)
-        check_choice("--pool", self.pool, POOLS)
-        if self.arch != "truncated" and (self.freeze_backbone or self.head_init or self.freeze_until):
-            raise UsageError(
-                f"--arch {self.arch} trains its own layers; --freeze-backbone, --head-init and "
-                "--freeze-until apply to --arch truncated only"
-            )
-        if not 0 < self.backbone_lr_mult <= 10:
-            raise UsageError(f"--backbone-lr-mult {self.backbone_lr_mult} is not in (0, 10]")
-        check_choice("--schedule", self.schedule, SCHEDULES)
-        check_choice("--monitor", self.monitor, MONITORS)
-        check_choice("--precision", self.precision, PRECISIONS)
-        if not 0 < self.fraction <= 1:
-            raise UsageError(f"--fraction {self.fraction} is not in (0, 1]")
-        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
-            raise UsageError(
-                f"--epochs, --batch-size and --patience must be >= 1 "
-                f"(got {self.epochs}, {self.batch_size}, {self.patience})"
-            )
-        if self.steps < 0 or self.min_steps < 0 or self.eval_every < 0:
-            raise UsageError(
-                f"--steps, --min-steps and --eval-every must be >= 0 (0: automatic; got {self.steps}, "
-                f"{self.min_steps}, {self.eval_every})"
-            )
-        if self.freeze_backbone and self.head_init:
-            raise UsageError("--freeze-backbone and --head-init together would train nothing new; choose one")
-
-
-@dataclass
-class FinetuneResult:
-    out: Path
-    metrics: dict
-    history: list[dict]  # one row per evaluation
-    best_step: int
-    compactness: list[dict] = field(default_factory=list)
-    onnx: dict | None = None
-    seconds: float = 0.0  # wall time of this call's training loop
-    resumed_from: int = 0  # the step this call started from
-    already_complete: bool = False  # the run had finished before this call: nothing was computed
-
-
-# --- the network ------------------------------------------------------------------------------------
-
-
-def build_network(backbone, address: str, n_outputs: int, dropout: float, pool: str = "avg"):
-    """Normalization -> backbone truncated at ``address`` -> global ``pool`` -> dropout -> linear.
-
-    Input: uint8 or float pixels ``(N, 1, S, S)`` in 0..255 (grayscale; copied to 3 channels).
-    ``features`` is what ``extract --pool POOL`` stores at ``address``.
-    """
-    import torch.nn as nn
-
-    from .backbones.pooling import global_pool_module
-    from .backbones.preprocess import device_normalize
-
-    cut = backbone.cut_point(address)
-
-    class TruncatedClassifier(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.normalize = device_normalize(backbone.preprocess)
-            self.backbone = backbone.truncated(cut.address)
-            self.pool = global_pool_module(pool)
-            self.dropout = nn.Dropout(dropout)
-            self.head = nn.Linear(pooled_width(cut.channels, pool), n_outputs)
-
-        def features(self, x):
-            """The pooled features at the cut point (what ``extract --pool POOL`` stores)."""
-            return self.pool(self.backbone(self.normalize(x)))
-
-        def forward(self, x):
-            return self.head(self.dropout(self.features(x)))
-
-    return TruncatedClassifier()
 
 
 def build_model(config: FinetuneConfig, backbone, address: str, n_outputs: int):
     """The network ``config.arch`` names: truncated (:func:`build_network`), hybrid or a CBR net,
     each pooled with ``config.pool``."""
     if config.arch.startswith("cbr-"):
-        from .backbones.cbr import build_cbr
+        from ..backbones.cbr import build_cbr
 
         return build_cbr(config.arch, n_outputs, dropout=config.dropout, pool=config.pool)
     if config.arch == "hybrid":
         return build_hybrid(backbone, n_outputs, config.dropout, config.pool)
     return build_network(backbone, address, n_outputs, config.dropout, config.pool)
-
-
-def hybrid_address(backbone) -> str:
-    """Where the hybrid keeps the pretrained backbone up to: the block end before the deepest."""
-    from .backbones.cutpoints import address_key
-
-    blocks = sorted((cp.address for cp in backbone.cut_points if cp.is_block), key=address_key)
-    return blocks[-2]
-
-
-def build_hybrid(backbone, n_outputs: int, dropout: float, pool: str = "avg"):
-    """TransFusion-style hybrid: pretrained bottom blocks (up to :func:`hybrid_address`), then one
-    randomly initialised slim block (two 3x3 conv-BN-ReLU, stride 2, half the channels) in place of
-    the top block, global pooling, dropout and a linear head."""
-    import torch.nn as nn
-
-    from .backbones.pooling import global_pool_module
-    from .backbones.preprocess import device_normalize
-
-    cut = backbone.cut_point(hybrid_address(backbone))
-    width = max(8, cut.channels // 2)
-
-    def cbr(cin: int, cout: int, stride: int) -> list:
-        return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
-
-    class HybridClassifier(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.normalize = device_normalize(backbone.preprocess)
-            self.backbone = backbone.truncated(cut.address)
-            self.slim = nn.Sequential(*cbr(cut.channels, width, 2), *cbr(width, width, 1))
-            for m in self.slim.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            self.pool = global_pool_module(pool)
-            self.dropout = nn.Dropout(dropout)
-            self.head = nn.Linear(pooled_width(width, pool), n_outputs)
-
-        def features(self, x):
-            return self.pool(self.slim(self.backbone(self.normalize(x))))
-
-        def forward(self, x):
-            return self.head(self.dropout(self.features(x)))
-
-    return HybridClassifier()
-
-
-def full_depth_address(backbone) -> str:
-    """The deepest block end: ``--truncate all``."""
-    from .backbones.cutpoints import address_key
-
-    return max((cp.address for cp in backbone.cut_points if cp.is_block), key=address_key)
-
-
-def head_from_probe(
-    probe_dir: str | Path,
-    address: str,
-    fraction: float,
-    seed: int,
-    backbone_name: str,
-    pool: str = "avg",
-    input_size: int | None = None,
-):
-    """(weight, bias, probe name) for the head from a probe run's logistic-regression probe at
-    ``address``, fitted on the same training subset (``fraction``, ``seed``).
-
-    The probe standardizes (z = (x - mean) / scale) before its linear map; folding that in gives
-    a head on raw pooled features. The probe run must be on features of the same backbone, pooled
-    with ``pool`` at ``input_size`` (checked from its run record).
-    """
-    from .probes import load_probe
-    from .probing import fitted_probe_dir
-
-    probe_dir = Path(probe_dir)
-    record_file = probe_dir / "run.json"
-    if not record_file.is_file():
-        raise UsageError(f"--head-init {probe_dir}: not a probe run directory (no run.json)")
-    fp = json.loads(record_file.read_text())["store_fingerprint"]
-    if fp.get("backbone") != backbone_name or fp.get("pool") != pool:
-        raise UsageError(
-            f"--head-init {probe_dir}: its probes are on {fp.get('backbone')} features pooled "
-            f"{fp.get('pool')!r}; LP-FT needs {backbone_name} with --pool {pool}"
-        )
-    stored_size = fp.get("preprocess", {}).get("input_size")
-    if input_size is not None and stored_size is not None and stored_size != input_size:
-        raise UsageError(
-            f"--head-init {probe_dir}: its probes are on {stored_size}-px inputs; this run uses {input_size} px "
-            f"(--input-size {stored_size})"
-        )
-    # the probe of this run's own training subset (same fraction and seed), never another one
-    chosen = fitted_probe_dir(probe_dir, address, "logreg", float(fraction), seed)
-    probe = load_probe(chosen)
-    singles = probe.estimators_ if probe.kind_ == "multilabel" else [probe]
-    ws, bs = [], []
-    for e in singles:
-        if e is None:
-            raise UsageError(f"--head-init: probe {chosen.name} has an unfitted label")
-        w = e.coef_ / e.scaler_scale_[None, :]
-        b = e.intercept_ - (e.coef_ * (e.scaler_mean_ / e.scaler_scale_)[None, :]).sum(1)
-        ws.append(w)
-        bs.append(b)
-    return np.concatenate(ws).astype(np.float32), np.concatenate(bs).astype(np.float32), chosen.name
-
-
-# --- loss and targets --------------------------------------------------------------------------------
-
-
-def n_outputs_for(kind: str, n_names: int) -> int:
-    return 1 if kind == "binary" else n_names
-
-
-def make_loss(kind: str, y_train: np.ndarray):
-    """Class-weighted loss: BCE-with-logits (binary; multi-label masked where labels are NaN) or
-    cross-entropy (multi-class), weights from the training subset's class frequencies."""
-    import torch
-    import torch.nn.functional as F
-
-    if kind == "multiclass":
-        counts = np.bincount(y_train[:, 0].astype(int), minlength=int(np.nanmax(y_train)) + 1).astype(float)
-        w = torch.tensor(len(y_train) / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
-
-        def ce(logits, y):
-            return F.cross_entropy(logits.float(), y[:, 0].long(), weight=w.to(logits.device))
-
-        return ce
-    pos = np.nansum(y_train == 1, 0).astype(float)
-    neg = np.nansum(y_train == 0, 0).astype(float)
-    pos_weight = torch.tensor(neg / np.maximum(pos, 1), dtype=torch.float32)
-
-    def bce(logits, y):
-        mask = ~torch.isnan(y)
-        target = torch.nan_to_num(y, nan=0.0)
-        loss = F.binary_cross_entropy_with_logits(
-            logits.float(), target, pos_weight=pos_weight.to(logits.device), reduction="none"
-        )
-        return (loss * mask).sum() / mask.sum().clamp(min=1)
-
-    return bce
-
-
-def scores_from_logits(kind: str, logits: np.ndarray) -> np.ndarray:
-    """Probabilities in the metrics module's layout."""
-    if kind == "binary":
-        return 1 / (1 + np.exp(-logits[:, 0]))
-    if kind == "multiclass":
-        z = logits - logits.max(1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(1, keepdims=True)
-    return 1 / (1 + np.exp(-logits))
-
-
-# --- the run directory -------------------------------------------------------------------------------
 
 
 def _claim_run_dir(out: Path, record: dict, *, resume: bool, overwrite: bool) -> bool:
@@ -413,21 +140,6 @@ def _completed(out: Path) -> FinetuneResult:
     )
 
 
-def read_history(path: Path) -> list[dict]:
-    """``history.csv`` as written: one dict per evaluation, numbers as numbers."""
-
-    def value(k: str, v: str):
-        if k == "best":
-            return v == "True"
-        return int(v) if k == "step" else float(v)
-
-    with open(path, newline="") as f:
-        return [{k: value(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-# --- the run -----------------------------------------------------------------------------------------
-
-
 @dataclass
 class _Setup:
     """What a run trains on and where it writes, resolved once."""
@@ -467,7 +179,7 @@ def finetune(
 ) -> FinetuneResult | None:
     """Run (or resume) a finetuning run; see the module docstring. ``on_eval(step)`` is called after
     each evaluation's checkpoint (progress; tests use it to interrupt a run). In a torchrun group
-    (see :mod:`tlmic_feats.ddp`) every rank calls this; rank 0 returns the result, the others None."""
+    (see :mod:`tlmic_feats.finetune.ddp`) every rank calls this; rank 0 returns the result, the others None."""
     from .ddp import join
 
     config.validate()
@@ -520,9 +232,9 @@ def default_run_dir(config: FinetuneConfig, address: str) -> Path:
 
 def _set_up(config: FinetuneConfig, group, *, resume: bool, overwrite: bool) -> _Setup:
     """Data, subset, backbone, budget and the claimed run directory (every rank alike)."""
-    from . import __version__
-    from .backbones.registry import build_backbone
-    from .device import resolve_device, resolve_precision
+    from .. import __version__
+    from ..backbones.registry import build_backbone
+    from ..runtime.devices import resolve_device, resolve_precision
 
     manifest = load_manifest(config.data)
     backbone = build_backbone(config.backbone, config.weights, seed=config.seed, input_size=config.input_size)
@@ -575,7 +287,7 @@ def _set_up(config: FinetuneConfig, group, *, resume: bool, overwrite: bool) -> 
     claimed: tuple[bool, bool, Exception | None] = (False, False, None)
     lock = None
     if group.is_main:
-        from .store import StoreLock
+        from ..features.store import StoreLock
 
         try:
             lock = StoreLock(out).acquire()  # a second process writing the same run would corrupt it
@@ -814,100 +526,11 @@ def _evaluate(setup: _Setup, tr: _Training, loss_fn, state: dict, loss_seen, tra
     group.maybe_crash(step)
 
 
-def _write_outputs(setup: _Setup, tr: _Training, state: dict):
-    """The best checkpoint evaluated once on test; metrics, predictions, history, curves, ONNX,
-    compactness. ``metrics.json`` is written last (it marks the run finished); the resume state
-    is deleted after it."""
-    import torch
-
-    config, out, manifest, kind, names, net = setup.config, setup.out, setup.manifest, setup.kind, setup.names, tr.net
-    if (out / "best.pt").exists():
-        net.load_state_dict(torch.load(out / "best.pt", map_location=setup.device, weights_only=True)["model"])
-    s_val = scores_from_logits(kind, _predict(net, setup.pixels["val"], setup, config.batch_size))
-    s_test = scores_from_logits(kind, _predict(net, setup.pixels["test"], setup, config.batch_size))
-    y_val, y_test = manifest.labels[setup.rows["val"]], manifest.labels[setup.rows["test"]]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UndefinedMetricWarning)
-        thresholds = choose_thresholds(y_val, s_val, kind)
-        test_m = evaluate(y_test, s_test, kind, thresholds=thresholds, label_names=names)
-        ci = bootstrap(y_test, s_test, kind, thresholds=thresholds, n_resamples=config.bootstrap, seed=config.seed)
-    history, budget = state["history"], setup.budget
-    metrics = {m: test_m[m] for m in METRICS}
-    metrics.update({f"{m}_lo": ci[m][0] for m in METRICS})
-    metrics.update({f"{m}_hi": ci[m][1] for m in METRICS})
-    metrics.update(
-        n_labels=test_m["n_labels"],
-        n_labels_total=test_m["n_labels_total"],
-        per_label=test_m["per_label"],
-        threshold=None if thresholds is None else thresholds.tolist(),
-        best_step=state["best_step"],
-        steps_run=state["step"],
-        steps=budget.steps,
-        budget_policy=budget.policy,
-        eval_every=budget.eval_every,
-        batch_size=budget.batch_size,
-        epochs_run=round(state["step"] / budget.steps_per_epoch, 3),
-        best_val=state["best_score"] if np.isfinite(state["best_score"]) else None,
-        address=setup.address,
-        pool=config.pool,
-        input_size=setup.backbone.preprocess.input_size,
-        n_train=len(setup.train),
-        head_init=tr.head_source,
-        arch=config.arch,
-        train_seconds=round(sum(h["seconds"] for h in history), 2),
-        eval_seconds=round(sum(h["eval_seconds"] for h in history), 2),
-        precision=setup.precision,
-    )
-    write_predictions(
-        out / "predictions.csv",
-        ids=manifest.ids,
-        labels=manifest.labels,
-        rows={"val": setup.rows["val"], "test": setup.rows["test"]},
-        scores={"val": s_val, "test": s_test},
-        label_kind=kind,
-        label_names=names,
-    )
-    _write_history(out / "history.csv", history)
-    plot_curves(history, out / "curves.png", config.monitor)
-
-    net_cpu = net.float().to("cpu").eval()
-    example = center_crop(setup.pixels["val"][: min(4, len(setup.pixels["val"]))], setup.backbone.preprocess.input_size)
-    example = example.contiguous()
-    onnx = None
-    if config.export_onnx:
-        from .export import export_onnx
-
-        onnx = export_onnx(net_cpu, example, out / "model.onnx")
-    comp = []
-    if config.compactness:
-        from .compactness import format_compactness
-
-        comp = compactness_pair(
-            setup.backbone,
-            setup.address,
-            net_cpu,
-            example[:1],
-            setup.n_outputs,
-            name="" if config.arch == "truncated" else arm_name(config, setup.backbone.name, setup.address),
-            pool=config.pool,
-        )
-        (out / "compactness.json").write_text(json.dumps([asdict(c) for c in comp], indent=1))
-        (out / "compactness.md").write_text(format_compactness(comp) + "\n")
-    metrics["onnx"] = onnx
-    metrics["world_size"] = setup.group.world
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=1, default=float))
-    tmp.replace(out / "metrics.json")
-    if not config.keep_checkpoints:  # finished: the resume state is of no further use
-        (out / "last.pt").unlink(missing_ok=True)
-    return metrics, comp, onnx
-
-
 def load_pixels_for(manifest, rows, pre, workers: int, *, use_cache: bool = True) -> np.ndarray:
     """The rows' decoded squares: from the shared pixel cache (decoded once for every backbone,
     run and epoch), or decoded directly."""
-    from .errors import BadImageError
-    from .pixels import build_pixel_cache, load_pixels
+    from ..features.pixels import build_pixel_cache, load_pixels
+    from ..runtime.errors import BadImageError
 
     if not use_cache:
         return load_pixels(manifest.source, rows, pre.resize_size, pre.interpolation)
@@ -916,84 +539,6 @@ def load_pixels_for(manifest, rows, pre, workers: int, *, use_cache: bool = True
     if bad:
         raise BadImageError(f"{cache.errors[bad[0]]}; {len(bad)} unreadable image(s) among the rows to train on")
     return cache.read(np.sort(rows))[np.argsort(np.argsort(rows))]
-
-
-def arm_name(config: FinetuneConfig, backbone_name: str, address: str) -> str:
-    """What the trained network is, in words (compactness tables, reports)."""
-    if config.arch.startswith("cbr-"):
-        return f"{config.arch} (from scratch)"
-    if config.arch == "hybrid":
-        return f"{backbone_name} hybrid (to {address} + slim block)"
-    return f"{backbone_name} truncated at {address}"
-
-
-def compactness_pair(backbone, address: str, net, example, n_out: int, name: str = "", pool: str = "avg"):
-    """Compactness of the trained network and of the full-depth one (same head shape)."""
-    from .compactness import measure
-
-    rows = [measure(name or f"{backbone.name} truncated at {address}", net, example)]
-    full = full_depth_address(backbone)
-    if address != full or name:
-        full_net = build_network(backbone, full, n_out, 0.0, pool).eval()
-        rows.append(measure(f"{backbone.name} full ({full})", full_net, example))
-    return rows
-
-
-def _predict(net, pixels, setup: _Setup, batch_size: int) -> np.ndarray:
-    """Logits of ``pixels`` (center crops) at inference speed: no autograd, the training precision,
-    batches at least 64 images."""
-    import torch
-
-    size, device = setup.backbone.preprocess.input_size, setup.device
-    batch = max(batch_size, 64)
-    net.eval()
-    out = []
-    with torch.inference_mode(), amp(device, setup.precision):
-        for start in range(0, len(pixels), batch):
-            x = center_crop(pixels[start : start + batch], size).to(device)
-            out.append(net(x.contiguous(memory_format=torch.channels_last)).float().cpu())
-    return torch.cat(out).numpy().astype(np.float64)
-
-
-def _write_history(path: Path, history: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(history[0]) if history else ["epoch"])
-        w.writeheader()
-        w.writerows(history)
-    tmp.replace(path)
-
-
-def plot_curves(history: list[dict], path: Path, monitor: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not history:
-        return
-    ep = [h["step"] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
-    a.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-    a.plot(ep, [h["val_loss"] for h in history], "o-", label="val")
-    a.set_title("loss")
-    a.set_xlabel("optimizer step")
-    a.legend()
-    b.plot(ep, [h["val_auroc"] for h in history], "o-", label="val AUROC")
-    b.plot(ep, [h["val_auprc"] for h in history], "o-", label="val AUPRC")
-    best = [h["step"] for h in history if h["best"]]
-    if best:
-        b.axvline(best[-1], color="grey", ls=":", label=f"best ({monitor})")
-    b.set_title("validation")
-    b.set_xlabel("optimizer step")
-    b.legend()
-    for ax in (a, b):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
 
 
 def _bar(total: int, desc: str, enabled: bool, initial: int = 0):

@@ -17,9 +17,7 @@ run over the labels that are defined and say how many (``n_labels``).
 
 from __future__ import annotations
 
-import csv
 import warnings
-from pathlib import Path
 
 import numpy as np
 
@@ -28,9 +26,6 @@ METRICS = ("auroc", "auprc", "balanced_accuracy", "macro_f1", "sensitivity", "sp
 
 class UndefinedMetricWarning(UserWarning):
     """A metric is undefined on this split (e.g. one class only) and was set to NaN."""
-
-
-# --- thresholds ----------------------------------------------------------------------------------
 
 
 def youden_threshold(y: np.ndarray, s: np.ndarray) -> float:
@@ -60,9 +55,6 @@ def choose_thresholds(y_val: np.ndarray, s_val: np.ndarray, label_kind: str) -> 
 def _as_2d(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     return a.reshape(len(a), -1)
-
-
-# --- point estimates (scikit-learn) ---------------------------------------------------------------
 
 
 def _binary_point(y: np.ndarray, s: np.ndarray, t: float) -> dict[str, float]:
@@ -186,9 +178,6 @@ def _multilabel_point(y: np.ndarray, s: np.ndarray, thresholds, names) -> dict:
     out = {m: float(np.mean([v[m] for v in defined])) if defined else float("nan") for m in METRICS}
     out.update(n_labels=len(defined), n_labels_total=n_labels, per_label=per)
     return out
-
-
-# --- vectorized bootstrap --------------------------------------------------------------------------
 
 
 def _rankdata_rows(a: np.ndarray) -> np.ndarray:
@@ -332,61 +321,6 @@ def _multiclass_rows(y: np.ndarray, p: np.ndarray, n_resamples: int, rng) -> dic
         "sensitivity": bacc,
         "specificity": np.mean(spec, axis=0),
     }
-
-
-# --- predictions files -----------------------------------------------------------------------------
-
-
-def write_predictions(
-    path: str | Path,
-    *,
-    ids: np.ndarray,
-    labels: np.ndarray,
-    rows: dict[str, np.ndarray],
-    scores: dict[str, np.ndarray],
-    label_kind: str,
-    label_names,
-) -> None:
-    """One CSV per fitted model, so anyone can recompute a metric: ``id, split``, the label(s)
-    (empty where missing) and the score(s), for each split in ``rows`` (e.g. val then test).
-    Written under a temporary name and renamed."""
-    names = list(label_names)
-    if label_kind == "binary":
-        heads = ["y", "score"]
-    elif label_kind == "multiclass":
-        heads = ["y", *[f"score_{n}" for n in names]]
-    else:
-        heads = [*[f"y_{n}" for n in names], *[f"score_{n}" for n in names]]
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "split", *heads])
-        for split, split_rows in rows.items():
-            s = np.asarray(scores[split]).reshape(len(split_rows), -1)
-            for k, r in enumerate(split_rows):
-                lab = ["" if np.isnan(v) else int(v) for v in labels[r].tolist()]
-                w.writerow([ids[r], split, *lab, *[repr(float(v)) for v in s[k]]])
-    tmp.replace(path)
-
-
-def read_predictions(path: str | Path, label_kind: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """``{split: (ids, labels (n, L), scores)}`` from a file :func:`write_predictions` wrote; scores are
-    ``(n,)`` for binary, ``(n, K)`` multi-class, ``(n, L)`` multi-label."""
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        head = next(reader)
-        rows = list(reader)
-    ys = [i for i, h in enumerate(head) if h == "y" or h.startswith("y_")]
-    ss = [i for i, h in enumerate(head) if h == "score" or h.startswith("score_")]
-    out = {}
-    for split in dict.fromkeys(r[1] for r in rows):
-        part = [r for r in rows if r[1] == split]
-        ids = np.array([r[0] for r in part])
-        y = np.array([[float(r[i]) if r[i] != "" else np.nan for i in ys] for r in part], dtype=float)
-        s = np.array([[float(r[i]) for i in ss] for r in part], dtype=float)
-        out[split] = (ids, y, s[:, 0] if label_kind == "binary" else s)
-    return out
 
 
 def paired_bootstrap(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data.splits import stratify_key
+from .splits import stratify_key
 
 
 def nested_subsets(

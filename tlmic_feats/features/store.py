@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import (
+from ..runtime.errors import (
     StoreError,
     StoreIncompleteError,
     StoreLockedError,

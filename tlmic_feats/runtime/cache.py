@@ -116,7 +116,7 @@ def _recognize(path: Path, root: Path) -> tuple[str, str, str] | None:
 
 
 def _item(path: Path, kind: str, dataset: str, backbone: str) -> CacheItem:
-    from .store import lock_holder
+    from ..features.store import lock_holder
 
     holder = lock_holder(path)
     return CacheItem(
@@ -174,7 +174,7 @@ def clean_cache(items: list[CacheItem]) -> tuple[int, list[CacheItem], list[Cach
 
     The lock is checked again just before each deletion (it may have been taken since the scan).
     """
-    from .store import lock_holder
+    from ..features.store import lock_holder
 
     freed, deleted, skipped = 0, [], []
     for item in items:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import RunError, UsageError
+from ..runtime.errors import RunError, UsageError
 
 ENGINES = ("torch", "onnx")
 
@@ -29,8 +30,8 @@ class TorchEngine:
     def __init__(self, backbone, cut_points, pool: str, device: str, precision: str, compile: bool = False) -> None:
         import torch
 
-        from .backbones.cutpoints import tap_network
-        from .device import autocast
+        from ..backbones.cutpoints import tap_network
+        from ..runtime.devices import autocast
 
         self.device = device
         self.net = tap_network(backbone.family, backbone.model, cut_points, pool, backbone.preprocess)
@@ -55,8 +56,8 @@ class OnnxEngine:
         import onnxruntime as ort
         import torch
 
-        from .backbones.cutpoints import tap_network
-        from .export import write_onnx
+        from ..backbones.cutpoints import tap_network
+        from ..finetune.export import write_onnx
 
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         path = Path(cache_dir) / f"{backbone.name}-{pool}-{digest}.onnx"
@@ -103,3 +104,59 @@ def make_engine(
             raise UsageError(f"--engine onnx runs fp32; got --precision {precision} (use --engine torch for it)")
         return OnnxEngine(backbone, cut_points, pool, device, cache_dir, key or {})
     raise UsageError(f"--engine {name!r} is not valid; valid: {', '.join(ENGINES)}")
+
+
+# --- built once per worker process (Dask) ---
+
+_ENGINES: dict[str, object] = {}
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What a worker needs to build the extraction engine (once per process)."""
+
+    backbone: str
+    weights: str
+    seed: int
+    input_size: int
+    addresses: tuple[str, ...]
+    pool: str
+    engine: str
+    precision: str
+    device: str
+    compile: bool
+    cache_dir: str
+    key: str  # JSON of the fingerprint parts that define the network (ONNX cache key)
+
+
+def worker_engine(spec: EngineSpec, threads: int = 0):
+    """The engine for ``spec``, built on first use in this process and kept for later tasks."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from ..backbones.registry import build_backbone
+    from ..runtime.devices import resolve_device
+    from .engines import make_engine
+
+    if threads:
+        torch.set_num_threads(threads)
+    key = repr(spec)
+    if key not in _ENGINES:
+        _ENGINES.clear()  # one backbone at a time per worker
+        backbone = build_backbone(spec.backbone, spec.weights, seed=spec.seed, input_size=spec.input_size)
+        stored = tuple(backbone.cut_point(a) for a in spec.addresses)
+        engine = make_engine(
+            spec.engine,
+            backbone,
+            stored,
+            spec.pool,
+            resolve_device(spec.device),
+            spec.precision,
+            compile=spec.compile,
+            cache_dir=Path(spec.cache_dir),
+            key=json.loads(spec.key),
+        )
+        _ENGINES[key] = (backbone, engine)
+    return _ENGINES[key]

@@ -137,7 +137,7 @@ def check_visible(client, location, *, member: str = "zarr.json", what: str = "s
     target = str(location)
 
     def probe(path=target, member=member) -> str:
-        from .store import _exists, store_location
+        from ..features.store import _exists, store_location
 
         try:
             return "" if _exists(store_location(path), member) else "not found"
@@ -153,62 +153,6 @@ def check_visible(client, location, *, member: str = "zarr.json", what: str = "s
             "put it on a filesystem every worker mounts at the same path, or use an fsspec URL "
             "(s3://, gs://) the workers can reach"
         )
-
-
-# --- worker side ------------------------------------------------------------------------------------
-
-_ENGINES: dict[str, object] = {}
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    """What a worker needs to build the extraction engine (once per process)."""
-
-    backbone: str
-    weights: str
-    seed: int
-    input_size: int
-    addresses: tuple[str, ...]
-    pool: str
-    engine: str
-    precision: str
-    device: str
-    compile: bool
-    cache_dir: str
-    key: str  # JSON of the fingerprint parts that define the network (ONNX cache key)
-
-
-def worker_engine(spec: EngineSpec, threads: int = 0):
-    """The engine for ``spec``, built on first use in this process and kept for later tasks."""
-    import json
-    from pathlib import Path
-
-    import torch
-
-    from .backbones.registry import build_backbone
-    from .device import resolve_device
-    from .engines import make_engine
-
-    if threads:
-        torch.set_num_threads(threads)
-    key = repr(spec)
-    if key not in _ENGINES:
-        _ENGINES.clear()  # one backbone at a time per worker
-        backbone = build_backbone(spec.backbone, spec.weights, seed=spec.seed, input_size=spec.input_size)
-        stored = tuple(backbone.cut_point(a) for a in spec.addresses)
-        engine = make_engine(
-            spec.engine,
-            backbone,
-            stored,
-            spec.pool,
-            resolve_device(spec.device),
-            spec.precision,
-            compile=spec.compile,
-            cache_dir=Path(spec.cache_dir),
-            key=json.loads(spec.key),
-        )
-        _ENGINES[key] = (backbone, engine)
-    return _ENGINES[key]
 
 
 def my_threads(threads: dict[str, int]) -> int:

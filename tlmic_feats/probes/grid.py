@@ -1,6 +1,6 @@
 """The fixed-feature arm: a probe on every layer x model x data fraction x seed.
 
-:func:`run_probes` reads one layer of a finished :class:`~tlmic_feats.store.FeatureStore` at a
+:func:`run_probes` reads one layer of a finished :class:`~tlmic_feats.features.store.FeatureStore` at a
 time (a probe never loads more than its layer), trains each probe on a nested training subset,
 picks thresholds and hyper-parameters on the validation split, and scores the test split with the
 shared metrics module and bootstrap CIs. It writes, under ``out``:
@@ -8,7 +8,7 @@ shared metrics module and bootstrap CIs. It writes, under ``out``:
 * ``results.csv`` / ``results.json``: one row per layer x model x fraction x seed (x control);
 * ``predictions/<run>.csv``: ids, split, labels and scores of val and test, for recomputation;
 * ``probes/<run>/``: each fitted probe, saved without pickle;
-* ``summary.md`` and ``layers.png`` (see :mod:`tlmic_feats.report`);
+* ``summary.md`` and ``layers.png`` (see :mod:`tlmic_feats.probes.report`);
 * ``run.json``: the :class:`ProbeConfig` and the store's fingerprint; ``cells/``: one finished
   result per fit, so an interrupted run resumes and a rerun of a finished one refits nothing.
 """
@@ -28,12 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UnknownCutPointError, UsageError, check_choice, choices
-from .metrics import METRICS, UndefinedMetricWarning, bootstrap, choose_thresholds, evaluate, write_predictions
-from .paths import cache_root, slug
-from .probes import PROBES, lightgbm_max_threads
-from .store import FeatureStore
-from .subsets import nested_subsets
+from ..data.subsets import nested_subsets
+from ..features.store import FeatureStore
+from ..metrics.predictions import write_predictions
+from ..metrics.scores import METRICS, UndefinedMetricWarning, bootstrap, choose_thresholds, evaluate
+from ..runtime.errors import UnknownCutPointError, UsageError, check_choice, choices
+from ..runtime.paths import cache_root, slug
+from .estimators import PROBES, lightgbm_max_threads
 
 CONTROLS = ("none", "shuffle")
 MODELS = tuple(PROBES)
@@ -75,7 +76,7 @@ class ProbeConfig:
         if self.seeds < 1:
             raise UsageError(f"--seeds {self.seeds}: need at least 1")
         if self.cluster:
-            from .cluster import parse_cluster
+            from ..runtime.cluster import parse_cluster
 
             parse_cluster(self.cluster, device="cpu")
         if self.distributed_fit and (not self.cluster or tuple(self.models) != ("lightgbm",)):
@@ -197,7 +198,7 @@ def run_probes(config: ProbeConfig, *, progress: bool = True, log: Callable[[str
     t0 = time.perf_counter()
     fitted_by_array: dict[str, dict[int, dict]] = {}
     if config.cluster:
-        from .cluster_probes import fit_grid_on_cluster
+        from .cluster import fit_grid_on_cluster
 
         fitted_by_array = fit_grid_on_cluster(
             store, ctx, cells, {a: (common_of(*first_of[a]), todo[a]) for a in first_of}, bar
@@ -391,7 +392,7 @@ def _load_cell(out: Path, run_id: str) -> dict | None:
 
 def _claim_run_dir(out: Path, config: ProbeConfig, store: FeatureStore) -> None:
     """Start a run in ``out``, or resume the same run there; refuse a directory holding another."""
-    from . import __version__
+    from .. import __version__
 
     record = {
         "config": config.grid_key,

@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import RunError
+from ..runtime.errors import RunError
 
 WORKER_DIED = (
     "a decode worker process exited unexpectedly ({detail}). Worker processes are spawned and "

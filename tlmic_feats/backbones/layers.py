@@ -17,8 +17,8 @@ class LayerRow:
 def layer_table(backbone: str, *, granularity: str = "all") -> list[LayerRow]:
     """Every cut point of ``backbone`` (``all``, ``blocks`` or ``units``) with the parameter count
     of the network truncated there. Weights do not change the table, so none are loaded."""
-    from .backbones.cutpoints import select_cut_points
-    from .backbones.registry import build_backbone
+    from .cutpoints import select_cut_points
+    from .registry import build_backbone
 
     b = build_backbone(backbone, "random")
     rows = []
@@ -30,7 +30,7 @@ def layer_table(backbone: str, *, granularity: str = "all") -> list[LayerRow]:
 
 def full_model_params(backbone: str) -> int:
     """Parameters of the whole backbone including its ImageNet classifier."""
-    from .backbones.registry import build_backbone
+    from .registry import build_backbone
 
     return sum(p.numel() for p in build_backbone(backbone, "random").model.parameters())
 

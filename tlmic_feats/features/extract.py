@@ -3,7 +3,7 @@
 :func:`extract_features` reads a dataset, runs the backbone truncated after the deepest requested
 cut point, taps every requested cut point with forward hooks, pools on the device right after
 each tap (C floats per image, never a C x H x W map kept around) and writes the results shard by
-shard into a :class:`~tlmic_feats.store.FeatureStore`. Interrupted runs resume where they stopped;
+shard into a :class:`~tlmic_feats.features.store.FeatureStore`. Interrupted runs resume where they stopped;
 finished runs are not redone.
 """
 
@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .backbones.cutpoints import select_cut_points, storage_groups
-from .backbones.pooling import POOLS, pooled_width
-from .data.readers import DataConfig, load_manifest
-from .device import PRECISIONS, resolve_device, resolve_precision
+from .. import __version__
+from ..backbones.cutpoints import select_cut_points, storage_groups
+from ..backbones.pooling import POOLS, pooled_width
+from ..data.readers import DataConfig, load_manifest
+from ..runtime.devices import PRECISIONS, resolve_device, resolve_precision
+from ..runtime.errors import BadImageError, UsageError, check_choice
+from ..runtime.paths import cache_root, slug
 from .engines import ENGINES, make_engine
-from .errors import BadImageError, UsageError, check_choice
-from .paths import cache_root, slug
 from .pixels import build_pixel_cache
 from .store import FeatureStore, LayerInfo, StoreLock, StoreWriter, open_for_writing, store_location
 from .workers import dead_workers_reported, spawned_loader
@@ -65,7 +65,7 @@ class ExtractConfig:
         check_choice("--engine", self.engine, ENGINES)
         check_choice("--precision", self.precision, PRECISIONS)
         if self.cluster:
-            from .cluster import parse_cluster
+            from ..runtime.cluster import parse_cluster
 
             parse_cluster(self.cluster, device="cpu")
         if self.batch_size < 1 or self.chunk_rows < 1:
@@ -105,7 +105,7 @@ class PixelDataset:
     def __getitem__(self, i: int):
         import torch
 
-        from .data.images import resize_center_crop
+        from ..data.images import resize_center_crop
 
         p = self.preprocess
         try:
@@ -129,7 +129,7 @@ def _shard_batches(writer, shards: list[int], batch_size: int) -> list[list[int]
 def _auto_workers(n_rows: int, source) -> int:
     import os
 
-    from .data.manifest import ArrayImageSource
+    from ..data.manifest import ArrayImageSource
 
     if isinstance(source, ArrayImageSource) or n_rows <= 512:
         return 0  # arrays are in memory; small runs don't repay worker start-up
@@ -165,7 +165,7 @@ def extract_features(
     use it to interrupt a run). Returns an :class:`ExtractReport` whose ``store`` is the finished
     :class:`FeatureStore`.
     """
-    from .backbones.registry import build_backbone
+    from ..backbones.registry import build_backbone
 
     config.validate()
     log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -391,7 +391,8 @@ def extract_shard(job: _ShardJob, data, shard: int, threads: dict[str, int]) -> 
     every array and then its done flag. Returns ``(shard, [(row, error) of skipped rows])``."""
     import torch
 
-    from .cluster import my_threads, worker_engine
+    from ..runtime.cluster import my_threads
+    from .engines import worker_engine
 
     source, ids = data
     _, engine = worker_engine(job.engine, my_threads(threads))
@@ -418,7 +419,8 @@ def _extract_on_cluster(
     """As :func:`_extract_here`, on a Dask cluster (input waits happen on the workers: reported as 0)."""
     import json
 
-    from .cluster import EngineSpec, check_visible, connect, gather, torch_threads_per_worker
+    from ..runtime.cluster import check_visible, connect, gather, torch_threads_per_worker
+    from .engines import EngineSpec
 
     spec = EngineSpec(
         backbone=config.backbone,
@@ -489,7 +491,7 @@ def _cached_batches(cache, batches: list[list[int]], input_size: int):
 
     import torch
 
-    from .augment import center_crop
+    from ..finetune.augment import center_crop
 
     def read(rows):
         px = torch.from_numpy(cache.read(np.asarray(rows)))[:, None]

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import paired_bootstrap, read_predictions
-from .report import aggregate, best_layers
+from ..metrics.predictions import read_predictions
+from ..metrics.scores import paired_bootstrap
+from ..probes.report import aggregate, best_layers
 
 ROW_COLUMNS = (
     "stage",
@@ -52,7 +53,7 @@ ROW_COLUMNS = (
 def collect_rows(out: Path, config, probe_dir: Path) -> list[dict]:
     """One row per finished finetuning run and per probe seed at its best layer; written to
     ``results.csv``."""
-    from .study import run_val_auprc
+    from .arms import run_val_auprc
 
     state = json.loads((out / "study.json").read_text())
     rows = []
@@ -127,7 +128,7 @@ _ARM_ORDER = {"probe": 0, "stage1": 1, "stage2": 2, "baseline": 4}
 
 
 def _arm_sort(stage: str, arm: str) -> tuple:
-    from .backbones.cutpoints import address_key
+    from ..backbones.cutpoints import address_key
 
     if arm in ("full", "scratch"):
         return (3, 0 if arm == "full" else 1, (0, 0))
@@ -224,8 +225,8 @@ def _percentiles(v: np.ndarray) -> tuple[float, float]:
 def compute_summary(config, backbone, calibration: dict, rows: list[dict], state: dict, manifest, out: Path) -> dict:
     """What the probe-guided search spent against exhaustive finetuning of every cut point, and the
     disk the study wrote against the plan's estimate."""
-    from .budget import StepBudget
-    from .study import distinct_truncations, estimate_disk, estimate_seconds
+    from ..finetune.budget import StepBudget
+    from .plan import distinct_truncations, estimate_disk, estimate_seconds
 
     n_val, n_test = int((manifest.splits == "val").sum()), int((manifest.splits == "test").sum())
     budgets = {float(f): StepBudget(**c["budget"]) for f, c in state.get("choices", {}).items() if "budget" in c}
@@ -261,8 +262,8 @@ def compute_summary(config, backbone, calibration: dict, rows: list[dict], state
 
 def measured_disk(out: Path, state: dict, manifest, backbone) -> dict:
     """Bytes on disk now, in the parts :func:`~tlmic_feats.study.estimate_disk` estimates."""
-    from .paths import cache_root, disk_usage
-    from .pixels import pixel_cache_path
+    from ..features.pixels import pixel_cache_path
+    from ..runtime.paths import cache_root, disk_usage
 
     pre = backbone.preprocess
     parts = {
@@ -292,7 +293,7 @@ def _n(v, scale: float, unit: str, digits: int = 2) -> str:
 
 
 def render_study_report(out: Path, config, backbone, calibration: dict, rows: list[dict], state: dict) -> Path:
-    from .data.readers import load_manifest
+    from ..data.readers import load_manifest
 
     manifest = load_manifest(config.data)
     kind = manifest.label_kind
@@ -345,7 +346,7 @@ def render_study_report(out: Path, config, backbone, calibration: dict, rows: li
                 f"{_n(a['params'], 1e6, 'M')} | {_n(a['macs'], 1e9, 'G')} | {_n(a['latency_ms'], 1, '', 1)} |"
             )
         if c.get("budget"):
-            from .budget import StepBudget
+            from ..finetune.budget import StepBudget
 
             lines += [
                 "",
@@ -425,7 +426,7 @@ def _plot_fraction(out: Path, rows: list[dict], fraction: float, path: Path, con
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .backbones.cutpoints import address_key
+    from ..backbones.cutpoints import address_key
 
     probe_rows = json.loads((out / "probes" / "results.json").read_text())["rows"]
     agg = [a for a in aggregate(probe_rows) if a["fraction"] == fraction and a["control"] == "none"]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadImageError
+from ..runtime.errors import BadImageError
 from .workers import dead_workers_reported, spawned_loader
 
 CHUNK = 64
@@ -141,7 +141,7 @@ class _ChunkDecoder:
         return len(self.chunks)
 
     def __getitem__(self, i: int):
-        from .data.images import resize_center_crop
+        from ..data.images import resize_center_crop
 
         start = self.chunks[i] * CHUNK
         rows = range(start, min(self.n, start + CHUNK))
@@ -160,7 +160,7 @@ class _ChunkDecoder:
 
 def load_pixels(source, rows: np.ndarray, size: int, interpolation: str) -> np.ndarray:
     """Decode ``rows`` of an image source to ``(len(rows), size, size)`` uint8, without a cache."""
-    from .data.images import resize_center_crop
+    from ..data.images import resize_center_crop
 
     out = np.empty((len(rows), size, size), dtype=np.uint8)
     for k, i in enumerate(np.asarray(rows).tolist()):

@@ -72,7 +72,7 @@ def resolve_budget(
 ) -> StepBudget:
     """The budget of a run on ``n_train`` images (see the module docstring). The batch is at most
     the rows one process sees in an epoch."""
-    from .errors import UsageError
+    from ..runtime.errors import UsageError
 
     if n_train < 1:
         raise UsageError("the training subset is empty")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import RunError
+from ..runtime.errors import RunError
 
 
 def load_results(run_dir: str | Path) -> dict:

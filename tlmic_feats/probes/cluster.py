@@ -22,15 +22,15 @@ import warnings
 
 import numpy as np
 
-from .cluster import check_visible, connect, gather, worker_cached
-from .probes import LightGBMProbe, _val_score
-from .store import FeatureStore
+from ..features.store import FeatureStore
+from ..runtime.cluster import check_visible, connect, gather, worker_cached
+from .estimators import LightGBMProbe, _val_score
 
 
 def fit_grid_on_cluster(store: FeatureStore, ctx, cells: list[tuple], plan: dict, bar) -> dict[str, dict[int, dict]]:
     """Fit the cells ``plan[array] = (common, todo)`` on ``ctx.config.cluster``; returns
     ``{array: {cell index: results row}}``. Cells already finished are left out of ``todo``."""
-    from .probing import _run_id
+    from .grid import _run_id
 
     config = ctx.config
     results: dict[str, dict[int, dict]] = {array: {} for array in plan}
@@ -81,7 +81,7 @@ def fit_grid_on_cluster(store: FeatureStore, ctx, cells: list[tuple], plan: dict
 
 def fit_cell_task(store_path: str, common: dict, ctx, cell: tuple) -> dict:
     """A Dask task: one cell of the grid, on the worker's copy of its layer."""
-    from .probing import _fit_cell, one_thread_per_cell
+    from .grid import _fit_cell, one_thread_per_cell
 
     X = worker_cached(
         f"{store_path}::{common['array']}",
@@ -109,7 +109,7 @@ def quiet_lightgbm() -> None:
 def _fit_distributed_cell(client, store: FeatureStore, ctx, cell: tuple, common: dict) -> dict:
     import dask.array as da
 
-    from .probing import cell_targets, finish_cell, target_of
+    from .grid import cell_targets, finish_cell, target_of
 
     _, _, seed, _, train = cell
     X = da.from_zarr(str(store.path), component=f"features/{common['array']}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import RunError
+from ..runtime.errors import RunError
 
 
 def export_onnx(model, example, path: str | Path, *, atol: float = 1e-4) -> dict:

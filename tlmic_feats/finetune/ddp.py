@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
-from .errors import UsageError
+from ..runtime.errors import UsageError
 
 # Testing only: the last rank exits abruptly after the evaluation at this step on a group's first attempt, so that
 # tests can watch torchrun restart the group and the run resume.

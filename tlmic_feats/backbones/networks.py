@@ -1,0 +1,91 @@
+"""Networks built from a backbone's cut points: the truncated classifier (backbone cut at a cut
+point, global pooling, dropout, a linear head) and the TransFusion-style hybrid; the CBR networks
+live in :mod:`.cbr`."""
+
+from __future__ import annotations
+
+from .pooling import pooled_width
+
+
+def build_network(backbone, address: str, n_outputs: int, dropout: float, pool: str = "avg"):
+    """Normalization -> backbone truncated at ``address`` -> global ``pool`` -> dropout -> linear.
+
+    Input: uint8 or float pixels ``(N, 1, S, S)`` in 0..255 (grayscale; copied to 3 channels).
+    ``features`` is what ``extract --pool POOL`` stores at ``address``.
+    """
+    import torch.nn as nn
+
+    from .pooling import global_pool_module
+    from .preprocess import device_normalize
+
+    cut = backbone.cut_point(address)
+
+    class TruncatedClassifier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.normalize = device_normalize(backbone.preprocess)
+            self.backbone = backbone.truncated(cut.address)
+            self.pool = global_pool_module(pool)
+            self.dropout = nn.Dropout(dropout)
+            self.head = nn.Linear(pooled_width(cut.channels, pool), n_outputs)
+
+        def features(self, x):
+            """The pooled features at the cut point (what ``extract --pool POOL`` stores)."""
+            return self.pool(self.backbone(self.normalize(x)))
+
+        def forward(self, x):
+            return self.head(self.dropout(self.features(x)))
+
+    return TruncatedClassifier()
+
+
+def hybrid_address(backbone) -> str:
+    """Where the hybrid keeps the pretrained backbone up to: the block end before the deepest."""
+    from .cutpoints import address_key
+
+    blocks = sorted((cp.address for cp in backbone.cut_points if cp.is_block), key=address_key)
+    return blocks[-2]
+
+
+def build_hybrid(backbone, n_outputs: int, dropout: float, pool: str = "avg"):
+    """TransFusion-style hybrid: pretrained bottom blocks (up to :func:`hybrid_address`), then one
+    randomly initialised slim block (two 3x3 conv-BN-ReLU, stride 2, half the channels) in place of
+    the top block, global pooling, dropout and a linear head."""
+    import torch.nn as nn
+
+    from .pooling import global_pool_module
+    from .preprocess import device_normalize
+
+    cut = backbone.cut_point(hybrid_address(backbone))
+    width = max(8, cut.channels // 2)
+
+    def cbr(cin: int, cout: int, stride: int) -> list:
+        return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+
+    class HybridClassifier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.normalize = device_normalize(backbone.preprocess)
+            self.backbone = backbone.truncated(cut.address)
+            self.slim = nn.Sequential(*cbr(cut.channels, width, 2), *cbr(width, width, 1))
+            for m in self.slim.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            self.pool = global_pool_module(pool)
+            self.dropout = nn.Dropout(dropout)
+            self.head = nn.Linear(pooled_width(width, pool), n_outputs)
+
+        def features(self, x):
+            return self.pool(self.slim(self.backbone(self.normalize(x))))
+
+        def forward(self, x):
+            return self.head(self.dropout(self.features(x)))
+
+    return HybridClassifier()
+
+
+def full_depth_address(backbone) -> str:
+    """The deepest block end: ``--truncate all``."""
+    from .cutpoints import address_key
+
+    return max((cp.address for cp in backbone.cut_points if cp.is_block), key=address_key)

@@ -1,0 +1,101 @@
+"""A study's configuration (recorded in ``study.json``), its runs and its result."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..data.readers import DataConfig
+from ..finetune.budget import MIN_STEPS
+from ..runtime.errors import UsageError, check_choice
+from ..runtime.paths import cache_root, slug
+
+BASELINES = ("cbr-tiny", "cbr-small", "cbr-larget", "cbr-largew", "hybrid", "layerwise")
+
+# Which arms start their head from the probe of their cut point (LP-FT). Measured on the phantom
+# (docs/finetune-recipe.md): it lifts truncated networks most (5% of the data: val AUROC 0.914 ->
+# 0.977) and lowered full finetuning's (0.967 -> 0.932), hence "truncated" by default.
+LPFT_ARMS = ("truncated", "all", "none")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A study. Recorded in ``study.json``; a rerun must use the same values."""
+
+    data: DataConfig
+    backbone: str = "resnet50"
+    weights: str = "imagenet"
+    fractions: tuple[float, ...] = (0.05, 0.1, 1.0)
+    seeds: int = 3
+    out: str = ""
+    top_blocks: int = 2
+    top_units: int = 2
+    baselines: tuple[str, ...] = BASELINES
+    epochs: int = 20
+    steps: int = 0  # optimizer steps per run; 0: the default budget (tlmic_feats.finetune.budget), one per fraction
+    min_steps: int = MIN_STEPS
+    eval_every: int = 0
+    batch_size: int = 32
+    lr: float = 1e-3
+    patience: int = 5  # evaluations
+    pool: str = "avg"  # the store's pooling, and every finetuned network's
+    input_size: int = 0  # 0: the weights' own
+    store: str = ""
+    probe_models: tuple[str, ...] = ("logreg", "lightgbm")
+    bootstrap: int = 1000
+    precision: str = "auto"
+    device: str = "auto"
+    cluster: str = ""
+    layerwise_lr_mult: float = 0.1
+    lpft: str = "truncated"  # arms whose head starts from their cut point's probe: truncated, all, none
+    keep_checkpoints: bool = False
+
+    def validate(self) -> None:
+        for b in self.baselines:
+            check_choice("--baselines", b, BASELINES)
+        check_choice("--lpft", self.lpft, LPFT_ARMS)
+        for f in self.fractions:
+            if not 0 < f <= 1:
+                raise UsageError(f"fraction {f} is not in (0, 1]; e.g. --fractions 0.05,0.1,1.0")
+        if self.seeds < 1 or self.epochs < 1 or self.top_blocks < 1 or self.top_units < 0:
+            raise UsageError(
+                f"--seeds, --epochs and --top-blocks must be >= 1 and --top-units >= 0 (got {self.seeds}, "
+                f"{self.epochs}, {self.top_blocks}, {self.top_units})"
+            )
+
+    @property
+    def results_key(self) -> dict:
+        """What decides the study's results (where and how fast it runs does not)."""
+        record = json.loads(json.dumps(asdict(self)))
+        record.pop("cluster")  # the same results wherever it runs (tested); store and device are recorded by runs
+        record.pop("keep_checkpoints")  # what is kept, not what is computed
+
+        return record
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finetuning run of the study."""
+
+    stage: str
+    arm: str  # "t<address>", "full", "scratch", a CBR name, "hybrid", "layerwise"
+    fraction: float
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.arm}-f{self.fraction:g}-s{self.seed}"
+
+
+@dataclass
+class StudyResult:
+    out: Path
+    rows: list[dict]
+    choices: dict
+    not_run: list[str] = field(default_factory=list)
+    report: Path | None = None
+
+
+def default_out(config: StudyConfig) -> Path:
+    return cache_root() / "studies" / f"{slug(Path(config.data.path).name)}-{config.backbone}"
