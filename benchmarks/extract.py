@@ -232,7 +232,8 @@ def auroc_shift(name: str, phantom, reduced: tuple[str, ...], onnx: bool) -> dic
 
     from tlmic_feats import DataConfig, ExtractConfig, FeatureStore, extract_features
     from tlmic_feats.data.phantom import make_phantom_dataset
-    from tlmic_feats.probes.grid import ProbeConfig, run_probes
+    from tlmic_feats.probes.config import ProbeConfig
+    from tlmic_feats.probes.grid import run_probes
 
     data = make_phantom_dataset(OUT / f"{name}-data", phantom)
 

@@ -42,11 +42,13 @@ def main() -> None:
     from tlmic_feats.data.phantom import make_phantom_dataset
     from tlmic_feats.data.readers import DataConfig
     from tlmic_feats.demo import DEMO_BACKBONE, DEMO_INPUT_SIZE, DEMO_PHANTOM, DEMO_POOL
-    from tlmic_feats.features.extract import ExtractConfig, extract_features
+    from tlmic_feats.features.config import ExtractConfig
+    from tlmic_feats.features.extract import extract_features
     from tlmic_feats.finetune.augment import AugmentConfig
     from tlmic_feats.finetune.config import FinetuneConfig
     from tlmic_feats.finetune.trainer import finetune
-    from tlmic_feats.probes.grid import ProbeConfig, run_probes
+    from tlmic_feats.probes.config import ProbeConfig
+    from tlmic_feats.probes.grid import run_probes
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--fractions", default="0.05,0.1,1.0")

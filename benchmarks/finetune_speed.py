@@ -39,11 +39,14 @@ def plain_loop(backbone_name: str, steps: int, compile_net: bool = False) -> dic
     import torch
 
     from tlmic_feats.backbones import build_backbone
-    from tlmic_feats.backbones.networks import build_network, full_depth_address
+    from tlmic_feats.backbones.cutpoints import full_depth_address
+    from tlmic_feats.backbones.networks import build_network
 
     b = build_backbone(backbone_name, "random:0")
     net = build_network(b, full_depth_address(b), 1, 0.2)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    if compile_net:
+        torch._dynamo.reset()  # every compiled row compiles afresh (and never hits the recompile limit)
     fwd = torch.compile(net) if compile_net else net
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (BATCH, 1, 224, 224), generator=g, dtype=torch.uint8).float()
@@ -79,11 +82,15 @@ def tlmic_loop(
     backbone_name: str, data: Path, work: Path, steps: int, precision: str, input_size: int, compile_net: bool = False
 ) -> dict:
     """``finetune()`` itself: training images/s from its history (first interval excluded)."""
+    import torch
+
     from tlmic_feats.data.readers import DataConfig
     from tlmic_feats.finetune.config import FinetuneConfig
     from tlmic_feats.finetune.trainer import finetune
 
     out = work / f"{backbone_name}-{precision}-{input_size}"
+    if compile_net:
+        torch._dynamo.reset()  # every compiled row compiles afresh (and never hits the recompile limit)
     r = finetune(
         FinetuneConfig(
             data=DataConfig(str(data), format="imagefolder"),

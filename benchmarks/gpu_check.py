@@ -109,7 +109,7 @@ def ort_cuda_check() -> dict:
 
     from tlmic_feats.backbones import build_backbone
     from tlmic_feats.backbones.cutpoints import tap_network
-    from tlmic_feats.finetune.export import write_onnx
+    from tlmic_feats.backbones.export import write_onnx
 
     b = build_backbone("resnet18", "random:0")
     net = tap_network(b.family, b.model, b.cut_points[-1:], "avg", b.preprocess).eval()

@@ -64,7 +64,8 @@ def slug(s: str) -> str:
 
 
 def _probe(q, store: str, layers: str, fractions, seeds: int, out: str) -> None:
-    from tlmic_feats.probes.grid import ProbeConfig, run_probes
+    from tlmic_feats.probes.config import ProbeConfig
+    from tlmic_feats.probes.grid import run_probes
 
     base = rss_mb()  # after imports
     t = time.perf_counter()

@@ -6,7 +6,9 @@ import functools
 
 import click
 
+from tlmic_feats.data.chestxray import BLANK_POLICIES, UNCERTAIN_POLICIES, VIEWS
 from tlmic_feats.data.readers import FORMATS, DataConfig
+from tlmic_feats.runtime.devices import PRECISIONS
 
 _DATA_OPTIONS = [
     click.option(
@@ -38,21 +40,21 @@ _DATA_OPTIONS = [
     click.option("--split-seed", default=0, show_default=True, help="Seed of the split made when the data has none."),
     click.option(
         "--uncertain",
-        type=click.Choice(["ones", "zeros", "ignore"]),
+        type=click.Choice(UNCERTAIN_POLICIES),
         default="ignore",
         show_default=True,
         help="CheXpert -1 (uncertain) labels: U-Ones, U-Zeros, or U-Ignore (masked).",
     ),
     click.option(
         "--blank",
-        type=click.Choice(["zeros", "missing"]),
+        type=click.Choice(BLANK_POLICIES),
         default="zeros",
         show_default=True,
         help="CheXpert blank labels: negative, or missing (masked).",
     ),
     click.option(
         "--views",
-        type=click.Choice(["frontal", "all"]),
+        type=click.Choice(VIEWS),
         default="frontal",
         show_default=True,
         help="CheXpert views to keep.",
@@ -62,6 +64,20 @@ _DATA_OPTIONS = [
         "--dicom-frame", default=-1, show_default=True, help="Multi-frame DICOM: the frame to use (-1: refuse)."
     ),
 ]
+
+
+def float_list(ctx, param, value):
+    """A click callback: ``"0.05,0.1,1.0"`` -> ``(0.05, 0.1, 1.0)``."""
+    try:
+        return tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. 0.05,0.1,1.0") from None
+
+
+def precision_option(default: str, help: str = ""):
+    return click.option(
+        "--precision", type=click.Choice(PRECISIONS), default=default, show_default=True, help=help or None
+    )
 
 
 def data_options(f):

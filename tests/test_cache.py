@@ -50,7 +50,7 @@ def test_scan_names_every_item_with_kind_size_and_origin(cache, phantom_dir):
 
 
 def test_clean_by_kind_and_age_frees_what_it_says_and_keeps_locked_items(cache):
-    from tlmic_feats.features.store import StoreLock
+    from tlmic_feats.runtime.locks import StoreLock
 
     items = scan_cache(cache)
     old = select_items(items, older_than_days=30)

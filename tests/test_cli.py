@@ -47,7 +47,7 @@ def test_help_does_not_import_torch():
         "import sys\n"
         "from tlmic_cli.main import cli\n"
         "for args in (['--help'], ['extract', '--help'], ['layers', '--help'], ['study', '--help'],\n"
-        "             ['probe', '--help'], ['finetune', '--help']):\n"
+        "             ['probe', '--help'], ['finetune', '--help'], ['cache', '--help'], ['demo', '--help']):\n"
         "    try: cli(args, prog_name='tlmic')\n"
         "    except SystemExit as e: assert e.code == 0, e.code\n"
         "heavy = ('torch', 'torchvision', 'timm', 'zarr', 'lightgbm', 'dask', 'distributed')\n"
@@ -143,8 +143,8 @@ def test_store_lock_names_its_holder(tmp_path, phantom_dir):
     import os
     import socket
 
-    from tlmic_feats.features.store import StoreLock
     from tlmic_feats.runtime.errors import StoreLockedError
+    from tlmic_feats.runtime.locks import StoreLock
 
     store = tmp_path / "s.zarr"
     holder = {"pid": os.getppid(), "host": socket.gethostname(), "since": 0}

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,7 +163,8 @@ def _rows(path):
 
 
 def test_probe_grid_on_the_cluster_equals_the_local_run(easy_store, tmp_path):
-    from tlmic_feats.probes.grid import ProbeConfig, run_probes
+    from tlmic_feats.probes.config import ProbeConfig
+    from tlmic_feats.probes.grid import run_probes
 
     base = dict(store=str(easy_store), fractions=(0.5, 1.0), seeds=2, bootstrap=200, control="shuffle")
     here = run_probes(ProbeConfig(**base, out=str(tmp_path / "here")), progress=False)
@@ -178,8 +180,9 @@ def test_probe_grid_on_the_cluster_equals_the_local_run(easy_store, tmp_path):
 
 
 def test_distributed_lightgbm_fit_learns_and_saves_loadable_probes(easy_store, tmp_path):
+    from tlmic_feats.probes.config import ProbeConfig
     from tlmic_feats.probes.estimators import load_probe
-    from tlmic_feats.probes.grid import ProbeConfig, run_probes
+    from tlmic_feats.probes.grid import run_probes
 
     with pytest.raises(UsageError, match="--distributed-fit .* needs --cluster and --model lightgbm"):
         ProbeConfig(store=str(easy_store), distributed_fit=True).validate()
@@ -261,9 +264,9 @@ def test_torchrun_two_processes_train_checkpoint_loads_alone_and_restart_resumes
     net = build_network(build_backbone("resnet18", "random:1"), "2", 1, 0.2)
     net.load_state_dict(torch.load(tmp_path / "whole" / "best.pt", weights_only=True)["model"])
     net.eval()
+    from tlmic_feats.backbones.preprocess import center_crop
     from tlmic_feats.data.readers import load_manifest
-    from tlmic_feats.finetune.augment import center_crop
-    from tlmic_feats.finetune.trainer import load_pixels_for
+    from tlmic_feats.finetune.setup import load_pixels_for
 
     manifest = load_manifest(DataConfig(str(phantom_dir)))
     val = np.flatnonzero(manifest.splits == "val")
@@ -276,8 +279,11 @@ def test_torchrun_two_processes_train_checkpoint_loads_alone_and_restart_resumes
     np.testing.assert_allclose(1 / (1 + np.exp(-logits)), [saved[manifest.ids[i]] for i in val], atol=1e-5)
 
     # the last rank dies after the evaluation at step 2; torchrun restarts the group, which resumes there
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--max-restarts=1"]
+    args = _finetune_args(phantom_dir, tmp_path / "crashed", 4)
+    args = args[: args.index("--nproc")] + args[args.index("--nproc") + 2 :]  # torchrun is started here directly
     crashed = subprocess.run(
-        [*CLI, *_finetune_args(phantom_dir, tmp_path / "crashed", 4), "--max-restarts", "1"],
+        [*torchrun, str(Path(__file__).with_name("torchrun_crash.py")), *args],
         env={**env, "TLMIC_TEST_CRASH_AFTER_STEP": "2"},
         capture_output=True,
         text=True,

@@ -327,12 +327,15 @@ def test_a_worker_killed_while_the_consumer_is_busy_is_reported_as_a_run_error()
     from tlmic_feats.features.workers import dead_workers_reported, spawned_loader
     from tlmic_feats.runtime.errors import RunError
 
-    with pytest.raises(
-        RunError, match=r"decode worker process exited unexpectedly \(DataLoader worker \(pid \d+\) is killed by signal"
+    with (
+        pytest.raises(
+            RunError,
+            match=r"decode worker process exited unexpectedly \(DataLoader worker \(pid \d+\) is killed by signal",
+        ),
+        dead_workers_reported(),
     ):
-        with dead_workers_reported():
-            for k, _ in enumerate(spawned_loader(list(range(50)), 1, batch_size=None)):
-                if k == 1:
-                    for worker in mp.active_children():
-                        os.kill(worker.pid, signal.SIGKILL)  # as the OOM killer would
-                    time.sleep(5)  # busy in the consumer when the death is reported
+        for k, _ in enumerate(spawned_loader(list(range(50)), 1, batch_size=None)):
+            if k == 1:
+                for worker in mp.active_children():
+                    os.kill(worker.pid, signal.SIGKILL)  # as the OOM killer would
+                time.sleep(5)  # busy in the consumer when the death is reported

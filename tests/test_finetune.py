@@ -108,9 +108,9 @@ def test_truncated_network_features_equal_extracted(phantom_dir, tmp_path, pool)
     """One registry and one pooling: the finetuning network's pooled map at k is what extract stores
     at k with the same --pool."""
     from tlmic_feats.backbones import build_backbone
+    from tlmic_feats.backbones.preprocess import center_crop
     from tlmic_feats.data import load_manifest
     from tlmic_feats.features.pixels import load_pixels
-    from tlmic_feats.finetune.augment import center_crop
 
     store = extract_features(
         ExtractConfig(
@@ -165,7 +165,9 @@ def test_resume_mid_run_continues_to_the_same_weights(easy_dir, tmp_path):
 def test_run_directory_rules(easy_dir, easy_run, tmp_path):
     with pytest.raises(UsageError, match="holds a finetuning run; pass --resume"):
         finetune(cfg(easy_dir, easy_run.out), progress=False, log=lambda m: None)
-    with pytest.raises(UsageError, match=r"configuration differs in config\.lr \(0\.001 -> 0\.01\)"):
+    with pytest.raises(
+        UsageError, match=r"holds another finetuning run \(differs in: config\.lr \(0\.001 -> 0\.01\)\)"
+    ):
         finetune(cfg(easy_dir, easy_run.out, lr=1e-2), resume=True, progress=False, log=lambda m: None)
     with pytest.raises(UnknownCutPointError, match=r"layer 9 is not a cut point of resnet18; valid: all, blocks"):
         finetune(cfg(easy_dir, tmp_path / "x", truncate="9"), progress=False, log=lambda m: None)
@@ -187,8 +189,9 @@ def test_frozen_backbone_changes_no_backbone_weight(easy_dir, tmp_path):
 
 
 def test_head_init_reproduces_the_probe(phantom_dir, tmp_path):
+    from tlmic_feats.probes.config import ProbeConfig
     from tlmic_feats.probes.estimators import load_probe
-    from tlmic_feats.probes.grid import ProbeConfig, run_probes
+    from tlmic_feats.probes.grid import run_probes
 
     store = extract_features(
         ExtractConfig(

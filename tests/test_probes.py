@@ -13,8 +13,9 @@ from tlmic_cli.main import cli
 
 from tlmic_feats import FeatureStore
 from tlmic_feats.data.subsets import nested_subsets
+from tlmic_feats.probes.config import ProbeConfig
 from tlmic_feats.probes.estimators import LightGBMProbe, LogisticProbe, load_probe
-from tlmic_feats.probes.grid import ProbeConfig, run_probes
+from tlmic_feats.probes.grid import run_probes
 from tlmic_feats.runtime.errors import StoreIncompleteError, UnknownCutPointError, UsageError
 
 SPLITS = np.array(["train"] * 300 + ["val"] * 100 + ["test"] * 100)
@@ -148,7 +149,7 @@ def test_rerun_resumes_and_refuses_other_config(planted_run, tmp_path):
     after = {p: p.stat().st_mtime_ns for p in (run.out / "cells").glob("*.json")}
     assert after.keys() == cells.keys()
     assert [p for p in cells if after[p] != cells[p]] == [victim]  # only the missing fit was redone
-    with pytest.raises(UsageError, match="differs in: seeds"):
+    with pytest.raises(UsageError, match=r"differs in: config\.seeds \(2 -> 3\)"):
         run_probes(
             ProbeConfig(
                 store=str(store.path), fractions=(0.2, 1.0), seeds=3, control="shuffle", bootstrap=200, out=str(run.out)
@@ -219,7 +220,7 @@ _CONCURRENT_LIGHTGBM = """
 import numpy as np
 from joblib import Parallel, delayed
 from tlmic_feats.probes.estimators import LightGBMProbe, LogisticProbe
-from tlmic_feats.probes.grid import one_thread_per_cell
+from tlmic_feats.runtime.limits import one_thread_per_cell
 
 def cell(i):
     r = np.random.default_rng(i)
@@ -263,7 +264,7 @@ def test_lightgbm_thread_cap_holds_until_the_last_overlapping_holder_leaves():
     # not lift it while another still fits.
     import threading
 
-    from tlmic_feats.probes.estimators import lightgbm_max_threads
+    from tlmic_feats.runtime.limits import lightgbm_max_threads
 
     cap = _lightgbm_cap
     before = cap()
@@ -295,7 +296,7 @@ def test_overlapping_cells_keep_blas_and_lightgbm_at_one_thread_until_the_last_l
 
     from threadpoolctl import threadpool_info
 
-    from tlmic_feats.probes.grid import one_thread_per_cell
+    from tlmic_feats.runtime.limits import one_thread_per_cell
 
     def limits():
         return _lightgbm_cap(), max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
@@ -417,3 +418,10 @@ def test_from_arrays_fingerprints_contents_and_keeps_existing_stores(tmp_path):
         FeatureStore.from_arrays(tmp_path / "a.zarr", {"1": rng.normal(size=(20, 3))}, **kw)
     c = FeatureStore.from_arrays(tmp_path / "a.zarr", {"1": np.ones((20, 3))}, overwrite=True, **kw)
     assert (c.features("1") == 1).all()
+
+
+def test_the_grid_offers_exactly_the_probes_there_are():
+    from tlmic_feats.probes.config import MODELS
+    from tlmic_feats.probes.estimators import PROBES
+
+    assert tuple(PROBES) == MODELS

@@ -206,7 +206,7 @@ def test_study_refuses_another_configuration_in_its_directory(small_study):
     from tlmic_feats.runtime.errors import UsageError
 
     config, _ = small_study
-    with pytest.raises(UsageError, match=r"holds another study \(differs in: epochs\)"):
+    with pytest.raises(UsageError, match=r"holds another study \(differs in: config\.epochs \(20 -> 2\)\)"):
         run_study(replace(config, epochs=2), progress=False)
 
 

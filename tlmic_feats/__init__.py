@@ -19,7 +19,7 @@ _LAZY = {
     "DataConfig": "tlmic_feats.data.readers",
     "load_manifest": "tlmic_feats.data.readers",
     "Manifest": "tlmic_feats.data.manifest",
-    "ExtractConfig": "tlmic_feats.features.extract",
+    "ExtractConfig": "tlmic_feats.features.config",
     "ExtractReport": "tlmic_feats.features.extract",
     "extract_features": "tlmic_feats.features.extract",
     "build_backbone": "tlmic_feats.backbones.registry",
@@ -31,7 +31,6 @@ _LAZY = {
     "LogisticProbe": "tlmic_feats.probes.estimators",
     "LightGBMProbe": "tlmic_feats.probes.estimators",
     "FinetuneConfig": "tlmic_feats.finetune.config",
-    "finetune": "tlmic_feats.finetune.trainer",
     "StudyConfig": "tlmic_feats.study.config",
     "run_study": "tlmic_feats.study.run",
     "plan_study": "tlmic_feats.study.plan",
@@ -41,10 +40,6 @@ __all__ = ["__version__", *sorted(_LAZY)]
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+    from .runtime.lazy import lazy_attributes
 
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'tlmic_feats' has no attribute {name!r}")
+    return lazy_attributes("tlmic_feats", {k: v.removeprefix("tlmic_feats.") for k, v in _LAZY.items()})(name)

@@ -23,8 +23,8 @@ def cache():
 @cache.command()
 def info():
     """Sizes by kind: feature stores, pixel caches, ONNX exports, runs, studies, datasets, benchmarks."""
-    from tlmic_feats.runtime.cache import human_bytes, summarize_by_kind
-    from tlmic_feats.runtime.paths import cache_root
+    from tlmic_feats.runtime.cache import summarize_by_kind
+    from tlmic_feats.runtime.paths import cache_root, human_bytes
 
     items = _scan()
     total = sum(i.bytes for i in items)
@@ -41,7 +41,8 @@ def info():
 @click.option("--kind", "kinds", multiple=True, type=click.Choice(KINDS), help="Only this kind (repeatable).")
 def list_items(kinds):
     """Every item: kind, size, age, dataset and backbone, path (largest first)."""
-    from tlmic_feats.runtime.cache import human_bytes, select_items
+    from tlmic_feats.runtime.cache import select_items
+    from tlmic_feats.runtime.paths import human_bytes
 
     items = select_items(_scan(), kinds=kinds)
     click.echo("| kind | size | age | dataset | backbone | path |")
@@ -61,7 +62,8 @@ def list_items(kinds):
 @click.option("--yes", is_flag=True, help="Do not ask before deleting.")
 def clean(kinds, older_than, paths, everything, yes):
     """Remove items by kind, age or path; items a running process holds are left alone."""
-    from tlmic_feats.runtime.cache import clean_cache, human_bytes, select_items
+    from tlmic_feats.runtime.cache import clean_cache, select_items
+    from tlmic_feats.runtime.paths import human_bytes
 
     if not (kinds or paths or older_than or everything):
         raise click.UsageError("say what to remove: --kind, --older-than, --path or --all")

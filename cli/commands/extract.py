@@ -5,8 +5,10 @@ from __future__ import annotations
 import click
 
 from tlmic_feats.backbones.pooling import POOLS
+from tlmic_feats.features.config import BAD_IMAGE_POLICIES, DTYPES
+from tlmic_feats.features.engines import ENGINES
 
-from ..options import data_options, input_size_option
+from ..options import data_options, input_size_option, precision_option
 
 
 @click.command()
@@ -24,14 +26,14 @@ from ..options import data_options, input_size_option
     help="Global pooling after each tap; avgmax keeps small local findings that avg washes out.",
 )
 @input_size_option
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
 @click.option("--store", default="", help="Store path (default: under cache/stores, derived from the inputs).")
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--workers", default=-1, show_default=True, help="Decode worker processes (-1: automatic).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option(
     "--on-bad-image",
-    type=click.Choice(["error", "skip"]),
+    type=click.Choice(BAD_IMAGE_POLICIES),
     default="error",
     show_default=True,
     help="Stop on an unreadable image, or record it as skipped and go on.",
@@ -41,18 +43,12 @@ from ..options import data_options, input_size_option
 @click.option("--chunk-rows", default=256, show_default=True, help="Rows per chunk (and per resumable shard).")
 @click.option(
     "--engine",
-    type=click.Choice(["torch", "onnx"]),
+    type=click.Choice(ENGINES),
     default="torch",
     show_default=True,
     help="torch (eager or compiled) or onnxruntime (graph exported once, cached under cache/onnx).",
 )
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-    default="fp32",
-    show_default=True,
-    help="auto: bf16 where the GPU or CPU (AMX, AVX512-BF16) runs it fast; recorded in the store.",
-)
+@precision_option("fp32", "auto: the fastest precision validated for this hardware; recorded in the store.")
 @click.option("--compile", is_flag=True, help="torch.compile the network (pays off on long runs).")
 @click.option("--no-pixel-cache", is_flag=True, help="Decode images directly instead of through cache/pixels.")
 @click.option(
@@ -65,7 +61,8 @@ from ..options import data_options, input_size_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(data, quiet, no_pixel_cache, **kw):
     """Extract pooled features of every requested cut point into a Zarr feature store."""
-    from tlmic_feats.features.extract import ExtractConfig, extract_features
+    from tlmic_feats.features.config import ExtractConfig
+    from tlmic_feats.features.extract import extract_features
 
     report = extract_features(ExtractConfig(data=data, pixel_cache=not no_pixel_cache, **kw), progress=not quiet)
     store = report.store

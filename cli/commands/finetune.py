@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 
 from tlmic_feats.backbones.pooling import POOLS
+from tlmic_feats.finetune.config import ARCHS, MONITORS, SCHEDULES
 
-from ..options import budget_options, data_options, input_size_option
+from ..options import budget_options, data_options, input_size_option, precision_option
 
 
 @click.command()
@@ -26,10 +27,10 @@ from ..options import budget_options, data_options, input_size_option
 @input_size_option
 @click.option("--lr", default=1e-3, show_default=True, help="AdamW learning rate (peak, after warmup).")
 @click.option("--weight-decay", default=1e-4, show_default=True)
-@click.option("--schedule", type=click.Choice(["cosine", "plateau"]), default="cosine", show_default=True)
+@click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True)
 @click.option(
     "--monitor",
-    type=click.Choice(["auroc", "auprc", "loss"]),
+    type=click.Choice(MONITORS),
     default="auroc",
     show_default=True,
     help="Validation metric for early stopping and the best checkpoint.",
@@ -49,7 +50,7 @@ from ..options import budget_options, data_options, input_size_option
 @click.option("--freeze-backbone", is_flag=True, help="Baseline: train only a linear head (SGD) on frozen features.")
 @click.option(
     "--arch",
-    type=click.Choice(["truncated", "hybrid", "cbr-tiny", "cbr-small", "cbr-larget", "cbr-largew"]),
+    type=click.Choice(ARCHS),
     default="truncated",
     show_default=True,
     help="hybrid: pretrained bottom blocks + a slim random block; cbr-*: Transfusion's shallow nets from scratch.",
@@ -63,7 +64,7 @@ from ..options import budget_options, data_options, input_size_option
 @click.option("--head-init", default="", help="LP-FT: start the head from this probe run's logistic-regression probe.")
 @click.option("--hflip", is_flag=True, help="Allow horizontal flips in augmentation (off: anatomy is not symmetric).")
 @click.option("--no-augment", is_flag=True, help="Train on center crops only.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
+@precision_option("auto")
 @click.option(
     "--compile",
     is_flag=True,

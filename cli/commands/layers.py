@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import click
 
+from tlmic_feats.backbones.cutpoints import GRANULARITIES
+
 
 @click.command()
 @click.option("--backbone", default=None, help="Backbone whose cut points to list.")
-@click.option("--granularity", type=click.Choice(["all", "blocks", "units"]), default="all", show_default=True)
+@click.option("--granularity", type=click.Choice(GRANULARITIES), default="all", show_default=True)
 @click.option("--list", "list_only", is_flag=True, help="List the available backbones.")
 def layers(backbone, granularity, list_only):
     """Print a backbone's cut points: address, module, channels, stride, truncated parameters."""

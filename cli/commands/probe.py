@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import click
 
+from tlmic_feats.probes.config import CONTROLS, MODELS
 
-def _floats(ctx, param, value):
-    try:
-        return tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. 0.05,0.1,1.0") from None
+from ..options import float_list
 
 
 @click.command()
@@ -17,19 +14,19 @@ def _floats(ctx, param, value):
 @click.option(
     "--layer", "layers", default="all", show_default=True, help="all, blocks, units, or addresses like 3,3.4."
 )
-@click.option("--model", type=click.Choice(["logreg", "lightgbm", "both"]), default="both", show_default=True)
+@click.option("--model", type=click.Choice([*MODELS, "both"]), default="both", show_default=True)
 @click.option(
     "--fractions",
     default="1.0",
     show_default=True,
-    callback=_floats,
+    callback=float_list,
     help="Training-set fractions (nested subsets), e.g. 0.05,0.1,0.2,0.5,1.0.",
 )
 @click.option("--seeds", default=3, show_default=True, help="Seeds per fraction (subset draw and probe).")
 @click.option("--out", default="", help="Run directory (default: under cache/runs).")
 @click.option(
     "--control",
-    type=click.Choice(["none", "shuffle"]),
+    type=click.Choice(CONTROLS),
     default="none",
     show_default=True,
     help="shuffle: also fit on permuted training labels; test AUROC must sit at chance.",
@@ -51,7 +48,8 @@ def _floats(ctx, param, value):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def probe(model, quiet, **kw):
     """Train a probe per layer x model x fraction x seed on stored features; report per-layer metrics."""
-    from tlmic_feats.probes.grid import ProbeConfig, run_probes
+    from tlmic_feats.probes.config import ProbeConfig
+    from tlmic_feats.probes.grid import run_probes
 
     models = ("logreg", "lightgbm") if model == "both" else (model,)
     run = run_probes(ProbeConfig(models=models, **kw), progress=not quiet)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from tlmic_feats.backbones.pooling import POOLS
+from tlmic_feats.study.config import BASELINES, LPFT_ARMS
 
-from ..options import budget_options, data_options, input_size_option
-from .probe import _floats
+from ..options import budget_options, data_options, float_list, input_size_option, precision_option
 
 
 def _names(ctx, param, value):
@@ -18,14 +18,14 @@ def _names(ctx, param, value):
 @data_options
 @click.option("--backbone", default="resnet50", show_default=True)
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet[:MEMBER] or a state-dict file.")
-@click.option("--fractions", default="0.05,0.1,1.0", show_default=True, callback=_floats, help="Training fractions.")
+@click.option("--fractions", default="0.05,0.1,1.0", show_default=True, callback=float_list, help="Training fractions.")
 @click.option("--seeds", default=3, show_default=True, help="Seeds per fraction and arm.")
 @click.option("--out", default="", help="Study directory (default: under cache/studies).")
 @click.option("--top-blocks", default=2, show_default=True, help="Stage 1: block ends finetuned (best by probes).")
 @click.option("--top-units", default=2, show_default=True, help="Stage 2: units of the best block finetuned.")
 @click.option(
     "--baselines",
-    default="cbr-tiny,cbr-small,cbr-larget,cbr-largew,hybrid,layerwise",
+    default=",".join(BASELINES),
     show_default=True,
     callback=_names,
     help="Other arms (comma-separated, or none).",
@@ -35,7 +35,7 @@ def _names(ctx, param, value):
 @click.option("--lr", default=1e-3, show_default=True, help="AdamW learning rate (peak, after warmup).")
 @click.option(
     "--lpft",
-    type=click.Choice(["truncated", "all", "none"]),
+    type=click.Choice(LPFT_ARMS),
     default="truncated",
     show_default=True,
     help="Arms whose head starts from the logistic-regression probe of their cut point (same subset): the "
@@ -50,7 +50,7 @@ def _names(ctx, param, value):
 )
 @click.option("--store", default="", help="Feature store to use or create (default: under cache/stores).")
 @click.option("--bootstrap", default=1000, show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
+@precision_option("auto")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--cluster", default="", metavar="local:N|tcp://HOST:PORT", help="Extraction and probes on Dask.")
 @click.option("--budget", default=0, show_default=True, help="Maximum finetuning runs in the study (0: no limit).")

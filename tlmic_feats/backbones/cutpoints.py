@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from ..runtime.errors import UnknownCutPointError, choices
 
 _ADDRESS = re.compile(r"^\d+(\.\d+)?$")
+GRANULARITIES = ("all", "blocks", "units")  # every cut point, block ends, units inside blocks
 
 
 @dataclass(frozen=True)
@@ -273,6 +274,33 @@ def tap_network(family: str, model, cut_points: tuple[CutPoint, ...], pool: str,
     return TapNetwork()
 
 
+# --- the registry's geometry: block ends, units, full depth ------------------------------------------
+# Functions of a built backbone (anything with ``cut_points``), shared by both arms and the study.
+
+
+def block_ends(backbone) -> list[str]:
+    """The block ends ``k``, shallow to deep."""
+    return sorted((cp.address for cp in backbone.cut_points if cp.is_block), key=address_key)
+
+
+def units_of(backbone, block: str) -> list[str]:
+    """The unit-level cut points inside ``block`` that differ from its block end."""
+    groups = storage_groups(backbone.cut_points)
+    end = groups[block]
+    inside = [cp.address for cp in backbone.cut_points if not cp.is_block and cp.block == int(block)]
+    return sorted((a for a in inside if groups[a] != end and a != end), key=address_key)
+
+
+def hybrid_address(backbone) -> str:
+    """Where the hybrid keeps the pretrained backbone up to: the block end before the deepest."""
+    return block_ends(backbone)[-2]
+
+
+def full_depth_address(backbone) -> str:
+    """The deepest block end: ``--truncate all``."""
+    return block_ends(backbone)[-1]
+
+
 # --- public helpers -------------------------------------------------------------------------------
 
 
@@ -305,32 +333,38 @@ def describe_cut_points(family: str, model, probe_size: int = 64) -> tuple[CutPo
     return tuple(out)
 
 
-def select_cut_points(
-    cut_points: tuple[CutPoint, ...], spec: str | list[str] | tuple[str, ...], backbone: str = ""
-) -> tuple[CutPoint, ...]:
-    """Resolve a layer request: ``all``, ``blocks``, ``units``, or addresses (``"3,3.4"`` or a list).
-
-    Returned in depth order, without repeats. Unknown addresses raise
-    :class:`UnknownCutPointError` listing the valid ones.
-    """
-    by_addr = {cp.address: cp for cp in cut_points}
+def select_addresses(spec: str | list[str] | tuple[str, ...], addresses: list[str], unknown) -> list[str]:
+    """The layer grammar, one for every command: ``all``, ``blocks`` (addresses ``k``), ``units``
+    (addresses ``k.u``), or addresses (``"3,3.4"`` or a list), among ``addresses`` (in their order,
+    without repeats). ``unknown(address)`` gives the error message for an address not among them."""
     if isinstance(spec, str):
         key = spec.strip().lower()
         if key == "all":
-            return cut_points
+            return list(addresses)
         if key == "blocks":
-            return tuple(cp for cp in cut_points if cp.is_block)
+            return [a for a in addresses if "." not in a]
         if key == "units":
-            return tuple(cp for cp in cut_points if not cp.is_block)
+            return [a for a in addresses if "." in a]
         wanted = [s.strip() for s in spec.split(",") if s.strip()]
     else:
         wanted = [str(s).strip() for s in spec]
     if not wanted:
         raise UnknownCutPointError("no layers requested; valid: all, blocks, units, or addresses")
-    unknown = [w for w in wanted if w not in by_addr]
-    if unknown:
-        raise UnknownCutPointError(unknown_cut_point_message(unknown[0], cut_points, backbone))
-    return tuple(sorted({by_addr[w] for w in wanted}, key=lambda cp: address_key(cp.address)))
+    missing = [w for w in wanted if w not in addresses]
+    if missing:
+        raise UnknownCutPointError(unknown(missing[0]))
+    return [a for a in addresses if a in wanted]
+
+
+def select_cut_points(
+    cut_points: tuple[CutPoint, ...], spec: str | list[str] | tuple[str, ...], backbone: str = ""
+) -> tuple[CutPoint, ...]:
+    """Resolve a layer request (:func:`select_addresses`) against a backbone's cut points, in depth
+    order. Unknown addresses raise :class:`UnknownCutPointError` listing the valid ones."""
+    by_addr = {cp.address: cp for cp in cut_points}
+    in_depth_order = sorted(by_addr, key=address_key)
+    chosen = select_addresses(spec, in_depth_order, lambda bad: unknown_cut_point_message(bad, cut_points, backbone))
+    return tuple(by_addr[a] for a in chosen)
 
 
 def unknown_cut_point_message(bad: str, cut_points, backbone: str = "") -> str:

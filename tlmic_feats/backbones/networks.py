@@ -4,11 +4,13 @@ live in :mod:`.cbr`."""
 
 from __future__ import annotations
 
+from .cutpoints import CutPoint, hybrid_address
 from .pooling import pooled_width
 
 
-def build_network(backbone, address: str, n_outputs: int, dropout: float, pool: str = "avg"):
-    """Normalization -> backbone truncated at ``address`` -> global ``pool`` -> dropout -> linear.
+def build_network(backbone, address: str | CutPoint, n_outputs: int, dropout: float, pool: str = "avg"):
+    """Normalization -> backbone truncated at ``address`` (or a resolved cut point) -> global
+    ``pool`` -> dropout -> linear.
 
     Input: uint8 or float pixels ``(N, 1, S, S)`` in 0..255 (grayscale; copied to 3 channels).
     ``features`` is what ``extract --pool POOL`` stores at ``address``.
@@ -18,13 +20,13 @@ def build_network(backbone, address: str, n_outputs: int, dropout: float, pool: 
     from .pooling import global_pool_module
     from .preprocess import device_normalize
 
-    cut = backbone.cut_point(address)
+    cut = address if isinstance(address, CutPoint) else backbone.cut_point(address)
 
     class TruncatedClassifier(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.normalize = device_normalize(backbone.preprocess)
-            self.backbone = backbone.truncated(cut.address)
+            self.backbone = backbone.truncated(cut)
             self.pool = global_pool_module(pool)
             self.dropout = nn.Dropout(dropout)
             self.head = nn.Linear(pooled_width(cut.channels, pool), n_outputs)
@@ -37,14 +39,6 @@ def build_network(backbone, address: str, n_outputs: int, dropout: float, pool: 
             return self.head(self.dropout(self.features(x)))
 
     return TruncatedClassifier()
-
-
-def hybrid_address(backbone) -> str:
-    """Where the hybrid keeps the pretrained backbone up to: the block end before the deepest."""
-    from .cutpoints import address_key
-
-    blocks = sorted((cp.address for cp in backbone.cut_points if cp.is_block), key=address_key)
-    return blocks[-2]
 
 
 def build_hybrid(backbone, n_outputs: int, dropout: float, pool: str = "avg"):
@@ -66,7 +60,7 @@ def build_hybrid(backbone, n_outputs: int, dropout: float, pool: str = "avg"):
         def __init__(self) -> None:
             super().__init__()
             self.normalize = device_normalize(backbone.preprocess)
-            self.backbone = backbone.truncated(cut.address)
+            self.backbone = backbone.truncated(cut)
             self.slim = nn.Sequential(*cbr(cut.channels, width, 2), *cbr(width, width, 1))
             for m in self.slim.modules():
                 if isinstance(m, nn.Conv2d):
@@ -82,10 +76,3 @@ def build_hybrid(backbone, n_outputs: int, dropout: float, pool: str = "avg"):
             return self.head(self.dropout(self.features(x)))
 
     return HybridClassifier()
-
-
-def full_depth_address(backbone) -> str:
-    """The deepest block end: ``--truncate all``."""
-    from .cutpoints import address_key
-
-    return max((cp.address for cp in backbone.cut_points if cp.is_block), key=address_key)

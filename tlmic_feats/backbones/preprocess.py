@@ -70,6 +70,13 @@ def at_input_size(preprocess: Preprocess, size: int) -> Preprocess:
     return replace(preprocess, input_size=size, resize_size=resize, source=source)
 
 
+def center_crop(x, size: int):
+    """Center crop of a batch ``(N, C, S, S)`` to ``size`` (the evaluation view)."""
+    s = x.shape[-1]
+    o = int(round((s - size) / 2.0))
+    return x[..., o : o + size, o : o + size]
+
+
 def device_normalize(preprocess: Preprocess):
     """A module mapping uint8 ``(N, 1|3, H, W)`` to the normalized float ``(N, 3, H, W)`` input."""
     import torch

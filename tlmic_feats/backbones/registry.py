@@ -61,11 +61,12 @@ class Backbone:
 
         return select_cut_points(self.cut_points, [address], self.name)[0]
 
-    def truncated(self, address: str):
-        """The model cut at ``address`` (see :func:`tlmic_feats.backbones.cutpoints.truncate`)."""
+    def truncated(self, cut: CutPoint | str):
+        """The model cut at ``cut`` (a cut point, or its address; see
+        :func:`tlmic_feats.backbones.cutpoints.truncate`)."""
         from .cutpoints import truncate
 
-        return truncate(self.family, self.model, self.cut_point(address))
+        return truncate(self.family, self.model, cut if isinstance(cut, CutPoint) else self.cut_point(cut))
 
 
 # --- torchvision ------------------------------------------------------------------------------------

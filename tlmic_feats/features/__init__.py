@@ -2,13 +2,14 @@
 extracted once (``extract``, with the ``engines`` that run the tapping network, the decoded
 ``pixels`` cache and the decode ``workers``) into a Zarr feature ``store``."""
 
-from .extract import ExtractConfig, ExtractReport, extract_features
-from .store import FeatureStore, LayerInfo
+from ..runtime.lazy import lazy_attributes
 
-__all__ = [
-    "ExtractConfig",
-    "ExtractReport",
-    "FeatureStore",
-    "LayerInfo",
-    "extract_features",
-]
+_WHERE = {
+    "ExtractConfig": "config",
+    "ExtractReport": "extract",
+    "extract_features": "extract",
+    "FeatureStore": "store",
+    "LayerInfo": "store",
+}
+__all__ = sorted(_WHERE)
+__getattr__ = lazy_attributes(__name__, _WHERE)

@@ -57,7 +57,7 @@ class OnnxEngine:
         import torch
 
         from ..backbones.cutpoints import tap_network
-        from ..finetune.export import write_onnx
+        from ..backbones.export import write_onnx
 
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         path = Path(cache_dir) / f"{backbone.name}-{pool}-{digest}.onnx"

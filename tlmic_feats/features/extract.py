@@ -19,57 +19,19 @@ import numpy as np
 
 from .. import __version__
 from ..backbones.cutpoints import select_cut_points, storage_groups
-from ..backbones.pooling import POOLS, pooled_width
-from ..data.readers import DataConfig, load_manifest
-from ..runtime.devices import PRECISIONS, resolve_device, resolve_precision
-from ..runtime.errors import BadImageError, UsageError, check_choice
+from ..backbones.pooling import pooled_width
+from ..data.readers import load_manifest
+from ..runtime.devices import resolve_device, resolve_precision
+from ..runtime.errors import BadImageError
+from ..runtime.locations import store_location
+from ..runtime.locks import StoreLock
 from ..runtime.paths import cache_root, slug
-from .engines import ENGINES, make_engine
+from ..runtime.progress import progress_bar
+from .config import ExtractConfig
+from .engines import make_engine
 from .pixels import build_pixel_cache
-from .store import FeatureStore, LayerInfo, StoreLock, StoreWriter, open_for_writing, store_location
+from .store import FeatureStore, LayerInfo, StoreWriter, open_for_writing
 from .workers import dead_workers_reported, spawned_loader
-
-DTYPES = ("float32", "float16")
-BAD_IMAGE_POLICIES = ("error", "skip")
-
-
-@dataclass(frozen=True)
-class ExtractConfig:
-    """Everything that defines an extraction. Recorded in the store's attributes."""
-
-    data: DataConfig
-    backbone: str = "resnet50"
-    weights: str = "imagenet"
-    layers: str = "all"
-    pool: str = "avg"
-    dtype: str = "float32"
-    store: str = ""  # default: a path under cache/stores derived from the inputs
-    batch_size: int = 32
-    workers: int = -1  # -1: automatic
-    device: str = "auto"
-    on_bad_image: str = "error"
-    overwrite: bool = False
-    seed: int = 0
-    chunk_rows: int = 256
-    engine: str = "torch"
-    precision: str = "fp32"  # auto: the fastest precision validated for this hardware (see device.py)
-    compile: bool = False
-    pixel_cache: bool = True  # decode each image once into cache/pixels, shared by backbones and finetuning
-    cluster: str = ""  # "": this process; local:N or tcp://HOST:PORT: shards run as Dask tasks (see cluster.py)
-    input_size: int = 0  # 0: the weights' own (see backbones.preprocess.at_input_size)
-
-    def validate(self) -> None:
-        check_choice("--pool", self.pool, POOLS)
-        check_choice("--dtype", self.dtype, DTYPES)
-        check_choice("--on-bad-image", self.on_bad_image, BAD_IMAGE_POLICIES)
-        check_choice("--engine", self.engine, ENGINES)
-        check_choice("--precision", self.precision, PRECISIONS)
-        if self.cluster:
-            from ..runtime.cluster import parse_cluster
-
-            parse_cluster(self.cluster, device="cpu")
-        if self.batch_size < 1 or self.chunk_rows < 1:
-            raise UsageError(f"batch size and chunk rows must be >= 1 (got {self.batch_size}, {self.chunk_rows})")
 
 
 @dataclass
@@ -298,7 +260,9 @@ def _extract_here(
                 PixelDataset(manifest.source, pre), batch_sampler=batches, pin_memory=device.startswith("cuda")
             )
         )
-    bar = _progress(len(manifest), len(manifest) - n_todo, f"extract {backbone.name}", progress)
+    bar = progress_bar(
+        len(manifest), f"extract {backbone.name}", "img", progress, initial=len(manifest) - n_todo, smoothing=0.1
+    )
     addresses = [cp.address for cp in stored]
     buffers: dict[int, ShardBuffer] = {}
     skipped_ids: list[str] = []
@@ -458,11 +422,13 @@ def _extract_on_cluster(
             client.submit(extract_shard, job, data, shard, threads, key=f"tlmic-extract-shard-{shard}", pure=False)
             for shard in pending
         ]
-        bar = _progress(
+        bar = progress_bar(
             len(manifest),
-            len(manifest) - n_todo,
             f"extract {config.backbone} on {config.cluster}",
+            "img",
             progress,
+            initial=len(manifest) - n_todo,
+            smoothing=0.1,
         )
         done = [writer.n_shards - len(pending)]
 
@@ -491,7 +457,7 @@ def _cached_batches(cache, batches: list[list[int]], input_size: int):
 
     import torch
 
-    from ..finetune.augment import center_crop
+    from ..backbones.preprocess import center_crop
 
     def read(rows):
         px = torch.from_numpy(cache.read(np.asarray(rows)))[:, None]
@@ -504,18 +470,3 @@ def _cached_batches(cache, batches: list[list[int]], input_size: int):
             result = future.result()
             future = pool.submit(read, batches[i + 1]) if i + 1 < len(batches) else None
             yield result
-
-
-def _progress(total: int, initial: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        initial=initial,
-        desc=desc,
-        unit="img",
-        disable=not enabled,
-        dynamic_ncols=True,
-        file=sys.stderr,
-        smoothing=0.1,
-    )

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from ..runtime.errors import BadImageError
+from ..runtime.progress import progress_bar
 from .workers import dead_workers_reported, spawned_loader
 
 CHUNK = 64
@@ -63,7 +63,7 @@ def build_pixel_cache(
     """Open the cache for ``manifest`` at ``size`` (building what is missing) and return it."""
     import zarr
 
-    from .store import StoreLock
+    from ..runtime.locks import StoreLock
 
     path = pixel_cache_path(root, manifest.fingerprint(), size, interpolation)
     n = len(manifest)
@@ -90,7 +90,7 @@ def build_pixel_cache(
         todo = [int(c) for c in np.flatnonzero(~done)]
         if todo:
             errors = json.loads(group.attrs["tlmic_pixels"]["errors"])
-            bar = _bar(len(todo) * CHUNK, progress)
+            bar = progress_bar(len(todo) * CHUNK, "decode once (pixel cache)", "img", progress)
             chunks = contextlib.closing(_decode_chunks(manifest.source, n, todo, size, interpolation, workers))
             with dead_workers_reported(), chunks as decoded:  # a worker's death may surface mid-loop
                 for chunk, (pixels, errs) in decoded:
@@ -168,16 +168,3 @@ def load_pixels(source, rows: np.ndarray, size: int, interpolation: str) -> np.n
             source.load(i, min_side=size), resize_size=size, input_size=size, interpolation=interpolation
         )
     return out
-
-
-def _bar(total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        desc="decode once (pixel cache)",
-        unit="img",
-        disable=not enabled,
-        dynamic_ncols=True,
-        file=sys.stderr,
-    )

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,53 +30,14 @@ import numpy as np
 from ..runtime.errors import (
     StoreError,
     StoreIncompleteError,
-    StoreLockedError,
     StoreMismatchError,
     UnknownCutPointError,
     choices,
 )
+from ..runtime.locations import StoreURL, location_exists, store_location
+from ..runtime.locks import StoreLock
 
 FORMAT_VERSION = 1
-LOCAL_SCHEMES = ("", "file")
-
-
-class StoreURL(str):
-    """A store on fsspec storage (``s3://``, ``gs://``, ``memory://``...).
-
-    Offers the few :class:`~pathlib.Path` members the library uses on a store's location, so that
-    code handling stores needs no branches for where a store lives.
-    """
-
-    @property
-    def name(self) -> str:
-        return self.rstrip("/").rsplit("/", 1)[-1]
-
-    @property
-    def stem(self) -> str:
-        return self.name.rsplit(".", 1)[0] if "." in self.name else self.name
-
-    def with_name(self, name: str) -> StoreURL:
-        return StoreURL(self.rstrip("/").rsplit("/", 1)[0] + "/" + name)
-
-    def filesystem(self):
-        """``(fsspec filesystem, path inside it)``."""
-        import fsspec
-
-        return fsspec.core.url_to_fs(str(self))
-
-
-def store_location(path: str | Path) -> Path | StoreURL:
-    """A local :class:`Path` for plain paths and ``file://`` URLs, a :class:`StoreURL` for any other
-    fsspec URL (the store is then read and written through fsspec, e.g. on object storage)."""
-    if isinstance(path, (Path, StoreURL)):
-        return path
-    text = str(path)
-    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
-    if scheme in LOCAL_SCHEMES:
-        return Path(text[len("file://") :] if scheme == "file" else text)
-    return StoreURL(text)
-
-
 # Fingerprint keys that may differ between a store and a request without changing its contents.
 _INFORMATIONAL_KEYS = ("tlmic_version",)
 
@@ -115,7 +75,7 @@ class FeatureStore:
         import zarr
 
         path = store_location(path)
-        if not _exists(path, "zarr.json"):
+        if not location_exists(path, "zarr.json"):
             raise StoreError(f"no feature store at {path} (run `tlmic extract` to make one)")
         group = zarr.open_group(str(path), mode="r")
         meta = dict(group.attrs).get("tlmic")
@@ -237,7 +197,7 @@ class FeatureStore:
         import hashlib
 
         path = store_location(path)
-        if _exists(path) and not overwrite:
+        if location_exists(path) and not overwrite:
             raise StoreMismatchError(f"{path} exists; pass overwrite=True to replace it")
         n = len(labels)
         manifest = _ArrayTable(
@@ -374,7 +334,7 @@ def open_for_writing(
     import zarr
 
     path = store_location(path)
-    if _exists(path):
+    if location_exists(path):
         existing = _read_meta(path)
         if existing is None:
             if _nonempty(path):
@@ -449,13 +409,6 @@ def _write_full(group, name: str, values: np.ndarray, rows: int) -> None:
     a[:] = values
 
 
-def _exists(path: Path | StoreURL, member: str = "") -> bool:
-    if isinstance(path, Path):
-        return (path / member).is_file() if member else path.exists()
-    fs, root = path.filesystem()
-    return fs.exists(f"{root}/{member}" if member else root)
-
-
 def _nonempty(path: Path | StoreURL) -> bool:
     if isinstance(path, Path):
         return path.is_dir() and any(path.iterdir())
@@ -495,112 +448,3 @@ def _remove(path: Path | StoreURL) -> None:
     fs, root = path.filesystem()
     fs.rm(f"{root}/zarr.json")
     fs.rm(root, recursive=True)
-
-
-# --- the write lock --------------------------------------------------------------------------------
-
-
-class StoreLock:
-    """An exclusive lock file beside the store (``<store>.lock``) naming its holder. Pixel caches,
-    finetuning runs and studies are locked the same way while a process writes them.
-
-    A lock left by a dead process on this host is taken over; one held by a live process (or by
-    another host) raises :class:`StoreLockedError` naming the holder. Locally the lock file is
-    created atomically (``O_EXCL``); on object storage, which has no exclusive create everywhere,
-    it is checked and then written, which guards against a second run but not against two runs
-    started in the same instant.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.store = store_location(path)
-        self.lock = self.store.with_name(self.store.name + ".lock")
-        self._held = False
-
-    def _create(self, me: dict) -> bool:
-        """Create the lock file holding ``me``; False when it exists already."""
-        if isinstance(self.lock, Path):
-            self.lock.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            return True
-        fs, lock = self.lock.filesystem()
-        if fs.exists(lock):
-            return False
-        fs.pipe(lock, json.dumps(me).encode())
-        return True
-
-    def _unlink(self) -> None:
-        if isinstance(self.lock, Path):
-            self.lock.unlink(missing_ok=True)
-        else:
-            fs, lock = self.lock.filesystem()
-            if fs.exists(lock):
-                fs.rm(lock)
-
-    def acquire(self) -> StoreLock:
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-        for _ in range(2):
-            if self._create(me):
-                self._held = True
-                return self
-            holder = self._holder()
-            if holder and holder.get("host") == me["host"] and not _alive(holder.get("pid")):
-                self._unlink()  # stale: its process is gone
-                continue
-            who = (
-                f"pid {holder.get('pid')} on {holder.get('host')}, since "
-                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('since', 0)))}"
-                if holder
-                else "an unknown process"
-            )
-            raise StoreLockedError(
-                f"{self.store} is being written by {who}; wait for it, or remove {self.lock} if that process is gone"
-            )
-        raise StoreLockedError(f"could not take the lock {self.lock}")
-
-    def _holder(self) -> dict | None:
-        try:
-            if isinstance(self.lock, Path):
-                return json.loads(self.lock.read_text())
-            fs, lock = self.lock.filesystem()
-            return json.loads(fs.cat(lock))
-        except (OSError, ValueError):
-            return None
-
-    def release(self) -> None:
-        if self._held:
-            self._unlink()
-            self._held = False
-
-    def __enter__(self) -> StoreLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def lock_holder(path: str | Path) -> dict | None:
-    """Who holds the lock of ``path`` (a local store, cache, run or study), or None when nobody does
-    (no lock file, or one left by a process of this host that is gone)."""
-    lock = Path(path).with_name(Path(path).name + ".lock")
-    try:
-        holder = json.loads(lock.read_text())
-    except (OSError, ValueError):
-        return None
-    if holder.get("host") == socket.gethostname() and not _alive(holder.get("pid")):
-        return None
-    return holder
-
-
-def _alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError, TypeError):
-        return False
-    except PermissionError:
-        return True
-    return True

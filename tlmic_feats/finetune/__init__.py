@@ -4,14 +4,15 @@ up, the step loop, evaluation), ``outputs`` (metrics, predictions, curves, expor
 ``losses``, ``augment``, ``lpft`` (a head from a probe), ``export``, ``compactness`` and ``ddp``
 (torchrun)."""
 
-from .config import ARCHS, MONITORS, SCHEDULES, FinetuneConfig, FinetuneResult
-from .trainer import finetune
+from ..runtime.lazy import lazy_attributes
 
-__all__ = [
-    "ARCHS",
-    "MONITORS",
-    "SCHEDULES",
-    "FinetuneConfig",
-    "FinetuneResult",
-    "finetune",
-]
+_WHERE = {
+    "ARCHS": "config",
+    "MONITORS": "config",
+    "SCHEDULES": "config",
+    "FinetuneConfig": "config",
+    "FinetuneResult": "config",
+    "finetune": "trainer",
+}
+__all__ = sorted(_WHERE)
+__getattr__ = lazy_attributes(__name__, _WHERE)

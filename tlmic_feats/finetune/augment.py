@@ -23,13 +23,6 @@ class AugmentConfig:
     hflip: bool = False
 
 
-def center_crop(x, size: int):
-    """Center crop of a batch ``(N, C, S, S)`` to ``size`` (the evaluation view)."""
-    s = x.shape[-1]
-    o = int(round((s - size) / 2.0))
-    return x[..., o : o + size, o : o + size]
-
-
 def augment_batch(x, size: int, cfg: AugmentConfig, generator):
     """Augment a uint8 or float batch ``(N, 1, S, S)`` to float ``(N, 1, size, size)`` (0..255)."""
     import torch

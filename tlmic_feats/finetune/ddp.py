@@ -23,10 +23,6 @@ from datetime import timedelta
 
 from ..runtime.errors import UsageError
 
-# Testing only: the last rank exits abruptly after the evaluation at this step on a group's first attempt, so that
-# tests can watch torchrun restart the group and the run resume.
-CRASH_AFTER_STEP_ENV = "TLMIC_TEST_CRASH_AFTER_STEP"
-
 
 @dataclass
 class Group:
@@ -94,11 +90,6 @@ class Group:
             return value
         self.barrier()
         return fn()
-
-    def maybe_crash(self, step: int) -> None:
-        wanted = os.environ.get(CRASH_AFTER_STEP_ENV)
-        if wanted and int(wanted) == step and self.rank == self.world - 1 and not self.restarted:
-            os._exit(17)
 
     def leave(self) -> None:
         if self.distributed:

@@ -1,60 +1,87 @@
-"""A finished run's outputs: test metrics, predictions, history, curves, ONNX export, compactness."""
+"""A finished run's outputs: the best checkpoint scored once on test, metrics with CIs, predictions,
+the history and its curves, the ONNX export and the compactness table. ``metrics.json`` is written
+last (it marks the run finished), then the resume state is deleted; a finished run's result can
+be read back without training (:func:`completed_result`)."""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-from ..backbones.networks import build_network, full_depth_address
-from ..runtime.devices import autocast as amp
-from .config import FinetuneConfig
-from .losses import scores_from_logits
-
-if TYPE_CHECKING:
-    from .trainer import _Setup, _Training
 
 import csv
 import json
 import warnings
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..backbones.cutpoints import full_depth_address
+from ..backbones.networks import build_network
+from ..backbones.preprocess import center_crop
 from ..metrics.predictions import write_predictions
 from ..metrics.scores import METRICS, UndefinedMetricWarning, bootstrap, choose_thresholds, evaluate
-from .augment import center_crop
+from ..runtime.devices import autocast
+from ..runtime.files import atomic_path, save_figure, write_json, write_text
+from .config import FinetuneConfig, FinetuneResult
+from .losses import scores_from_logits
+
+if TYPE_CHECKING:
+    from .setup import RunSetup, Training
 
 
-def read_history(path: Path) -> list[dict]:
-    """``history.csv`` as written: one dict per evaluation, numbers as numbers."""
-
-    def value(k: str, v: str):
-        if k == "best":
-            return v == "True"
-        return int(v) if k == "step" else float(v)
-
-    with open(path, newline="") as f:
-        return [{k: value(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def _write_outputs(setup: _Setup, tr: _Training, state: dict):
-    """The best checkpoint evaluated once on test; metrics, predictions, history, curves, ONNX,
-    compactness. ``metrics.json`` is written last (it marks the run finished); the resume state
-    is deleted after it."""
+def predict_logits(net, pixels, setup: RunSetup, batch_size: int) -> np.ndarray:
+    """Logits of ``pixels`` (center crops) at inference speed: no autograd, the training precision,
+    batches of at least 64 images."""
     import torch
 
-    config, out, manifest, kind, names, net = setup.config, setup.out, setup.manifest, setup.kind, setup.names, tr.net
+    batch = max(batch_size, 64)
+    net.eval()
+    out = []
+    with torch.inference_mode(), autocast(setup.device, setup.precision):
+        for start in range(0, len(pixels), batch):
+            x = center_crop(pixels[start : start + batch], setup.input_size).to(setup.device)
+            out.append(net(x.contiguous(memory_format=torch.channels_last)).float().cpu())
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def write_outputs(setup: RunSetup, tr: Training, state: dict) -> tuple[dict, list, dict | None]:
+    """Every output of a finished run; returns ``(metrics, compactness rows, ONNX check)``."""
+    import torch
+
+    config, out, net = setup.config, setup.out, tr.net
     if (out / "best.pt").exists():
         net.load_state_dict(torch.load(out / "best.pt", map_location=setup.device, weights_only=True)["model"])
-    s_val = scores_from_logits(kind, _predict(net, setup.pixels["val"], setup, config.batch_size))
-    s_test = scores_from_logits(kind, _predict(net, setup.pixels["test"], setup, config.batch_size))
-    y_val, y_test = manifest.labels[setup.rows["val"]], manifest.labels[setup.rows["test"]]
+    s_val = scores_from_logits(setup.kind, predict_logits(net, setup.pixels["val"], setup, config.batch_size))
+    s_test = scores_from_logits(setup.kind, predict_logits(net, setup.pixels["test"], setup, config.batch_size))
+    metrics = {**_test_metrics(setup, s_val, s_test), **_run_facts(setup, tr, state)}
+    write_predictions(
+        out / "predictions.csv",
+        ids=setup.manifest.ids,
+        labels=setup.manifest.labels,
+        rows={"val": setup.rows["val"], "test": setup.rows["test"]},
+        scores={"val": s_val, "test": s_test},
+        label_kind=setup.kind,
+        label_names=setup.names,
+    )
+    write_history(out / "history.csv", state["history"])
+    plot_curves(state["history"], out / "curves.png", config.monitor)
+    onnx, comp = _export_and_measure(setup, net)
+    metrics["onnx"] = onnx
+    metrics["world_size"] = setup.group.world
+    write_json(out / "metrics.json", metrics, default=float)
+    if not config.keep_checkpoints:  # finished: the resume state is of no further use
+        (out / "last.pt").unlink(missing_ok=True)
+    return metrics, comp, onnx
+
+
+def _test_metrics(setup: RunSetup, s_val: np.ndarray, s_test: np.ndarray) -> dict:
+    """Test metrics with bootstrap CIs, thresholds chosen on validation."""
+    config, kind = setup.config, setup.kind
+    y_val, y_test = setup.manifest.labels[setup.rows["val"]], setup.manifest.labels[setup.rows["test"]]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         thresholds = choose_thresholds(y_val, s_val, kind)
-        test_m = evaluate(y_test, s_test, kind, thresholds=thresholds, label_names=names)
+        test_m = evaluate(y_test, s_test, kind, thresholds=thresholds, label_names=setup.names)
         ci = bootstrap(y_test, s_test, kind, thresholds=thresholds, n_resamples=config.bootstrap, seed=config.seed)
-    history, budget = state["history"], setup.budget
     metrics = {m: test_m[m] for m in METRICS}
     metrics.update({f"{m}_lo": ci[m][0] for m in METRICS})
     metrics.update({f"{m}_hi": ci[m][1] for m in METRICS})
@@ -63,6 +90,14 @@ def _write_outputs(setup: _Setup, tr: _Training, state: dict):
         n_labels_total=test_m["n_labels_total"],
         per_label=test_m["per_label"],
         threshold=None if thresholds is None else thresholds.tolist(),
+    )
+    return metrics
+
+
+def _run_facts(setup: RunSetup, tr: Training, state: dict) -> dict:
+    """What the run was and did: its budget, steps, the step kept, seconds."""
+    config, budget, history = setup.config, setup.budget, state["history"]
+    return dict(
         best_step=state["best_step"],
         steps_run=state["step"],
         steps=budget.steps,
@@ -73,7 +108,7 @@ def _write_outputs(setup: _Setup, tr: _Training, state: dict):
         best_val=state["best_score"] if np.isfinite(state["best_score"]) else None,
         address=setup.address,
         pool=config.pool,
-        input_size=setup.backbone.preprocess.input_size,
+        input_size=setup.input_size,
         n_train=len(setup.train),
         head_init=tr.head_source,
         arch=config.arch,
@@ -81,24 +116,16 @@ def _write_outputs(setup: _Setup, tr: _Training, state: dict):
         eval_seconds=round(sum(h["eval_seconds"] for h in history), 2),
         precision=setup.precision,
     )
-    write_predictions(
-        out / "predictions.csv",
-        ids=manifest.ids,
-        labels=manifest.labels,
-        rows={"val": setup.rows["val"], "test": setup.rows["test"]},
-        scores={"val": s_val, "test": s_test},
-        label_kind=kind,
-        label_names=names,
-    )
-    _write_history(out / "history.csv", history)
-    plot_curves(history, out / "curves.png", config.monitor)
 
+
+def _export_and_measure(setup: RunSetup, net) -> tuple[dict | None, list]:
+    """The ONNX export with its parity check, and compactness against the full-depth network."""
+    config, out = setup.config, setup.out
     net_cpu = net.float().to("cpu").eval()
-    example = center_crop(setup.pixels["val"][: min(4, len(setup.pixels["val"]))], setup.backbone.preprocess.input_size)
-    example = example.contiguous()
+    example = center_crop(setup.pixels["val"][: min(4, len(setup.pixels["val"]))], setup.input_size).contiguous()
     onnx = None
     if config.export_onnx:
-        from .export import export_onnx
+        from ..backbones.export import export_onnx
 
         onnx = export_onnx(net_cpu, example, out / "model.onnx")
     comp = []
@@ -114,16 +141,25 @@ def _write_outputs(setup: _Setup, tr: _Training, state: dict):
             name="" if config.arch == "truncated" else arm_name(config, setup.backbone.name, setup.address),
             pool=config.pool,
         )
-        (out / "compactness.json").write_text(json.dumps([asdict(c) for c in comp], indent=1))
-        (out / "compactness.md").write_text(format_compactness(comp) + "\n")
-    metrics["onnx"] = onnx
-    metrics["world_size"] = setup.group.world
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=1, default=float))
-    tmp.replace(out / "metrics.json")
-    if not config.keep_checkpoints:  # finished: the resume state is of no further use
-        (out / "last.pt").unlink(missing_ok=True)
-    return metrics, comp, onnx
+        write_json(out / "compactness.json", [asdict(c) for c in comp])
+        write_text(out / "compactness.md", format_compactness(comp) + "\n")
+    return onnx, comp
+
+
+def completed_result(out: Path) -> FinetuneResult:
+    """The result of a run that finished before (its ``metrics.json`` is written last)."""
+    metrics = json.loads((out / "metrics.json").read_text())
+    comp_file = out / "compactness.json"
+    return FinetuneResult(
+        out,
+        metrics,
+        read_history(out / "history.csv"),
+        int(metrics["best_step"]),
+        json.loads(comp_file.read_text()) if comp_file.is_file() else [],
+        metrics.get("onnx"),
+        resumed_from=int(metrics["steps_run"]),
+        already_complete=True,
+    )
 
 
 def arm_name(config: FinetuneConfig, backbone_name: str, address: str) -> str:
@@ -147,16 +183,28 @@ def compactness_pair(backbone, address: str, net, example, n_out: int, name: str
     return rows
 
 
-def _write_history(path: Path, history: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(history[0]) if history else ["epoch"])
+def write_history(path: Path, history: list[dict]) -> None:
+    """``history.csv``: one row per evaluation."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(history[0]) if history else ["step"])
         w.writeheader()
         w.writerows(history)
-    tmp.replace(path)
+
+
+def read_history(path: Path) -> list[dict]:
+    """``history.csv`` as written: one dict per evaluation, numbers as numbers."""
+
+    def value(k: str, v: str):
+        if k == "best":
+            return v == "True"
+        return int(v) if k == "step" else float(v)
+
+    with open(path, newline="") as f:
+        return [{k: value(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def plot_curves(history: list[dict], path: Path, monitor: str) -> None:
+    """``curves.png``: losses and validation metrics by optimizer step, the kept step marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,41 +212,21 @@ def plot_curves(history: list[dict], path: Path, monitor: str) -> None:
 
     if not history:
         return
-    ep = [h["step"] for h in history]
+    steps = [h["step"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
-    a.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-    a.plot(ep, [h["val_loss"] for h in history], "o-", label="val")
+    a.plot(steps, [h["train_loss"] for h in history], "o-", label="train")
+    a.plot(steps, [h["val_loss"] for h in history], "o-", label="val")
     a.set_title("loss")
-    a.set_xlabel("optimizer step")
     a.legend()
-    b.plot(ep, [h["val_auroc"] for h in history], "o-", label="val AUROC")
-    b.plot(ep, [h["val_auprc"] for h in history], "o-", label="val AUPRC")
+    b.plot(steps, [h["val_auroc"] for h in history], "o-", label="val AUROC")
+    b.plot(steps, [h["val_auprc"] for h in history], "o-", label="val AUPRC")
     best = [h["step"] for h in history if h["best"]]
     if best:
         b.axvline(best[-1], color="grey", ls=":", label=f"best ({monitor})")
     b.set_title("validation")
-    b.set_xlabel("optimizer step")
     b.legend()
     for ax in (a, b):
+        ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-
-
-def _predict(net, pixels, setup: _Setup, batch_size: int) -> np.ndarray:
-    """Logits of ``pixels`` (center crops) at inference speed: no autograd, the training precision,
-    batches at least 64 images."""
-    import torch
-
-    size, device = setup.backbone.preprocess.input_size, setup.device
-    batch = max(batch_size, 64)
-    net.eval()
-    out = []
-    with torch.inference_mode(), amp(device, setup.precision):
-        for start in range(0, len(pixels), batch):
-            x = center_crop(pixels[start : start + batch], size).to(device)
-            out.append(net(x.contiguous(memory_format=torch.channels_last)).float().cpu())
-    return torch.cat(out).numpy().astype(np.float64)
+    save_figure(fig, path)

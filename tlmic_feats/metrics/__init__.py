@@ -1,16 +1,17 @@
 """One metrics module for both arms (``scores``: point estimates, thresholds, bootstrap CIs, paired
 bootstrap) and the predictions files they are recomputed from (``predictions``)."""
 
-from .predictions import read_predictions, write_predictions
-from .scores import METRICS, UndefinedMetricWarning, bootstrap, choose_thresholds, evaluate, paired_bootstrap
+from ..runtime.lazy import lazy_attributes
 
-__all__ = [
-    "METRICS",
-    "UndefinedMetricWarning",
-    "bootstrap",
-    "choose_thresholds",
-    "evaluate",
-    "paired_bootstrap",
-    "read_predictions",
-    "write_predictions",
-]
+_WHERE = {
+    "read_predictions": "predictions",
+    "write_predictions": "predictions",
+    "METRICS": "scores",
+    "UndefinedMetricWarning": "scores",
+    "bootstrap": "scores",
+    "choose_thresholds": "scores",
+    "evaluate": "scores",
+    "paired_bootstrap": "scores",
+}
+__all__ = sorted(_WHERE)
+__getattr__ = lazy_attributes(__name__, _WHERE)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtime.files import atomic_path
+
 
 def write_predictions(
     path: str | Path,
@@ -29,9 +31,7 @@ def write_predictions(
         heads = ["y", *[f"score_{n}" for n in names]]
     else:
         heads = [*[f"y_{n}" for n in names], *[f"score_{n}" for n in names]]
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "split", *heads])
         for split, split_rows in rows.items():
@@ -39,7 +39,6 @@ def write_predictions(
             for k, r in enumerate(split_rows):
                 lab = ["" if np.isnan(v) else int(v) for v in labels[r].tolist()]
                 w.writerow([ids[r], split, *lab, *[repr(float(v)) for v in s[k]]])
-    tmp.replace(path)
 
 
 def read_predictions(path: str | Path, label_kind: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:

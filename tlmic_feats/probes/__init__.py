@@ -2,15 +2,16 @@
 estimators: logistic regression, LightGBM), the ``grid`` of layer x model x fraction x seed cells,
 its ``cluster`` form (Dask), and its ``report``."""
 
-from .estimators import PROBES, LightGBMProbe, LogisticProbe, load_probe
-from .grid import ProbeConfig, ProbeRun, run_probes
+from ..runtime.lazy import lazy_attributes
 
-__all__ = [
-    "PROBES",
-    "LightGBMProbe",
-    "LogisticProbe",
-    "ProbeConfig",
-    "ProbeRun",
-    "load_probe",
-    "run_probes",
-]
+_WHERE = {
+    "PROBES": "estimators",
+    "LightGBMProbe": "estimators",
+    "LogisticProbe": "estimators",
+    "load_probe": "estimators",
+    "ProbeConfig": "config",
+    "ProbeRun": "grid",
+    "run_probes": "grid",
+}
+__all__ = sorted(_WHERE)
+__getattr__ = lazy_attributes(__name__, _WHERE)

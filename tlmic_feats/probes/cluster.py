@@ -24,13 +24,13 @@ import numpy as np
 
 from ..features.store import FeatureStore
 from ..runtime.cluster import check_visible, connect, gather, worker_cached
-from .estimators import LightGBMProbe, _val_score
+from .cells import cell_id
+from .estimators import LightGBMProbe, validation_score
 
 
 def fit_grid_on_cluster(store: FeatureStore, ctx, cells: list[tuple], plan: dict, bar) -> dict[str, dict[int, dict]]:
     """Fit the cells ``plan[array] = (common, todo)`` on ``ctx.config.cluster``; returns
     ``{array: {cell index: results row}}``. Cells already finished are left out of ``todo``."""
-    from .grid import _run_id
 
     config = ctx.config
     results: dict[str, dict[int, dict]] = {array: {} for array in plan}
@@ -55,7 +55,7 @@ def fit_grid_on_cluster(store: FeatureStore, ctx, cells: list[tuple], plan: dict
         for order, (array, (common, todo)) in enumerate(plan.items()):
             bar.update(len(cells) - len(todo))
             for c in todo:
-                run_id = _run_id(common["layer"], cells[c])
+                run_id = cell_id(common["layer"], cells[c])
                 index[run_id] = (array, c)
                 futures.append(
                     client.submit(
@@ -81,14 +81,15 @@ def fit_grid_on_cluster(store: FeatureStore, ctx, cells: list[tuple], plan: dict
 
 def fit_cell_task(store_path: str, common: dict, ctx, cell: tuple) -> dict:
     """A Dask task: one cell of the grid, on the worker's copy of its layer."""
-    from .grid import _fit_cell, one_thread_per_cell
+    from ..runtime.limits import one_thread_per_cell
+    from .cells import fit_cell
 
     X = worker_cached(
         f"{store_path}::{common['array']}",
         lambda: FeatureStore.open(store_path).features(common["layer"]).astype(np.float32, copy=False),
     )
     with one_thread_per_cell():  # as a local run's parallel cells: results do not depend on where they ran
-        return _fit_cell(X, ctx, cell, common)
+        return fit_cell(X, ctx, cell, common)
 
 
 # --- LightGBM across the cluster ------------------------------------------------------------------
@@ -109,7 +110,7 @@ def quiet_lightgbm() -> None:
 def _fit_distributed_cell(client, store: FeatureStore, ctx, cell: tuple, common: dict) -> dict:
     import dask.array as da
 
-    from .grid import cell_targets, finish_cell, target_of
+    from .cells import cell_targets, finish_cell, target_of
 
     _, _, seed, _, train = cell
     X = da.from_zarr(str(store.path), component=f"features/{common['array']}")
@@ -184,7 +185,7 @@ def _fit_single(
     ).compute()
     yv = y_val.astype(int)
     values = [
-        _val_score(yv, p[:, i, 0] if width == 1 else p[:, i, :]) if len(np.unique(yv)) >= 2 else -np.inf
+        validation_score(yv, p[:, i, 0] if width == 1 else p[:, i, :]) if len(np.unique(yv)) >= 2 else -np.inf
         for i in range(len(candidates))
     ]
     best = candidates[int(np.nanargmax(np.nan_to_num(values, nan=-np.inf)))] if np.any(np.isfinite(values)) else total

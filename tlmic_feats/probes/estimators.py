@@ -22,14 +22,14 @@ intercepts and scaler statistics as ``.npz`` arrays; LightGBM models as LightGBM
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
+
+from ..runtime.files import write_json
 
 PROBE_FORMAT = 1
 
@@ -48,7 +48,7 @@ def _holdout(X, y, random_state, frac=0.2):
     return Xa, ya, Xb, yb
 
 
-def _val_score(y: np.ndarray, p: np.ndarray) -> float:
+def validation_score(y: np.ndarray, p: np.ndarray) -> float:
     """Selection criterion: average precision (macro one-vs-rest for multi-class)."""
     from sklearn.metrics import average_precision_score
 
@@ -162,9 +162,7 @@ class _ProbeBase(ClassifierMixin, BaseEstimator):
         for j, e in enumerate(singles):
             if e is not None:
                 e._save_single(path, j)
-        tmp = path / "probe.json.tmp"
-        tmp.write_text(json.dumps(header, indent=1, default=_json_default))
-        tmp.replace(path / "probe.json")
+        write_json(path / "probe.json", header, default=_json_default)
         return path
 
     def _extra_state(self) -> dict:
@@ -221,7 +219,7 @@ class LogisticProbe(_ProbeBase):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)  # warm path: later Cs refine
                 lr.fit(Z, y)
-            score = _val_score(yv, lr.predict_proba(Zv)) if len(np.unique(yv)) >= 2 else np.nan
+            score = validation_score(yv, lr.predict_proba(Zv)) if len(np.unique(yv)) >= 2 else np.nan
             self.path_.append((float(C), float(score)))
             if (np.isfinite(score) and score > best[0] + 1e-12) or best[1] is None:
                 best = (score, C, lr.coef_.copy(), lr.intercept_.copy())
@@ -356,49 +354,6 @@ class LightGBMProbe(_ProbeBase):
 
 
 PROBES = {"logreg": LogisticProbe, "lightgbm": LightGBMProbe}
-
-
-_LGBM_CAP_LOCK = threading.Lock()
-_lgbm_caps: list[int] = []  # the cap each active holder asked for
-_lgbm_cap_before = [-1]  # LightGBM's cap before the first of them came (-1: none)
-
-
-@contextlib.contextmanager
-def lightgbm_max_threads(n: int):
-    """Cap every LightGBM call in this process at ``n`` threads (``LGBM_SetMaxThreads``), restoring
-    the previous cap when the last holder leaves.
-
-    Needed to fit LightGBM probes in several threads of one process: LightGBM keeps its thread
-    count in one process-wide variable that each call sets (a call without ``num_threads``, such
-    as a prediction, resets it to OpenMP's default), so concurrent calls can size per-thread
-    buffers for one count and run a parallel region with another. That crashed a test run (SIGFPE
-    in an OpenMP worker of lib_lightgbm); LightGBM's docs warn against changing ``num_threads``
-    while another job trains. Under a cap of 1 every call runs single-threaded whatever it sets.
-
-    Holders may overlap (one per task thread on a Dask worker with several threads): while any is
-    inside, the cap is the smallest any of them asked for, and it is lifted only when all have left.
-    """
-    import ctypes
-
-    from lightgbm.basic import _LIB, _safe_call
-
-    if n < 1:
-        raise ValueError(f"lightgbm_max_threads needs n >= 1; got {n}")
-
-    with _LGBM_CAP_LOCK:
-        if not _lgbm_caps:
-            before = ctypes.c_int(-1)
-            _safe_call(_LIB.LGBM_GetMaxThreads(ctypes.byref(before)))
-            _lgbm_cap_before[0] = before.value
-        _lgbm_caps.append(n)
-        _safe_call(_LIB.LGBM_SetMaxThreads(ctypes.c_int(min(_lgbm_caps))))
-    try:
-        yield
-    finally:
-        with _LGBM_CAP_LOCK:
-            _lgbm_caps.remove(n)
-            cap = min(_lgbm_caps) if _lgbm_caps else _lgbm_cap_before[0]
-            _safe_call(_LIB.LGBM_SetMaxThreads(ctypes.c_int(cap)))
 
 
 def load_probe(path: str | Path) -> _ProbeBase:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.errors import RunError
+from ..runtime.files import save_figure, write_text
 
 
 def load_results(run_dir: str | Path) -> dict:
@@ -185,10 +186,7 @@ def plot_layers(doc: dict, path: str | Path) -> Path:
     fig.suptitle(f"{doc.get('backbone')} probes per layer (bands: 95% bootstrap CI; ★ best on validation)", fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)
     return path
 
 
@@ -199,7 +197,5 @@ def render_report(run_dir: str | Path) -> tuple[Path, Path]:
     if not doc["rows"]:
         raise RunError(f"{run_dir}: no probe results to report (every cell was skipped)")
     summary = run_dir / "summary.md"
-    tmp = summary.with_suffix(".md.tmp")
-    tmp.write_text(render_summary(doc))
-    tmp.replace(summary)
+    write_text(summary, render_summary(doc))
     return summary, plot_layers(doc, run_dir / "layers.png")

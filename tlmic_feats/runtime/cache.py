@@ -116,7 +116,7 @@ def _recognize(path: Path, root: Path) -> tuple[str, str, str] | None:
 
 
 def _item(path: Path, kind: str, dataset: str, backbone: str) -> CacheItem:
-    from ..features.store import lock_holder
+    from .locks import lock_holder
 
     holder = lock_holder(path)
     return CacheItem(
@@ -174,7 +174,7 @@ def clean_cache(items: list[CacheItem]) -> tuple[int, list[CacheItem], list[Cach
 
     The lock is checked again just before each deletion (it may have been taken since the scan).
     """
-    from ..features.store import lock_holder
+    from .locks import lock_holder
 
     freed, deleted, skipped = 0, [], []
     for item in items:
@@ -199,11 +199,3 @@ def summarize_by_kind(items: list[CacheItem]) -> dict[str, tuple[int, int]]:
         if of:
             out[k] = (len(of), sum(i.bytes for i in of))
     return out
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"

@@ -137,10 +137,10 @@ def check_visible(client, location, *, member: str = "zarr.json", what: str = "s
     target = str(location)
 
     def probe(path=target, member=member) -> str:
-        from ..features.store import _exists, store_location
+        from .locations import location_exists, store_location
 
         try:
-            return "" if _exists(store_location(path), member) else "not found"
+            return "" if location_exists(store_location(path), member) else "not found"
         except Exception as e:  # any failure to look is a failure to see
             return f"{type(e).__name__}: {e}"
 

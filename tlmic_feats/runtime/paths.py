@@ -33,3 +33,12 @@ def disk_usage(path: str | Path) -> int:
                 with contextlib.suppress(OSError):  # removed while we walked
                     total += p.stat().st_size
     return total
+
+
+def human_bytes(n: float) -> str:
+    """``5.1 kB``, ``13.2 MB``: decimal units, one decimal."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"

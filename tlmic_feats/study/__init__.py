@@ -2,15 +2,15 @@
 record), ``arms`` (each run's finetuning configuration; choices on validation data), ``plan`` (the
 cost model, budgets, plan and disk estimate), ``run`` (the orchestration) and ``report``."""
 
-from .config import BASELINES, LPFT_ARMS, StudyConfig, StudyResult
-from .plan import plan_study
-from .run import run_study
+from ..runtime.lazy import lazy_attributes
 
-__all__ = [
-    "BASELINES",
-    "LPFT_ARMS",
-    "StudyConfig",
-    "StudyResult",
-    "plan_study",
-    "run_study",
-]
+_WHERE = {
+    "BASELINES": "config",
+    "LPFT_ARMS": "config",
+    "StudyConfig": "config",
+    "StudyResult": "config",
+    "plan_study": "plan",
+    "run_study": "run",
+}
+__all__ = sorted(_WHERE)
+__getattr__ = lazy_attributes(__name__, _WHERE)

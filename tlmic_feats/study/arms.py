@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backbones.cutpoints import block_ends
 from ..finetune.budget import StepBudget
 from ..runtime.errors import UsageError
 from .config import Run, StudyConfig
@@ -62,7 +63,7 @@ def finetune_config(config: StudyConfig, run: Run, out: Path, backbone=None, bud
 
 
 def full_address(backbone) -> str | None:
-    from ..backbones.networks import full_depth_address
+    from ..backbones.cutpoints import full_depth_address
 
     return full_depth_address(backbone) if backbone is not None else None
 
@@ -82,26 +83,10 @@ def _lpft(fc, config: StudyConfig, out: Path, address: str | None, wanted: bool)
     return replace(fc, head_init=str(out / "probes"))
 
 
-def block_ends(backbone) -> list[str]:
-    from ..backbones.cutpoints import address_key
-
-    return sorted((cp.address for cp in backbone.cut_points if cp.is_block), key=address_key)
-
-
 def layerwise_freeze(backbone) -> str:
     """Layer-wise finetuning freezes the bottom half of the block ends."""
     ends = block_ends(backbone)
     return ends[max(0, len(ends) // 2 - 1)]
-
-
-def units_of(backbone, block: str) -> list[str]:
-    """The unit-level cut points inside ``block`` that differ from its block end."""
-    from ..backbones.cutpoints import address_key, storage_groups
-
-    groups = storage_groups(backbone.cut_points)
-    end = groups[block]
-    inside = [cp.address for cp in backbone.cut_points if not cp.is_block and cp.block == int(block)]
-    return sorted((a for a in inside if groups[a] != end and a != end), key=address_key)
 
 
 def probe_ranking(probe_rows: list[dict], fraction: float, candidates: list[str]) -> list[tuple[str, float]]:

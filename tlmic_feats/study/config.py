@@ -10,6 +10,7 @@ from ..data.readers import DataConfig
 from ..finetune.budget import MIN_STEPS
 from ..runtime.errors import UsageError, check_choice
 from ..runtime.paths import cache_root, slug
+from ..runtime.rundir import study_run_id
 
 BASELINES = ("cbr-tiny", "cbr-small", "cbr-larget", "cbr-largew", "hybrid", "layerwise")
 
@@ -85,7 +86,7 @@ class Run:
 
     @property
     def id(self) -> str:
-        return f"{self.arm}-f{self.fraction:g}-s{self.seed}"
+        return study_run_id(self.arm, self.fraction, self.seed)
 
 
 @dataclass

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backbones.cutpoints import block_ends
 from ..finetune.budget import StepBudget, resolve_budget
-from ..runtime.paths import cache_root, slug
-from .arms import block_ends, finetune_config
+from ..runtime.files import write_json
+from ..runtime.paths import cache_root, human_bytes, slug
+from ..runtime.rundir import study_run_id
+from .arms import finetune_config
 from .config import Run, StudyConfig, default_out
 
 
@@ -50,10 +53,9 @@ def calibrate(config: StudyConfig, backbone, out: Path, *, arms: list[str] | Non
     kept in ``calibration.json`` so that reruns and reports share one cost model."""
     import torch
 
-    from ..backbones.cutpoints import storage_groups
-    from ..backbones.networks import full_depth_address
+    from ..backbones.cutpoints import full_depth_address, storage_groups
     from ..finetune.losses import n_outputs_for
-    from ..finetune.trainer import build_model
+    from ..finetune.setup import build_model
     from ..runtime.devices import autocast, resolve_device, resolve_precision
 
     path = out / "calibration.json"
@@ -100,9 +102,7 @@ def calibrate(config: StudyConfig, backbone, out: Path, *, arms: list[str] | Non
         del net, opt
     cal["_meta"] = {"device": device, "precision": precision, "batch": batch, "input_size": size}
     cal["_alias"] = {f"t{a}": f"t{g}" for a, g in storage_groups(backbone.cut_points).items()}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cal, indent=1))
-    tmp.replace(path)
+    write_json(path, cal)
     return cal
 
 
@@ -127,8 +127,7 @@ def checkpoint_bytes(cal: dict, arm: str) -> int:
 def distinct_truncations(backbone) -> list[str]:
     """``t<address>`` of every distinct truncated network (aliases like ResNet's "2" = "2.4" once;
     the deepest block end is full finetuning)."""
-    from ..backbones.cutpoints import storage_groups
-    from ..backbones.networks import full_depth_address
+    from ..backbones.cutpoints import full_depth_address, storage_groups
 
     groups = storage_groups(backbone.cut_points)
     full = groups[full_depth_address(backbone)]
@@ -153,6 +152,7 @@ def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], Non
     state = json.loads((out / "study.json").read_text()) if (out / "study.json").is_file() else {}
     done = {k for k, v in state.get("runs", {}).items() if v.get("status") == "done"}
     ends = block_ends(backbone)
+    blocks = [f"t{a}" for a in ends[:-1]]
     lines = [
         f"study plan: {config.backbone} ({config.weights}) on {config.data.path}; {len(manifest)} images, "
         f"fractions {', '.join(f'{f:g}' for f in config.fractions)}, {config.seeds} seed(s)",
@@ -165,11 +165,8 @@ def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], Non
         "| --- | --- | ---: | ---: | ---: | --- |",
     ]
     total, planned = 0.0, []
-    blocks = [f"t{a}" for a in ends[:-1]]
-
-    def add(stage: str, name: str, arm: str | None, f: float, s: int) -> None:
-        nonlocal total
-        rid = f"{name}-f{f:g}-s{s}"
+    for stage, name, arm, f, s in planned_runs(config, state.get("choices", {})):
+        rid = study_run_id(name, f, s)
         n, b = budgets[float(f)]
         # a choice not made yet is costed at the mean block end
         est = (
@@ -183,24 +180,6 @@ def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], Non
             total += est
             planned.append(arm or blocks[0])
         lines.append(f"| {stage} | {rid} | {n} | {b.steps} | {est:.0f} | {status} |")
-
-    chosen = state.get("choices", {})
-    for stage, key, label, n in (("1", "blocks", "block", config.top_blocks), ("2", "units", "unit", config.top_units)):
-        for f in config.fractions:
-            picked = chosen.get(f"{f:g}", {}).get(key)  # known once the study has made its choice
-            for s in range(config.seeds):
-                for i in range(n if picked is None else len(picked)):
-                    if picked is not None:
-                        add(stage, f"t{picked[i]}", f"t{picked[i]}", f, s)
-                    else:
-                        add(stage, f"{label}#{i + 1}", None, f, s)
-                if stage == "1":
-                    add(stage, "full", "full", f, s)
-                    add(stage, "scratch", "scratch", f, s)
-    for f in config.fractions:
-        for s in range(config.seeds):
-            for b in config.baselines:
-                add("baseline", b, b, f, s)
     exhaustive = sum(
         estimate_seconds(cal, arm, budgets[float(f)][1], n_val, n_test) * config.seeds
         for f in config.fractions
@@ -215,14 +194,29 @@ def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], Non
         f"exhaustive search instead (every block end and unit, every fraction and seed): about {exhaustive / 60:.1f} "
         "min of finetuning.",
         "disk it will write (upper bounds, before compression): "
-        + ", ".join(f"{k} {_mb(v)}" for k, v in disk.items() if k != "total")
-        + f"; {_mb(disk['total'])} in all",
+        + ", ".join(f"{k} {human_bytes(v)}" for k, v in disk.items() if k != "total")
+        + f"; {human_bytes(disk['total'])} in all",
     ]
     return "\n".join(lines)
 
 
-def _mb(n: float) -> str:
-    return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+def planned_runs(config: StudyConfig, chosen: dict):
+    """``(stage, name, arm, fraction, seed)`` of every run a study makes, in its order; ``arm`` is
+    None where the choice is made after probing (``name``: ``block#1``, ``unit#1``...)."""
+    for stage, key, label, n in (("1", "blocks", "block", config.top_blocks), ("2", "units", "unit", config.top_units)):
+        for f in config.fractions:
+            picked = chosen.get(f"{f:g}", {}).get(key)  # known once the study has made its choice
+            for s in range(config.seeds):
+                if picked is not None:
+                    yield from ((stage, f"t{a}", f"t{a}", f, s) for a in picked)
+                else:
+                    yield from ((stage, f"{label}#{i + 1}", None, f, s) for i in range(n))
+                if stage == "1":
+                    yield stage, "full", "full", f, s
+                    yield stage, "scratch", "scratch", f, s
+    for f in config.fractions:
+        for s in range(config.seeds):
+            yield from (("baseline", b, b, f, s) for b in config.baselines)
 
 
 def estimate_disk(config: StudyConfig, backbone, manifest, cal: dict, arms: list[str], budgets: dict) -> dict:

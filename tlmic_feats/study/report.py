@@ -23,6 +23,8 @@ import numpy as np
 from ..metrics.predictions import read_predictions
 from ..metrics.scores import paired_bootstrap
 from ..probes.report import aggregate, best_layers
+from ..runtime.files import atomic_path, save_figure, write_text
+from ..runtime.paths import human_bytes
 
 ROW_COLUMNS = (
     "stage",
@@ -115,12 +117,10 @@ def collect_rows(out: Path, config, probe_dir: Path) -> list[dict]:
                         "predictions": str((Path(probe_dir) / r["predictions"]).relative_to(out)),
                     }
                 )
-    tmp = out / "results.csv.tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(out / "results.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=ROW_COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    tmp.replace(out / "results.csv")
     return rows
 
 
@@ -278,10 +278,6 @@ def measured_disk(out: Path, state: dict, manifest, backbone) -> dict:
     return parts
 
 
-def _mb(n: float) -> str:
-    return f"{n / 1e6:.1f} MB"
-
-
 def _ci(a: dict, m: str) -> str:
     lo, hi = a[f"{m}_ci"]
     sd = f" ± {a[f'{m}_sd']:.3f}" if a["seeds"] > 1 else ""  # one seed has no spread to show
@@ -293,131 +289,142 @@ def _n(v, scale: float, unit: str, digits: int = 2) -> str:
 
 
 def render_study_report(out: Path, config, backbone, calibration: dict, rows: list[dict], state: dict) -> Path:
+    """``report.md`` and ``report.html`` (figures embedded) from the study's rows and state."""
     from ..data.readers import load_manifest
 
     manifest = load_manifest(config.data)
-    kind = manifest.label_kind
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
-    lines = [
-        f"# tlmic study: {config.backbone} on {Path(config.data.path).name}",
-        "",
-        f"{len(manifest)} images ({int((manifest.splits == 'train').sum())} train, "
-        f"{int((manifest.splits == 'val').sum())} val, {int((manifest.splits == 'test').sum())} test), "
-        f"{kind} labels ({', '.join(manifest.label_names)}); backbone {config.backbone} ({config.weights} weights) "
-        f"at {backbone.preprocess.input_size} px; {config.seeds} seed(s) per arm. Pooling: {config.pool} for the "
-        "probes' features and for every finetuned network's head. Finetuning: the same number of optimizer steps "
-        f"for every arm of a fraction (below), early stop on validation AUPRC after {config.patience} evaluations "
-        "without improvement, the best evaluation's weights kept. "
-        + {
-            "truncated": "Truncated arms start their head from the logistic-regression probe of their cut point, "
-            "fitted on the same training subset (LP-FT); the other arms from a random head. ",
-            "all": "Every pretrained arm starts its head from the logistic-regression probe of its cut point, "
-            "fitted on the same training subset (LP-FT). ",
-            "none": "Every head starts random (no LP-FT). ",
-        }[config.lpft]
-        + (
-            "Test metrics: mean ± sd over seeds [95% bootstrap CI of the seed mean over test images]. "
-            if config.seeds > 1
-            else "Test metrics: one seed per arm [95% bootstrap CI over test images]. "
-        )
-        + "Every choice (layers, cut points, steps kept, thresholds) was made on validation data.",
-        "",
-    ]
+    lines = _header(config, backbone, manifest)
     if not rows:
         lines.append("No finished runs yet.")
-    summary = summarize(out, rows, kind, n_resamples=config.bootstrap) if rows else {}
+    summary = summarize(out, rows, manifest.label_kind, n_resamples=config.bootstrap) if rows else {}
     for fraction, doc in summary.items():
-        c = state.get("choices", {}).get(f"{fraction:g}", {})
-        lines += [
-            f"## {fraction:g} of the training set ({doc['table'][0]['n_train']} images)",
-            "",
-            "| arm | test AUROC | test AUPRC | val AUPRC | steps (best), train s | params | MACs | CPU ms/img |",
-            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for a in doc["table"]:
-            steps = (
-                ""
-                if a["steps_run"] is None
-                else f"{a['steps_run']:.0f} ({a['best_step']:.0f}), {a['train_seconds']:.0f}"
-            )
-            lines.append(
-                f"| {a['name']} | {_ci(a, 'auroc')} | {_ci(a, 'auprc')} | {a['val_auprc']:.3f} | {steps} | "
-                f"{_n(a['params'], 1e6, 'M')} | {_n(a['macs'], 1e9, 'G')} | {_n(a['latency_ms'], 1, '', 1)} |"
-            )
-        if c.get("budget"):
-            from ..finetune.budget import StepBudget
-
-            lines += [
-                "",
-                f"Budget: {StepBudget(**c['budget']).describe()}; steps (best), train s: steps run, the step "
-                "kept and seconds of training, mean over seeds (a run stops early when its patience runs out).",
-            ]
-        w, p = doc["winner"], doc["pick"]
-        lines += [
-            "",
-            f"**Winner on test (mean AUPRC): {w['name']}** ({w['auprc']:.3f}); validation would pick "
-            f"{p['name']} (val AUPRC {p['val_auprc']:.3f}, test AUPRC {p['auprc']:.3f}).",
-        ]
-        if doc["paired"]:
-            d = doc["paired"]
-            lines.append(
-                f"Truncated vs full finetuning ({d['name']}, the truncated arm with the best validation AUPRC, "
-                f"minus full): AUROC {d['auroc'][0]:+.3f} [{d['auroc'][1][0]:+.3f}, {d['auroc'][1][1]:+.3f}], "
-                f"AUPRC {d['auprc'][0]:+.3f} [{d['auprc'][1][0]:+.3f}, {d['auprc'][1][1]:+.3f}] "
-                "(paired bootstrap over test images)."
-            )
-        if c:
-            ranking = ", ".join(f"{a} {v:.3f}" for a, v in c.get("stage1_ranking", []))
-            lines.append(f"Search: block ends by probe val AUPRC: {ranking}; finetuned: {', '.join(c['blocks'])}.")
-            if c.get("best_block"):
-                units = ", ".join(f"{a} {v:.3f}" for a, v in c.get("stage2_ranking", [])) or "none"
-                lines.append(
-                    f"Best finetuned block {c['best_block']} (val AUPRC "
-                    + ", ".join(f"{a}: {v:.3f}" for a, v in c["stage1_val_auprc"].items())
-                    + f"); its units by probe val AUPRC: {units}; finetuned: {', '.join(c['units']) or 'none'}."
-                )
+        lines += _fraction_section(doc, state.get("choices", {}).get(f"{fraction:g}", {}), fraction)
         plot = _plot_fraction(out, rows, fraction, figures / f"probe-curve-f{fraction:g}.png", config)
         lines += ["", f"![probe curve and finetuned cut points at {fraction:g}]({plot.relative_to(out)})", ""]
     if rows:
-        comp = compute_summary(config, backbone, calibration, rows, state, manifest, out)
-        disk_est, disk_now = comp["disk_estimate"], comp["disk_measured"]
-        saving = comp["exhaustive_estimate"] / comp["search_estimate"] if comp["search_estimate"] else float("nan")
-        lines += [
-            "## Compute",
-            "",
-            "| what | runs | measured s | estimated s (cost model) |",
-            "| --- | ---: | ---: | ---: |",
-            f"| extraction (every cut point, once) | | {comp['extract_seconds']:.0f} | |",
-            f"| probes (every cut point, both models) | | {comp['probe_seconds']:.0f} | |",
-            f"| probe-guided search: truncated finetunes (stages 1 and 2) | {comp['search_runs']} | "
-            f"{comp['search_measured']:.0f} | {comp['search_estimate']:.0f} |",
-            f"| exhaustive search: every block end and unit | {comp['exhaustive_runs']} | | "
-            f"{comp['exhaustive_estimate']:.0f} |",
-            f"| other arms (full, scratch, baselines) | {comp['other_runs']} | {comp['other_measured']:.0f} | |",
-            "",
-            "| disk | measured | estimated (plan, upper bound) |",
-            "| --- | ---: | ---: |",
-            *[f"| {k} | {_mb(disk_now[k])} | {_mb(disk_est[k])} |" for k in disk_now],
-            "",
-            f"The probe-guided search finetuned {comp['search_runs']} truncated networks where an exhaustive search "
-            f"would finetune {comp['exhaustive_runs']}: {saving:.1f}x less finetuning compute by the cost model "
-            "(seconds per training image measured on this machine for each network, `calibration.json`; no early "
-            f"stop assumed), for {comp['extract_seconds'] + comp['probe_seconds']:.0f} s of extraction and probing.",
-            "",
-        ]
+        lines += _compute_section(compute_summary(config, backbone, calibration, rows, state, manifest, out))
     if state.get("not_run"):
         lines += ["## Not run", "", *[f"- {x}" for x in state["not_run"]], ""]
     text = "\n".join(lines) + "\n"
     path = out / "report.md"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    html_path = out / "report.html"
-    tmp = html_path.with_suffix(".tmp")
-    tmp.write_text(markdown_to_html(text, out))
-    tmp.replace(html_path)
+    write_text(path, text)
+    write_text(out / "report.html", markdown_to_html(text, out))
     return path
+
+
+_LPFT_SENTENCE = {
+    "truncated": "Truncated arms start their head from the logistic-regression probe of their cut point, "
+    "fitted on the same training subset (LP-FT); the other arms from a random head. ",
+    "all": "Every pretrained arm starts its head from the logistic-regression probe of its cut point, "
+    "fitted on the same training subset (LP-FT). ",
+    "none": "Every head starts random (no LP-FT). ",
+}
+
+
+def _header(config, backbone, manifest) -> list[str]:
+    """The title and what every arm shared: data, backbone, pooling, budget rule, LP-FT, metrics."""
+    n = {s: int((manifest.splits == s).sum()) for s in ("train", "val", "test")}
+    metrics = (
+        "Test metrics: mean ± sd over seeds [95% bootstrap CI of the seed mean over test images]. "
+        if config.seeds > 1
+        else "Test metrics: one seed per arm [95% bootstrap CI over test images]. "
+    )
+    return [
+        f"# tlmic study: {config.backbone} on {Path(config.data.path).name}",
+        "",
+        f"{len(manifest)} images ({n['train']} train, {n['val']} val, {n['test']} test), {manifest.label_kind} "
+        f"labels ({', '.join(manifest.label_names)}); backbone {config.backbone} ({config.weights} weights) "
+        f"at {backbone.preprocess.input_size} px; {config.seeds} seed(s) per arm. Pooling: {config.pool} for the "
+        "probes' features and for every finetuned network's head. Finetuning: the same number of optimizer steps "
+        f"for every arm of a fraction (below), early stop on validation AUPRC after {config.patience} evaluations "
+        "without improvement, the best evaluation's weights kept. "
+        + _LPFT_SENTENCE[config.lpft]
+        + metrics
+        + "Every choice (layers, cut points, steps kept, thresholds) was made on validation data.",
+        "",
+    ]
+
+
+def _fraction_section(doc: dict, c: dict, fraction: float) -> list[str]:
+    """One fraction: the table of every arm, its budget, the winner, truncated vs full, the search."""
+    lines = [
+        f"## {fraction:g} of the training set ({doc['table'][0]['n_train']} images)",
+        "",
+        "| arm | test AUROC | test AUPRC | val AUPRC | steps (best), train s | params | MACs | CPU ms/img |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for a in doc["table"]:
+        steps = (
+            "" if a["steps_run"] is None else f"{a['steps_run']:.0f} ({a['best_step']:.0f}), {a['train_seconds']:.0f}"
+        )
+        lines.append(
+            f"| {a['name']} | {_ci(a, 'auroc')} | {_ci(a, 'auprc')} | {a['val_auprc']:.3f} | {steps} | "
+            f"{_n(a['params'], 1e6, 'M')} | {_n(a['macs'], 1e9, 'G')} | {_n(a['latency_ms'], 1, '', 1)} |"
+        )
+    if c.get("budget"):
+        from ..finetune.budget import StepBudget
+
+        lines += [
+            "",
+            f"Budget: {StepBudget(**c['budget']).describe()}; steps (best), train s: steps run, the step "
+            "kept and seconds of training, mean over seeds (a run stops early when its patience runs out).",
+        ]
+    w, p = doc["winner"], doc["pick"]
+    lines += [
+        "",
+        f"**Winner on test (mean AUPRC): {w['name']}** ({w['auprc']:.3f}); validation would pick "
+        f"{p['name']} (val AUPRC {p['val_auprc']:.3f}, test AUPRC {p['auprc']:.3f}).",
+    ]
+    if doc["paired"]:
+        d = doc["paired"]
+        lines.append(
+            f"Truncated vs full finetuning ({d['name']}, the truncated arm with the best validation AUPRC, "
+            f"minus full): AUROC {d['auroc'][0]:+.3f} [{d['auroc'][1][0]:+.3f}, {d['auroc'][1][1]:+.3f}], "
+            f"AUPRC {d['auprc'][0]:+.3f} [{d['auprc'][1][0]:+.3f}, {d['auprc'][1][1]:+.3f}] "
+            "(paired bootstrap over test images)."
+        )
+    if c:
+        ranking = ", ".join(f"{a} {v:.3f}" for a, v in c.get("stage1_ranking", []))
+        lines.append(f"Search: block ends by probe val AUPRC: {ranking}; finetuned: {', '.join(c['blocks'])}.")
+        if c.get("best_block"):
+            units = ", ".join(f"{a} {v:.3f}" for a, v in c.get("stage2_ranking", [])) or "none"
+            lines.append(
+                f"Best finetuned block {c['best_block']} (val AUPRC "
+                + ", ".join(f"{a}: {v:.3f}" for a, v in c["stage1_val_auprc"].items())
+                + f"); its units by probe val AUPRC: {units}; finetuned: {', '.join(c['units']) or 'none'}."
+            )
+    return lines
+
+
+def _compute_section(comp: dict) -> list[str]:
+    """What the search spent against an exhaustive one, and the disk against the plan's estimate."""
+    disk_est, disk_now = comp["disk_estimate"], comp["disk_measured"]
+    saving = comp["exhaustive_estimate"] / comp["search_estimate"] if comp["search_estimate"] else float("nan")
+    return [
+        "## Compute",
+        "",
+        "| what | runs | measured s | estimated s (cost model) |",
+        "| --- | ---: | ---: | ---: |",
+        f"| extraction (every cut point, once) | | {comp['extract_seconds']:.0f} | |",
+        f"| probes (every cut point, both models) | | {comp['probe_seconds']:.0f} | |",
+        f"| probe-guided search: truncated finetunes (stages 1 and 2) | {comp['search_runs']} | "
+        f"{comp['search_measured']:.0f} | {comp['search_estimate']:.0f} |",
+        f"| exhaustive search: every block end and unit | {comp['exhaustive_runs']} | | "
+        f"{comp['exhaustive_estimate']:.0f} |",
+        f"| other arms (full, scratch, baselines) | {comp['other_runs']} | {comp['other_measured']:.0f} | |",
+        "",
+        "| disk | measured | estimated (plan, upper bound) |",
+        "| --- | ---: | ---: |",
+        *[f"| {k} | {human_bytes(disk_now[k])} | {human_bytes(disk_est[k])} |" for k in disk_now],
+        "",
+        f"The probe-guided search finetuned {comp['search_runs']} truncated networks where an exhaustive search "
+        f"would finetune {comp['exhaustive_runs']}: {saving:.1f}x less finetuning compute by the cost model "
+        "(seconds per training image measured on this machine for each network, `calibration.json`; no early "
+        f"stop assumed), for {comp['extract_seconds'] + comp['probe_seconds']:.0f} s of extraction and probing.",
+        "",
+    ]
 
 
 def _plot_fraction(out: Path, rows: list[dict], fraction: float, path: Path, config) -> Path:
@@ -455,10 +462,7 @@ def _plot_fraction(out: Path, rows: list[dict], fraction: float, path: Path, con
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
     return path
 
 

@@ -37,42 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.errors import SubsetTooSmallError, UsageError
-from .arms import block_ends, finetune_config, probe_ranking, run_val_auprc, units_of
+from ..backbones.cutpoints import block_ends, units_of
+from ..runtime.errors import SubsetTooSmallError
+from ..runtime.files import write_json
+from ..runtime.rundir import claim_run_dir
+from .arms import finetune_config, probe_ranking, run_val_auprc
 from .config import Run, StudyConfig, StudyResult, default_out
 from .plan import calibrate, fraction_budgets
-
-
-class _Study:
-    """State shared by the steps of one study invocation."""
-
-    def __init__(self, config: StudyConfig, out: Path, log, progress: bool) -> None:
-        self.config, self.out, self.log, self.progress = config, out, log, progress
-        self.state_file = out / "study.json"
-        self.state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
-
-    def save(self) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=1, default=float))
-        tmp.replace(self.state_file)
-
-    def claim(self) -> None:
-        key = self.config.results_key
-        if self.state:
-            old = self.state.get("config", {})
-            diff = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
-            if diff:
-                raise UsageError(
-                    f"study directory {self.out} holds another study (differs in: {', '.join(diff)}); "
-                    "choose another --out or delete it"
-                )
-        elif self.out.exists() and any(self.out.iterdir()):
-            raise UsageError(f"{self.out} exists and is not a study directory; choose another --out")
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.state.setdefault("config", key)
-        self.state.setdefault("compute", {})
-        self.state.setdefault("runs", {})
-        self.save()
 
 
 def run_study(
@@ -87,168 +58,208 @@ def run_study(
     """Run (or resume) a study; see the module docstring. ``budget`` (maximum finetuning runs in the
     study, 0: no limit) and ``max_minutes`` (no new run starts after that long, 0: no limit) are not
     part of the study's identity: a rerun with a larger budget continues it."""
-
-    from ..features.store import StoreLock
+    from ..runtime.locks import StoreLock
 
     config.validate()
     log = log or (lambda m: print(m, file=sys.stderr))
     out = Path(config.out) if config.out else default_out(config)
     with StoreLock(out):  # one process writes a study at a time; `tlmic cache clean` leaves it alone
-        return _run_study(config, out, budget, max_minutes, progress, log, on_run)
+        study = _Study(config, out, log=log, progress=progress, budget=budget, max_minutes=max_minutes, on_run=on_run)
+        return study.run()
 
 
-def _run_study(config: StudyConfig, out: Path, budget: int, max_minutes: float, progress: bool, log, on_run):
-    from ..backbones.registry import build_backbone
-    from ..features.extract import ExtractConfig, extract_features
-    from ..probes.grid import ProbeConfig, run_probes
+class _Study:
+    """One invocation of a study: its recorded state, and the steps that add to it."""
 
-    study = _Study(config, out, log, progress)
-    study.claim()
-    t_start = time.perf_counter()
+    def __init__(self, config: StudyConfig, out: Path, *, log, progress: bool, budget: int, max_minutes: float, on_run):
+        self.config, self.out, self.log, self.progress = config, out, log, progress
+        self.budget, self.max_minutes, self.on_run = budget, max_minutes, on_run
+        self.state_file = out / "study.json"
+        self.not_run: list[str] = []
+        self.deadline: float | None = None
 
-    # 1. extract (or reuse) every cut point
-    extracted = extract_features(
-        ExtractConfig(
-            data=config.data,
-            backbone=config.backbone,
-            weights=config.weights,
-            layers="all",
-            pool=config.pool,
-            store=config.store,
-            cluster=config.cluster,
-            device=config.device,
-            input_size=config.input_size,
-        ),
-        progress=progress,
-        log=log,
-    )
-    study.state["store"] = str(extracted.store.path)
-    if not extracted.already_complete:
-        study.state["compute"]["extract_seconds"] = round(extracted.seconds, 2)
-    study.state["compute"].setdefault("extract_seconds", 0.0)
-    study.save()
+    def save(self) -> None:
+        write_json(self.state_file, self.state, default=float)
 
-    # 2. probe every cut point
-    t = time.perf_counter()
-    probes = run_probes(
-        ProbeConfig(
-            store=str(extracted.store.path),
-            layers="all",
-            models=config.probe_models,
-            fractions=config.fractions,
-            seeds=config.seeds,
-            bootstrap=config.bootstrap,
-            out=str(out / "probes"),
-            cluster=config.cluster,
-        ),
-        progress=progress,
-        log=log,
-    )
-    if "probe_seconds" not in study.state["compute"]:
-        study.state["compute"]["probe_seconds"] = round(time.perf_counter() - t, 2)
-    study.save()
+    def run(self) -> StudyResult:
+        from ..backbones.registry import build_backbone
+        from .report import collect_rows, render_study_report
 
-    backbone = build_backbone(config.backbone, config.weights, input_size=config.input_size)
-    calibration = calibrate(config, backbone, out, log=log)
-    budgets = fraction_budgets(config)
-    deadline = t_start + max_minutes * 60 if max_minutes else None
-    not_run: list[str] = []
-    choices = study.state.setdefault("choices", {})
+        config, out = self.config, self.out
+        claim_run_dir(out, {"config": config.results_key}, what="study", record_file="study.json")
+        self.state = json.loads(self.state_file.read_text())
+        for key in ("compute", "runs", "choices"):
+            self.state.setdefault(key, {})
+        self.save()
+        t_start = time.perf_counter()
+        store = self.extract()
+        probes = self.probe(store)
+        self.backbone = build_backbone(config.backbone, config.weights, input_size=config.input_size)
+        calibration = calibrate(config, self.backbone, out, log=self.log)
+        self.budgets = fraction_budgets(config)
+        self.deadline = t_start + self.max_minutes * 60 if self.max_minutes else None
+        self.stage1(probes.rows)
+        self.stage2(probes.rows)
+        for fraction in config.fractions:
+            for seed in range(config.seeds):
+                for b in config.baselines:
+                    self.execute(Run("baseline", b, float(fraction), seed))
+        self.state["not_run"] = self.not_run
+        self.save()
+        rows = collect_rows(out, config, probes.out)
+        report = render_study_report(out, config, self.backbone, calibration, rows, self.state)
+        return StudyResult(out, rows, self.state["choices"], self.not_run, report)
 
-    def execute(run: Run) -> bool:
+    def extract(self):
+        """Every cut point, once (a store of the same inputs is reused)."""
+        from ..features.config import ExtractConfig
+        from ..features.extract import extract_features
+
+        c = self.config
+        extracted = extract_features(
+            ExtractConfig(
+                data=c.data,
+                backbone=c.backbone,
+                weights=c.weights,
+                layers="all",
+                pool=c.pool,
+                store=c.store,
+                cluster=c.cluster,
+                device=c.device,
+                input_size=c.input_size,
+            ),
+            progress=self.progress,
+            log=self.log,
+        )
+        self.state["store"] = str(extracted.store.path)
+        if not extracted.already_complete:
+            self.state["compute"]["extract_seconds"] = round(extracted.seconds, 2)
+        self.state["compute"].setdefault("extract_seconds", 0.0)
+        self.save()
+        return extracted.store
+
+    def probe(self, store):
+        """Both probe models on every cut point, at every fraction and seed."""
+        from ..probes.config import ProbeConfig
+        from ..probes.grid import run_probes
+
+        c = self.config
+        t = time.perf_counter()
+        probes = run_probes(
+            ProbeConfig(
+                store=str(store.path),
+                layers="all",
+                models=c.probe_models,
+                fractions=c.fractions,
+                seeds=c.seeds,
+                bootstrap=c.bootstrap,
+                out=str(self.out / "probes"),
+                cluster=c.cluster,
+            ),
+            progress=self.progress,
+            log=self.log,
+        )
+        self.state["compute"].setdefault("probe_seconds", round(time.perf_counter() - t, 2))
+        self.save()
+        return probes
+
+    def stage1(self, probe_rows: list[dict]) -> None:
+        """The top block ends by probe validation AUPRC (the deepest is full finetuning's), full
+        finetuning and training from scratch, at every fraction and seed."""
+        config, choices = self.config, self.state["choices"]
+        candidates = block_ends(self.backbone)[:-1]
+        for fraction in config.fractions:
+            ranking = probe_ranking(probe_rows, float(fraction), candidates)
+            top = [a for a, _ in ranking[: config.top_blocks]]
+            n_train, steps = self.budgets[float(fraction)]
+            choices[f"{fraction:g}"] = {
+                "stage1_ranking": ranking,
+                "blocks": top,
+                "n_train": n_train,
+                "budget": asdict(steps),
+            }
+            for seed in range(config.seeds):
+                for arm in [f"t{a}" for a in top] + ["full", "scratch"]:
+                    self.execute(Run("stage1", arm, float(fraction), seed))
+        self.save()
+
+    def stage2(self, probe_rows: list[dict]) -> None:
+        """Inside the stage-1 block whose finetuned models did best on validation, the top units by
+        probe validation AUPRC."""
+        config = self.config
+        for fraction in config.fractions:
+            c = self.state["choices"][f"{fraction:g}"]
+            finetuned = self._finetuned_blocks(c["blocks"], float(fraction))
+            if len(finetuned) < len(c["blocks"]) or not config.top_units:
+                c["stage2"] = None if config.top_units else "skipped (--top-units 0)"
+                if config.top_units:
+                    self.not_run.append(f"stage 2 at fraction {fraction:g} (stage 1 unfinished)")
+                continue
+            best = max(finetuned, key=finetuned.get)
+            ranking = probe_ranking(probe_rows, float(fraction), units_of(self.backbone, best))
+            units = [a for a, _ in ranking[: config.top_units]]
+            c.update(best_block=best, stage1_val_auprc=finetuned, stage2_ranking=ranking, units=units)
+            for seed in range(config.seeds):
+                for a in units:
+                    self.execute(Run("stage2", f"t{a}", float(fraction), seed))
+        self.save()
+
+    def _finetuned_blocks(self, blocks: list[str], fraction: float) -> dict[str, float]:
+        """Mean validation AUPRC of each stage-1 block whose every possible run has finished."""
+        finetuned = {}
+        for a in blocks:
+            ids = [Run("stage1", f"t{a}", fraction, s).id for s in range(self.config.seeds)]
+            possible = [i for i in ids if self.state["runs"].get(i, {}).get("status") != "impossible"]
+            runs = self.out / "runs"
+            vals = [run_val_auprc(runs / i) for i in possible if (runs / i / "metrics.json").is_file()]
+            if possible and len(vals) == len(possible):
+                finetuned[a] = float(np.mean(vals))
+        return finetuned
+
+    def execute(self, run: Run) -> bool:
         """Run (or resume, or skip as finished) one finetuning run; False when budget or time forbid it."""
         from ..finetune.trainer import finetune
 
-        run_dir = out / "runs" / run.id
-        record = study.state["runs"].get(run.id, {})
+        run_dir = self.out / "runs" / run.id
+        record = self.state["runs"].get(run.id, {})
         if (run_dir / "metrics.json").is_file():
             if record.get("status") != "done":
-                study.state["runs"][run.id] = {**asdict(run), "status": "done", "seconds": record.get("seconds")}
-                study.save()
+                self._record(run, "done", seconds=record.get("seconds"))
             return True
-        if record.get("status") == "impossible":
-            not_run.append(f"{run.id} ({record['why']})")
+        why = self._why_not(record)
+        if why:
+            self.not_run.append(f"{run.id} ({why})")
             return False
-        started = sum(1 for r in study.state["runs"].values() if r.get("status") in ("done", "started"))
-        if budget and record.get("status") != "started" and started >= budget:
-            not_run.append(f"{run.id} (budget of {budget} runs)")
-            return False
-        if deadline is not None and time.perf_counter() > deadline:
-            not_run.append(f"{run.id} (--max-minutes {max_minutes:g})")
-            return False
-        study.state["runs"][run.id] = {**asdict(run), "status": "started"}
-        study.save()
-        log(f"study: {run.stage} {run.id}")
+        self._record(run, "started")
+        self.log(f"study: {run.stage} {run.id}")
         t0 = time.perf_counter()
         try:
             finetune(
-                finetune_config(config, run, out, backbone, budgets[run.fraction][1]),
+                finetune_config(self.config, run, self.out, self.backbone, self.budgets[run.fraction][1]),
                 resume=(run_dir / "run.json").is_file(),
-                progress=progress,
-                log=log,
+                progress=self.progress,
+                log=self.log,
             )
         except SubsetTooSmallError as e:  # a tiny fraction without one class: say so, go on
-            study.state["runs"][run.id] = {**asdict(run), "status": "impossible", "why": str(e)}
-            study.save()
-            not_run.append(f"{run.id} ({e})")
+            self._record(run, "impossible", why=str(e))
+            self.not_run.append(f"{run.id} ({e})")
             return False
-        seconds = round(time.perf_counter() - t0, 2) + float(record.get("seconds") or 0)
-        study.state["runs"][run.id] = {**asdict(run), "status": "done", "seconds": seconds}
-        study.save()
-        if on_run:
-            on_run(run.id)
+        self._record(run, "done", seconds=round(time.perf_counter() - t0, 2) + float(record.get("seconds") or 0))
+        if self.on_run:
+            self.on_run(run.id)
         return True
 
-    ends = block_ends(backbone)
-    candidates = ends[:-1]  # the deepest block end is full finetuning's
-    # 3. stage 1: top block ends by probe validation AUPRC, full, scratch
-    for fraction in config.fractions:
-        ranking = probe_ranking(probes.rows, float(fraction), candidates)
-        top = [a for a, _ in ranking[: config.top_blocks]]
-        n_train, steps = budgets[float(fraction)]
-        choices[f"{fraction:g}"] = {
-            "stage1_ranking": ranking,
-            "blocks": top,
-            "n_train": n_train,
-            "budget": asdict(steps),
-        }
-        for seed in range(config.seeds):
-            for arm in [f"t{a}" for a in top] + ["full", "scratch"]:
-                execute(Run("stage1", arm, float(fraction), seed))
-    study.save()
-    # 4. stage 2: inside the best finetuned block, the top units by probe validation AUPRC
-    for fraction in config.fractions:
-        c = choices[f"{fraction:g}"]
-        finetuned = {}
-        for a in c["blocks"]:
-            ids = [Run("stage1", f"t{a}", float(fraction), s).id for s in range(config.seeds)]
-            possible = [i for i in ids if study.state["runs"].get(i, {}).get("status") != "impossible"]
-            vals = [run_val_auprc(out / "runs" / i) for i in possible if (out / "runs" / i / "metrics.json").is_file()]
-            if possible and len(vals) == len(possible):
-                finetuned[a] = float(np.mean(vals))
-        if len(finetuned) < len(c["blocks"]) or not config.top_units:
-            c["stage2"] = None if config.top_units else "skipped (--top-units 0)"
-            if config.top_units:
-                not_run.append(f"stage 2 at fraction {fraction:g} (stage 1 unfinished)")
-            continue
-        best = max(finetuned, key=finetuned.get)
-        ranking = probe_ranking(probes.rows, float(fraction), units_of(backbone, best))
-        units = [a for a, _ in ranking[: config.top_units]]
-        c.update(best_block=best, stage1_val_auprc=finetuned, stage2_ranking=ranking, units=units)
-        for seed in range(config.seeds):
-            for a in units:
-                execute(Run("stage2", f"t{a}", float(fraction), seed))
-    study.save()
-    # 5. baselines
-    for fraction in config.fractions:
-        for seed in range(config.seeds):
-            for b in config.baselines:
-                execute(Run("baseline", b, float(fraction), seed))
-    study.state["not_run"] = not_run
-    study.save()
+    def _why_not(self, record: dict) -> str:
+        """Why a run must not start now ("" when it may)."""
+        if record.get("status") == "impossible":
+            return record["why"]
+        started = sum(1 for r in self.state["runs"].values() if r.get("status") in ("done", "started"))
+        if self.budget and record.get("status") != "started" and started >= self.budget:
+            return f"budget of {self.budget} runs"
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            return f"--max-minutes {self.max_minutes:g}"
+        return ""
 
-    from .report import collect_rows, render_study_report
-
-    rows = collect_rows(out, config, probes.out)
-    report = render_study_report(out, config, backbone, calibration, rows, study.state)
-    return StudyResult(out, rows, choices, not_run, report)
+    def _record(self, run: Run, status: str, **extra) -> None:
+        self.state["runs"][run.id] = {**asdict(run), "status": status, **extra}
+        self.save()

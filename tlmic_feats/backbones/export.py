@@ -1,4 +1,5 @@
-"""ONNX export of a finetuned network, checked against torch with onnxruntime."""
+"""ONNX export of a network built from a backbone (a finetuned classifier, or the onnx engine's tapping
+network), checked against torch with onnxruntime."""
 
 from __future__ import annotations
 

@@ -1,0 +1,59 @@
+"""A probe grid's configuration, recorded in its run directory's ``run.json``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from ..runtime.errors import UsageError, check_choice
+
+CONTROLS = ("none", "shuffle")
+
+
+MODELS = ("logreg", "lightgbm")  # the keys of estimators.PROBES (tested), named here without importing them
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """A probe grid. Recorded in ``run.json`` in the run directory."""
+
+    store: str
+    layers: str = "all"
+    models: tuple[str, ...] = MODELS
+    fractions: tuple[float, ...] = (1.0,)
+    seeds: int = 3
+    out: str = ""
+    control: str = "none"  # "shuffle": also fit every cell on permuted train and val labels
+    bootstrap: int = 1000
+    n_jobs: int = 0  # 0: one per CPU core
+    save_probes: bool = True
+    cluster: str = ""  # local:N or tcp://HOST:PORT: every cell a Dask task (see cluster.py); same results
+    distributed_fit: bool = False  # LightGBM cells trained by lightgbm.dask on row chunks of the store
+
+    @property
+    def grid_key(self) -> dict:
+        """The fields that define the grid's results (where it runs does not)."""
+        record = json.loads(json.dumps(asdict(self)))
+        for k in ("n_jobs", "cluster"):
+            record.pop(k)
+        return record
+
+    def validate(self) -> None:
+        bad = [m for m in self.models if m not in MODELS]
+        if bad or not self.models:
+            raise UsageError(f"--model {','.join(bad) or '(none)'} is not valid; valid: logreg, lightgbm, both")
+        check_choice("--control", self.control, CONTROLS)
+        for f in self.fractions:
+            if not 0 < f <= 1:
+                raise UsageError(f"fraction {f} is not in (0, 1]; e.g. --fractions 0.05,0.1,1.0")
+        if self.seeds < 1:
+            raise UsageError(f"--seeds {self.seeds}: need at least 1")
+        if self.cluster:
+            from ..runtime.cluster import parse_cluster
+
+            parse_cluster(self.cluster, device="cpu")
+        if self.distributed_fit and (not self.cluster or tuple(self.models) != ("lightgbm",)):
+            raise UsageError(
+                "--distributed-fit trains LightGBM across a Dask cluster: it needs --cluster and --model lightgbm "
+                f"(got --cluster {self.cluster or '(none)'}, --model {','.join(self.models)})"
+            )

@@ -1,0 +1,90 @@
+"""Run directories, one set of rules for probe runs, finetuning runs and studies: their ids, and
+claiming a directory (start a run there, resume the same run, or refuse one that holds another).
+
+A directory holds one run, recorded in a JSON file (``run.json``, or ``study.json``). Claiming it
+with a record compares the two: the same run resumes, another is refused naming every differing key
+and both values (``config.lr (0.001 -> 0.01)``), and ``overwrite`` replaces it. A directory that is
+not empty and holds no record is never used.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .errors import UsageError
+from .files import write_json
+
+
+def subset_tag(fraction: float, seed: int) -> str:
+    """``f0.1-s0``: the training subset of a run (a fraction of the training split, and its seed)."""
+    return f"f{fraction:g}-s{seed}"
+
+
+def probe_cell_id(layer: str, model: str, fraction: float, seed: int, control: str = "none") -> str:
+    """``L3-logreg-f0.1-s0`` (``-shuffle`` for a control): one probe cell's files in a probe run."""
+    return f"L{layer}-{model}-{subset_tag(fraction, seed)}" + ("-shuffle" if control != "none" else "")
+
+
+def finetune_run_name(data_name: str, backbone: str, weights: str, address: str, fraction: float, seed: int) -> str:
+    """A finetuning run's default directory name: what it trains, on what, cut where."""
+    return f"finetune-{data_name}-{backbone}-{weights}-t{address}-{subset_tag(fraction, seed)}"
+
+
+def study_run_id(arm: str, fraction: float, seed: int) -> str:
+    """``t3-f0.1-s0``, ``full-f1-s2``: a finetuning run inside a study."""
+    return f"{arm}-{subset_tag(fraction, seed)}"
+
+
+def diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Every key (dotted through nested dicts) whose value differs, with both values."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += diff_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k} ({va!r} -> {vb!r})")
+    return out
+
+
+def claim_run_dir(
+    out: Path,
+    record: dict,
+    *,
+    what: str,
+    record_file: str = "run.json",
+    resume: bool = True,
+    overwrite: bool = False,
+    ignore: tuple[str, ...] = (),
+    replace_hint: str = "choose another --out or delete it",
+) -> bool:
+    """Claim ``out`` for the run ``record`` describes; True when it resumes the same run there.
+
+    Only the keys of ``record`` are compared (a record file may hold more, such as a study's
+    progress), except the dotted keys in ``ignore`` (settings that change how a run is kept, not
+    what it computes). Without ``resume`` an existing run is refused unless ``overwrite``.
+    """
+    record = json.loads(json.dumps(record))  # as the file holds it (tuples as lists), so that records compare
+    path = out / record_file
+    if path.is_file():
+        if overwrite:
+            shutil.rmtree(out)
+        else:
+            old = json.loads(path.read_text())
+            if not resume:
+                raise UsageError(
+                    f"run directory {out} holds a {what}; pass --resume to continue it or --overwrite to replace it"
+                )
+            diff = [d for d in diff_keys({k: old.get(k) for k in record}, record) if d.split(" ")[0] not in ignore]
+            if diff:
+                raise UsageError(f"{out} holds another {what} (differs in: {', '.join(diff)}); {replace_hint}")
+            return True
+    elif out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UsageError(f"{out} exists and is not a {what} directory; choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, record)
+    return False
