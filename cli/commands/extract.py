@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from tlmic_feats.backbones.pooling import POOLS
+from tlmic_feats.features.auto import ENGINE_CHOICES
 from tlmic_feats.features.config import BAD_IMAGE_POLICIES, DTYPES
-from tlmic_feats.features.engines import ENGINES
 
 from ..options import data_options, input_size_option, precision_option
 
@@ -43,12 +43,16 @@ from ..options import data_options, input_size_option, precision_option
 @click.option("--chunk-rows", default=256, show_default=True, help="Rows per chunk (and per resumable shard).")
 @click.option(
     "--engine",
-    type=click.Choice(ENGINES),
+    type=click.Choice(ENGINE_CHOICES),
     default="torch",
     show_default=True,
-    help="torch (eager or compiled) or onnxruntime (graph exported once, cached under cache/onnx).",
+    help="torch (eager or compiled), onnx (onnxruntime; graph cached under cache/onnx), openvino (CPU; "
+    "pip install 'tlmic[openvino]'; IR cached under cache/openvino), or auto: the fastest engine validated "
+    "for the backbone on this hardware (see the README's Speed section); recorded in the store.",
 )
-@precision_option("fp32", "auto: the fastest precision validated for this hardware; recorded in the store.")
+@precision_option(
+    "fp32", "auto: the fastest precision validated for the backbone and engine on this hardware, else fp32."
+)
 @click.option("--compile", is_flag=True, help="torch.compile the network (pays off on long runs).")
 @click.option("--no-pixel-cache", is_flag=True, help="Decode images directly instead of through cache/pixels.")
 @click.option(

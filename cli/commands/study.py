@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from tlmic_feats.backbones.pooling import POOLS
+from tlmic_feats.features.auto import ENGINE_CHOICES
+from tlmic_feats.runtime.devices import PRECISIONS
 from tlmic_feats.study.config import BASELINES, LPFT_ARMS
 
 from ..options import budget_options, data_options, float_list, input_size_option, precision_option
@@ -50,7 +52,21 @@ def _names(ctx, param, value):
 )
 @click.option("--store", default="", help="Feature store to use or create (default: under cache/stores).")
 @click.option("--bootstrap", default=1000, show_default=True)
-@precision_option("auto")
+@precision_option("auto", "Finetuning's precision (auto: bf16 mixed precision where the hardware is fast at it).")
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINE_CHOICES),
+    default="torch",
+    show_default=True,
+    help="The extraction's engine (as in `tlmic extract`; openvino needs pip install 'tlmic[openvino]').",
+)
+@click.option(
+    "--extract-precision",
+    type=click.Choice(PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="The extraction's precision (auto: the fastest validated for the backbone on this hardware).",
+)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--cluster", default="", metavar="local:N|tcp://HOST:PORT", help="Extraction and probes on Dask.")
 @click.option("--budget", default=0, show_default=True, help="Maximum finetuning runs in the study (0: no limit).")

@@ -8,7 +8,7 @@ from ..backbones.pooling import POOLS
 from ..data.readers import DataConfig
 from ..runtime.devices import PRECISIONS
 from ..runtime.errors import UsageError, check_choice
-from .engines import ENGINES
+from .auto import ENGINE_CHOICES
 
 DTYPES = ("float32", "float16")
 
@@ -34,8 +34,8 @@ class ExtractConfig:
     overwrite: bool = False
     seed: int = 0
     chunk_rows: int = 256
-    engine: str = "torch"
-    precision: str = "fp32"  # auto: the fastest precision validated for this hardware (see device.py)
+    engine: str = "torch"  # auto: the fastest engine validated for the backbone on this hardware (features/auto.py)
+    precision: str = "fp32"  # auto: likewise, the fastest validated precision (fp32 when none is)
     compile: bool = False
     pixel_cache: bool = True  # decode each image once into cache/pixels, shared by backbones and finetuning
     cluster: str = ""  # "": this process; local:N or tcp://HOST:PORT: shards run as Dask tasks (see cluster.py)
@@ -45,7 +45,7 @@ class ExtractConfig:
         check_choice("--pool", self.pool, POOLS)
         check_choice("--dtype", self.dtype, DTYPES)
         check_choice("--on-bad-image", self.on_bad_image, BAD_IMAGE_POLICIES)
-        check_choice("--engine", self.engine, ENGINES)
+        check_choice("--engine", self.engine, ENGINE_CHOICES)
         check_choice("--precision", self.precision, PRECISIONS)
         if self.cluster:
             from ..runtime.cluster import parse_cluster

@@ -1,6 +1,6 @@
-"""Extraction engines: the tapping network run by torch (eager or compiled) or by onnxruntime.
+"""Extraction engines: the tapping network run by torch (eager or compiled), onnxruntime or OpenVINO.
 
-Both run the same graph, :func:`~tlmic_feats.backbones.cutpoints.tap_network`: uint8 grayscale
+All run the same graph, :func:`~tlmic_feats.backbones.cutpoints.tap_network`: uint8 grayscale
 pixels in, one pooled ``(N, C)`` output per stored cut point out, normalization included.
 
 * :class:`TorchEngine`: ``inference_mode``, channels_last, bf16/fp16 autocast where chosen,
@@ -8,6 +8,11 @@ pixels in, one pooled ``(N, C)`` output per stored cut point out, normalization 
 * :class:`OnnxEngine`: the graph exported once (one named output per cut point) and cached under
   ``cache/onnx/`` by its fingerprint; run with onnxruntime. When CUDA is asked for, the session's
   providers are checked: onnxruntime falls back to the CPU silently otherwise.
+* :class:`OpenVinoEngine`: the graph converted once by OpenVINO (``openvino.convert_model`` of the
+  torch module) and cached as IR under ``cache/openvino/`` by the same fingerprint; compiled for the
+  CPU with the precision as its ``INFERENCE_PRECISION_HINT``, torch's thread count, and the
+  throughput hint (each batch split over the compiled model's parallel requests). An optional
+  dependency: ``pip install tlmic[openvino]``.
 """
 
 from __future__ import annotations
@@ -19,9 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.errors import RunError, UsageError
+from ..runtime.errors import MissingDependencyError, RunError, UsageError
 
-ENGINES = ("torch", "onnx")
+ENGINES = ("torch", "onnx", "openvino")
+OPENVINO_EXTRA = "pip install 'tlmic[openvino]'"
+# tlmic's precision names -> OpenVINO's inference precision, and the CPU capability it needs.
+OPENVINO_PRECISIONS = {"fp32": ("f32", "FP32"), "bf16": ("bf16", "BF16"), "fp16": ("f16", "FP16")}
 
 
 class TorchEngine:
@@ -49,24 +57,38 @@ class TorchEngine:
         return [o.float().cpu().numpy() for o in outs]
 
 
+def graph_path(cache_dir: Path, engine: str, backbone, pool: str, key: dict, suffix: str) -> Path:
+    """Where an engine keeps the graph of one fingerprint:
+    ``<cache_dir>/<engine>/<backbone>-<pool>-<digest><suffix>``."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_dir) / engine / f"{backbone.name}-{pool}-{digest}{suffix}"
+
+
+def onnx_graph(backbone, cut_points, pool: str, cache_dir: Path, key: dict) -> Path:
+    """The tapping network exported to ONNX (one named output per cut point), exported on first use
+    and cached under ``<cache_dir>/onnx/`` by ``key``."""
+    import torch
+
+    from ..backbones.cutpoints import tap_network
+    from ..backbones.export import write_onnx
+
+    path = graph_path(cache_dir, "onnx", backbone, pool, key, ".onnx")
+    if not path.is_file():
+        net = tap_network(backbone.family, backbone.model, cut_points, pool, backbone.preprocess).eval()
+        size = backbone.preprocess.input_size
+        example = torch.zeros(2, 1, size, size, dtype=torch.uint8)
+        write_onnx(net, example, path, output_names=[f"layer_{cp.address}" for cp in cut_points])
+    return path
+
+
 class OnnxEngine:
     name = "onnx"
 
     def __init__(self, backbone, cut_points, pool: str, device: str, cache_dir: Path, key: dict) -> None:
         import onnxruntime as ort
-        import torch
 
-        from ..backbones.cutpoints import tap_network
-        from ..backbones.export import write_onnx
-
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        path = Path(cache_dir) / f"{backbone.name}-{pool}-{digest}.onnx"
+        path = onnx_graph(backbone, cut_points, pool, cache_dir, key)
         self.output_names = [f"layer_{cp.address}" for cp in cut_points]
-        if not path.is_file():
-            net = tap_network(backbone.family, backbone.model, cut_points, pool, backbone.preprocess).eval()
-            size = backbone.preprocess.input_size
-            example = torch.zeros(2, 1, size, size, dtype=torch.uint8)
-            write_onnx(net, example, path, output_names=self.output_names)
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda"):
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -83,6 +105,93 @@ class OnnxEngine:
     def __call__(self, pixels) -> list[np.ndarray]:
         outs = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(pixels.numpy())})
         return [np.asarray(o, dtype=np.float32) for o in outs]
+
+
+def import_openvino():
+    """The ``openvino`` module, or a one-line error naming the extra that installs it."""
+    try:
+        import openvino
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"--engine openvino needs the openvino package, which is not installed ({e}); {OPENVINO_EXTRA}"
+        ) from None
+    return openvino
+
+
+def openvino_precisions(core=None) -> tuple[str, ...]:
+    """tlmic's precisions that OpenVINO's CPU plugin offers on this CPU (its ``OPTIMIZATION_CAPABILITIES``)."""
+    core = core or import_openvino().Core()
+    offered = set(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    return tuple(p for p, (_, capability) in OPENVINO_PRECISIONS.items() if capability in offered)
+
+
+class OpenVinoEngine:
+    name = "openvino"
+
+    def __init__(self, backbone, cut_points, pool: str, precision: str, cache_dir: Path, key: dict) -> None:
+        import torch
+
+        ov = import_openvino()
+        core = ov.Core()
+        offered = openvino_precisions(core)
+        if precision not in offered:
+            raise UsageError(
+                f"--engine openvino --precision {precision}: this CPU's OpenVINO plugin offers "
+                f"{', '.join(offered)} (see `tlmic doctor`)"
+            )
+        self.path = graph_path(cache_dir, "openvino", backbone, pool, key, ".xml")
+        if not self.path.is_file():
+            _save_openvino_ir(ov, onnx_graph(backbone, cut_points, pool, cache_dir, key), self.path)
+        hint, _ = OPENVINO_PRECISIONS[precision]
+        self.compiled = core.compile_model(
+            str(self.path),
+            "CPU",
+            {
+                "INFERENCE_PRECISION_HINT": hint,
+                "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+                "PERFORMANCE_HINT": "THROUGHPUT",
+            },
+        )
+        # OpenVINO ignores a hint it cannot honour instead of failing: check what it compiled.
+        got = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        if got != getattr(ov.Type, hint):
+            raise RunError(f"OpenVINO compiled for {got} where {hint} ({precision}) was asked; use --precision fp32")
+        self.n_requests = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self.queue = ov.AsyncInferQueue(self.compiled, self.n_requests)
+        self.outputs = list(self.compiled.outputs)
+
+    def __call__(self, pixels) -> list[np.ndarray]:
+        x = np.ascontiguousarray(pixels.numpy() if hasattr(pixels, "numpy") else pixels)
+        parts = np.array_split(x, min(self.n_requests, len(x)))
+        results: list[list[np.ndarray] | None] = [None] * len(parts)
+
+        def done(request, i) -> None:  # copies: a request's output tensors are reused by its next run
+            results[i] = [np.array(request.get_tensor(o).data, dtype=np.float32) for o in self.outputs]
+
+        self.queue.set_callback(done)
+        for i, part in enumerate(parts):
+            self.queue.start_async({0: part}, i)
+        self.queue.wait_all()
+        return [np.concatenate([r[j] for r in results]) for j in range(len(self.outputs))]
+
+
+def _save_openvino_ir(ov, onnx_path: Path, path: Path) -> None:
+    """Convert the cached ONNX graph to OpenVINO IR (``.xml`` + ``.bin``) at ``path``, atomically: both
+    files are written in a temporary folder and moved in, the ``.xml`` (what marks a complete entry) last.
+
+    From the ONNX graph rather than the torch module: OpenVINO's torch frontend cannot convert the
+    whole-map pooling of some backbones (EfficientNet-Lite0: ``avg_pool2d`` with a kernel read from
+    the map's shape), which the ONNX exporter turns into constants.
+    """
+    import tempfile
+
+    model = ov.convert_model(str(onnx_path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        staged = Path(tmp) / path.name
+        ov.save_model(model, str(staged), compress_to_fp16=False)  # its default would halve the weights' precision
+        staged.with_suffix(".bin").replace(path.with_suffix(".bin"))
+        staged.replace(path)
 
 
 def make_engine(
@@ -103,6 +212,10 @@ def make_engine(
         if precision != "fp32":
             raise UsageError(f"--engine onnx runs fp32; got --precision {precision} (use --engine torch for it)")
         return OnnxEngine(backbone, cut_points, pool, device, cache_dir, key or {})
+    if name == "openvino":
+        if device != "cpu":
+            raise UsageError(f"--engine openvino runs on the CPU; got --device {device} (use --device cpu)")
+        return OpenVinoEngine(backbone, cut_points, pool, precision, cache_dir, key or {})
     raise UsageError(f"--engine {name!r} is not valid; valid: {', '.join(ENGINES)}")
 
 

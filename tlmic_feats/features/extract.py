@@ -21,12 +21,13 @@ from .. import __version__
 from ..backbones.cutpoints import select_cut_points, storage_groups
 from ..backbones.pooling import pooled_width
 from ..data.readers import load_manifest
-from ..runtime.devices import resolve_device, resolve_precision
+from ..runtime.devices import resolve_device
 from ..runtime.errors import BadImageError
 from ..runtime.locations import store_location
 from ..runtime.locks import StoreLock
 from ..runtime.paths import cache_root, slug
 from ..runtime.progress import progress_bar
+from .auto import choose_engine
 from .config import ExtractConfig
 from .engines import make_engine
 from .pixels import build_pixel_cache
@@ -131,12 +132,7 @@ def extract_features(
 
     config.validate()
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    device = resolve_device(config.device)
-    precision = (
-        "fp32"
-        if config.engine == "onnx" and config.precision == "auto"
-        else resolve_precision(config.precision, device)
-    )
+    device = resolve_device("cpu" if config.engine == "openvino" and config.device == "auto" else config.device)
     manifest = load_manifest(config.data)
     if manifest.meta.get("patients_straddling"):
         log(
@@ -144,6 +140,8 @@ def extract_features(
             "split; metrics will be optimistic (`tlmic data check` lists them)"
         )
     backbone = build_backbone(config.backbone, config.weights, seed=config.seed, input_size=config.input_size)
+    choice = choose_engine(config.engine, config.precision, backbone.name, device, log=log)
+    engine, precision = choice.engine, choice.precision
     selected = select_cut_points(backbone.cut_points, config.layers, backbone.name)
     arrays = storage_groups(selected)
     layers = [
@@ -159,13 +157,14 @@ def extract_features(
         "dtype": config.dtype,
         "layers": [cp.address for cp in selected],
         "dataset": manifest.fingerprint(),
-        "engine": config.engine,
+        "engine": engine,
         "precision": precision,
         "tlmic_version": __version__,
     }
     path = store_location(config.store) if config.store else default_store_path(config, fingerprint)
     record = asdict(config)
     record["store"] = str(path)
+    record["engine_choice"] = asdict(choice)
 
     with StoreLock(path):
         writer, finished = open_for_writing(
@@ -194,6 +193,7 @@ def extract_features(
                 pending,
                 stored,
                 layers,
+                engine,
                 precision,
                 engine_key,
                 log,
@@ -211,6 +211,7 @@ def extract_features(
                 stored,
                 layers,
                 device,
+                engine,
                 precision,
                 engine_key,
                 log,
@@ -225,20 +226,33 @@ def extract_features(
 
 
 def _extract_here(
-    config, manifest, backbone, writer, pending, stored, layers, device, precision, engine_key, log, progress, on_shard
+    config,
+    manifest,
+    backbone,
+    writer,
+    pending,
+    stored,
+    layers,
+    device,
+    engine_name,
+    precision,
+    engine_key,
+    log,
+    progress,
+    on_shard,
 ) -> tuple[int, list[str], float]:
     """The single-process extraction loop: ``(images computed, skipped ids, seconds waiting for input)``."""
     import torch
 
     engine = make_engine(
-        config.engine,
+        engine_name,
         backbone,
         stored,
         config.pool,
         device,
         precision,
         compile=config.compile,
-        cache_dir=cache_root() / "onnx",
+        cache_dir=cache_root(),
         key=engine_key,
     )
     batches = _shard_batches(writer, pending, config.batch_size)
@@ -378,7 +392,19 @@ def extract_shard(job: _ShardJob, data, shard: int, threads: dict[str, int]) -> 
 
 
 def _extract_on_cluster(
-    config, manifest, preprocess, writer, pending, stored, layers, precision, engine_key, log, progress, on_shard
+    config,
+    manifest,
+    preprocess,
+    writer,
+    pending,
+    stored,
+    layers,
+    engine,
+    precision,
+    engine_key,
+    log,
+    progress,
+    on_shard,
 ) -> tuple[int, list[str], float]:
     """As :func:`_extract_here`, on a Dask cluster (input waits happen on the workers: reported as 0)."""
     import json
@@ -393,11 +419,11 @@ def _extract_on_cluster(
         input_size=config.input_size,
         addresses=tuple(cp.address for cp in stored),
         pool=config.pool,
-        engine=config.engine,
+        engine=engine,
         precision=precision,
-        device=config.device,
+        device="cpu" if engine == "openvino" else config.device,
         compile=config.compile,
-        cache_dir=str(cache_root() / "onnx"),
+        cache_dir=str(cache_root()),
         key=json.dumps(engine_key, sort_keys=True),
     )
     job = _ShardJob(

@@ -9,12 +9,9 @@ from pathlib import Path
 from .errors import UsageError, check_choice
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# Reduced precisions whose effect on the demo's per-layer probe AUROC the extraction benchmark has
-# found within 0.005 on every layer (benchmarks/extract.py). `auto` extracts only in these. None
-# qualifies: on the development CPU, bf16 features moved a logistic-regression probe's test AUROC
-# by up to 0.030 on the demo (median 0.010 over 24 layers) and by up to 0.045 on 1,000 test images
-# (10 of 24 layers over 0.005; fp16: 1 of 24). bf16 stays available explicitly, 3x faster.
-VALIDATED_FOR_AUTO: tuple[str, ...] = ()
+# Hardware classes: where a precision's speed and rounding are alike. Extraction's `auto` is decided
+# per backbone and hardware class by tlmic_feats.features.auto, from measured choices.
+HARDWARE_CLASSES = ("cuda", "cpu-amx", "cpu-avx512-bf16", "cpu")
 
 
 @lru_cache(maxsize=1)
@@ -35,6 +32,16 @@ def cpu_has_fast_bf16() -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
 
 
+def hardware_class(device: str) -> str:
+    """The class of ``device`` (see ``HARDWARE_CLASSES``): a GPU, or a CPU by its bf16 instructions."""
+    if device.startswith("cuda"):
+        return "cuda"
+    flags = cpu_flags()
+    if "amx_bf16" in flags:
+        return "cpu-amx"
+    return "cpu-avx512-bf16" if "avx512_bf16" in flags else "cpu"
+
+
 def resolve_device(device: str) -> str:
     import torch
 
@@ -45,23 +52,22 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_precision(precision: str, device: str, *, purpose: str = "extract") -> str:
-    """The precision ``auto`` means here.
+def resolve_precision(precision: str, device: str, *, purpose: str = "train") -> str:
+    """The precision ``auto`` means for training here: bf16 mixed precision on a GPU or a CPU with
+    bf16 instructions (its rounding is one more source of training noise), else fp32. An explicit
+    precision is checked and returned.
 
-    Extraction: bf16 only where it has been validated for feature fidelity (see
-    ``VALIDATED_FOR_AUTO``), else fp32. Training: bf16 mixed precision on a GPU or a CPU with bf16
-    instructions (its rounding is one more source of training noise, not a change of the stored
-    features), else fp32.
+    Extraction's ``auto`` is not decided here: it depends on the backbone and the engine, and only
+    choices measured to keep the probes' results are taken (``tlmic_feats.features.auto``).
     """
     check_choice("--precision", precision, PRECISIONS)
     if precision != "auto":
         if precision == "fp16" and not device.startswith("cuda"):
             raise UsageError("--precision fp16 needs a CUDA device; on a CPU use bf16 or fp32")
         return precision
-    fast = device.startswith("cuda") or cpu_has_fast_bf16()
-    if fast and (purpose == "train" or "bf16" in VALIDATED_FOR_AUTO):
-        return "bf16"
-    return "fp32"
+    if purpose != "train":
+        raise ValueError(f"resolve_precision decides auto for training only (got purpose {purpose!r})")
+    return "bf16" if device.startswith("cuda") or cpu_has_fast_bf16() else "fp32"
 
 
 def autocast(device: str, precision: str):

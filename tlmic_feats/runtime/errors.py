@@ -17,6 +17,7 @@ __all__ = [
     "BadImageError",
     "DataFormatError",
     "MissingColumnError",
+    "MissingDependencyError",
     "RunError",
     "StoreError",
     "StoreIncompleteError",
@@ -83,6 +84,10 @@ class DataFormatError(UsageError):
 class MissingColumnError(DataFormatError, KeyError):
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class MissingDependencyError(UsageError, ImportError):
+    """An optional package that the request needs is not installed; the message names the extra."""
 
 
 class WeightsUnavailableError(RunError, FileNotFoundError):

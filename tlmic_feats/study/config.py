@@ -7,7 +7,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..data.readers import DataConfig
+from ..features.auto import ENGINE_CHOICES
 from ..finetune.budget import MIN_STEPS
+from ..runtime.devices import PRECISIONS
 from ..runtime.errors import UsageError, check_choice
 from ..runtime.paths import cache_root, slug
 from ..runtime.rundir import study_run_id
@@ -45,7 +47,9 @@ class StudyConfig:
     store: str = ""
     probe_models: tuple[str, ...] = ("logreg", "lightgbm")
     bootstrap: int = 1000
-    precision: str = "auto"
+    precision: str = "auto"  # finetuning's
+    engine: str = "torch"  # the extraction's engine and precision (tlmic_feats.features.auto)
+    extract_precision: str = "fp32"
     device: str = "auto"
     cluster: str = ""
     layerwise_lr_mult: float = 0.1
@@ -56,6 +60,8 @@ class StudyConfig:
         for b in self.baselines:
             check_choice("--baselines", b, BASELINES)
         check_choice("--lpft", self.lpft, LPFT_ARMS)
+        check_choice("--engine", self.engine, ENGINE_CHOICES)
+        check_choice("--extract-precision", self.extract_precision, PRECISIONS)
         for f in self.fractions:
             if not 0 < f <= 1:
                 raise UsageError(f"fraction {f} is not in (0, 1]; e.g. --fractions 0.05,0.1,1.0")
@@ -71,6 +77,10 @@ class StudyConfig:
         record = json.loads(json.dumps(asdict(self)))
         record.pop("cluster")  # the same results wherever it runs (tested); store and device are recorded by runs
         record.pop("keep_checkpoints")  # what is kept, not what is computed
+        # Added later: at their defaults they are left out, so that a study begun before still resumes.
+        for key, default in (("engine", "torch"), ("extract_precision", "fp32")):
+            if record[key] == default:
+                record.pop(key)
 
         return record
 

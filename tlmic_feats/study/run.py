@@ -127,6 +127,8 @@ class _Study:
                 cluster=c.cluster,
                 device=c.device,
                 input_size=c.input_size,
+                engine=c.engine,
+                precision=c.extract_precision,
             ),
             progress=self.progress,
             log=self.log,

@@ -1,0 +1,238 @@
+"""The OpenVINO engine, the fidelity criterion of `auto`, and the choice `auto` makes."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from tlmic_feats import DataConfig, ExtractConfig, extract_features
+from tlmic_feats.features.auto import MeasuredChoice, choose_engine, paired_fidelity
+from tlmic_feats.runtime.devices import hardware_class
+from tlmic_feats.runtime.errors import MissingDependencyError, UsageError
+
+
+def _cosines(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    x, y = x.astype(np.float64), y.astype(np.float64)
+    return (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
+
+
+def _openvino_precisions() -> tuple[str, ...]:
+    pytest.importorskip("openvino")
+    from tlmic_feats.features.engines import openvino_precisions
+
+    return openvino_precisions()
+
+
+# --- the engine ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("backbone", "weights", "pool"), [("efficientnet_lite0", "imagenet", "avgmax"), ("resnet18", "random:3", "avg")]
+)
+def test_openvino_fp32_features_equal_torch_on_every_cut_point_and_its_graph_is_cached(
+    phantom_dir, tmp_path, backbone, weights, pool
+):
+    _openvino_precisions()
+    base = dict(data=DataConfig(str(phantom_dir / "val")), backbone=backbone, weights=weights, layers="all", pool=pool)
+    t = extract_features(ExtractConfig(**base, store=str(tmp_path / "t.zarr")), progress=False).store
+    o = extract_features(ExtractConfig(**base, engine="openvino", store=str(tmp_path / "o.zarr")), progress=False)
+    assert o.store.fingerprint["engine"] == "openvino" and o.store.fingerprint["precision"] == "fp32"
+    assert len(t.addresses) > 10
+    for a in t.addresses:
+        assert _cosines(o.store.features(a), t.features(a)).min() >= 0.9999, a
+    irs = list((tmp_path / "cache" / "openvino").glob("*.xml"))
+    assert len(irs) == 1 and irs[0].with_suffix(".bin").is_file()
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1  # converted from the shared ONNX graph
+    before = irs[0].stat().st_mtime_ns
+    extract_features(ExtractConfig(**base, engine="openvino", store=str(tmp_path / "o2.zarr")), progress=False)
+    assert irs[0].stat().st_mtime_ns == before  # converted once, reused
+
+
+def test_openvino_batches_of_any_size_and_bf16_where_offered(phantom_dir, tmp_path):
+    """The throughput hint splits a batch over parallel requests: every batch size, the last partial
+    one included, gives the same rows as torch; bf16 (where the CPU offers it) stays close and is recorded."""
+    import torch
+
+    from tlmic_feats.backbones import build_backbone, select_cut_points
+    from tlmic_feats.features.engines import make_engine
+
+    offered = _openvino_precisions()
+    b = build_backbone("resnet18", "random:1")
+    cps = select_cut_points(b.cut_points, "blocks")
+    ov = make_engine("openvino", b, cps, "avg", "cpu", "fp32", cache_dir=tmp_path, key={"t": 1})
+    ref = make_engine("torch", b, cps, "avg", "cpu", "fp32")
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (7, 1, 224, 224), dtype=np.uint8))
+    want = ref(x)
+    assert ov.n_requests >= 1
+    for n in (1, 2, 7):
+        for got, w in zip(ov(x[:n]), want, strict=True):
+            assert got.shape == (n, w.shape[1]) and _cosines(got, w[:n]).min() >= 0.9999
+    if "bf16" in offered:
+        base = dict(data=DataConfig(str(phantom_dir / "val")), backbone="resnet18", weights="random:1", layers="blocks")
+        f32 = extract_features(ExtractConfig(**base, store=str(tmp_path / "a.zarr")), progress=False).store
+        b16 = extract_features(
+            ExtractConfig(**base, engine="openvino", precision="bf16", store=str(tmp_path / "b.zarr")), progress=False
+        ).store
+        assert b16.fingerprint["precision"] == "bf16"
+        for a in f32.addresses:
+            cos = _cosines(b16.features(a), f32.features(a))
+            assert 0.999 < cos.min() < 1 - 1e-9, a  # close, and not silently fp32
+
+
+def test_openvino_refuses_what_it_cannot_run(tmp_path):
+    from tlmic_feats.backbones import build_backbone, select_cut_points
+    from tlmic_feats.features.engines import make_engine
+
+    offered = _openvino_precisions()
+    b = build_backbone("resnet18", "random:0")
+    cps = select_cut_points(b.cut_points, "1")
+    with pytest.raises(UsageError, match="runs on the CPU"):
+        make_engine("openvino", b, cps, "avg", "cuda", "fp32", cache_dir=tmp_path, key={})
+    if "fp16" not in offered:
+        with pytest.raises(UsageError, match=f"offers {', '.join(offered)}"):
+            make_engine("openvino", b, cps, "avg", "cpu", "fp16", cache_dir=tmp_path, key={})
+
+
+def test_a_missing_openvino_is_one_line_naming_the_extra(phantom_dir, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from tlmic_cli.main import cli
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    with pytest.raises(MissingDependencyError, match=r"pip install 'tlmic\[openvino\]'"):
+        from tlmic_feats.features.engines import import_openvino
+
+        import_openvino()
+    args = ["extract", "--data", str(phantom_dir / "val"), "--backbone", "resnet18", "--weights", "random:0"]
+    result = CliRunner().invoke(cli, [*args, "--engine", "openvino", "--store", str(tmp_path / "s.zarr"), "--quiet"])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "tlmic[openvino]" in lines[0] and "Traceback" not in result.output
+
+
+def test_doctor_reports_whether_openvino_loads_and_its_precisions(monkeypatch):
+    from tlmic_feats.doctor import format_report, openvino_status
+
+    status = openvino_status()
+    if status["loads"]:
+        line = next(ln for ln in format_report(_report_with(status)).splitlines() if ln.startswith("openvino"))
+        assert "FP32" in status["capabilities"] and "fp32" in status["precisions"]
+        assert f"--precision {'|'.join(status['precisions'])}" in line
+    monkeypatch.setattr("tlmic_feats.doctor._version", lambda name: None)
+    missing = openvino_status()
+    assert not missing["loads"] and "tlmic[openvino]" in missing["error"]
+    assert "openvino: does not load (not installed; pip install 'tlmic[openvino]')" in format_report(
+        _report_with(missing)
+    )
+
+
+def _report_with(openvino: dict) -> dict:
+    return {
+        "python": "3",
+        "platform": "p",
+        "cpu": {
+            "cores": 2,
+            "flags": {},
+            "hardware_class": "cpu",
+            "train_precision_auto": "fp32",
+            "extract_auto": {},
+        },
+        "torch": {"cuda_available": False, "cuda_version": None, "devices": [], "threads": 2},
+        "onnxruntime": {"providers": {}},
+        "openvino": openvino,
+        "packages": {},
+        "cache": {"root": "c", "bytes": {}},
+    }
+
+
+# --- the fidelity criterion -----------------------------------------------------------------------------
+
+
+def _probe_scores(n: int = 1200, layers: int = 4, seed: int = 0):
+    """Test labels and, per layer, (val AUPRC, test scores) of probes of rising quality."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.4).astype(float)
+    ref = {f"{k}": (0.5 + 0.1 * k, y * (0.3 + 0.3 * k) + rng.standard_normal(n)) for k in range(1, layers + 1)}
+    return y, ref
+
+
+def test_identical_or_ulp_perturbed_probes_are_validated():
+    y, ref = _probe_scores()
+    v = paired_fidelity(y, "binary", ref, dict(ref))
+    assert v.validated and v.reasons == () and v.best_layer == v.best_layer_reference == "4"
+    assert all(c == lo == hi == 0 for c, lo, hi in v.changes.values())
+    rng = np.random.default_rng(1)
+    tiny = {a: (val, s * (1 + 1e-9 * rng.standard_normal(len(s)))) for a, (val, s) in ref.items()}
+    assert paired_fidelity(y, "binary", ref, tiny).validated
+
+
+def test_a_layer_whose_auroc_moves_beyond_chance_fails_and_the_change_is_sklearns():
+    from sklearn.metrics import roc_auc_score
+
+    y, ref = _probe_scores()
+    rng = np.random.default_rng(2)
+    worse = dict(ref)
+    worse["2"] = (ref["2"][0], ref["2"][1] + 2.0 * rng.standard_normal(len(y)))  # a real loss of signal
+    v = paired_fidelity(y, "binary", ref, worse)
+    assert not v.validated and v.layers_shifted == ("2",)
+    change, lo, hi = v.changes["2"]
+    assert change == pytest.approx(roc_auc_score(y, worse["2"][1]) - roc_auc_score(y, ref["2"][1]), abs=1e-12)
+    assert hi < 0 and lo <= change <= hi
+    assert "1 of 4 layers change test AUROC beyond chance (e.g. 2:" in v.reasons[0]
+    assert v.max_abs_change == (pytest.approx(abs(change)), "2")
+
+
+def test_another_best_layer_on_validation_or_a_small_test_set_fails():
+    y, ref = _probe_scores()
+    moved = dict(ref)
+    moved["3"] = (0.99, ref["3"][1])  # same test scores, but validation now prefers layer 3
+    v = paired_fidelity(y, "binary", ref, moved)
+    assert not v.validated and v.reasons == ("best layer on validation 3, fp32's is 4",)
+    y_small, small = _probe_scores(n=300)
+    v = paired_fidelity(y_small, "binary", small, dict(small))
+    assert not v.validated and "300 test images, fewer than the 1000" in v.reasons[0]
+
+
+# --- the choice ------------------------------------------------------------------------------------------
+
+
+def _row(engine, precision, img_per_s, validated=True, backbone="resnet50", hardware=None):
+    return MeasuredChoice(hardware or hardware_class("cpu"), backbone, engine, precision, img_per_s, validated, "f")
+
+
+def test_auto_takes_the_fastest_validated_installed_choice_for_the_backbone_and_hardware(monkeypatch):
+    table = (
+        _row("torch", "fp32", 14.0),
+        _row("openvino", "fp32", 20.0),
+        _row("torch", "bf16", 30.0),
+        _row("openvino", "bf16", 90.0, validated=False),  # fastest, but not validated
+        _row("onnx", "fp32", 99.0, hardware="cuda"),  # another hardware class
+        _row("onnx", "fp32", 99.0, backbone="densenet121"),  # another backbone
+    )
+    pick = lambda e, p, b="resnet50": choose_engine(e, p, b, "cpu", measured=table)  # noqa: E731
+    assert (pick("auto", "auto").engine, pick("auto", "auto").precision) == ("torch", "bf16")
+    assert (pick("auto", "fp32").engine, pick("auto", "fp32").precision) == ("openvino", "fp32")
+    assert (pick("openvino", "auto").engine, pick("openvino", "auto").precision) == ("openvino", "fp32")
+    assert "validated for resnet50" in pick("auto", "auto").reason
+    fallback = pick("auto", "auto", "resnet18")
+    assert (fallback.engine, fallback.precision) == ("torch", "fp32") and "no validated choice" in fallback.reason
+    assert pick("onnx", "bf16").reason == "as asked"  # explicit choices are taken as they are
+    with pytest.raises(UsageError, match="fp16 needs a CUDA device"):
+        pick("torch", "fp16")
+
+    logged = []
+    monkeypatch.setattr("tlmic_feats.features.auto.engine_available", lambda e: e != "openvino")
+    c = choose_engine("auto", "fp32", "resnet50", "cpu", measured=table, log=logged.append)
+    assert (c.engine, c.precision) == ("torch", "fp32")
+    assert logged and "tlmic[openvino]" in logged[0]
+
+
+def test_auto_is_resolved_before_extraction_and_recorded_in_the_store(phantom_dir, tmp_path):
+    base = dict(data=DataConfig(str(phantom_dir / "val")), backbone="resnet18", weights="random:0", layers="1")
+    s = extract_features(
+        ExtractConfig(**base, engine="auto", precision="auto", store=str(tmp_path / "s.zarr")), progress=False
+    ).store
+    want = choose_engine("auto", "auto", "resnet18", "cpu")
+    assert (s.fingerprint["engine"], s.fingerprint["precision"]) == (want.engine, want.precision)
+    assert s.config["engine"] == "auto" and s.config["engine_choice"]["reason"] == want.reason
