@@ -41,7 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-OUT = Path("cache/bench/extract")
+# Where results go; TLMIC_BENCH_OUT to run two parts side by side (spawned children read it too).
+OUT = Path(os.environ.get("TLMIC_BENCH_OUT", "cache/bench/extract"))
 
 
 def rss_mb() -> float:
@@ -138,19 +139,35 @@ def _gflop_per_image(q, backbone: str) -> None:
 
 
 def _matmul_peak(q, n: int = 4096, seconds: float = 3.0) -> None:
-    """GFLOP/s of a large square matmul in bf16 and fp32 (torch, oneDNN), on all of torch's threads."""
+    """GFLOP/s of a large square matmul: bf16 and fp32 through torch (oneDNN) and bf16 through
+    OpenVINO where installed, on all of torch's threads. The machine's bf16 peak is the higher bf16
+    figure (each the best of several runs: the peak, not the average of a busy moment)."""
     import torch
 
-    out = {"threads": torch.get_num_threads(), "n": n}
-    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-        torch.mm(a, b)
+    def best_of(run) -> float:
+        run()
         best, t_end = 0.0, time.perf_counter() + seconds
-        while time.perf_counter() < t_end:  # the best of several: the peak, not the average under load
+        while time.perf_counter() < t_end:
             t = time.perf_counter()
-            torch.mm(a, b)
+            run()
             best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
-        out[f"{name}_gflop_per_s"] = round(best, 1)
+        return round(best, 1)
+
+    out = {"threads": torch.get_num_threads(), "n": n}
+    for name, dtype in (("torch_bf16", torch.bfloat16), ("torch_fp32", torch.float32)):
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        out[f"{name}_gflop_per_s"] = best_of(lambda a=a, b=b: torch.mm(a, b))
+    if "bf16" in _openvino_available():
+        import openvino as ov
+        import openvino.opset13 as ops
+
+        x = ops.parameter([n, n], ov.Type.f32, name="x")
+        model = ov.Model([ops.matmul(x, ops.constant(np.random.randn(n, n).astype(np.float32)), False, False)], [x])
+        config = {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+        request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
+        data = np.random.randn(n, n).astype(np.float32)
+        out["openvino_bf16_gflop_per_s"] = best_of(lambda: request.infer({0: data}))
+    out["bf16_gflop_per_s"] = max(v for k, v in out.items() if "bf16" in k)
     q.put(out)
 
 
@@ -561,8 +578,9 @@ def main() -> None:
         doc["matmul_peak"] = in_process(_matmul_peak)
         p = doc["matmul_peak"]
         print(
-            f"matmul peak ({p['n']}x{p['n']}, {p['threads']} threads): bf16 {p['bf16_gflop_per_s']:.0f} GFLOP/s, "
-            f"fp32 {p['fp32_gflop_per_s']:.0f} GFLOP/s"
+            f"matmul peak ({p['n']}x{p['n']}, {p['threads']} threads): bf16 {p['bf16_gflop_per_s']:.0f} GFLOP/s "
+            f"(torch {p['torch_bf16_gflop_per_s']:.0f}, openvino {p.get('openvino_bf16_gflop_per_s', float('nan')):.0f}), "
+            f"fp32 {p['torch_fp32_gflop_per_s']:.0f} GFLOP/s (torch)"
         )
     ov = _openvino_available()
     if not ov:
@@ -624,10 +642,12 @@ def main() -> None:
         from tlmic_feats.data.phantom import PhantomConfig
 
         candidates = [tuple(c.split(":")) for c in args.candidates.split(",")]
-        doc.setdefault("fidelity", {}).update(
-            fidelity("large", PhantomConfig(n_val=300, n_test=1000), args.large_backbones.split(","), candidates)
-        )
-        _print_fidelity("1,000 test phantoms", doc["fidelity"])
+        for backbone in args.large_backbones.split(","):  # saved after each: the whole part takes long
+            doc.setdefault("fidelity", {}).update(
+                fidelity("large", PhantomConfig(n_val=300, n_test=1000), [backbone], candidates)
+            )
+            result.write_text(json.dumps(doc, indent=1))
+            _print_fidelity(f"1,000 test phantoms, {backbone}", {backbone: doc["fidelity"][backbone]})
     if "decode" in parts:
         doc["decode_img_per_s"] = decode_throughput(64)
         print(

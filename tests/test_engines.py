@@ -45,6 +45,9 @@ def test_openvino_fp32_features_equal_torch_on_every_cut_point_and_its_graph_is_
     irs = list((tmp_path / "cache" / "openvino").glob("*.xml"))
     assert len(irs) == 1 and irs[0].with_suffix(".bin").is_file()
     assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1  # converted from the shared ONNX graph
+    from tlmic_feats.runtime.cache import scan_cache
+
+    assert {i.kind for i in scan_cache(tmp_path / "cache") if i.path.parent.name == "openvino"} == {"openvino"}
     before = irs[0].stat().st_mtime_ns
     extract_features(ExtractConfig(**base, engine="openvino", store=str(tmp_path / "o2.zarr")), progress=False)
     assert irs[0].stat().st_mtime_ns == before  # converted once, reused
@@ -159,12 +162,12 @@ def _probe_scores(n: int = 1200, layers: int = 4, seed: int = 0):
 
 def test_identical_or_ulp_perturbed_probes_are_validated():
     y, ref = _probe_scores()
-    v = paired_fidelity(y, "binary", ref, dict(ref))
+    v = paired_fidelity(y, "binary", ref, dict(ref), n_resamples=200)
     assert v.validated and v.reasons == () and v.best_layer == v.best_layer_reference == "4"
     assert all(c == lo == hi == 0 for c, lo, hi in v.changes.values())
     rng = np.random.default_rng(1)
     tiny = {a: (val, s * (1 + 1e-9 * rng.standard_normal(len(s)))) for a, (val, s) in ref.items()}
-    assert paired_fidelity(y, "binary", ref, tiny).validated
+    assert paired_fidelity(y, "binary", ref, tiny, n_resamples=200).validated
 
 
 def test_a_layer_whose_auroc_moves_beyond_chance_fails_and_the_change_is_sklearns():
@@ -174,7 +177,7 @@ def test_a_layer_whose_auroc_moves_beyond_chance_fails_and_the_change_is_sklearn
     rng = np.random.default_rng(2)
     worse = dict(ref)
     worse["2"] = (ref["2"][0], ref["2"][1] + 2.0 * rng.standard_normal(len(y)))  # a real loss of signal
-    v = paired_fidelity(y, "binary", ref, worse)
+    v = paired_fidelity(y, "binary", ref, worse, n_resamples=200)
     assert not v.validated and v.layers_shifted == ("2",)
     change, lo, hi = v.changes["2"]
     assert change == pytest.approx(roc_auc_score(y, worse["2"][1]) - roc_auc_score(y, ref["2"][1]), abs=1e-12)
@@ -187,10 +190,10 @@ def test_another_best_layer_on_validation_or_a_small_test_set_fails():
     y, ref = _probe_scores()
     moved = dict(ref)
     moved["3"] = (0.99, ref["3"][1])  # same test scores, but validation now prefers layer 3
-    v = paired_fidelity(y, "binary", ref, moved)
+    v = paired_fidelity(y, "binary", ref, moved, n_resamples=200)
     assert not v.validated and v.reasons == ("best layer on validation 3, fp32's is 4",)
     y_small, small = _probe_scores(n=300)
-    v = paired_fidelity(y_small, "binary", small, dict(small))
+    v = paired_fidelity(y_small, "binary", small, dict(small), n_resamples=200)
     assert not v.validated and "300 test images, fewer than the 1000" in v.reasons[0]
 
 

@@ -5,7 +5,8 @@ recognizes by what it holds, wherever it lies:
 
 * ``store``: a feature store (a Zarr group whose attributes carry tlmic's store record);
 * ``pixels``: a pixel cache (decoded squares of one dataset at one size);
-* ``onnx``: an exported tapping graph (``onnx/``);
+* ``onnx``: an exported tapping graph (``onnx/``); ``openvino``: the same converted to OpenVINO IR
+  (``openvino/``);
 * ``run``: a finetuning run (``run.json`` with a finetuning config) or a probe run (``run.json``
   with a store fingerprint);
 * ``study``: a study directory (``study.json``), its runs and probes included;
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from .paths import cache_root, disk_usage
 
-KINDS = ("store", "pixels", "onnx", "run", "study", "dataset", "bench", "plan", "other")
+KINDS = ("store", "pixels", "onnx", "openvino", "run", "study", "dataset", "bench", "plan", "other")
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def _visit(folder: Path, root: Path, items: list[CacheItem]) -> None:
 
 def _kind_by_place(path: Path, root: Path) -> str | None:
     top = path.relative_to(root).parts[0] if path != root else ""
-    return {"onnx": "onnx", "bench": "bench", "plans": "plan"}.get(top)
+    return {"onnx": "onnx", "openvino": "openvino", "bench": "bench", "plans": "plan"}.get(top)
 
 
 def _read_json(path: Path) -> dict:
