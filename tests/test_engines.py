@@ -239,3 +239,29 @@ def test_auto_is_resolved_before_extraction_and_recorded_in_the_store(phantom_di
     want = choose_engine("auto", "auto", "resnet18", "cpu")
     assert (s.fingerprint["engine"], s.fingerprint["precision"]) == (want.engine, want.precision)
     assert s.config["engine"] == "auto" and s.config["engine_choice"]["reason"] == want.reason
+
+
+def test_the_study_extracts_with_its_engine_and_an_old_study_still_resumes(phantom_dir, tmp_path, monkeypatch):
+    from tlmic_feats.study.config import StudyConfig
+    from tlmic_feats.study.run import run_study
+
+    data = DataConfig(str(phantom_dir / "val"))
+    assert "engine" not in StudyConfig(data=data).results_key  # defaults left out: a study begun before resumes
+    assert StudyConfig(data=data, engine="openvino").results_key["engine"] == "openvino"
+    with pytest.raises(UsageError, match="--engine 'tensorrt' is not valid"):
+        StudyConfig(data=data, engine="tensorrt").validate()
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_extract(config, **kw):
+        seen.append(config)
+        raise Stop
+
+    monkeypatch.setattr("tlmic_feats.features.extract.extract_features", fake_extract)
+    config = StudyConfig(data=data, engine="openvino", extract_precision="bf16", out=str(tmp_path / "s"))
+    with pytest.raises(Stop):
+        run_study(config, progress=False, log=lambda m: None)
+    assert (seen[0].engine, seen[0].precision) == ("openvino", "bf16")

@@ -8,11 +8,11 @@ pixels in, one pooled ``(N, C)`` output per stored cut point out, normalization 
 * :class:`OnnxEngine`: the graph exported once (one named output per cut point) and cached under
   ``cache/onnx/`` by its fingerprint; run with onnxruntime. When CUDA is asked for, the session's
   providers are checked: onnxruntime falls back to the CPU silently otherwise.
-* :class:`OpenVinoEngine`: the graph converted once by OpenVINO (``openvino.convert_model`` of the
-  torch module) and cached as IR under ``cache/openvino/`` by the same fingerprint; compiled for the
-  CPU with the precision as its ``INFERENCE_PRECISION_HINT``, torch's thread count, and the
-  throughput hint (each batch split over the compiled model's parallel requests). An optional
-  dependency: ``pip install tlmic[openvino]``.
+* :class:`OpenVinoEngine`: the ONNX engine's graph converted once by OpenVINO
+  (``openvino.convert_model``) and cached as IR under ``cache/openvino/`` by the same fingerprint;
+  compiled for the CPU with the precision as its ``INFERENCE_PRECISION_HINT``, torch's thread
+  count, and the throughput hint (each batch split over the compiled model's parallel requests).
+  An optional dependency: ``pip install tlmic[openvino]``.
 """
 
 from __future__ import annotations
