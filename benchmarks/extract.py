@@ -334,10 +334,13 @@ def fidelity(name: str, phantom, backbones: list[str], candidates: list[tuple[st
         y, reference = _fidelity_probes(ref_store.path, OUT / f"{tag}-probe-torch-fp32", kind)
         entry = {"weights": weights, "hardware": hardware_class("cpu"), "reference_img_per_s": ref_speed}
         rng = np.random.default_rng(0)
-        jittered = {}
-        for a in ref_store.addresses:
-            x = ref_store.features(a)
-            jittered[a] = (x * (1 + 1e-6 * rng.standard_normal(x.shape))).astype(np.float32)
+        jittered, by_array = {}, {}
+        for a in ref_store.addresses:  # once per stored array: aliases (ResNet's "1" is "1.3") stay equal
+            array = ref_store.layer(a).array
+            if array not in by_array:
+                x = ref_store.features(a)
+                by_array[array] = (x * (1 + 1e-6 * rng.standard_normal(x.shape))).astype(np.float32)
+            jittered[a] = by_array[array]
         control = OUT / f"{tag}-fp32-jitter.zarr"
         FeatureStore.from_arrays(
             control,
