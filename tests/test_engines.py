@@ -265,3 +265,22 @@ def test_the_study_extracts_with_its_engine_and_an_old_study_still_resumes(phant
     with pytest.raises(Stop):
         run_study(config, progress=False, log=lambda m: None)
     assert (seen[0].engine, seen[0].precision) == ("openvino", "bf16")
+
+
+def test_the_measured_table_names_real_choices_and_auto_on_it_takes_only_validated_rows():
+    from tlmic_feats.backbones.registry import BACKBONES
+    from tlmic_feats.features.auto import MEASURED, engine_available
+    from tlmic_feats.features.engines import ENGINES
+    from tlmic_feats.runtime.devices import HARDWARE_CLASSES, PRECISIONS
+
+    for r in MEASURED:
+        assert r.hardware in HARDWARE_CLASSES and r.engine in ENGINES and r.precision in PRECISIONS[1:], r
+        assert r.backbone in BACKBONES and r.img_per_s > 0 and r.figures, r
+    for hardware in {r.hardware for r in MEASURED}:
+        for backbone in {r.backbone for r in MEASURED if r.hardware == hardware}:
+            rows = [r for r in MEASURED if (r.hardware, r.backbone) == (hardware, backbone)]
+            best = max((r for r in rows if r.validated), key=lambda r: r.img_per_s)
+            device = "cuda" if hardware == "cuda" else "cpu"
+            if hardware_class(device) == hardware and engine_available(best.engine):
+                pick = choose_engine("auto", "auto", backbone, device)
+                assert (pick.engine, pick.precision) == (best.engine, best.precision)

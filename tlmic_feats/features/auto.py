@@ -133,8 +133,46 @@ class MeasuredChoice:
     figures: str  # what justified the verdict
 
 
-# Measured on the 2-core development machine (AMD EPYC, AVX512-BF16, no AMX).
-MEASURED: tuple[MeasuredChoice, ...] = ()
+# Measured on the 2-core development machine (AMD EPYC, AVX512-BF16, no AMX; cpu-avx512-bf16) with
+# `python benchmarks/extract.py --parts large`: 200 training, 300 validation and 1,000 test phantoms
+# at 224 px, every cut point, avg+max pooling, one logistic-regression probe per layer. img/s: that
+# run's whole `extract` of 1,500 images, one run each while other jobs loaded the machine (load ~10
+# on 2 cores): they rank engines roughly, they are not the benchmark's speed table. ResNet-50 and
+# DenseNet-121 have no offline ImageNet weights here: ResNet-50 was measured with random weights, on
+# which every probe is weak (best validation AUPRC 0.506 at prevalence 0.4, five layers within 0.006)
+# and fp32-level perturbations already move some layers' AUROC "beyond chance" (the control fails):
+# the criterion cannot validate anything there. DenseNet-121 was not measured (no rows: torch fp32).
+_HW = "cpu-avx512-bf16"
+MEASURED: tuple[MeasuredChoice, ...] = (
+    MeasuredChoice(_HW, "efficientnet_lite0", "torch", "fp32", 7.16, True, "the reference"),
+    MeasuredChoice(
+        _HW, "efficientnet_lite0", "openvino", "fp32", 9.59, True,
+        "best layer 5.1 as fp32's; 0 of 24 layers' CI excludes 0; max |change| 0.0001 (2.2)",
+    ),
+    MeasuredChoice(
+        _HW, "efficientnet_lite0", "torch", "bf16", 16.36, False,
+        "7 of 24 layers' CI excludes 0, e.g. 8: +0.0455 [+0.0294, +0.0634]; best layer 5.1 as fp32's",
+    ),
+    MeasuredChoice(
+        _HW, "efficientnet_lite0", "openvino", "bf16", 40.79, False,
+        "2 of 24 layers' CI excludes 0 (4.2, 8), e.g. 8: +0.0233 [+0.0038, +0.0423]; best layer 5.1 as fp32's",
+    ),
+    MeasuredChoice(_HW, "resnet50", "torch", "fp32", 2.04, True, "the reference (random weights)"),
+    MeasuredChoice(
+        _HW, "resnet50", "openvino", "fp32", 1.8, False,
+        "2 of 20 layers' CI excludes 0, e.g. 3.2: -0.0018 [-0.0030, -0.0005]; the 1e-6 control fails too "
+        "(1.1: +0.0003 [+0.0000, +0.0006]): random weights, unresolvable",
+    ),
+    MeasuredChoice(
+        _HW, "resnet50", "torch", "bf16", 3.2, False,
+        "2 of 20 layers' CI excludes 0, e.g. 4.3: +0.0125 [+0.0062, +0.0198] (random weights)",
+    ),
+    MeasuredChoice(
+        _HW, "resnet50", "openvino", "bf16", 4.9, False,
+        "best layer 3.5, fp32's 1.3 (val AUPRC 0.5016 vs 0.5055); 3 of 20 layers' CI excludes 0, e.g. "
+        "1.3: +0.0064 [+0.0010, +0.0119] (random weights)",
+    ),
+)  # fmt: skip
 
 
 # --- the choice -----------------------------------------------------------------------------------
