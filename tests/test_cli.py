@@ -167,7 +167,8 @@ def test_demo_runs_a_miniature_study_and_a_second_run_reuses_it(tmp_path):
     from tlmic_feats.demo import run_demo
 
     small = PhantomConfig(n_train=80, n_val=10, n_test=10, prevalence=0.5, size=128, nodule_px=(3.5, 6.5))
-    kw = dict(progress=False, phantom=small, seeds=1, bootstrap=50, steps=2)
+    # max_minutes=0, no time guard: on a busy machine the demo's 3.5-minute guard would leave runs out.
+    kw = dict(progress=False, phantom=small, seeds=1, bootstrap=50, steps=2, max_minutes=0)
     first = run_demo(tmp_path, **kw)
     study = first.study
     assert {r["stage"] for r in study.rows} == {"probe", "stage1", "stage2", "baseline"}
