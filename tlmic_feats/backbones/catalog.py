@@ -47,7 +47,10 @@ def timm_spec(name: str) -> BackboneSpec:
             + (f"; did you mean {choices('timm:' + n for n in near)}" if near else "")
             + f" (see `tlmic backbones '{arch[:5]}*'`)"
         )
-    cfg = get_pretrained_cfg(name)
+    try:
+        cfg = get_pretrained_cfg(name)
+    except RuntimeError:  # "Invalid pretrained tag"
+        cfg = None
     if cfg is None:
         tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{arch}.*")]
         raise UnknownBackboneError(f"timm model {arch} has no pretrained tag {tag!r}; valid: {choices(tags)}")
