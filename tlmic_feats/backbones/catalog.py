@@ -150,24 +150,18 @@ def tv_family(name: str) -> str:
     return "densenet" if name.startswith("densenet") else "tv"
 
 
-def tv_spec(name: str, *, display: str = "", description: str = "") -> BackboneSpec:
-    """The recipe of ``tv:NAME`` (and of the curated torchvision names, ``display`` being theirs)."""
-    import torchvision.models as tvm
-
-    valid = tvm.list_models(module=tvm)
-    if name not in valid:
-        import difflib
-
-        near = difflib.get_close_matches(name, valid, n=3, cutoff=0.6)
-        raise UnknownBackboneError(
-            f"unknown torchvision classification model {name!r}"
-            + (f"; did you mean {choices('tv:' + n for n in near)}" if near else f"; valid: {choices(valid)}")
-        )
+def tv_spec(name: str, *, display: str = "", description: str = "", check: bool = True) -> BackboneSpec:
+    """The recipe of ``tv:NAME`` (and of the curated torchvision names, ``display`` being theirs;
+    those skip the name check, which imports torchvision)."""
+    if check:
+        _check_tv_name(name)
     display = display or f"tv:{name}"
-    enum = tvm.get_model_weights(name)
     size_arg = next((a for p, a in _TV_FIXED.items() if name.startswith(p)), "")
 
     def member(variant: str):
+        import torchvision.models as tvm
+
+        enum = tvm.get_model_weights(name)
         m = variant or ("IMAGENET1K_V1" if "IMAGENET1K_V1" in enum.__members__ else "DEFAULT")
         if m not in enum.__members__:
             valid = choices("imagenet:" + w for w in enum.__members__)
@@ -178,6 +172,8 @@ def tv_spec(name: str, *, display: str = "", description: str = "") -> BackboneS
         return Preprocess.from_torchvision(member("")).input_size
 
     def build(size: int):
+        import torchvision.models as tvm
+
         kw = {size_arg: size} if size_arg and size and size != native() else {}
         return tvm.get_model(name, weights=None, **kw)
 
@@ -192,7 +188,7 @@ def tv_spec(name: str, *, display: str = "", description: str = "") -> BackboneS
                 f"{display}'s {w.name} weights are for {own} px inputs, not --input-size {size}; use random weights, "
                 "or a timm ViT (timm resamples position embeddings)"
             )
-        return _torchvision_weights(w, name), f"{enum.__name__}.{w.name}", _url_sha(w.url)
+        return _torchvision_weights(w, name), f"{type(w).__name__}.{w.name}", _url_sha(w.url)
 
     def from_state(state: dict, size: int, what: str):
         model = build(size)
@@ -202,6 +198,20 @@ def tv_spec(name: str, *, display: str = "", description: str = "") -> BackboneS
     return BackboneSpec(
         display, tv_family(name), build, preprocess, load_imagenet, from_state, description or f"torchvision {name}"
     )
+
+
+def _check_tv_name(name: str) -> None:
+    import torchvision.models as tvm
+
+    valid = tvm.list_models(module=tvm)
+    if name not in valid:
+        import difflib
+
+        near = difflib.get_close_matches(name, valid, n=3, cutoff=0.6)
+        raise UnknownBackboneError(
+            f"unknown torchvision classification model {name!r}"
+            + (f"; did you mean {choices('tv:' + n for n in near)}" if near else f"; valid: {choices(valid)}")
+        )
 
 
 def _torchvision_weights(weights, name: str):

@@ -113,9 +113,9 @@ def _lite(n: int) -> BackboneSpec:
 BACKBONES: dict[str, BackboneSpec] = {
     s.name: s
     for s in (
-        tv_spec("resnet18", display="resnet18", description="torchvision ResNet-18"),
-        tv_spec("resnet50", display="resnet50", description="torchvision ResNet-50"),
-        tv_spec("densenet121", display="densenet121", description="torchvision DenseNet-121"),
+        tv_spec("resnet18", display="resnet18", description="torchvision ResNet-18", check=False),
+        tv_spec("resnet50", display="resnet50", description="torchvision ResNet-50", check=False),
+        tv_spec("densenet121", display="densenet121", description="torchvision DenseNet-121", check=False),
         _lite(0),
         _lite(1),
         _lite(2),
