@@ -147,7 +147,7 @@ def test_stored_features_equal_the_independent_path(name):
             ref = torch.cat([reference_pool(final, t, "avg"), reference_pool(final, t, "max")], 1)
             worst = min(worst, min_cosine(got["avgmax"][head.address], ref))
         assert worst >= 0.999, (name, worst)
-    print(f"{ARCHS[name][1]:12s} {name:36s} {len(cps):3d} cut points, min cosine {worst:.6f}")
+    print(f"{ARCHS[name][1]:12s} {name:36s} {len(cps):3d} cut points, min cosine {worst:.9f} (1 - {1 - worst:.1e})")
 
 
 def _classifier_params(model) -> int:
@@ -293,6 +293,8 @@ def test_extract_probe_and_finetune_per_family(family, phantom_dir, tmp_path):
         progress=False,
     )
     assert [r["layer"] for r in probes.rows] == ["2"] and 0 <= probes.rows[0]["auroc"] <= 1
+    if tokens:  # the probe report says how the tokens were pooled
+        assert "pooling: mean and max over the patch tokens" in (probes.out / "summary.md").read_text()
     run = finetune(
         FinetuneConfig(
             data=DataConfig(str(phantom_dir)),
