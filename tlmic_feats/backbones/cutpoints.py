@@ -342,6 +342,13 @@ def describe_cut_points(family: str, model, probe_size: int = 64, name: str = ""
                 shapes = {n: tuple(out.shape) for n, out in fam.tapper(model, list(taps))[1](model, x)}
             else:  # the traced graph has every tap (checked by its family): shapes from hooks, no second trace
                 shapes = _hooked_shapes(model, list(taps), x)
+    except RuntimeError as e:  # e.g. an input too small for the model's pooling or windows
+        from ..runtime.errors import UsageError
+
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise UsageError(
+            f"{name or family} does not run at {probe_size} px ({first}); try a larger --input-size"
+        ) from e
     finally:
         model.train(was_training)
     geometry = {}  # module -> (channels, height of the map or side of the token grid)

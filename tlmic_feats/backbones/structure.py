@@ -164,7 +164,7 @@ def _units(name: str, m) -> tuple[str, ...]:
 
 def _stages_by_resolution(model, kids, name: str) -> tuple[list[Stage], list]:
     """A trunk of single blocks (MobileNet): a stage ends before each block that lowers the
-    resolution. Measured by one dry run at 64 px with forward hooks."""
+    resolution. Measured by one dry run at 224 px (where every torchvision classifier runs) with forward hooks."""
     import torch
 
     blocks = [(n, m) for n, m in kids if _is_block(m)]
@@ -186,7 +186,9 @@ def _stages_by_resolution(model, kids, name: str) -> tuple[list[Stage], list]:
     try:
         model.eval()
         with torch.inference_mode():
-            model(torch.zeros(1, 3, 64, 64))
+            model(torch.zeros(1, 3, 224, 224))
+    except RuntimeError as e:
+        raise BackboneStructureError(f"{name} cannot be cut: its stages could not be measured at 224 px ({e})") from e
     finally:
         model.train(was)
         for h in hooks:
@@ -225,6 +227,8 @@ def _tv_head(tail) -> str | None:
 
 def _cut_points(model, name: str, stages: list[Stage], head: str | None, layout: dict) -> list[CutPoint]:
     """Cut points from stages: ``k.u`` for each unit, ``k`` for each stage end, ``n + 1`` the head."""
+    if len(stages) < 2:
+        raise BackboneStructureError(f"{name} cannot be cut: found {len(stages)} stage(s), not stages of blocks")
     outputs = module_outputs(model, name)
     missing = [m for s in stages for m in (s.module, *s.units) if m not in outputs]
     if missing:
