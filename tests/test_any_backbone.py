@@ -195,6 +195,24 @@ def test_truncation_follows_the_cut(name):
         assert params[-1] == sum(p.numel() for p in b.model.parameters()) - _classifier_params(b.model)
 
 
+@pytest.mark.parametrize("name", ["timm:vit_tiny_patch16_224", "tv:mobilenet_v3_small", "timm:convnext_atto"])
+def test_one_pass_computes_what_the_deepest_tap_needs(name):
+    """Every cut point in one pass multiplies what the deepest alone does (the traced graph keeps
+    nothing else), and a shallow tap stops the network early: counted by torch's FLOP counter."""
+    from tlmic_feats.finetune.compactness import count_macs
+
+    b = built(name)
+    x = example(name, 1)
+    blocks = select_cut_points(b.cut_points, "blocks")
+
+    def macs(cps):
+        return count_macs(tap_network(b.family, b.model, cps, "avgmax").eval(), x)
+
+    every, deepest, shallow = macs(b.cut_points), macs(blocks[-1:]), macs(blocks[:1])
+    assert every == deepest and shallow < deepest / 2, (every, deepest, shallow)
+    assert deepest == count_macs(b.truncated(blocks[-1]).eval(), x)
+
+
 def test_token_layout_and_cls_pooling():
     name = "timm:vit_small_patch14_reg4_dinov2"
     vit = built(name)
