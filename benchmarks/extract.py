@@ -1,8 +1,9 @@
 """Benchmark: feature extraction, tlmic's engines against the naive ways, on this machine.
 
-Same generated 224-px images (256 by default), same backbones (resnet50, densenet121), same cut
-points (the block ends the paper uses), inputs already decoded in memory so that engines are
-compared, not decoders:
+Same generated 224-px images (256 by default), same backbones (resnet50, densenet121, and a vision
+transformer: timm's DINOv2 ViT-S/14 with registers, at 224 px), same cut points (the block ends: the
+paper's for the CNNs, every transformer block and the final norm for the ViT), inputs already
+decoded in memory so that engines are compared, not decoders:
 
   (a) naive per-layer: one separately truncated model per cut point, as the paper's code does
   (b) plain fp32 eager loop with forward hooks, a few lines, as a researcher would write it
@@ -16,7 +17,10 @@ decode throughput from full-size JPEGs (with and without reduced-size decoding) 
 the share of extraction time spent waiting for input. `--parts large` repeats the AUROC measurement
 on 1,000 test phantoms, with fp16 too (about 6 minutes here).
 
-    python benchmarks/extract.py [--images 256] [--backbones resnet50,densenet121] [--quick]
+A token map (the ViT's) is pooled over its patch tokens, its 5 prefix tokens (class + 4 registers)
+excluded, in every method.
+
+    python benchmarks/extract.py [--images 256] [--backbones resnet50,densenet121,timm:vit_small_patch14_reg4_dinov2] [--quick]
 """
 
 from __future__ import annotations
@@ -34,6 +38,19 @@ from pathlib import Path
 import numpy as np
 
 OUT = Path("cache/bench/extract")
+SIZE = 224  # every backbone runs at this input size (a fixed-size transformer is built for it)
+TRANSFORMER = "timm:vit_small_patch14_reg4_dinov2"
+
+
+def naive_pool(out, cp):
+    """Average pooling as a researcher would write it: over the map, or over a transformer's patch tokens."""
+    if cp.layout == "tokens":
+        return out[:, cp.prefix :].mean(1)
+    return out.mean(dim=(2, 3))
+
+
+def tag(backbone: str) -> str:
+    return backbone.replace(":", "-")
 
 
 def rss_mb() -> float:
@@ -58,7 +75,7 @@ def _method(q, method: str, backbone: str, n: int, batch: int) -> None:
     from tlmic_feats.features.engines import make_engine
 
     x = pixels(n)
-    b = build_backbone(backbone, "random:0")
+    b = build_backbone(backbone, "random:0", input_size=SIZE)
     cps = select_cut_points(b.cut_points, "blocks")
     norm = device_normalize(b.preprocess)
     outs = {cp.address: [] for cp in cps}
@@ -69,7 +86,7 @@ def _method(q, method: str, backbone: str, n: int, batch: int) -> None:
             for cp in cps:
                 net = torch.nn.Sequential(norm, b.truncated(cp.address)).eval()
                 for i in range(0, n, batch):
-                    outs[cp.address].append(net(x[i : i + batch]).mean(dim=(2, 3)).numpy())
+                    outs[cp.address].append(naive_pool(net(x[i : i + batch]), cp).numpy())
         elif method == "b_hooks_fp32":
             store = {}
             hooks = []
@@ -78,8 +95,8 @@ def _method(q, method: str, backbone: str, n: int, batch: int) -> None:
                 act = cp.taps[0].act
                 hooks.append(
                     m.register_forward_hook(
-                        lambda _m, _i, o, a=cp.address, act=act: store.__setitem__(
-                            a, (o.relu() if act else o).mean((2, 3))
+                        lambda _m, _i, o, cp=cp, act=act: store.__setitem__(
+                            cp.address, naive_pool(o.relu() if act else o, cp)
                         )
                     )
                 )
@@ -106,7 +123,7 @@ def _method(q, method: str, backbone: str, n: int, batch: int) -> None:
     timed = n if method == "a_naive_per_layer" else n - batch
     seconds = time.perf_counter() - t0
     feats = {a: np.concatenate(v) for a, v in outs.items()}
-    np.savez(OUT / f"{backbone}-{method}.npz", **feats)
+    np.savez(OUT / f"{tag(backbone)}-{method}.npz", **feats)
     q.put({"img_per_s": round(timed / seconds, 2), "peak_rss_mb": round(rss_mb(), 1)})
 
 
@@ -115,7 +132,7 @@ def _one_pass_vs_final(q, backbone: str, n: int, batch: int, precision: str) -> 
     from tlmic_feats.features.engines import make_engine
 
     x = pixels(n)
-    b = build_backbone(backbone, "random:0")
+    b = build_backbone(backbone, "random:0", input_size=SIZE)
     res = {}
     for name, spec in (("all cut points", "all"), ("final layer only", "blocks")):
         cps = select_cut_points(b.cut_points, spec)
@@ -313,7 +330,7 @@ def _print_auroc_shift(title: str, d: dict, first: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=256)
-    ap.add_argument("--backbones", default="resnet50,densenet121")
+    ap.add_argument("--backbones", default=f"resnet50,densenet121,{TRANSFORMER}")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rss-sizes", default="1000,4000")
     ap.add_argument(
@@ -342,9 +359,9 @@ def main() -> None:
     methods = ("a_naive_per_layer", "b_hooks_fp32", "c_tlmic_torch_fp32", "d_tlmic_torch_bf16", "e_tlmic_onnx")
     for backbone in args.backbones.split(",") if "engines" in parts else []:
         rows = {m: in_process(_method, m, backbone, args.images, args.batch) for m in methods}
-        ref = np.load(OUT / f"{backbone}-b_hooks_fp32.npz")
+        ref = np.load(OUT / f"{tag(backbone)}-b_hooks_fp32.npz")
         for m in methods:
-            got = np.load(OUT / f"{backbone}-{m}.npz")
+            got = np.load(OUT / f"{tag(backbone)}-{m}.npz")
             rel, cos = {}, {}
             for a in ref.files:
                 x, y = got[a].astype(np.float64), ref[a].astype(np.float64)
@@ -377,7 +394,7 @@ def main() -> None:
                 f"{r['max_rel_err']:12.2e} {r['min_cosine']:11.6f}"
             )
         print(
-            f"all {len(np.load(OUT / f'{backbone}-b_hooks_fp32.npz').files)} block ends -> all cut points in one pass: "
+            f"all {len(np.load(OUT / f'{tag(backbone)}-b_hooks_fp32.npz').files)} block ends -> all cut points in one pass: "
             f"{one['all cut points']} s vs final layer only {one['final layer only']} s "
             f"(ratio {one['all cut points'] / one['final layer only']:.3f}, {precision})"
         )
