@@ -1,8 +1,9 @@
 """Benchmark: feature extraction, tlmic's engines against the naive ways, on this machine.
 
 Same generated 224-px images (256 by default), same backbones (resnet50, densenet121,
-efficientnet_lite0), same cut points (the block ends), inputs already decoded in memory so that
-engines are compared, not decoders:
+efficientnet_lite0, and a vision transformer: timm's DINOv2 ViT-S/14 with registers), same cut
+points (the block ends: the paper's for the CNNs, every transformer block and the final norm for the
+ViT), inputs already decoded in memory so that engines are compared, not decoders:
 
   (a) naive per-layer: one separately truncated model per cut point, as the paper's code does
   (b) plain fp32 eager loop with forward hooks, a few lines, as a researcher would write it
@@ -22,7 +23,10 @@ throughput (`decode`); and the fidelity criterion of `--precision auto` (feature
 `large` runs it for every backbone and candidate engine+precision on 1,000 test phantoms (slow:
 tens of minutes on 2 cores), `demo` on the demo's 60 (too few to validate anything; a quick check).
 
-    python benchmarks/extract.py [--images 256] [--backbones resnet50,densenet121,efficientnet_lite0]
+A token map (the ViT's) is pooled over its patch tokens, its 5 prefix tokens (class + 4 registers)
+excluded, in every method.
+
+    python benchmarks/extract.py [--images 256] [--backbones resnet50,densenet121,efficientnet_lite0,timm:vit_small_patch14_reg4_dinov2]
         [--repeats 3] [--parts engines,peak,rss,pipeline,decode] [--quick]
     python benchmarks/extract.py --parts large [--large-backbones ...] [--candidates torch:bf16,openvino:fp32,...]
 """
@@ -43,6 +47,19 @@ import numpy as np
 
 # Where results go; TLMIC_BENCH_OUT to run two parts side by side (spawned children read it too).
 OUT = Path(os.environ.get("TLMIC_BENCH_OUT", "cache/bench/extract"))
+SIZE = 224  # every backbone runs at this input size (a fixed-size transformer is built for it)
+TRANSFORMER = "timm:vit_small_patch14_reg4_dinov2"
+
+
+def naive_pool(out, cp):
+    """Average pooling as a researcher would write it: over the map, or over a transformer's patch tokens."""
+    if cp.layout == "tokens":
+        return out[:, cp.prefix :].mean(1)
+    return out.mean(dim=(2, 3))
+
+
+def file_tag(backbone: str) -> str:
+    return backbone.replace(":", "-")
 
 
 def rss_mb() -> float:
@@ -77,7 +94,7 @@ def _method(q, method: str, backbone: str, n: int, batch: int, save: bool) -> No
     from tlmic_feats.features.engines import make_engine
 
     x = pixels(n)
-    b = build_backbone(backbone, "random:0")
+    b = build_backbone(backbone, "random:0", input_size=SIZE)
     cps = select_cut_points(b.cut_points, "blocks")
     norm = device_normalize(b.preprocess)
     outs = {cp.address: [] for cp in cps}
@@ -88,7 +105,7 @@ def _method(q, method: str, backbone: str, n: int, batch: int, save: bool) -> No
             for cp in cps:
                 net = torch.nn.Sequential(norm, b.truncated(cp.address)).eval()
                 for i in range(0, n, batch):
-                    outs[cp.address].append(net(x[i : i + batch]).mean(dim=(2, 3)).numpy())
+                    outs[cp.address].append(naive_pool(net(x[i : i + batch]), cp).numpy())
         elif method == "b_hooks_fp32":
             store = {}
             hooks = []
@@ -97,8 +114,8 @@ def _method(q, method: str, backbone: str, n: int, batch: int, save: bool) -> No
                 act = cp.taps[0].act
                 hooks.append(
                     m.register_forward_hook(
-                        lambda _m, _i, o, a=cp.address, act=act: store.__setitem__(
-                            a, (o.relu() if act else o).mean((2, 3))
+                        lambda _m, _i, o, cp=cp, act=act: store.__setitem__(
+                            cp.address, naive_pool(o.relu() if act else o, cp)
                         )
                     )
                 )
@@ -121,7 +138,7 @@ def _method(q, method: str, backbone: str, n: int, batch: int, save: bool) -> No
     timed = n if method == "a_naive_per_layer" else n - batch
     seconds = time.perf_counter() - t0
     if save:
-        np.savez(OUT / f"{backbone}-{method}.npz", **{a: np.concatenate(v) for a, v in outs.items()})
+        np.savez(OUT / f"{file_tag(backbone)}-{method}.npz", **{a: np.concatenate(v) for a, v in outs.items()})
     q.put({"img_per_s": round(timed / seconds, 2), "peak_rss_mb": round(rss_mb(), 1)})
 
 
@@ -133,7 +150,7 @@ def _gflop_per_image(q, backbone: str) -> None:
     from tlmic_feats.backbones.cutpoints import tap_network
     from tlmic_feats.finetune.compactness import count_macs
 
-    b = build_backbone(backbone, "random:0")
+    b = build_backbone(backbone, "random:0", input_size=SIZE)
     net = tap_network(b.family, b.model, select_cut_points(b.cut_points, "blocks"), "avg", b.preprocess).eval()
     q.put(2 * count_macs(net, torch.zeros(1, 1, 224, 224, dtype=torch.uint8)) / 1e9)
 
@@ -186,7 +203,7 @@ def _one_pass_vs_final(q, backbone: str, n: int, batch: int, engine: str, precis
     from tlmic_feats.features.engines import make_engine
 
     x = pixels(n)
-    b = build_backbone(backbone, "random:0")
+    b = build_backbone(backbone, "random:0", input_size=SIZE)
     res = {}
     for name, spec in (("all cut points", "all"), ("final layer only", "blocks")):
         cps = select_cut_points(b.cut_points, spec)
@@ -467,9 +484,9 @@ def engines_table(backbone: str, n: int, batch: int, repeats: int, peak: dict | 
             "img_per_s_runs": speeds,
             "peak_rss_mb": max(x["peak_rss_mb"] for x in runs[m]),
         }
-    ref = np.load(OUT / f"{backbone}-b_hooks_fp32.npz")
+    ref = np.load(OUT / f"{file_tag(backbone)}-b_hooks_fp32.npz")
     for m in methods:
-        got = np.load(OUT / f"{backbone}-{m}.npz")
+        got = np.load(OUT / f"{file_tag(backbone)}-{m}.npz")
         rel, cos = {}, {}
         for a in ref.files:
             x, y = got[a].astype(np.float64), ref[a].astype(np.float64)
@@ -551,7 +568,7 @@ def _targets(doc: dict) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=256)
-    ap.add_argument("--backbones", default="resnet50,densenet121,efficientnet_lite0")
+    ap.add_argument("--backbones", default=f"resnet50,densenet121,efficientnet_lite0,{TRANSFORMER}")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved runs of every method (the median is shown)")
     ap.add_argument("--rss-sizes", default="1000,4000")

@@ -15,6 +15,10 @@ import click
 COMMANDS = {
     "extract": ("tlmic_cli.commands.extract:extract", "Extract pooled features of every cut point into a Zarr store."),
     "layers": ("tlmic_cli.commands.layers:layers", "List a backbone's cut points (channels, stride, parameters)."),
+    "backbones": (
+        "tlmic_cli.commands.layers:backbones",
+        "List backbones: curated, and timm/torchvision models matching a pattern.",
+    ),
     "probe": ("tlmic_cli.commands.probe:probe", "Train probes on every stored layer; per-layer metrics and plot."),
     "finetune": (
         "tlmic_cli.commands.finetune:finetune",

@@ -84,7 +84,8 @@ def test_truncation_removes_what_follows():
 def test_unknown_names_list_valid_choices():
     with pytest.raises(
         UnknownBackboneError,
-        match="unknown backbone 'vgg16'; valid: densenet121, efficientnet_lite0, resnet18, resnet50",
+        match=r"unknown backbone 'vgg16'; valid: densenet121, efficientnet_lite0, efficientnet_lite1, "
+        r"efficientnet_lite2, resnet18, resnet50, timm:NAME, tv:NAME \(see `tlmic backbones PATTERN`\)",
     ):
         build_backbone("vgg16", "random")
     b = build_backbone("resnet50", "random")
@@ -94,7 +95,9 @@ def test_unknown_names_list_valid_choices():
         select_cut_points(b.cut_points, "7", "resnet50")
     with pytest.raises(UnknownCutPointError, match=r"layer 3\.9 is not a cut point"):
         b.truncated("3.9")
-    assert list_backbones() == ["densenet121", "efficientnet_lite0", "resnet18", "resnet50"]
+    assert list_backbones() == [
+        "densenet121", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "resnet50"
+    ]  # fmt: skip
 
 
 def test_weights_file_random_seed_and_errors(tmp_path):

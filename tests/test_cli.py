@@ -46,7 +46,8 @@ def test_help_does_not_import_torch():
     code = (
         "import sys\n"
         "from tlmic_cli.main import cli\n"
-        "for args in (['--help'], ['extract', '--help'], ['layers', '--help'], ['study', '--help'],\n"
+        "for args in (['--help'], ['extract', '--help'], ['layers', '--help'], ['backbones', '--help'],\n"
+        "             ['study', '--help'],\n"
         "             ['probe', '--help'], ['finetune', '--help'], ['cache', '--help'], ['demo', '--help']):\n"
         "    try: cli(args, prog_name='tlmic')\n"
         "    except SystemExit as e: assert e.code == 0, e.code\n"
@@ -79,6 +80,25 @@ def test_unknown_backbone_and_layer(phantom_dir):
 def test_bad_option_value_is_one_line_exit_2(phantom_dir):
     one_error_line(run("extract", "--data", phantom_dir, "--pool", "median"), 2)
     one_error_line(run("extract", "--data", "/definitely/not/here"), 2)
+    line = one_error_line(run(*small_extract(phantom_dir, "--pool", "cls")), 2)
+    assert "--pool cls needs a class token, and resnet18 has none" in line and "valid: avg, max, avgmax" in line
+
+
+def test_any_backbone_by_name():
+    r = run("backbones", "convnext_at")
+    assert r.exit_code == 0 and r.output.split()[0::2] == [
+        "timm:convnext_atto",
+        "timm:convnext_atto_ols",
+        "timm:convnext_atto_rms",
+    ]
+    assert "tv:mobilenet_v3_small" in run("backbones", "tv:mobilenet*").output
+    assert "timm:" not in run("backbones", "tv:mobilenet*").output
+    line = one_error_line(run("layers", "--backbone", "tv:alexnet"), 2)
+    assert "tv:alexnet cannot be cut" in line
+    r = run("layers", "--backbone", "timm:vit_tiny_patch16_224", "--input-size", "64", "--granularity", "blocks")
+    assert r.exit_code == 0, r.output
+    rows = {ln.split()[0]: ln.split() for ln in r.output.splitlines()[2:]}
+    assert rows["12"][1:6] == ["blocks.11", "192", "16", "4x4+1", "tokens"] and rows["13"][1] == "norm"
 
 
 def test_missing_csv_column_is_named(tmp_path):

@@ -13,9 +13,17 @@ from ..options import data_options, input_size_option, precision_option
 
 @click.command()
 @data_options
-@click.option("--backbone", default="resnet50", show_default=True, help="Backbone (see `tlmic layers --list`).")
 @click.option(
-    "--weights", default="imagenet", show_default=True, help="imagenet[:MEMBER], random[:SEED], or a state-dict file."
+    "--backbone",
+    default="resnet50",
+    show_default=True,
+    help="Curated name, timm:NAME or tv:NAME (`tlmic backbones PATTERN`).",
+)
+@click.option(
+    "--weights",
+    default="imagenet",
+    show_default=True,
+    help="imagenet[:MEMBER], random[:SEED], or a .pth/.safetensors file.",
 )
 @click.option("--layers", default="all", show_default=True, help="all, blocks, units, or addresses like 3,3.4.")
 @click.option(

@@ -12,7 +12,12 @@ from ..options import budget_options, data_options, input_size_option, precision
 
 @click.command()
 @data_options
-@click.option("--backbone", default="resnet50", show_default=True)
+@click.option(
+    "--backbone",
+    default="resnet50",
+    show_default=True,
+    help="Curated name, timm:NAME or tv:NAME (`tlmic backbones PATTERN`).",
+)
 @click.option(
     "--weights",
     default="imagenet",

@@ -1,4 +1,4 @@
-"""``tlmic layers``."""
+"""``tlmic layers`` and ``tlmic backbones``."""
 
 from __future__ import annotations
 
@@ -6,22 +6,44 @@ import click
 
 from tlmic_feats.backbones.cutpoints import GRANULARITIES
 
+from ..options import input_size_option
+
 
 @click.command()
-@click.option("--backbone", default=None, help="Backbone whose cut points to list.")
+@click.option("--backbone", default=None, help="Backbone whose cut points to list (curated, timm:NAME or tv:NAME).")
 @click.option("--granularity", type=click.Choice(GRANULARITIES), default="all", show_default=True)
-@click.option("--list", "list_only", is_flag=True, help="List the available backbones.")
-def layers(backbone, granularity, list_only):
-    """Print a backbone's cut points: address, module, channels, stride, truncated parameters."""
+@input_size_option
+@click.option("--list", "list_only", is_flag=True, help="List the curated backbones (all: `tlmic backbones`).")
+def layers(backbone, granularity, input_size, list_only):
+    """Print a backbone's cut points: address, module, channels, stride, map size, truncated parameters."""
     from tlmic_feats.backbones.registry import BACKBONES, get_spec
 
     if list_only or backbone is None:
         for name in sorted(BACKBONES):
             click.echo(f"{name:20s} {BACKBONES[name].description}")
+        click.echo("timm:NAME, tv:NAME   any timm / torchvision classification model (`tlmic backbones PATTERN`)")
         return
-    get_spec(backbone)  # unknown names fail before torch loads
-    from tlmic_feats.backbones.layers import format_layer_table, full_model_params, layer_table
+    get_spec(backbone)  # unknown names fail before the model is built
+    from tlmic_feats.backbones.layers import format_layer_table, full_model_params, layer_table, table_input_size
 
-    click.echo(
-        format_layer_table(layer_table(backbone, granularity=granularity), full_params=full_model_params(backbone))
-    )
+    size = table_input_size(backbone, input_size)
+    rows = layer_table(backbone, granularity=granularity, input_size=input_size)
+    click.echo(format_layer_table(rows, full_params=full_model_params(backbone, input_size), input_size=size))
+
+
+@click.command()
+@click.argument("pattern", default="")
+def backbones(pattern):
+    """List backbones: the curated ones, and the timm and torchvision models matching PATTERN
+    (shell-style, e.g. 'convnext*', or a substring; prefix timm: or tv: for one library)."""
+    from tlmic_feats.backbones.registry import available_backbones
+
+    rows = available_backbones(pattern)
+    for name, note in rows:
+        click.echo(f"{name:42s} {note}")
+    if not pattern:
+        click.echo(
+            "\n+ timm:NAME and tv:NAME for any timm / torchvision classification model: give a PATTERN to list them"
+        )
+    elif not rows:
+        click.echo(f"no backbone matches {pattern!r}")

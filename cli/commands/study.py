@@ -18,8 +18,13 @@ def _names(ctx, param, value):
 
 @click.command()
 @data_options
-@click.option("--backbone", default="resnet50", show_default=True)
-@click.option("--weights", default="imagenet", show_default=True, help="imagenet[:MEMBER] or a state-dict file.")
+@click.option(
+    "--backbone",
+    default="resnet50",
+    show_default=True,
+    help="Curated name, timm:NAME or tv:NAME (`tlmic backbones PATTERN`).",
+)
+@click.option("--weights", default="imagenet", show_default=True, help="imagenet[:MEMBER] or a .pth/.safetensors file.")
 @click.option("--fractions", default="0.05,0.1,1.0", show_default=True, callback=float_list, help="Training fractions.")
 @click.option("--seeds", default=3, show_default=True, help="Seeds per fraction and arm.")
 @click.option("--out", default="", help="Study directory (default: under cache/studies).")

@@ -17,65 +17,29 @@ Definitions (torchvision module names):
 * EfficientNet (timm): ``k`` = end of stage ``blocks[k-1]`` (k = 1..7); ``8`` = the head
   (``conv_head``, ``bn2`` with its activation), what the classifier pools; ``k.u`` = block ``u`` of
   stage ``k``.
+
+Those are the curated families, written out by hand. Every other model (``timm:NAME``,
+``tv:NAME``) gets its cut points from its own structure (:mod:`.structure`) and its taps and
+truncations from its traced graph (:mod:`.graph`): families ``timm`` and ``tv``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..runtime.errors import UnknownCutPointError, choices
+from ..runtime.errors import BackboneStructureError, UnknownCutPointError, choices
+from .taps import CutPoint, Tap, address_key
 
 _ADDRESS = re.compile(r"^\d+(\.\d+)?$")
 GRANULARITIES = ("all", "blocks", "units")  # every cut point, block ends, units inside blocks
 
 
-@dataclass(frozen=True)
-class Tap:
-    """One module output read by a forward hook; ``act`` is applied before pooling."""
-
-    module: str
-    act: str = ""  # "" or "relu"
-
-
-@dataclass(frozen=True)
-class CutPoint:
-    """A place where a backbone can be cut.
-
-    ``channels`` and ``stride`` describe the feature map there (before pooling); ``taps`` list the
-    module outputs whose channel-wise concatenation is that map.
-    """
-
-    address: str
-    module: str
-    taps: tuple[Tap, ...]
-    channels: int = 0
-    stride: int = 0
-
-    @property
-    def block(self) -> int:
-        return int(self.address.split(".")[0])
-
-    @property
-    def unit(self) -> int | None:
-        parts = self.address.split(".")
-        return int(parts[1]) if len(parts) == 2 else None
-
-    @property
-    def is_block(self) -> bool:
-        return self.unit is None
-
-
-def address_key(address: str) -> tuple[int, int]:
-    """Sort key placing ``k.u`` before ``k`` (a block ends after its last unit)."""
-    b, _, u = address.partition(".")
-    return (int(b), int(u) if u else 10**6)
-
-
 # --- family definitions ---------------------------------------------------------------------------
 
 
-def _resnet_cut_points(model) -> list[CutPoint]:
+def _resnet_cut_points(model, name: str = "") -> list[CutPoint]:
     out = []
     for k in range(1, 5):
         layer = getattr(model, f"layer{k}")
@@ -87,7 +51,7 @@ def _resnet_cut_points(model) -> list[CutPoint]:
     return out
 
 
-def _densenet_cut_points(model) -> list[CutPoint]:
+def _densenet_cut_points(model, name: str = "") -> list[CutPoint]:
     out = []
     block_input = "features.pool0"
     for k in range(1, 5):
@@ -105,7 +69,7 @@ def _densenet_cut_points(model) -> list[CutPoint]:
     return out
 
 
-def _efficientnet_cut_points(model) -> list[CutPoint]:
+def _efficientnet_cut_points(model, name: str = "") -> list[CutPoint]:
     out = []
     for k, stage in enumerate(model.blocks, start=1):
         n = len(stage)
@@ -222,11 +186,59 @@ def _efficientnet_tap_forward(model, x):
     yield "bn2", model.bn2(model.conv_head(x))
 
 
+@dataclass(frozen=True)
+class Family:
+    """How a family defines, taps and truncates its cut points.
+
+    ``tapper(model, modules)`` returns ``(held, taps)``: the module a tapping network holds, and
+    ``taps(held, x)``, which yields ``(module, output)`` in depth order for at least ``modules``.
+    """
+
+    cut_points: Callable  # (model, name) -> [CutPoint]
+    truncate: Callable  # (model, cut point) -> module
+    tapper: Callable  # (model, [tap module]) -> (held module, taps)
+
+
+def _forward_tapper(tap_forward):
+    """A hand-written tapping forward: the network stops once every tap was seen (see tap_network)."""
+    return lambda model, modules: (model, tap_forward)
+
+
+def _graph_tapper(model, modules):
+    from .graph import graph_taps
+
+    return graph_taps(model, list(modules)), lambda held, x: held(x).items()
+
+
+def _graph_truncate(model, cp: CutPoint):
+    from .graph import graph_truncation
+
+    tap = cp.taps[-1]
+    return graph_truncation(model, tap.module, tap.layout)
+
+
+def _timm_cut_points(model, name: str = ""):
+    from .structure import timm_cut_points
+
+    return timm_cut_points(model, name)
+
+
+def _tv_cut_points(model, name: str = ""):
+    from .structure import tv_cut_points
+
+    return tv_cut_points(model, name)
+
+
 FAMILIES = {
-    "resnet": (_resnet_cut_points, _resnet_truncate, _resnet_tap_forward),
-    "densenet": (_densenet_cut_points, _densenet_truncate, _densenet_tap_forward),
-    "efficientnet": (_efficientnet_cut_points, _efficientnet_truncate, _efficientnet_tap_forward),
+    "resnet": Family(_resnet_cut_points, _resnet_truncate, _forward_tapper(_resnet_tap_forward)),
+    "densenet": Family(_densenet_cut_points, _densenet_truncate, _forward_tapper(_densenet_tap_forward)),
+    "efficientnet": Family(
+        _efficientnet_cut_points, _efficientnet_truncate, _forward_tapper(_efficientnet_tap_forward)
+    ),
+    "timm": Family(_timm_cut_points, _graph_truncate, _graph_tapper),
+    "tv": Family(_tv_cut_points, _graph_truncate, _graph_tapper),
 }
+CURATED_FAMILIES = ("resnet", "densenet", "efficientnet")
 
 
 def tap_network(family: str, model, cut_points: tuple[CutPoint, ...], pool: str, preprocess=None):
@@ -235,35 +247,37 @@ def tap_network(family: str, model, cut_points: tuple[CutPoint, ...], pool: str,
 
     It runs the backbone only as deep as the deepest tap and pools each map right after it is made,
     so no full-size map outlives its block. With ``preprocess``, the input is uint8 grayscale
-    ``(N, 1, H, W)`` and normalization is part of the module (and of an exported graph).
+    ``(N, 1, H, W)`` and normalization is part of the module (and of an exported graph). Token
+    maps pool over their patch tokens (``cls``: the class token; see :mod:`.pooling`).
     """
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
 
-    from .pooling import global_pool
+    from .pooling import pool_modes, pool_tap
     from .preprocess import device_normalize
 
-    tap_forward = FAMILIES[family][2]
-    needed = {t.module for cp in cut_points for t in cp.taps}
     taps_of = [cp.taps for cp in cut_points]
-    modes = [m for m in ("avg", "max") if m in pool]
+    layout = {t.module: (t.layout, t.prefix) for taps in taps_of for t in taps}
+    needed = list(layout)
+    modes = pool_modes(pool)
+    held, tap_outputs = FAMILIES[family].tapper(model, needed)
 
     class TapNetwork(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.normalize = device_normalize(preprocess) if preprocess is not None else nn.Identity()
-            self.model = model
+            self.model = held
 
         def forward(self, x):
             x = self.normalize(x)
             pooled = {}
-            for name, out in tap_forward(self.model, x):
-                if name in needed:
+            for name, out in tap_outputs(self.model, x):
+                if name in layout:
                     for act in {t.act for cp in taps_of for t in cp if t.module == name}:
                         y = F.relu(out) if act == "relu" else out
                         for m in modes:
-                            pooled[(name, act, m)] = global_pool(y, m).float()
+                            pooled[(name, act, m)] = pool_tap(y, m, *layout[name]).float()
                     if len({k[0] for k in pooled}) == len(needed):
                         break  # every tap seen: nothing deeper is computed
             return tuple(
@@ -304,33 +318,77 @@ def full_depth_address(backbone) -> str:
 # --- public helpers -------------------------------------------------------------------------------
 
 
-def describe_cut_points(family: str, model, probe_size: int = 64) -> tuple[CutPoint, ...]:
-    """Every cut point of ``model`` in depth order, with channels and stride measured by a dry run.
+def describe_cut_points(family: str, model, probe_size: int = 64, name: str = "") -> tuple[CutPoint, ...]:
+    """Every cut point of ``model`` in depth order, with channels and stride measured by a dry run
+    at ``probe_size`` px (a token map's stride is its patch size).
 
     Measuring (rather than typing) channel counts keeps the table true to the actual module.
     """
+    import math
+
     import torch
 
-    define, _, tap_forward = FAMILIES[family]
-    cps = define(model)
+    fam = FAMILIES[family]
+    cps = fam.cut_points(model, name)
+    taps = {t.module: t for cp in cps for t in cp.taps}
     # The same tapping forward that extraction runs: a tap the registry names but the forward
     # never produces fails here, when the backbone is built.
     was_training = model.training
     try:
         model.eval()
         with torch.inference_mode():
-            shapes = {
-                name: (out.shape[1], out.shape[2])
-                for name, out in tap_forward(model, torch.zeros(1, 3, probe_size, probe_size))
-            }
+            x = torch.zeros(1, 3, probe_size, probe_size)
+            if family in CURATED_FAMILIES:
+                shapes = {n: tuple(out.shape) for n, out in fam.tapper(model, list(taps))[1](model, x)}
+            else:  # the traced graph has every tap (checked by its family): shapes from hooks, no second trace
+                shapes = _hooked_shapes(model, list(taps), x)
+    except RuntimeError as e:  # e.g. an input too small for the model's pooling or windows
+        from ..runtime.errors import UsageError
+
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise UsageError(
+            f"{name or family} does not run at {probe_size} px ({first}); try a larger --input-size"
+        ) from e
     finally:
         model.train(was_training)
+    geometry = {}  # module -> (channels, height of the map or side of the token grid)
+    for module, tap in taps.items():
+        shape = shapes[module]
+        if len(shape) != (3 if tap.layout == "tokens" else 4):
+            raise BackboneStructureError(
+                f"{name or family} cannot be cut: {module} gives a {len(shape)}-d output, not the {tap.layout} "
+                "layout its family declares"
+            )
+        if tap.layout == "tokens":
+            side = math.isqrt(shape[1] - tap.prefix)
+            geometry[module] = (shape[2], side)
+        else:
+            geometry[module] = (shape[3], shape[1]) if tap.layout == "nhwc" else (shape[1], shape[2])
     out = []
     for cp in cps:
-        channels = sum(shapes[t.module][0] for t in cp.taps)
-        height = shapes[cp.taps[-1].module][1]
+        channels = sum(geometry[t.module][0] for t in cp.taps)
+        height = geometry[cp.taps[-1].module][1]
         out.append(CutPoint(cp.address, cp.module, cp.taps, channels=channels, stride=probe_size // height))
     return tuple(out)
+
+
+def _hooked_shapes(model, modules: list[str], x) -> dict[str, tuple]:
+    """Output shapes of ``modules`` in one forward of ``model`` (forward hooks, removed after)."""
+    shapes: dict[str, tuple] = {}
+
+    def record(name):
+        def hook(_module, _inputs, output) -> None:
+            shapes.setdefault(name, tuple(output.shape))
+
+        return hook
+
+    hooks = [model.get_submodule(m).register_forward_hook(record(m)) for m in modules]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
 
 
 def select_addresses(spec: str | list[str] | tuple[str, ...], addresses: list[str], unknown) -> list[str]:
@@ -379,10 +437,10 @@ def unknown_cut_point_message(bad: str, cut_points, backbone: str = "") -> str:
 
 def truncate(family: str, model, cut_point: CutPoint):
     """The network cut at ``cut_point``: a module mapping the normalized input to the feature map
-    there (N, C, H, W). It shares parameters with ``model``; everything after the cut is absent.
+    there (N, C, H, W), or to the tokens (N, L, C) of a transformer. It shares parameters with
+    ``model``; everything after the cut is absent.
     """
-    cut = FAMILIES[family][1]
-    return cut(model, cut_point)
+    return FAMILIES[family].truncate(model, cut_point)
 
 
 def storage_groups(cut_points: tuple[CutPoint, ...]) -> dict[str, str]:

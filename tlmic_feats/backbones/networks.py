@@ -13,21 +13,23 @@ def build_network(backbone, address: str | CutPoint, n_outputs: int, dropout: fl
     ``pool`` -> dropout -> linear.
 
     Input: uint8 or float pixels ``(N, 1, S, S)`` in 0..255 (grayscale; copied to 3 channels).
-    ``features`` is what ``extract --pool POOL`` stores at ``address``.
+    ``features`` is what ``extract --pool POOL`` stores at ``address`` (for a transformer's tokens,
+    pooled over the patch tokens, or its class token with ``cls``).
     """
     import torch.nn as nn
 
-    from .pooling import global_pool_module
+    from .pooling import check_pool, global_pool_module
     from .preprocess import device_normalize
 
     cut = address if isinstance(address, CutPoint) else backbone.cut_point(address)
+    check_pool(pool, (cut,), backbone.name)
 
     class TruncatedClassifier(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.normalize = device_normalize(backbone.preprocess)
             self.backbone = backbone.truncated(cut)
-            self.pool = global_pool_module(pool)
+            self.pool = global_pool_module(pool, cut.layout, cut.prefix)
             self.dropout = nn.Dropout(dropout)
             self.head = nn.Linear(pooled_width(cut.channels, pool), n_outputs)
 
@@ -44,23 +46,35 @@ def build_network(backbone, address: str | CutPoint, n_outputs: int, dropout: fl
 def build_hybrid(backbone, n_outputs: int, dropout: float, pool: str = "avg"):
     """TransFusion-style hybrid: pretrained bottom blocks (up to :func:`hybrid_address`), then one
     randomly initialised slim block (two 3x3 conv-BN-ReLU, stride 2, half the channels) in place of
-    the top block, global pooling, dropout and a linear head."""
+    the top block, global pooling, dropout and a linear head. A transformer's patch tokens enter the
+    slim block as their grid (``(N, C, h, w)``); its class token does not (``cls`` pools by ``avg``)."""
     import torch.nn as nn
 
-    from .pooling import global_pool_module
+    from .pooling import check_pool, global_pool_module, tokens_to_map
     from .preprocess import device_normalize
 
     cut = backbone.cut_point(hybrid_address(backbone))
+    check_pool(pool, (cut,), backbone.name)
+    pool = "avg" if pool == "cls" else pool  # the slim block's output is a map: no class token to take
     width = max(8, cut.channels // 2)
 
     def cbr(cin: int, cout: int, stride: int) -> list:
         return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+
+    class TokensToMap(nn.Module):
+        def __init__(self, prefix: int) -> None:
+            super().__init__()
+            self.prefix = prefix
+
+        def forward(self, x):
+            return tokens_to_map(x, self.prefix)
 
     class HybridClassifier(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.normalize = device_normalize(backbone.preprocess)
             self.backbone = backbone.truncated(cut)
+            self.to_map = TokensToMap(cut.prefix) if cut.layout == "tokens" else nn.Identity()
             self.slim = nn.Sequential(*cbr(cut.channels, width, 2), *cbr(width, width, 1))
             for m in self.slim.modules():
                 if isinstance(m, nn.Conv2d):
@@ -70,7 +84,7 @@ def build_hybrid(backbone, n_outputs: int, dropout: float, pool: str = "avg"):
             self.head = nn.Linear(pooled_width(width, pool), n_outputs)
 
         def features(self, x):
-            return self.pool(self.slim(self.backbone(self.normalize(x))))
+            return self.pool(self.slim(self.to_map(self.backbone(self.normalize(x)))))
 
         def forward(self, x):
             return self.head(self.dropout(self.features(x)))

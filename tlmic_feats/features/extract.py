@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import __version__
 from ..backbones.cutpoints import select_cut_points, storage_groups
-from ..backbones.pooling import pooled_width
+from ..backbones.pooling import check_pool, describe_pooling, pooled_width
 from ..data.readers import load_manifest
 from ..runtime.devices import resolve_device
 from ..runtime.errors import BadImageError
@@ -111,8 +111,32 @@ def default_store_path(config: ExtractConfig, fingerprint: dict) -> Path:
         cache_root()
         / "stores"
         / dataset
-        / (f"{config.backbone}-{weights}-{config.pool}-{slug(config.layers)[:40]}-{digest}.zarr")
+        / (f"{slug(config.backbone)}-{weights}-{config.pool}-{slug(config.layers)[:40]}-{digest}.zarr")
     )
+
+
+def store_fingerprint(config: ExtractConfig, backbone, selected, manifest, engine: str, precision: str) -> dict:
+    """What defines a store's contents (its root attrs; a rerun with other values is refused)."""
+    fingerprint = {
+        "backbone": backbone.name,
+        "weights": {"kind": backbone.weights.kind, "id": backbone.weights.id, "sha256": backbone.weights.sha256},
+        "preprocess": asdict(backbone.preprocess),
+        "decode": {"color": "gray8-to-3ch", "jpeg_draft": True},
+        "pool": config.pool,
+        "dtype": config.dtype,
+        "layers": [cp.address for cp in selected],
+        "dataset": manifest.fingerprint(),
+        "engine": engine,
+        "precision": precision,
+        "tlmic_version": __version__,
+    }
+    if selected[0].layout == "tokens":  # recorded only for transformers: CNN stores keep their fingerprint
+        fingerprint["tokens"] = {
+            "prefix_tokens": selected[0].prefix,
+            "class_token": selected[0].class_token,
+            "pooled": describe_pooling(config.pool, selected[0]),
+        }
+    return fingerprint
 
 
 def extract_features(
@@ -143,24 +167,13 @@ def extract_features(
     choice = choose_engine(config.engine, config.precision, backbone.name, device, log=log)
     engine, precision = choice.engine, choice.precision
     selected = select_cut_points(backbone.cut_points, config.layers, backbone.name)
+    check_pool(config.pool, selected, backbone.name)
     arrays = storage_groups(selected)
     layers = [
         LayerInfo(cp.address, cp.module, pooled_width(cp.channels, config.pool), cp.stride, arrays[cp.address])
         for cp in selected
     ]
-    fingerprint = {
-        "backbone": backbone.name,
-        "weights": {"kind": backbone.weights.kind, "id": backbone.weights.id, "sha256": backbone.weights.sha256},
-        "preprocess": asdict(backbone.preprocess),
-        "decode": {"color": "gray8-to-3ch", "jpeg_draft": True},
-        "pool": config.pool,
-        "dtype": config.dtype,
-        "layers": [cp.address for cp in selected],
-        "dataset": manifest.fingerprint(),
-        "engine": engine,
-        "precision": precision,
-        "tlmic_version": __version__,
-    }
+    fingerprint = store_fingerprint(config, backbone, selected, manifest, engine, precision)
     path = store_location(config.store) if config.store else default_store_path(config, fingerprint)
     record = asdict(config)
     record["store"] = str(path)

@@ -61,7 +61,12 @@ class RunSetup:
 
 def default_run_dir(config: FinetuneConfig, address: str) -> Path:
     name = finetune_run_name(
-        slug(Path(config.data.path).name), config.backbone, slug(config.weights), address, config.fraction, config.seed
+        slug(Path(config.data.path).name),
+        slug(config.backbone),
+        slug(config.weights),
+        address,
+        config.fraction,
+        config.seed,
     )
     return cache_root() / "runs" / name
 

@@ -251,6 +251,8 @@ def write_results(run: ProbeRun, store: FeatureStore, config: ProbeConfig) -> No
     doc = {
         "store": str(store.path),
         "backbone": store.fingerprint.get("backbone"),
+        # what the stored features pooled (a transformer's store says over which tokens)
+        "pooling": store.fingerprint.get("tokens", {}).get("pooled") or store.fingerprint.get("pool"),
         "label_kind": store.label_kind,
         "label_names": store.label_names,
         "config": asdict(config),

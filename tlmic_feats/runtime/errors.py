@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 __all__ = [
+    "BackboneStructureError",
     "BadImageError",
     "DataFormatError",
     "MissingColumnError",
@@ -75,6 +76,10 @@ class UnknownBackboneError(UsageError, KeyError):
 class UnknownCutPointError(UsageError, KeyError):
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class BackboneStructureError(UsageError):
+    """A backbone whose structure tlmic cannot cut (no stages of blocks, or not traceable)."""
 
 
 class DataFormatError(UsageError):

@@ -109,4 +109,4 @@ class StudyResult:
 
 
 def default_out(config: StudyConfig) -> Path:
-    return cache_root() / "studies" / f"{slug(Path(config.data.path).name)}-{config.backbone}"
+    return cache_root() / "studies" / f"{slug(Path(config.data.path).name)}-{slug(config.backbone)}"

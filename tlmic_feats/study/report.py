@@ -323,6 +323,14 @@ _LPFT_SENTENCE = {
 }
 
 
+def _token_pooling(pool: str, backbone) -> str:
+    """For a transformer: over which tokens the pooling ran (" (mean over the patch tokens, ...)")."""
+    from ..backbones.pooling import describe_pooling
+
+    cut = backbone.cut_points[-1]
+    return f" ({describe_pooling(pool, cut)})" if cut.layout == "tokens" else ""
+
+
 def _header(config, backbone, manifest) -> list[str]:
     """The title and what every arm shared: data, backbone, pooling, budget rule, LP-FT, metrics."""
     n = {s: int((manifest.splits == s).sum()) for s in ("train", "val", "test")}
@@ -336,7 +344,8 @@ def _header(config, backbone, manifest) -> list[str]:
         "",
         f"{len(manifest)} images ({n['train']} train, {n['val']} val, {n['test']} test), {manifest.label_kind} "
         f"labels ({', '.join(manifest.label_names)}); backbone {config.backbone} ({config.weights} weights) "
-        f"at {backbone.preprocess.input_size} px; {config.seeds} seed(s) per arm. Pooling: {config.pool} for the "
+        f"at {backbone.preprocess.input_size} px; {config.seeds} seed(s) per arm. Pooling: {config.pool}"
+        f"{_token_pooling(config.pool, backbone)} for the "
         "probes' features and for every finetuned network's head. Finetuning: the same number of optimizer steps "
         f"for every arm of a fraction (below), early stop on validation AUPRC after {config.patience} evaluations "
         "without improvement, the best evaluation's weights kept. "
