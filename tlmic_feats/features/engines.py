@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.errors import MissingDependencyError, RunError, UsageError
+from ..runtime.paths import slug
 
 ENGINES = ("torch", "onnx", "openvino")
 OPENVINO_EXTRA = "pip install 'tlmic[openvino]'"
@@ -61,7 +62,7 @@ def graph_path(cache_dir: Path, engine: str, backbone, pool: str, key: dict, suf
     """Where an engine keeps the graph of one fingerprint:
     ``<cache_dir>/<engine>/<backbone>-<pool>-<digest><suffix>``."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(cache_dir) / engine / f"{backbone.name}-{pool}-{digest}{suffix}"
+    return Path(cache_dir) / engine / f"{slug(backbone.name)}-{pool}-{digest}{suffix}"
 
 
 def onnx_graph(backbone, cut_points, pool: str, cache_dir: Path, key: dict) -> Path:
