@@ -22,9 +22,12 @@ def subset_tag(fraction: float, seed: int) -> str:
     return f"f{fraction:g}-s{seed}"
 
 
-def probe_cell_id(layer: str, model: str, fraction: float, seed: int, control: str = "none") -> str:
-    """``L3-logreg-f0.1-s0`` (``-shuffle`` for a control): one probe cell's files in a probe run."""
-    return f"L{layer}-{model}-{subset_tag(fraction, seed)}" + ("-shuffle" if control != "none" else "")
+def probe_cell_id(
+    layer: str, model: str, fraction: float, seed: int, control: str = "none", permutation: int = -1
+) -> str:
+    """``L3-logreg-f0.1-s0`` (``-perm4`` for draw 4 of the shuffle control): one probe cell's files in a
+    probe run."""
+    return f"L{layer}-{model}-{subset_tag(fraction, seed)}" + (f"-perm{permutation}" if control != "none" else "")
 
 
 def finetune_run_name(data_name: str, backbone: str, weights: str, address: str, fraction: float, seed: int) -> str:
