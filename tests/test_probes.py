@@ -549,3 +549,38 @@ def test_the_grid_offers_exactly_the_probes_there_are():
     from tlmic_feats.probes.estimators import PROBES
 
     assert tuple(PROBES) == MODELS
+
+
+def test_results_csv_keeps_all_62_densenet_cut_points_apart_in_pandas(phantom_dir, tmp_path):
+    """DenseNet-121's 62 cut points (3.1 and 3.10 among them) read back by plain pandas.read_csv:
+    62 distinct strings, and each one accepted back by --layer."""
+    import pandas as pd
+
+    from tlmic_feats.data import DataConfig
+    from tlmic_feats.features.config import ExtractConfig
+    from tlmic_feats.features.extract import extract_features
+
+    store = extract_features(
+        ExtractConfig(
+            data=DataConfig(str(phantom_dir)),
+            backbone="densenet121",
+            weights="random:0",
+            input_size=32,
+            store=str(tmp_path / "d.zarr"),
+            batch_size=36,
+            workers=0,
+            pixel_cache=False,
+        ),
+        progress=False,
+    ).store
+    assert len(store.addresses) == 62 and {"3.1", "3.10"} <= set(store.addresses)
+    config = ProbeConfig(store=str(store.path), models=("logreg",), seeds=1, bootstrap=10, out=str(tmp_path / "r"))
+    run = run_probes(config, progress=False)
+    table = pd.read_csv(run.out / "results.csv")
+    assert all(isinstance(v, str) for v in table["layer"]) and pd.api.types.is_string_dtype(table["layer"])
+    assert table["layer"].nunique() == 62 and table["array"].nunique() == 62
+    assert {"L3.1", "L3.10", "L4"} <= set(table["layer"])
+    assert [layer[1:] for layer in table["layer"]] == [r["layer"] for r in run.rows]  # the JSON keeps bare ones
+    # the written form is accepted back by the layer grammar
+    again = run_probes(ProbeConfig(**{**config.__dict__, "layers": "L3.10,L3.1", "out": str(tmp_path / "again")}))
+    assert [r["layer"] for r in again.rows] == ["3.1", "3.10"]

@@ -115,3 +115,14 @@ def test_compare_command_pairs_two_prediction_files(tmp_path):
     assert r.exit_code == 2 and "different test images: 5 only in a.csv" in r.stderr and "Traceback" not in r.output
     r = CliRunner().invoke(cli, ["compare", str(tmp_path / "a.csv"), str(tmp_path / "a.csv"), "--split", "val"])
     assert r.exit_code == 2 and "has no 'val' rows" in r.stderr
+
+
+def test_study_results_csv_keeps_cut_points_apart_in_pandas(tmp_path):
+    import pandas as pd
+
+    from tlmic_feats.study.report import ROW_COLUMNS, write_results_csv
+
+    rows = [dict.fromkeys(ROW_COLUMNS) | {"arm": f"t{a}", "address": a, "seed": 0} for a in ("3.1", "3.10", "3", "all")]
+    write_results_csv(tmp_path / "results.csv", rows)
+    table = pd.read_csv(tmp_path / "results.csv")
+    assert table["address"].tolist() == ["L3.1", "L3.10", "L3", "all"] and table["arm"].tolist()[1] == "t3.10"

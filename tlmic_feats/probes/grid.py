@@ -35,7 +35,7 @@ from ..runtime.files import atomic_path, write_json
 from ..runtime.limits import cpu_count, limit_malloc_arenas, one_thread_per_cell, release_freed_memory
 from ..runtime.paths import cache_root, slug
 from ..runtime.progress import progress_bar
-from ..runtime.rundir import claim_run_dir
+from ..runtime.rundir import address_from_label, claim_run_dir, layer_label
 from .cells import Cell, GridContext, cell_id, fit_cell, jsonable, load_cell
 from .config import ProbeConfig
 from .permutation import draws_elsewhere
@@ -53,13 +53,19 @@ class ProbeRun:
 
 def resolve_store_layers(store: FeatureStore, spec: str) -> list[str]:
     """The store's addresses that ``spec`` names (the registry's layer grammar: ``all``, ``blocks``,
-    ``units`` or a list such as ``"3,3.4"``), in the store's order."""
+    ``units`` or a list such as ``"3,3.4"``, or ``"L3,L3.4"`` as results.csv writes them), in the
+    store's order."""
     from ..backbones.cutpoints import select_addresses
 
     def unknown(bad: str) -> str:
         valid = choices(["all", "blocks", "units", *store.addresses])
         return f"layer {bad} is not in the store {store.path}; stored: {valid}"
 
+    # addresses as results.csv writes them (L3.10) are accepted too
+    if isinstance(spec, str) and spec.strip().lower() not in ("all", "blocks", "units"):
+        spec = ",".join(address_from_label(s) for s in spec.split(","))
+    elif not isinstance(spec, str):
+        spec = [address_from_label(s) for s in spec]
     return select_addresses(spec, store.addresses, unknown)
 
 
@@ -251,7 +257,7 @@ def fitted_probe_dir(run_dir: str | Path, layer: str, model: str, fraction: floa
     """Where a finished probe run keeps the fitted probe of one cell (no control). An alias cut point
     (EfficientNet's block end ``5`` is its last unit ``5.3``) is fitted once, under its stored array:
     the run's results name the cell that holds it."""
-    run_dir = Path(run_dir)
+    run_dir, layer = Path(run_dir), address_from_label(layer)
     try:
         rows = json.loads((run_dir / "results.json").read_text())["rows"]
     except (OSError, ValueError, KeyError) as e:
@@ -308,7 +314,9 @@ RESULT_COLUMNS = (
 
 
 def write_results(run: ProbeRun, store: FeatureStore, config: ProbeConfig) -> None:
-    """``results.csv`` and ``results.json`` (atomically), sorted so that runs are comparable."""
+    """``results.csv`` and ``results.json`` (atomically), sorted so that runs are comparable. The CSV
+    writes cut points as ``L3.10`` (:func:`~tlmic_feats.runtime.rundir.layer_label`), so that
+    ``pandas.read_csv`` keeps every one a distinct string; the JSON keeps bare addresses."""
     rows = sorted(
         run.rows,
         key=lambda r: (r["depth"], r["model"], r["fraction"], r["control"], r.get("permutation") or 0, r["seed"]),
@@ -329,4 +337,6 @@ def write_results(run: ProbeRun, store: FeatureStore, config: ProbeConfig) -> No
         w = csv.DictWriter(f, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()})
+            cells = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()}
+            cells["layer"], cells["array"] = layer_label(r["layer"]), layer_label(r["array"])
+            w.writerow(cells)

@@ -27,6 +27,7 @@ from ..metrics.scores import paired_bootstrap
 from ..probes.report import aggregate, best_layers
 from ..runtime.files import atomic_path, save_figure, write_text
 from ..runtime.paths import human_bytes
+from ..runtime.rundir import layer_label
 
 ROW_COLUMNS = (
     "stage",
@@ -119,11 +120,17 @@ def collect_rows(out: Path, config, probe_dir: Path) -> list[dict]:
                         "predictions": str((Path(probe_dir) / r["predictions"]).relative_to(out)),
                     }
                 )
-    with atomic_path(out / "results.csv") as tmp, open(tmp, "w", newline="") as f:
+    write_results_csv(out / "results.csv", rows)
+    return rows
+
+
+def write_results_csv(path: Path, rows: list[dict]) -> None:
+    """The study's ``results.csv``, atomically; cut points written as ``L3.10``
+    (:func:`~tlmic_feats.runtime.rundir.layer_label`) so that ``pandas.read_csv`` keeps them apart."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=ROW_COLUMNS)
         w.writeheader()
-        w.writerows(rows)
-    return rows
+        w.writerows({**r, "address": layer_label(r["address"])} for r in rows)
 
 
 _ARM_ORDER = {"probe": 0, "stage1": 1, "stage2": 2, "baseline": 4}
