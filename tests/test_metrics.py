@@ -234,3 +234,10 @@ def test_delong_of_seed_means_is_the_contrast_of_correlated_aurocs(rng):
     r = delong_mean(y, runs[:2], runs[2:])
     assert r["diff"] == pytest.approx(w @ [p.mean() for p in psi], abs=1e-12)
     assert r["se"] == pytest.approx(np.sqrt(w @ cov @ w), rel=1e-9)
+
+
+def test_thresholds_for_a_label_without_scores_are_neutral():
+    y = np.array([[0, 1], [1, 0], [0, 1], [1, 0]], dtype=float)
+    s = np.array([[0.2, np.nan], [0.8, np.nan], [0.3, np.nan], [0.9, np.nan]])  # label 2 had no probe
+    t = choose_thresholds(y, s, "multilabel")
+    assert t[1] == 0.5 and 0.3 < t[0] <= 0.8

@@ -138,6 +138,8 @@ def extract_features(
         else resolve_precision(config.precision, device)
     )
     manifest = load_manifest(config.data)
+    if manifest.meta.get("split_note"):
+        log(f"note: {manifest.meta['split_note']}")
     if manifest.meta.get("patients_straddling"):
         log(
             f"warning: the data's own split puts {manifest.meta['patients_straddling']} patient(s) in more than one "

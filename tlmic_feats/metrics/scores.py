@@ -32,8 +32,8 @@ def youden_threshold(y: np.ndarray, s: np.ndarray) -> float:
     """The score threshold maximizing sensitivity + specificity - 1 on (validation) data."""
     from sklearn.metrics import roc_curve
 
-    y = np.asarray(y)
-    if len(np.unique(y)) < 2:
+    y, s = np.asarray(y), np.asarray(s)
+    if len(np.unique(y)) < 2 or not np.isfinite(s).all():  # one class, or no scores (a label without a probe)
         return 0.5
     fpr, tpr, thr = roc_curve(y, s)
     best = int(np.argmax(tpr - fpr))

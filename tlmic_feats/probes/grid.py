@@ -99,6 +99,8 @@ def run_probes(config: ProbeConfig, *, progress: bool = True, log: Callable[[str
         raise UsageError(f"store {store.path} has no test split to evaluate on")
     out = Path(config.out) if config.out else default_out(store)
     _claim_run_dir(out, config, store)
+    if store.meta.get("split_origin", "").startswith("no "):  # an official test split the data lacks
+        log(f"note: {store.meta['split_origin']}")
     subsets, skipped = training_subsets(store, rows_of, config, log)
     ctx = GridContext(store.labels, store.label_kind, store.label_names, rows_of, store.ids, config, out)
     # One entry per stored array: an alias (ResNet's "2" is "2.4") has the same features, same results.
@@ -327,6 +329,7 @@ def write_results(run: ProbeRun, store: FeatureStore, config: ProbeConfig) -> No
         "backbone": store.fingerprint.get("backbone"),
         "label_kind": store.label_kind,
         "label_names": store.label_names,
+        "split_origin": store.meta.get("split_origin", ""),
         "config": asdict(config),
         "skipped": run.skipped,
         "seconds": round(run.seconds, 2),

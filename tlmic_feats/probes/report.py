@@ -88,7 +88,9 @@ def render_summary(doc: dict) -> str:
     lines = [
         f"# Probe summary: {doc.get('backbone')} features, {doc['label_kind']} ({', '.join(doc['label_names'])})",
         "",
-        f"Store: `{doc['store']}`. Seeds: {cfg['seeds']}; bootstrap resamples: {cfg['bootstrap']}. "
+        f"Store: `{doc['store']}`"
+        + (f" (split: {doc['split_origin']})" if doc.get("split_origin") else "")
+        + f". Seeds: {cfg['seeds']}; bootstrap resamples: {cfg['bootstrap']}. "
         "Best layer = highest mean **validation** AUPRC; test metrics are mean ± sd over seeds "
         "[mean of the 95% bootstrap CI bounds].",
         "",
