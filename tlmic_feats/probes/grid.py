@@ -5,9 +5,11 @@ time (a probe never loads more than its layer), trains each probe on a nested tr
 picks thresholds and hyper-parameters on the validation split, and scores the test split with the
 shared metrics module and bootstrap CIs. It writes, under ``out``:
 
-* ``results.csv`` / ``results.json``: one row per layer x model x fraction x seed (x control);
+* ``results.csv`` / ``results.json``: one row per layer x model x fraction x seed, and with
+  ``--control shuffle`` one per permutation draw (see :mod:`tlmic_feats.probes.permutation`);
+  the CSV writes cut points as ``L3.10`` so that pandas keeps them apart;
 * ``predictions/<run>.csv``: ids, split, labels and scores of val and test, for recomputation;
-* ``probes/<run>/``: each fitted probe, saved without pickle;
+* ``probes/<run>/``: each fitted probe (not the permutation draws'), saved without pickle;
 * ``summary.md`` and ``layers.png`` (see :mod:`tlmic_feats.probes.report`);
 * ``run.json``: the :class:`ProbeConfig` and the store's fingerprint; ``cells/``: one finished
   result per fit, so an interrupted run resumes and a rerun of a finished one refits nothing.
