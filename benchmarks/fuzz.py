@@ -1,9 +1,11 @@
 """Fuzz benchmark: >= 10,000 hard inputs through tlmic's image decoders and manifest readers.
 
 Counts every case's outcome by kind (decoded / refused with a tlmic error); any other outcome
-(a crash, a silently wrong label, an accepted path outside the root) stops the run with the case.
+(a crash, a silently wrong label, an accepted path outside the root, a split that moves with the
+label policy) stops the run with the case.
 
-    python benchmarks/fuzz.py [--images 7000] [--csv 3500] [--npz 1000]   (npz has 25 distinct cases)
+    python benchmarks/fuzz.py [--images 5500] [--csv 2500] [--chest 2500] [--npz 1000]
+    (npz has 35 distinct cases; chest: CheXpert and NIH label folders, see tests/fuzz_inputs.py)
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from hypothesis import HealthCheck, given, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.fuzz_inputs import (
+    check_chest_case,
     check_csv_case,
     check_image_case,
     check_npz_case,
+    chest_cases,
     csv_cases,
     image_cases,
     npz_cases,
@@ -44,8 +48,9 @@ def run(strategy, check, n: int, key) -> collections.Counter:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, default=7000)
-    ap.add_argument("--csv", type=int, default=3500)
+    ap.add_argument("--images", type=int, default=5500)
+    ap.add_argument("--csv", type=int, default=2500)
+    ap.add_argument("--chest", type=int, default=2500)
     ap.add_argument("--npz", type=int, default=1000)
     args = ap.parse_args()
     t = time.perf_counter()
@@ -55,7 +60,23 @@ def main() -> None:
         csv_cases(),
         check_csv_case,
         args.csv,
-        key=lambda c: "escaping path" if c[1] else "duplicate" if c[2] else "multi-label" if c[4] else "single",
+        key=lambda c: (
+            c[7]
+            if c[7] != "rows"
+            else "escaping path"
+            if c[1]
+            else "duplicate"
+            if c[2]
+            else "multi-label"
+            if c[4]
+            else "single"
+        ),
+    )
+    out["chest"] = run(
+        chest_cases(),
+        check_chest_case,
+        args.chest,
+        key=lambda c: f"{c['fmt']} {c['shape']}" + (" (one level down)" if c["nested"] else ""),
     )
     out["npz"] = run(npz_cases(), check_npz_case, args.npz, key=lambda c: c[1])
     seconds = time.perf_counter() - t
@@ -64,7 +85,7 @@ def main() -> None:
     for target, counts in out.items():
         print(f"  {target}:")
         for (kind, outcome), k in sorted(counts.items()):
-            print(f"    {kind:18s} {outcome:9s} {k}")
+            print(f"    {kind:36s} {outcome:9s} {k}")
     doc = {
         "cases": total,
         "seconds": round(seconds, 1),

@@ -25,6 +25,10 @@ COMMANDS = {
         "Finetune a backbone truncated at a cut point (or full depth).",
     ),
     "report": ("tlmic_cli.commands.probe:report", "Re-render a probe run's summary.md and layers.png."),
+    "compare": (
+        "tlmic_cli.commands.compare:compare",
+        "Two predictions files on the same images: DeLong (AUROC), paired bootstrap (AUPRC).",
+    ),
     "doctor": (
         "tlmic_cli.commands.doctor:doctor",
         "Devices, working onnxruntime providers, CPU features, versions, cache.",

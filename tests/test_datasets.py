@@ -244,3 +244,162 @@ def test_official_split_that_mixes_patients_is_reported(tmp_path):
     assert m.meta["patients_straddling"] == 1 and list(m.splits) == ["train", "train", "val", "test", "test", "train"]
     r = CliRunner().invoke(cli, ["data", "check", "--data", str(tmp_path / "m.csv")])
     assert "PATIENTS IN MORE THAN ONE SPLIT: 1 (e.g. a)" in r.output
+
+
+def _chexpert_csv(folder, rng, n_patients, split="train", header=True):
+    """A CheXpert label file (no images: reading the manifest needs none), many uncertain labels."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS]] if header else []
+    for p in range(n_patients):
+        for s in range(1 + int(rng.integers(0, 3))):
+            values = [rng.choice(["1.0", "0.0", "-1.0", ""], p=[0.12, 0.18, 0.1, 0.6]) for _ in CHEXPERT_LABELS]
+            pid = p + (0 if split == "train" else 64541)
+            rows.append([f"{folder.name}/{split}/patient{pid:05d}/study{s + 1}/view1_frontal.jpg", "F", "60",
+                         "Frontal", "AP", *values])  # fmt: skip
+    with open(folder / f"{'train' if split == 'train' else 'valid'}.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
+@pytest.mark.parametrize("with_valid", [False, True])
+def test_chexpert_split_is_the_same_under_every_label_policy(tmp_path, with_valid):
+    from tlmic_feats.data.splits import make_splits
+
+    root = tmp_path / "CheXpert-v1.0-small"
+    rng = np.random.default_rng(0)
+    _chexpert_csv(root, rng, 200)
+    if with_valid:
+        _chexpert_csv(root, rng, 30, split="valid")
+    manifests = {
+        (u, b): load_manifest(DataConfig(str(root), uncertain=u, blank=b))
+        for u in ("ones", "zeros", "ignore")
+        for b in ("zeros", "missing")
+    }
+    reference = manifests[("ignore", "zeros")]
+    for (u, b), m in manifests.items():
+        np.testing.assert_array_equal(m.ids, reference.ids)
+        np.testing.assert_array_equal(m.splits, reference.splits, err_msg=f"--uncertain {u} --blank {b}")
+    assert set(reference.splits) == {"train", "val", "test"}
+    assert patients_straddling(reference.splits, reference.patient_ids) == []
+    # the data is one where stratifying on the policy's labels would move images (what happened before)
+    ones = manifests[("ones", "zeros")]
+    existing = np.where(ones.splits == "test", "test", "train") if with_valid else None
+    moved = make_splits(ones.labels, "multilabel", patient_ids=ones.patient_ids, existing=existing)
+    assert (moved != reference.splits).sum() > 20
+
+
+def test_chest_datasets_found_one_level_down_and_named_before_class_folders(chexpert, tmp_path):
+    direct = load_manifest(DataConfig(str(chexpert)))
+    above = load_manifest(DataConfig(str(tmp_path)))  # the folder the official zip unpacks into
+    assert above.format == "chexpert" and above.root == direct.root
+    np.testing.assert_array_equal(above.ids, direct.ids)
+    np.testing.assert_array_equal(above.splits, direct.splits)
+    assert load_manifest(DataConfig(str(tmp_path), format="chexpert")).format == "chexpert"
+    # CheXpert's train/ folder holds patient folders that look like class folders: auto must not take them
+    from tlmic_feats.data import detect_format
+
+    assert detect_format(tmp_path) == detect_format(chexpert) == "chexpert"
+    with pytest.raises(DataFormatError, match=r"no NIH Data_Entry_2017\*\.csv in .* \(it looks like CHEXPERT data"):
+        load_manifest(DataConfig(str(tmp_path), format="nih"))
+
+
+def test_nih_found_one_level_down_and_two_datasets_are_ambiguous(nih, tmp_path):
+    root, _ = nih
+    m = load_manifest(DataConfig(str(tmp_path)))
+    assert m.format == "nih" and len(m) == 40 and m.meta["official_split"]
+    _chexpert_csv(tmp_path / "CheXpert-v1.0-small", np.random.default_rng(0), 5)
+    with pytest.raises(DataFormatError, match=r"several chest X-ray datasets one level down: CheXpert-v1.0-small/"):
+        load_manifest(DataConfig(str(tmp_path)))
+
+
+def test_a_missing_official_test_split_is_reported(chexpert, nih):
+    (chexpert / "valid.csv").unlink()
+    m = load_manifest(DataConfig(str(chexpert)))
+    assert m.split_origin == "no valid.csv: test carved from train by patient (seed=0)"
+    assert set(m.splits) == {"train", "val", "test"} and patients_straddling(m.splits, m.patient_ids) == []
+    r = CliRunner().invoke(cli, ["data", "check", "--data", str(chexpert)])
+    assert r.exit_code == 0 and "note: no valid.csv: test carved from train by patient" in r.output
+    root, _ = nih
+    (root / "test_list.txt").unlink()
+    (root / "train_val_list.txt").unlink()
+    m = load_manifest(DataConfig(str(root)))
+    assert m.split_origin.startswith("no train_val_list.txt / test_list.txt: test carved from the data by patient")
+
+
+def test_a_missing_official_test_split_is_reported_by_extract_and_probe(chexpert, tmp_path):
+    from tlmic_feats.features.config import ExtractConfig
+    from tlmic_feats.features.extract import extract_features
+    from tlmic_feats.probes.config import ProbeConfig
+    from tlmic_feats.probes.grid import run_probes
+
+    (chexpert / "valid.csv").unlink()
+    logged = []
+    config = ExtractConfig(
+        data=DataConfig(str(chexpert), views="all", blank="zeros", uncertain="zeros"),
+        backbone="resnet18",
+        weights="random:0",
+        layers="4",
+        input_size=32,
+        store=str(tmp_path / "s.zarr"),
+        workers=0,
+        pixel_cache=False,
+    )
+    store = extract_features(config, progress=False, log=logged.append).store
+    assert "note: no valid.csv: test carved from train by patient" in logged
+    logged.clear()
+    run = run_probes(
+        ProbeConfig(store=str(store.path), models=("logreg",), seeds=1, bootstrap=10, out=str(tmp_path / "r")),
+        progress=False,
+        log=logged.append,
+    )
+    assert "note: no valid.csv: test carved from train by patient (seed=0)" in logged
+    assert "(split: no valid.csv: test carved from train by patient (seed=0))" in (run.out / "summary.md").read_text()
+
+
+HEADER_ONLY = {
+    "csv": ("m.csv", "path,label\n"),
+    "tsv": ("m.tsv", "path\tlabel\n"),
+    "chexpert": ("train.csv", "Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(CHEXPERT_LABELS) + "\n"),
+    "nih": ("Data_Entry_2017_v2020.csv", "Image Index,Finding Labels,Follow-up #,Patient ID\n"),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(HEADER_ONLY))
+@pytest.mark.parametrize("content", ["header only", "empty"])
+def test_header_only_and_empty_label_files_end_in_one_line_errors(tmp_path, fmt, content):
+    name, header = HEADER_ONLY[fmt]
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / name).write_text(header if content == "header only" else "")
+    target = folder / name if fmt in ("csv", "tsv") else folder
+    want = "holds a header and no rows" if content == "header only" else "is empty|no header|no images found"
+    with pytest.raises(DataFormatError, match=want):
+        load_manifest(DataConfig(str(target), format={"tsv": "csv"}.get(fmt, fmt) if content == "empty" else "auto"))
+    r = CliRunner().invoke(cli, ["data", "check", "--data", str(target)])
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("tlmic: error:")
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"train_images": np.zeros((0, 8, 8), np.uint8), "train_labels": np.zeros((0, 1))}, "holds no images"),
+        ({"train_images": np.zeros((2, 8, 8), np.uint8), "train_labels": np.array(["a", "b"])}, "expected numbers"),
+        (
+            {
+                "train_images": np.zeros((2, 8, 8)),
+                "train_labels": np.zeros((2, 1)),
+                "val_images": np.zeros((2, 8, 8)),
+                "val_labels": np.zeros((2, 2)),
+            },
+            "different widths",
+        ),
+        ({"train_images": np.zeros((2, 8, 8)), "train_labels": np.array([0.5, 1])}, "a label is 0.5"),
+        ({"train_images": np.zeros((2, 8, 8)), "train_labels": np.array(3)}, "expected numbers, \\(N,\\)"),
+    ],
+)
+def test_npz_edges_end_in_one_line_errors(tmp_path, arrays, message):
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(DataFormatError, match=message):
+        load_manifest(DataConfig(str(tmp_path / "d.npz")))
+    (tmp_path / "x.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataFormatError, match="not an .npz archive"):
+        load_manifest(DataConfig(str(tmp_path / "x.npz")))

@@ -7,7 +7,16 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 
-from tests.fuzz_inputs import check_csv_case, check_image_case, check_npz_case, csv_cases, image_cases, npz_cases
+from tests.fuzz_inputs import (
+    check_chest_case,
+    check_csv_case,
+    check_image_case,
+    check_npz_case,
+    chest_cases,
+    csv_cases,
+    image_cases,
+    npz_cases,
+)
 
 FUZZ = settings(max_examples=150, deadline=5000, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
@@ -31,3 +40,10 @@ def test_csv_manifest_fuzz(case):
 def test_npz_fuzz(case):
     with tempfile.TemporaryDirectory() as d:
         check_npz_case(case, Path(d))
+
+
+@FUZZ
+@given(chest_cases())
+def test_chest_label_files_fuzz(case):
+    with tempfile.TemporaryDirectory() as d:
+        check_chest_case(case, Path(d))

@@ -117,3 +117,127 @@ def test_bootstrap_multiclass_and_multilabel_run(rng):
         warnings.simplefilter("error")
         ci = bootstrap(yl, rng.random((90, 2)), "multilabel", n_resamples=100)
     assert 0.3 < ci["auroc"][0] < ci["auroc"][1] < 0.7
+
+
+# --- paired comparisons: DeLong and the paired bootstrap --------------------------------------------
+
+
+def _delong_direct(y, a, b):
+    """DeLong et al. (1988) written out: the Mann-Whitney kernel over every (positive, negative) pair,
+    O(n^2), with the placement values' covariance (independent of the fast mid-rank algorithm)."""
+    pos, neg = y == 1, y == 0
+    v10, v01 = [], []
+    for s in (a, b):
+        x, z = s[pos][:, None], s[neg][None, :]
+        psi = (x > z) + 0.5 * (x == z)
+        v10.append(psi.mean(1))
+        v01.append(psi.mean(0))
+    s10, s01 = np.cov(np.stack(v10)), np.cov(np.stack(v01))
+    cov = s10 / pos.sum() + s01 / neg.sum()
+    auc = [v.mean() for v in v10]
+    return auc[0] - auc[1], np.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+
+
+def test_delong_equals_the_direct_quadratic_computation(rng):
+    from scipy.stats import norm
+
+    from tlmic_feats.metrics.paired import delong
+
+    for _ in range(10):
+        n = int(rng.integers(20, 120))
+        y = (rng.random(n) < rng.uniform(0.2, 0.6)).astype(float)
+        y[:2] = [0, 1]
+        a = np.round(y * rng.uniform(0, 1.5) + rng.normal(size=n), 1)  # rounded: ties
+        b = np.round(0.5 * a + y * rng.uniform(0, 1) + rng.normal(size=n), 1)
+        r = delong(y, a, b)
+        diff, se = _delong_direct(y, a, b)
+        assert r["a"] == pytest.approx(skm.roc_auc_score(y, a), abs=1e-12)
+        assert r["b"] == pytest.approx(skm.roc_auc_score(y, b), abs=1e-12)
+        assert r["diff"] == pytest.approx(diff, abs=1e-12) and r["se"] == pytest.approx(se, rel=1e-9)
+        assert r["p"] == pytest.approx(2 * norm.sf(abs(diff) / se), rel=1e-9)
+        assert r["ci"][0] < r["diff"] < r["ci"][1]
+
+
+def test_delong_null_p_values_are_calibrated_and_a_real_difference_is_found():
+    from tlmic_feats.metrics.paired import delong
+
+    rng = np.random.default_rng(7)
+    p_null, p_alt = [], []
+    for _ in range(600):
+        n = 120
+        y = (rng.random(n) < 0.35).astype(float)
+        common = rng.normal(size=n)  # the two models share much of their error: correlated AUROCs
+        a = y + common + rng.normal(size=n)
+        b = y + common + rng.normal(size=n)  # equally good: H0 holds
+        p_null.append(delong(y, a, b)["p"])
+        p_alt.append(delong(y, a + y, b)["p"])
+    p_null = np.array(p_null)
+    assert 0.03 <= (p_null < 0.05).mean() <= 0.075  # the nominal 5%
+    assert 0.07 <= (p_null < 0.10).mean() <= 0.135
+    assert (np.array(p_alt) < 0.05).mean() > 0.8  # measured 0.88
+
+
+def test_delong_macro_over_labels_matches_the_jackknife(rng):
+    """Multi-label: the variance of the macro AUROC difference from per-image placement values summed
+    over labels (labels share images), against the leave-one-image-out jackknife."""
+    from tlmic_feats.metrics.paired import delong
+
+    n = 160
+    y = (rng.random((n, 3)) < [0.3, 0.45, 0.2]).astype(float)
+    y[rng.random((n, 3)) < 0.1] = np.nan
+    shared = rng.normal(size=(n, 1))
+    a = np.nan_to_num(y) + shared + rng.normal(size=(n, 3))
+    b = 0.7 * np.nan_to_num(y) + shared + rng.normal(size=(n, 3))
+    r = delong(y, a, b, "multilabel")
+
+    def macro_diff(rows):
+        d = []
+        for j in range(3):
+            k = rows[~np.isnan(y[rows, j])]
+            d.append(skm.roc_auc_score(y[k, j], a[k, j]) - skm.roc_auc_score(y[k, j], b[k, j]))
+        return np.mean(d)
+
+    everything = np.arange(n)
+    assert r["diff"] == pytest.approx(macro_diff(everything), abs=1e-12) and r["n_labels"] == 3
+    jack = np.array([macro_diff(np.delete(everything, i)) for i in range(n)])
+    se_jack = np.sqrt((n - 1) / n * ((jack - jack.mean()) ** 2).sum())
+    assert r["se"] == pytest.approx(se_jack, rel=0.1)
+
+
+def test_compare_scores_auprc_is_the_paired_bootstrap(rng):
+    from tlmic_feats.metrics.paired import compare_scores
+
+    y = (rng.random(150) < 0.3).astype(float)
+    a, b = y + rng.normal(size=150), 0.3 * y + rng.normal(size=150)
+    r = compare_scores(y, a, b, "binary", n_resamples=400, seed=2)["auprc"]
+    assert r["a"] == pytest.approx(skm.average_precision_score(y, a))
+    assert r["diff"] == pytest.approx(r["a"] - r["b"]) and r["ci"][0] < r["diff"] < r["ci"][1]
+    assert 1 / 401 <= r["p"] <= 1 and r["n_resamples"] == 400
+    same = compare_scores(y, a, a, "binary", n_resamples=200)
+    assert same["auroc"]["p"] == 1.0 and same["auprc"]["p"] == 1.0 and same["auprc"]["diff"] == 0
+
+
+def test_delong_of_seed_means_is_the_contrast_of_correlated_aurocs(rng):
+    """Two arms of two seeds each: DeLong's covariance of the four AUROCs (written out with the
+    Mann-Whitney kernel), contrasted with weights (1/2, 1/2, -1/2, -1/2)."""
+    from tlmic_feats.metrics.paired import delong_mean
+
+    n = 90
+    y = (rng.random(n) < 0.4).astype(float)
+    runs = [y * w + rng.normal(size=n) for w in (1.2, 1.0, 0.6, 0.8)]
+    pos, neg = y == 1, y == 0
+    psi = [(s[pos][:, None] > s[neg][None, :]) + 0.5 * (s[pos][:, None] == s[neg][None, :]) for s in runs]
+    cov = (
+        np.cov(np.stack([p.mean(1) for p in psi])) / pos.sum() + np.cov(np.stack([p.mean(0) for p in psi])) / neg.sum()
+    )
+    w = np.array([0.5, 0.5, -0.5, -0.5])
+    r = delong_mean(y, runs[:2], runs[2:])
+    assert r["diff"] == pytest.approx(w @ [p.mean() for p in psi], abs=1e-12)
+    assert r["se"] == pytest.approx(np.sqrt(w @ cov @ w), rel=1e-9)
+
+
+def test_thresholds_for_a_label_without_scores_are_neutral():
+    y = np.array([[0, 1], [1, 0], [0, 1], [1, 0]], dtype=float)
+    s = np.array([[0.2, np.nan], [0.8, np.nan], [0.3, np.nan], [0.9, np.nan]])  # label 2 had no probe
+    t = choose_thresholds(y, s, "multilabel")
+    assert t[1] == 0.5 and 0.3 < t[0] <= 0.8

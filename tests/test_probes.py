@@ -55,13 +55,13 @@ def planted_store(path, *, signal_layer="2", n_layers=4, width=12, seed=0, kind=
 def planted_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("probe")
     store = planted_store(tmp / "s.zarr")
-    run = run_probes(
-        ProbeConfig(
-            store=str(store.path), fractions=(0.2, 1.0), seeds=2, control="shuffle", bootstrap=200, out=str(tmp / "run")
-        ),
-        progress=False,
-    )
+    run = run_probes(PLANTED_CONFIG(store=str(store.path), out=str(tmp / "run")), progress=False)
     return store, run
+
+
+def PLANTED_CONFIG(**kw):
+    defaults = {"fractions": (0.2, 1.0), "seeds": 2, "control": "shuffle", "permutations": 10, "bootstrap": 200}
+    return ProbeConfig(**{**defaults, **kw})
 
 
 def test_planted_layer_wins_with_both_models(planted_run):
@@ -83,12 +83,142 @@ def test_planted_layer_wins_with_both_models(planted_run):
     assert (run.out / "layers.png").stat().st_size > 10_000
 
 
-def test_shuffle_control_sits_at_chance(planted_run):
+def test_permutation_null_is_at_chance_on_a_strong_signal_without_a_leak(planted_run):
+    from tlmic_feats.probes.permutation import draws_elsewhere, verdicts
+
     _, run = planted_run
-    control = [r["auroc"] for r in run.rows if r["control"] == "shuffle" and r["layer"] == "2"]
-    assert len(control) == 2 * 2 * 2
-    assert abs(np.mean(control) - 0.5) < 0.1
-    assert "at chance" in (run.out / "summary.md").read_text()
+    draws = [r for r in run.rows if r["control"] == "shuffle"]
+    count = {}
+    for r in draws:
+        count[(r["model"], r["fraction"], r["layer"])] = count.get((r["model"], r["fraction"], r["layer"]), 0) + 1
+    # the summary picks layer 2 (the signal) for every model x fraction: 10 draws there, fewer elsewhere
+    for (model, fraction, layer), n in count.items():
+        assert n == (10 if layer == "2" else draws_elsewhere(10)), (model, fraction, layer, n)
+    assert len(count) == 2 * 2 * 4
+    judged = verdicts(run.rows)
+    assert len(judged) == 4 and all(v["at_chance"] for v in judged.values()), judged
+    real = {r["layer"]: r["auroc"] for r in run.rows if r["control"] == "none" and r["layer"] == "2"}
+    assert real["2"] > 0.9  # a strong signal, and still at chance
+    summary = (run.out / "summary.md").read_text()
+    assert summary.count("| at chance |") == 4 and "NOT at chance" not in summary
+    # the real probe on the signal layer beats every draw: p = 1 / (10 + 1)
+    line = next(ln for ln in summary.splitlines() if ln.startswith("| logreg | 1 | 2 ★ |"))
+    assert line.split("|")[-2].strip() == f"{1 / 11:.3f}"
+
+
+def test_every_draw_has_its_own_permutation(planted_run):
+    from tlmic_feats.probes.cells import Cell, GridContext, cell_targets
+
+    store, run = planted_run
+    rows_of = {s: np.flatnonzero(store.splits == s) for s in ("train", "val", "test")}
+    ctx = GridContext(store.labels, "binary", ["neg", "pos"], rows_of, store.ids, ProbeConfig(store=""), run.out)
+    train = rows_of["train"]
+
+    def labels(layer="2", model="logreg", fraction=1.0, seed=0, k=0):
+        return cell_targets(ctx, Cell(model, fraction, seed, "shuffle", train, permutation=k), layer)[0][:, 0]
+
+    first = labels()
+    np.testing.assert_array_equal(first, labels())  # reproducible
+    assert sorted(first) == sorted(store.labels[train, 0])  # a permutation of the true labels
+    for other in (labels(layer="3"), labels(model="lightgbm"), labels(fraction=0.2), labels(seed=1), labels(k=1)):
+        assert (other != first).any()
+    real = cell_targets(ctx, Cell("logreg", 1.0, 0, "none", train), "2")[0][:, 0]
+    np.testing.assert_array_equal(real, store.labels[train, 0])
+
+
+def test_permutation_null_flags_labels_that_reach_the_fit(tmp_path, monkeypatch):
+    """A leak the null exists to catch: true labels reaching the fit although the labels were shuffled
+    (planted as a pipeline that joins the shuffled labels back to the rows by image id, which undoes the
+    shuffle for the 60% of rows whose ids it finds). The null's mean rises far above 0.5: flagged."""
+    import tlmic_feats.probes.cells as cells
+    from tlmic_feats.probes.permutation import permute, verdicts
+
+    def rejoined_by_id(y_train, y_val, rng):
+        shuffled_train, shuffled_val = permute(y_train, y_val, rng)
+        found = rng.random(len(y_train)) < 0.6
+        shuffled_train[found] = y_train[found]
+        return shuffled_train, shuffled_val
+
+    monkeypatch.setattr(cells, "permute", rejoined_by_id)
+    store = planted_store(tmp_path / "s.zarr", n_layers=2)
+    run = run_probes(PLANTED_CONFIG(store=str(store.path), fractions=(1.0,), out=str(tmp_path / "r")), progress=False)
+    judged = verdicts(run.rows)
+    assert len(judged) == 2 and not any(v["at_chance"] for v in judged.values()), judged
+    assert all(v["mean"] > 0.6 for v in judged.values())
+    assert (run.out / "summary.md").read_text().count("NOT at chance") == 2
+
+
+def test_a_feature_that_encodes_the_label_is_not_what_the_null_sees(tmp_path):
+    """The limit, measured: a feature derived from the image id, where the id spells the class, lifts
+    the real probes above 0.9; from permuted labels a probe learns it with a random sign, so the null
+    stays at 0.5 (wide) and the control cannot tell this leak from a real signal."""
+    from tlmic_feats.probes.permutation import verdicts
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(len(SPLITS)) < 0.3).astype(float)
+    ids = np.array([f"{'pos' if v else 'neg'}-{i:04d}" for i, v in enumerate(y)])
+    x = rng.normal(size=(len(SPLITS), 8)).astype(np.float32)
+    x[:, 0] = [float(i.startswith("pos")) for i in ids]  # the id-derived column
+    store = FeatureStore.from_arrays(
+        tmp_path / "id.zarr",
+        {"1": x},
+        labels=y,
+        label_kind="binary",
+        label_names=["neg", "pos"],
+        splits=SPLITS,
+        ids=ids,
+    )
+    run = run_probes(
+        PLANTED_CONFIG(store=str(store.path), fractions=(1.0,), seeds=1, permutations=20, out=str(tmp_path / "r")),
+        progress=False,
+    )
+    assert all(r["auroc"] > 0.9 for r in run.rows if r["control"] == "none")
+    judged = verdicts(run.rows)
+    assert all(v["at_chance"] for v in judged.values()), judged
+    spread = [r["auroc"] for r in run.rows if r["control"] == "shuffle" and r["model"] == "logreg"]
+    assert min(spread) < 0.2 and max(spread) > 0.8  # random signs: draws near 0 and near 1
+
+
+def test_verdict_and_p_value_against_a_direct_computation():
+    from scipy import stats
+
+    from tlmic_feats.probes.permutation import null_by_layer, verdicts
+
+    rng = np.random.default_rng(0)
+
+    def rows(center):
+        out = [
+            dict(model="m", fraction=1.0, layer="1", depth=0, array="1", control="none", seed=s, auroc=0.8)
+            for s in range(2)
+        ]
+        for k in range(30):
+            out.append(
+                dict(
+                    model="m",
+                    fraction=1.0,
+                    layer="1",
+                    depth=0,
+                    array="1",
+                    control="shuffle",
+                    seed=k % 2,
+                    permutation=k,
+                    auroc=float(np.clip(rng.normal(center, 0.15), 0, 1)),
+                )
+            )
+        return out
+
+    at = rows(0.5)
+    (entry,) = null_by_layer(at, {("m", 1.0): "1"})
+    draws = np.array([r["auroc"] for r in at if r["control"] == "shuffle"])
+    assert entry["p"] == pytest.approx((1 + (draws >= 0.8).sum()) / 31)
+    assert entry["mean"] == pytest.approx(draws.mean()) and entry["picked"]
+    assert entry["lo"] == pytest.approx(np.percentile(draws, 2.5))
+    v = verdicts(at)[("m", 1.0)]
+    lower = draws.mean() - stats.t.ppf(0.95, 29) * draws.std(ddof=1) / np.sqrt(30)
+    assert v["lower"] == pytest.approx(lower) and v["at_chance"] == (lower <= 0.5)
+    assert verdicts(rows(0.5))[("m", 1.0)]["at_chance"]
+    assert not verdicts(rows(0.62))[("m", 1.0)]["at_chance"]
+    assert verdicts(rows(0.38))[("m", 1.0)]["at_chance"]  # below chance is not a leak
 
 
 def test_every_metric_recomputes_from_saved_predictions(planted_run):
@@ -108,7 +238,10 @@ def test_every_metric_recomputes_from_saved_predictions(planted_run):
         assert r["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"), abs=1e-12)
         assert r["sensitivity"] == pytest.approx(skm.recall_score(y, pred), abs=1e-12)
         assert r["specificity"] == pytest.approx(skm.recall_score(y, pred, pos_label=0), abs=1e-12)
-        assert r["auroc_lo"] <= r["auroc"] <= r["auroc_hi"]
+        if r["control"] == "none":
+            assert r["auroc_lo"] <= r["auroc"] <= r["auroc_hi"]
+        else:  # a permutation draw: judged by the null's spread, no bootstrap of its own
+            assert np.isnan(r["auroc_lo"]) and r["permutation"] >= 0
         val = [x for x in rows if x["split"] == "val"]
         assert len(val) == 100 and r["n_test"] == 100
 
@@ -116,7 +249,8 @@ def test_every_metric_recomputes_from_saved_predictions(planted_run):
 def test_results_files_and_saved_probes_score_new_features(planted_run):
     store, run = planted_run
     doc = json.loads((run.out / "results.json").read_text())
-    assert len(doc["rows"]) == 4 * 2 * 2 * 2 * 2  # layers x models x fractions x seeds x (real, control)
+    # layers x models x fractions x seeds real fits, and per model x fraction 10 + 3 x 2 draws
+    assert len(doc["rows"]) == 4 * 2 * 2 * 2 + 2 * 2 * (10 + 3 * 2)
     with open(run.out / "results.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(doc["rows"]) and {"auroc_lo", "auprc_hi", "fit_seconds", "n_train"} <= set(table[0])
@@ -139,23 +273,13 @@ def test_rerun_resumes_and_refuses_other_config(planted_run, tmp_path):
     cells = {p: p.stat().st_mtime_ns for p in (run.out / "cells").glob("*.json")}
     victim = sorted(cells)[3]
     victim.unlink()  # as if the run had been killed before this fit finished
-    run_probes(
-        ProbeConfig(
-            store=str(store.path), fractions=(0.2, 1.0), seeds=2, control="shuffle", bootstrap=200, out=str(run.out)
-        ),
-        progress=False,
-    )
+    run_probes(PLANTED_CONFIG(store=str(store.path), out=str(run.out)), progress=False)
     assert table() == before  # the refit is deterministic
     after = {p: p.stat().st_mtime_ns for p in (run.out / "cells").glob("*.json")}
     assert after.keys() == cells.keys()
     assert [p for p in cells if after[p] != cells[p]] == [victim]  # only the missing fit was redone
     with pytest.raises(UsageError, match=r"differs in: config\.seeds \(2 -> 3\)"):
-        run_probes(
-            ProbeConfig(
-                store=str(store.path), fractions=(0.2, 1.0), seeds=3, control="shuffle", bootstrap=200, out=str(run.out)
-            ),
-            progress=False,
-        )
+        run_probes(PLANTED_CONFIG(store=str(store.path), seeds=3, out=str(run.out)), progress=False)
 
 
 def test_report_rerenders(planted_run):
@@ -425,3 +549,38 @@ def test_the_grid_offers_exactly_the_probes_there_are():
     from tlmic_feats.probes.estimators import PROBES
 
     assert tuple(PROBES) == MODELS
+
+
+def test_results_csv_keeps_all_62_densenet_cut_points_apart_in_pandas(phantom_dir, tmp_path):
+    """DenseNet-121's 62 cut points (3.1 and 3.10 among them) read back by plain pandas.read_csv:
+    62 distinct strings, and each one accepted back by --layer."""
+    import pandas as pd
+
+    from tlmic_feats.data import DataConfig
+    from tlmic_feats.features.config import ExtractConfig
+    from tlmic_feats.features.extract import extract_features
+
+    store = extract_features(
+        ExtractConfig(
+            data=DataConfig(str(phantom_dir)),
+            backbone="densenet121",
+            weights="random:0",
+            input_size=32,
+            store=str(tmp_path / "d.zarr"),
+            batch_size=36,
+            workers=0,
+            pixel_cache=False,
+        ),
+        progress=False,
+    ).store
+    assert len(store.addresses) == 62 and {"3.1", "3.10"} <= set(store.addresses)
+    config = ProbeConfig(store=str(store.path), models=("logreg",), seeds=1, bootstrap=10, out=str(tmp_path / "r"))
+    run = run_probes(config, progress=False)
+    table = pd.read_csv(run.out / "results.csv")
+    assert all(isinstance(v, str) for v in table["layer"]) and pd.api.types.is_string_dtype(table["layer"])
+    assert table["layer"].nunique() == 62 and table["array"].nunique() == 62
+    assert {"L3.1", "L3.10", "L4"} <= set(table["layer"])
+    assert [layer[1:] for layer in table["layer"]] == [r["layer"] for r in run.rows]  # the JSON keeps bare ones
+    # the written form is accepted back by the layer grammar
+    again = run_probes(ProbeConfig(**{**config.__dict__, "layers": "L3.10,L3.1", "out": str(tmp_path / "again")}))
+    assert [r["layer"] for r in again.rows] == ["3.1", "3.10"]

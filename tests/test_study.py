@@ -107,6 +107,7 @@ def test_tiny_study_end_to_end_with_every_arm_names_a_winner(easy, tmp_path):
     assert len(finetuned) == 2 * 7 and not result.not_run
     report = result.report.read_text()
     assert "**Winner on test (mean AUPRC):" in report and "Truncated vs full finetuning" in report
+    assert "(DeLong)" in report and "Best probe layer vs the head (the deepest cut point)" in report
     assert "| cbr-tiny (from scratch) |" in report and "| layer-wise finetuning |" in report
     assert "less finetuning compute by the cost model" in report
     assert "Budget: 3 steps (given; 1.0 epochs at batch 8), validation every 3" in report

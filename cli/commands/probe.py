@@ -29,7 +29,15 @@ from ..options import float_list
     type=click.Choice(CONTROLS),
     default="none",
     show_default=True,
-    help="shuffle: also fit on permuted training labels; test AUROC must sit at chance.",
+    help="shuffle: also fit permutation draws (permuted training and validation labels) and judge their "
+    "test AUROC against its own null (a leak lifts it above chance).",
+)
+@click.option(
+    "--permutations",
+    default=20,
+    show_default=True,
+    help="With --control shuffle: permutation draws on the layer the summary picks (per model x fraction); "
+    "every other layer gets a tenth of them, at least 2.",
 )
 @click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for test CIs.")
 @click.option("--jobs", "n_jobs", default=0, show_default=True, help="Parallel fits (0: one per core).")

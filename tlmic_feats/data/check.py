@@ -40,6 +40,8 @@ def check_dataset(config: DataConfig, *, decode: bool = False) -> DataCheck:
 def format_check(c: DataCheck) -> str:
     m = c.manifest
     lines = [f"dataset: {m.root} (format {m.format}; {m.label_kind}; split from {m.split_origin})"]
+    if m.meta.get("split_note"):
+        lines.append(f"note: {m.meta['split_note']}")
     n_pat = len(np.unique(m.patient_ids)) if m.patient_ids is not None else None
     lines.append(f"images: {len(m)}; patients: {n_pat if n_pat is not None else 'unknown'}")
     head = f"{'label':28s}" + "".join(f"{s:>18s}" for s in SPLITS) + f"{'missing':>9s}"

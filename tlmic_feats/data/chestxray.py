@@ -3,15 +3,21 @@
 CheXpert (``--format chexpert``): ``train.csv`` / ``valid.csv`` with ``Path``, ``Sex``, ``Age``,
 ``Frontal/Lateral``, ``AP/PA`` and 14 findings valued 1, 0, -1 (uncertain) or blank. The official
 ``valid.csv`` becomes the test split (CheXpert's test labels are not public) and validation is
-carved from ``train.csv``, grouped by patient. Uncertain labels follow ``uncertain``: ``ones``
-(U-Ones), ``zeros`` (U-Zeros) or ``ignore`` (masked, NaN); blanks follow ``blank``: ``zeros`` or
-``missing``. ``views="frontal"`` keeps frontal images only. Patient ids come from the path
-(``patientNNNNN``).
+carved from ``train.csv``, grouped by patient; without ``valid.csv`` the test split is carved
+from ``train.csv`` too (and said so). Uncertain labels follow ``uncertain``: ``ones`` (U-Ones),
+``zeros`` (U-Zeros) or ``ignore`` (masked, NaN); blanks follow ``blank``: ``zeros`` or
+``missing``. The split is stratified on the U-Zeros labels whatever the policies, so that every
+policy sees the same train/val/test images. ``views="frontal"`` keeps frontal images only.
+Patient ids come from the path (``patientNNNNN``).
 
 NIH ChestX-ray14 (``--format nih``): ``Data_Entry_2017*.csv`` (``Image Index``, ``Finding Labels``
 separated by ``|``, ``No Finding``, ``Patient ID``, ``View Position``); the 14 findings become
 multi-label targets; images are found by file name anywhere under the dataset folder; the
-official ``train_val_list.txt`` / ``test_list.txt`` split is used when present.
+official ``train_val_list.txt`` / ``test_list.txt`` split is used when present (without it, the
+test split is carved by patient, and said so).
+
+Either dataset's folder may be given, or the folder holding it (found one level down, as the
+official zips unpack). Empty and header-only label files are one-line errors.
 """
 
 from __future__ import annotations
@@ -41,11 +47,66 @@ VIEWS = ("frontal", "all")
 
 
 def _read_rows(path: Path) -> tuple[list[str], list[dict]]:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in reader.fieldnames or []]
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    """Header and rows of a label CSV; an empty file, or one with a header and no rows, is an error."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in reader.fieldnames or []]
+            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataFormatError(f"{path} is not a readable CSV file ({type(e).__name__}: {e})") from None
+    if not header:
+        raise DataFormatError(f"{path} is empty (no header, no rows)")
+    if not rows:
+        raise DataFormatError(f"{path} holds a header and no rows")
     return header, rows
+
+
+def _is_chexpert_csv(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            return "Frontal/Lateral" in f.readline()
+    except OSError:
+        return False
+
+
+def chest_layout(folder: Path) -> tuple[str, Path] | None:
+    """``("nih" | "chexpert", the dataset folder)`` when ``folder`` holds an NIH ChestX-ray14 folder
+    (``Data_Entry_2017*.csv``) or a CheXpert one (``train.csv`` / ``valid.csv`` with a
+    ``Frontal/Lateral`` column), itself or one level down (the official zips unpack into
+    ``CheXpert-v1.0-small/``); None otherwise. Two candidates one level down are an error."""
+
+    def here(d: Path) -> str | None:
+        if any(d.glob("Data_Entry_2017*.csv")):
+            return "nih"
+        if any(_is_chexpert_csv(d / name) for name in ("train.csv", "valid.csv")):
+            return "chexpert"
+        return None
+
+    if (fmt := here(folder)) is not None:
+        return fmt, folder
+    below = []
+    for d in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if (fmt := here(d)) is not None:
+            below.append((fmt, d))
+    if len(below) > 1:
+        names = ", ".join(f"{d.name}/ ({fmt})" for fmt, d in below)
+        raise DataFormatError(f"{folder} holds several chest X-ray datasets one level down: {names}; pass one of them")
+    return below[0] if below else None
+
+
+def _dataset_folder(given: Path, fmt: str, looked_for: str) -> Path:
+    """The folder of a ``fmt`` dataset named by ``given`` (the folder, or the one above it)."""
+    if not given.exists():
+        raise DataFormatError(f"dataset path does not exist: {given}")
+    names = ("train.csv", "valid.csv") if fmt == "chexpert" else ()
+    if any((given / n).is_file() for n in names) or (fmt == "nih" and any(given.glob("Data_Entry_2017*.csv"))):
+        return given  # its files are read (and their columns checked) even without the telltale header
+    found = chest_layout(given)
+    if found is not None and found[0] == fmt:
+        return found[1]
+    other = f" (it looks like {found[0].upper()} data: --format {found[0]})" if found else ""
+    raise DataFormatError(f"no {looked_for} in {given} or one level below it{other}")
 
 
 def _confined(root: Path, rel: str, where: str, allow_outside: bool) -> str:
@@ -60,14 +121,12 @@ def read_chexpert(config) -> dict:
     check_choice("--blank", config.blank, BLANK_POLICIES)
     check_choice("--views", config.views, VIEWS)
     given = Path(config.path).resolve()
-    folder = given if given.is_dir() else given.parent
-    files = [("train", folder / "train.csv"), ("test", folder / "valid.csv")]
-    files = [(s, f) for s, f in files if f.is_file()]
     if given.is_file():
-        files = [("train" if given.name != "valid.csv" else "test", given)]
-    if not files:
-        raise DataFormatError(f"no CheXpert train.csv or valid.csv in {folder}")
-    ids, paths, labels, splits, patients = [], [], [], [], []
+        folder, files = given.parent, [("train" if given.name != "valid.csv" else "test", given)]
+    else:
+        folder = _dataset_folder(given, "chexpert", "CheXpert train.csv or valid.csv (with a Frontal/Lateral column)")
+        files = [(s, f) for s, f in (("train", folder / "train.csv"), ("test", folder / "valid.csv")) if f.is_file()]
+    ids, paths, labels, strata, splits, patients = [], [], [], [], [], []
     uncertain = dict.fromkeys(CHEXPERT_LABELS, 0)
     blanks = dict.fromkeys(CHEXPERT_LABELS, 0)
     u_value = {"ones": 1.0, "zeros": 0.0, "ignore": np.nan}[config.uncertain]
@@ -91,12 +150,13 @@ def read_chexpert(config) -> dict:
             if not m:
                 raise DataFormatError(f"{csv_path.name} row {i + 2}: no patientNNNNN in path {rel!r}")
             patients.append(m.group(1))
-            row = []
+            row, certain = [], []
             for name in CHEXPERT_LABELS:
                 v = r[name]
                 if v == "":
                     blanks[name] += 1
                     row.append(b_value)
+                    certain.append(0.0)
                     continue
                 try:
                     x = float(v)
@@ -109,33 +169,46 @@ def read_chexpert(config) -> dict:
                     row.append(u_value)
                 else:
                     row.append(x)
+                certain.append(max(x, 0.0))
             labels.append(row)
+            strata.append(certain)
             splits.append(split)
     if not ids:
         raise DataFormatError(f"no images left in {folder} after --views {config.views}")
+    meta = {
+        "uncertain": uncertain,
+        "blank": blanks,
+        "policy": {"uncertain": config.uncertain, "blank": config.blank, "views": config.views},
+    }
+    if "test" not in splits:
+        meta["split_note"] = (
+            "no valid.csv: test carved from train by patient"
+            if not any(split == "test" for split, _ in files)
+            else f"valid.csv has no {config.views} images: test carved from train by patient"
+        )
     return {
         "ids": np.array(ids),
         "source": FileImageSource(tuple(paths), str(folder.parent)),
         "labels": np.array(labels, dtype=np.float32),
+        # The split is stratified on the U-Zeros labels (blank and uncertain as 0), which no policy
+        # changes: --uncertain and --blank change what a model learns, never which images it sees.
+        "split_labels": np.array(strata, dtype=np.float32),
         "label_kind": "multilabel",
         "label_names": CHEXPERT_LABELS,
         "splits": None if set(splits) == {"train"} else np.array(splits),  # val is carved from train
         "patient_ids": np.array(patients),
         "root": str(folder),
-        "meta": {
-            "uncertain": uncertain,
-            "blank": blanks,
-            "policy": {"uncertain": config.uncertain, "blank": config.blank, "views": config.views},
-        },
+        "meta": meta,
     }
 
 
 def read_nih(config) -> dict:
     given = Path(config.path).resolve()
-    folder = given if given.is_dir() else given.parent
-    entries = [given] if given.is_file() else sorted(folder.glob("Data_Entry_2017*.csv"))
-    if not entries:
-        raise DataFormatError(f"no Data_Entry_2017*.csv in {folder}")
+    if given.is_file():
+        folder, entries = given.parent, [given]
+    else:
+        folder = _dataset_folder(given, "nih", "NIH Data_Entry_2017*.csv")
+        entries = sorted(folder.glob("Data_Entry_2017*.csv"))
     header, rows = _read_rows(entries[0])
     need = ("Image Index", "Finding Labels", "Patient ID")
     missing = [c for c in need if c not in header]
@@ -181,6 +254,11 @@ def read_nih(config) -> dict:
     if absent and not ids:
         raise DataFormatError(f"none of the {len(absent)} images in {entries[0].name} was found under {folder}")
     has_official = bool(official) and all(s for s in splits)
+    meta = {"images_listed_but_absent": len(absent), "official_split": has_official}
+    if not official:
+        meta["split_note"] = "no train_val_list.txt / test_list.txt: test carved from the data by patient"
+    elif not has_official:
+        meta["split_note"] = "the official lists miss some images: test carved from the data by patient"
     return {
         "ids": np.array(ids),
         "source": FileImageSource(tuple(paths), str(folder)),
@@ -190,5 +268,5 @@ def read_nih(config) -> dict:
         "splits": np.array(splits) if has_official else None,
         "patient_ids": np.array(patients),
         "root": str(folder),
-        "meta": {"images_listed_but_absent": len(absent), "official_split": has_official},
+        "meta": meta,
     }

@@ -70,23 +70,21 @@ class DataConfig:
 
 def detect_format(path: str | Path) -> str:
     """The format ``auto`` resolves to for ``path``."""
+    from .chestxray import chest_layout
+
     p = Path(path)
     if not p.exists():
         raise DataFormatError(f"dataset path does not exist: {p}")
     if p.is_dir():
-        if any(p.glob("Data_Entry_2017*.csv")):
-            return "nih"
-        if (p / "train.csv").is_file() or (p / "valid.csv").is_file():
-            with open(next(f for f in (p / "train.csv", p / "valid.csv") if f.is_file()), encoding="utf-8-sig") as f:
-                if "Frontal/Lateral" in f.readline():
-                    return "chexpert"
-        return "imagefolder"
+        # the named layouts first (here or one level down), class folders last
+        found = chest_layout(p)
+        return found[0] if found else "imagefolder"
     if p.suffix.lower() == ".npz":
         return "medmnist"
     if p.name.startswith("Data_Entry_2017"):
         return "nih"
     if p.suffix.lower() in (".csv", ".tsv"):
-        with open(p, encoding="utf-8-sig") as f:
+        with open(p, encoding="utf-8-sig", errors="replace") as f:
             if "Frontal/Lateral" in f.readline():
                 return "chexpert"
         return "csv"
@@ -117,22 +115,26 @@ def load_manifest(config: DataConfig) -> Manifest:
     }[fmt]
     fields = reader(config)
     existing = fields.pop("splits")
+    # labels to stratify on that no label policy changes (CheXpert); the labels themselves otherwise
+    split_labels = fields.pop("split_labels", None)
     complete = existing is not None and "" not in set(existing.tolist()) and "val" in set(existing.tolist())
     splits = make_splits(
-        fields["labels"],
+        fields["labels"] if split_labels is None else split_labels,
         fields["label_kind"],
         patient_ids=fields.get("patient_ids"),
         existing=existing,
         fractions=config.split_fractions,
         seed=config.split_seed,
     )
+    meta = dict(fields.pop("meta", {}) or {})
     if complete:
         origin = "data"
     elif existing is not None:
         origin = f"data, val carved from train (seed={config.split_seed})"
+    elif meta.get("split_note"):  # an official test split the reader looked for and did not find
+        origin = f"{meta['split_note']} (seed={config.split_seed})"
     else:
         origin = f"generated (seed={config.split_seed})"
-    meta = dict(fields.pop("meta", {}) or {})
     if existing is not None and fields.get("patient_ids") is not None:
         from .splits import patients_straddling
 
@@ -228,9 +230,14 @@ def _read_imagefolder(config: DataConfig) -> dict:
         for cdir in sorted(p for p in top.iterdir() if p.is_dir() and not p.name.startswith(".")):
             rows.extend((split, cdir.name, str(f)) for f in _list_images(cdir))
     if not rows:
+        csvs = [
+            f"{f.name} ({'empty' if f.stat().st_size == 0 else 'not CheXpert: no Frontal/Lateral column'})"
+            for f in sorted(root.glob("*.csv"))
+        ]
         raise DataFormatError(
-            f"no images found under {root}: expected class folders (or train/ val/ test/ with "
-            f"class folders) holding {', '.join(IMAGE_EXTENSIONS)} files"
+            f"no images found under {root}: expected class folders (or train/ val/ test/ with class folders) "
+            f"holding {', '.join(IMAGE_EXTENSIONS)} files, or a CheXpert (train.csv, valid.csv) or NIH "
+            "(Data_Entry_2017*.csv) folder here or one level down" + (f"; found {', '.join(csvs)}" if csvs else "")
         )
     paths = [r[2] for r in rows]
     labels, kind, names = _single_label([r[1] for r in rows], "class folder", config.positive_class)
@@ -253,13 +260,18 @@ def _read_imagefolder(config: DataConfig) -> dict:
 def _read_csv(config: DataConfig) -> dict:
     csv_path = Path(config.path).resolve()
     root = Path(config.image_root).resolve() if config.image_root else csv_path.parent
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        dialect = "excel-tab" if csv_path.suffix.lower() == ".tsv" else "excel"
-        reader = csv.DictReader(f, dialect=dialect)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        records = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            dialect = "excel-tab" if csv_path.suffix.lower() == ".tsv" else "excel"
+            reader = csv.DictReader(f, dialect=dialect)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            records = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataFormatError(f"{csv_path} is not a readable UTF-8 CSV file ({type(e).__name__}: {e})") from None
+    if not header:
+        raise DataFormatError(f"{csv_path} is empty (no header, no rows)")
     if not records:
-        raise DataFormatError(f"{csv_path} holds no rows")
+        raise DataFormatError(f"{csv_path} holds a header and no rows")
     if config.path_column not in header:
         raise MissingColumnError(
             f"path column {config.path_column!r} not in {csv_path.name}; columns: {choices(header)} (set --path-column)"
@@ -365,8 +377,22 @@ def _binary_value(v: str, name: str, row: int, col: str) -> float:
 
 
 def _read_medmnist(config: DataConfig) -> dict:
+    import zipfile
+
     path = Path(config.path).resolve()
-    with np.load(path, allow_pickle=False) as z:
+    unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # an .npz is a zip archive
+            raise DataFormatError(f"{path.name} is not an .npz archive (a zip of <split>_images, <split>_labels)")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except unreadable as e:
+        raise DataFormatError(f"{path.name} is not a readable .npz file ({type(e).__name__}: {e})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise DataFormatError(
+            f"{path.name} is a single array, not an .npz archive of <split>_images and <split>_labels"
+        )
+    with z:
         keys = set(z.files)
         splits_found = [s for s in ("train", "val", "test") if f"{s}_images" in keys]
         if not splits_found:
@@ -375,18 +401,35 @@ def _read_medmnist(config: DataConfig) -> dict:
         for k, s in enumerate(splits_found):
             if f"{s}_labels" not in keys:
                 raise MissingColumnError(f"{path.name} has {s}_images but no {s}_labels")
-            imgs, labs = z[f"{s}_images"], z[f"{s}_labels"]
-            if len(imgs) != len(labs):
-                raise DataFormatError(f"{path.name}: {len(imgs)} {s}_images but {len(labs)} {s}_labels")
+            try:
+                imgs, labs = z[f"{s}_images"], z[f"{s}_labels"]
+            except unreadable as e:
+                raise DataFormatError(f"{path.name}: cannot read {s}_images / {s}_labels ({e})") from None
             if imgs.ndim not in (3, 4):
                 raise DataFormatError(f"{path.name}: {s}_images has shape {imgs.shape}; expected (N, H, W[, C])")
+            if labs.ndim not in (1, 2) or labs.dtype.kind not in "biuf":
+                raise DataFormatError(
+                    f"{path.name}: {s}_labels is {labs.dtype} of shape {labs.shape}; expected numbers, (N,) or (N, L)"
+                )
+            if len(imgs) != len(labs):
+                raise DataFormatError(f"{path.name}: {len(imgs)} {s}_images but {len(labs)} {s}_labels")
+            if len(imgs) == 0:
+                raise DataFormatError(f"{path.name}: {s}_images holds no images")
             arrays.append(imgs)
             labels.append(labs.reshape(len(labs), -1).astype(np.float32))
             index.append(np.stack([np.full(len(imgs), k), np.arange(len(imgs))], axis=1))
             splits.extend([s] * len(imgs))
+    widths = sorted({lab.shape[1] for lab in labels})
+    if len(widths) > 1:
+        raise DataFormatError(f"{path.name}: the splits' labels have different widths {widths}")
     lab = np.concatenate(labels)
     if not np.all(np.isfinite(lab)):
         raise DataFormatError(f"{path.name}: labels hold NaN or inf")
+    valid = np.isin(lab, (0, 1)) if lab.shape[1] > 1 else (lab >= 0) & (lab == np.round(lab))
+    if not valid.all():
+        bad = lab[~valid][0]
+        want = "0 or 1 (multi-label)" if lab.shape[1] > 1 else "class indices 0, 1, 2, ..."
+        raise DataFormatError(f"{path.name}: a label is {bad:g}; valid: {want}")
     stem = path.stem.split("_")[0].lower()
     known = MEDMNIST_LABELS.get(stem)
     if lab.shape[1] > 1:

@@ -158,6 +158,8 @@ def extract_features(
     log = log or (lambda msg: print(msg, file=sys.stderr))
     device = resolve_device("cpu" if config.engine == "openvino" and config.device == "auto" else config.device)
     manifest = load_manifest(config.data)
+    if manifest.meta.get("split_note"):
+        log(f"note: {manifest.meta['split_note']}")
     if manifest.meta.get("patients_straddling"):
         log(
             f"warning: the data's own split puts {manifest.meta['patients_straddling']} patient(s) in more than one "

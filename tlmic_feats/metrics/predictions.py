@@ -58,3 +58,24 @@ def read_predictions(path: str | Path, label_kind: str) -> dict[str, tuple[np.nd
         s = np.array([[float(r[i]) for i in ss] for r in part], dtype=float)
         out[split] = (ids, y, s[:, 0] if label_kind == "binary" else s)
     return out
+
+
+def predictions_kind(path: str | Path) -> str:
+    """The label kind of a predictions file, from its header: ``binary`` (``y, score``), ``multiclass``
+    (``y, score_<class>...``) or ``multilabel`` (``y_<label>..., score_<label>...``)."""
+    from ..runtime.errors import DataFormatError
+
+    try:
+        with open(path, newline="") as f:
+            head = next(csv.reader(f), [])
+    except OSError as e:
+        raise DataFormatError(f"cannot read predictions file {path}: {e.strerror or e}") from None
+    if head[:2] != ["id", "split"]:
+        raise DataFormatError(
+            f"{path} is not a tlmic predictions file (its header starts {head[:3]}; expected id, split)"
+        )
+    if "y" in head:
+        return "binary" if "score" in head else "multiclass"
+    if any(h.startswith("y_") for h in head):
+        return "multilabel"
+    raise DataFormatError(f"{path}: no label column (y or y_<label>) in its header")

@@ -32,8 +32,8 @@ def youden_threshold(y: np.ndarray, s: np.ndarray) -> float:
     """The score threshold maximizing sensitivity + specificity - 1 on (validation) data."""
     from sklearn.metrics import roc_curve
 
-    y = np.asarray(y)
-    if len(np.unique(y)) < 2:
+    y, s = np.asarray(y), np.asarray(s)
+    if len(np.unique(y)) < 2 or not np.isfinite(s).all():  # one class, or no scores (a label without a probe)
         return 0.5
     fpr, tpr, thr = roc_curve(y, s)
     best = int(np.argmax(tpr - fpr))
@@ -89,17 +89,23 @@ def evaluate(
     *,
     thresholds: np.ndarray | None = None,
     label_names: list[str] | tuple[str, ...] | None = None,
+    warn: bool = True,
 ) -> dict:
     """Test metrics: ``{metric: value, ..., "n_labels": k, "n_labels_total": L, "per_label": {...}}``.
 
     ``per_label`` holds the binary metrics of each label (multi-label) or each class one-vs-rest
-    (multi-class); for binary data it is empty.
+    (multi-class); for binary data it is empty. ``warn=False``: no :class:`UndefinedMetricWarning`
+    for an undefined label (the caller reports ``n_labels``); threads that fit in parallel use it,
+    since ``warnings.catch_warnings`` is not thread-safe.
     """
     if label_kind == "binary":
         y1, s1 = _as_2d(y)[:, 0], _as_2d(scores)[:, -1]
         t = float(thresholds[0]) if thresholds is not None else 0.5
         if len(np.unique(y1)) < 2:
-            warnings.warn("test split holds one class only: metrics set to NaN", UndefinedMetricWarning, stacklevel=2)
+            if warn:
+                warnings.warn(
+                    "test split holds one class only: metrics set to NaN", UndefinedMetricWarning, stacklevel=2
+                )
             out = _nan_metrics()
             out.update(n_labels=0, n_labels_total=1, per_label={})
             return out
@@ -107,11 +113,11 @@ def evaluate(
         out.update(n_labels=1, n_labels_total=1, per_label={})
         return out
     if label_kind == "multiclass":
-        return _multiclass_point(_as_2d(y)[:, 0].astype(int), np.asarray(scores, float), label_names)
-    return _multilabel_point(_as_2d(y), _as_2d(scores), thresholds, label_names)
+        return _multiclass_point(_as_2d(y)[:, 0].astype(int), np.asarray(scores, float), label_names, warn)
+    return _multilabel_point(_as_2d(y), _as_2d(scores), thresholds, label_names, warn)
 
 
-def _multiclass_point(y: np.ndarray, p: np.ndarray, names) -> dict:
+def _multiclass_point(y: np.ndarray, p: np.ndarray, names, warn: bool = True) -> dict:
     from sklearn.metrics import (
         average_precision_score,
         balanced_accuracy_score,
@@ -127,11 +133,13 @@ def _multiclass_point(y: np.ndarray, p: np.ndarray, names) -> dict:
     for c in range(k):
         yc = (y == c).astype(int)
         if len(np.unique(yc)) < 2:
-            warnings.warn(
-                f"class {names[c]!r}: test split has no examples of it (or only it); its one-vs-rest metrics are NaN",
-                UndefinedMetricWarning,
-                stacklevel=3,
-            )
+            if warn:
+                warnings.warn(
+                    f"class {names[c]!r}: test split has no examples of it (or only it); its one-vs-rest metrics "
+                    "are NaN",
+                    UndefinedMetricWarning,
+                    stacklevel=3,
+                )
             per[names[c]] = {"auroc": float("nan"), "auprc": float("nan")}
             continue
         per[names[c]] = {
@@ -159,7 +167,7 @@ def _multiclass_point(y: np.ndarray, p: np.ndarray, names) -> dict:
     return out
 
 
-def _multilabel_point(y: np.ndarray, s: np.ndarray, thresholds, names) -> dict:
+def _multilabel_point(y: np.ndarray, s: np.ndarray, thresholds, names, warn: bool = True) -> dict:
     n_labels = y.shape[1]
     names = list(names) if names is not None else [f"label_{j}" for j in range(n_labels)]
     thresholds = thresholds if thresholds is not None else np.full(n_labels, 0.5)
@@ -168,9 +176,10 @@ def _multilabel_point(y: np.ndarray, s: np.ndarray, thresholds, names) -> dict:
         m = ~np.isnan(y[:, j])
         if len(np.unique(y[m, j])) < 2 or not np.isfinite(s[m, j]).all():
             why = "holds one class only" if len(np.unique(y[m, j])) < 2 else "has no scores (no probe)"
-            warnings.warn(
-                f"label {names[j]!r}: test split {why}; its metrics are NaN", UndefinedMetricWarning, stacklevel=3
-            )
+            if warn:
+                warnings.warn(
+                    f"label {names[j]!r}: test split {why}; its metrics are NaN", UndefinedMetricWarning, stacklevel=3
+                )
             per[names[j]] = _nan_metrics()
             continue
         per[names[j]] = _binary_point(y[m, j], s[m, j], float(thresholds[j]))

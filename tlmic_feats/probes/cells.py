@@ -1,24 +1,24 @@
-"""One cell of a probe grid (layer x model x fraction x seed x control): what the cells of a grid
-share, the labels a cell learns from, fitting it, scoring it and writing its predictions, probe and
-finished-cell record, and its id. Every way of fitting a grid uses these: the local grid's threads,
-a Dask task, distributed LightGBM."""
+"""One cell of a probe grid (layer x model x fraction x seed, on true labels or one permutation draw
+of them): what the cells of a grid share, the labels a cell learns from, fitting it, scoring it and
+writing its predictions, probe and finished-cell record, and its id. Every way of fitting a grid
+uses these: the local grid's threads, a Dask task, distributed LightGBM."""
 
 from __future__ import annotations
 
 import json
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..metrics.predictions import write_predictions
-from ..metrics.scores import METRICS, UndefinedMetricWarning, bootstrap, choose_thresholds, evaluate
+from ..metrics.scores import METRICS, bootstrap, choose_thresholds, evaluate
 from ..runtime.files import write_json
 from ..runtime.rundir import probe_cell_id
 from .config import ProbeConfig
 from .estimators import PROBES
+from .permutation import permutation_rng, permute
 
 
 @dataclass(frozen=True)
@@ -34,16 +34,29 @@ class GridContext:
     out: Path
 
 
-def cell_targets(ctx: GridContext, cell: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """The labels a cell learns from and is tuned on: ``(y_train, y_val)``, permuted for controls."""
-    _, _, seed, control, train = cell
-    y_train, y_val = ctx.labels[train], ctx.labels[ctx.rows_of["val"]]
-    if control == "shuffle":
+@dataclass(frozen=True, eq=False)
+class Cell:
+    """One fit on one layer: ``model`` on the training subset ``train`` (``fraction`` of the training
+    split, drawn with ``seed``), on the true labels (``control="none"``) or on permutation draw
+    ``permutation`` of them (``control="shuffle"``, see :mod:`~tlmic_feats.probes.permutation`)."""
+
+    model: str
+    fraction: float
+    seed: int
+    control: str
+    train: np.ndarray
+    permutation: int = -1
+
+
+def cell_targets(ctx: GridContext, cell: Cell, layer: str) -> tuple[np.ndarray, np.ndarray]:
+    """The labels a cell learns from and is tuned on: ``(y_train, y_val)``, permuted for a control
+    draw on ``layer`` (the address its array is fitted under)."""
+    y_train, y_val = ctx.labels[cell.train], ctx.labels[ctx.rows_of["val"]]
+    if cell.control == "shuffle":
         # The null: permute every label the probe learns or is tuned from (train, and the
-        # validation labels behind C, early stopping and the threshold). Test labels stay true,
-        # so test AUROC must sit at chance unless features or ids leak the label.
-        rng = np.random.default_rng([seed, 0xC0])
-        y_train, y_val = y_train[rng.permutation(len(y_train))], y_val[rng.permutation(len(y_val))]
+        # validation labels behind C, early stopping and the threshold); test labels stay true.
+        rng = permutation_rng(layer, cell.model, cell.fraction, cell.seed, cell.permutation)
+        y_train, y_val = permute(y_train, y_val, rng)
     return y_train, y_val
 
 
@@ -52,34 +65,35 @@ def target_of(kind: str, y: np.ndarray) -> np.ndarray:
     return y if kind == "multilabel" else y[:, 0]
 
 
-def fit_cell(X: np.ndarray, ctx: GridContext, cell: tuple, common: dict) -> dict:
-    model, _, seed, _, train = cell
+def fit_cell(X: np.ndarray, ctx: GridContext, cell: Cell, common: dict) -> dict:
     val, test = ctx.rows_of["val"], ctx.rows_of["test"]
-    y_train, y_val = cell_targets(ctx, cell)
-    probe = PROBES[model](random_state=seed)
+    y_train, y_val = cell_targets(ctx, cell, common["layer"])
+    probe = PROBES[cell.model](random_state=cell.seed)
     t = time.perf_counter()
-    probe.fit(X[train], target_of(ctx.kind, y_train), eval_set=(X[val], target_of(ctx.kind, y_val)))
+    probe.fit(X[cell.train], target_of(ctx.kind, y_train), eval_set=(X[val], target_of(ctx.kind, y_val)))
     fit_seconds = time.perf_counter() - t
     return finish_cell(ctx, cell, common, probe, probe.predict_proba(X[val]), probe.predict_proba(X[test]), fit_seconds)
 
 
 def finish_cell(
-    ctx: GridContext, cell: tuple, common: dict, probe, p_val: np.ndarray, p_test: np.ndarray, fit_seconds: float
+    ctx: GridContext, cell: Cell, common: dict, probe, p_val: np.ndarray, p_test: np.ndarray, fit_seconds: float
 ) -> dict:
     """Score a fitted cell on val and test, write its predictions, probe and finished-cell record;
-    returns its results row. Shared by every way of fitting a cell (here, on a cluster, distributed)."""
+    returns its results row. Shared by every way of fitting a cell (here, on a cluster, distributed).
+    A control draw gets no bootstrap CI and no saved probe: the null is judged by its draws."""
     labels, kind, names, rows_of, config, out = ctx.labels, ctx.kind, ctx.names, ctx.rows_of, ctx.config, ctx.out
-    model, fraction, seed, control, train = cell
+    real = cell.control == "none"
     val, test = rows_of["val"], rows_of["test"]
-    y_train, y_val = cell_targets(ctx, cell)
+    y_train, y_val = cell_targets(ctx, cell, common["layer"])
     s_val = p_val[:, 1] if kind == "binary" else p_val
     s_test = p_test[:, 1] if kind == "binary" else p_test
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UndefinedMetricWarning)  # reported as NaN and n_labels
-        thresholds = choose_thresholds(y_val, s_val, kind)
-        val_m = evaluate(y_val, s_val, kind, thresholds=thresholds, label_names=names)
-        test_m = evaluate(labels[test], s_test, kind, thresholds=thresholds, label_names=names)
-        ci = bootstrap(labels[test], s_test, kind, thresholds=thresholds, n_resamples=config.bootstrap, seed=seed)
+    # warn=False: an undefined label is reported as NaN and n_labels; cells run in threads, where
+    # warnings.catch_warnings is not safe.
+    thresholds = choose_thresholds(y_val, s_val, kind)
+    val_m = evaluate(y_val, s_val, kind, thresholds=thresholds, label_names=names, warn=False)
+    test_m = evaluate(labels[test], s_test, kind, thresholds=thresholds, label_names=names, warn=False)
+    n_resamples = config.bootstrap if real else 0
+    ci = bootstrap(labels[test], s_test, kind, thresholds=thresholds, n_resamples=n_resamples, seed=cell.seed)
     run_id = cell_id(common["layer"], cell)
     pred_file = out / "predictions" / f"{run_id}.csv"
     write_predictions(
@@ -91,7 +105,7 @@ def finish_cell(
         label_kind=kind,
         label_names=names,
     )
-    if config.save_probes:
+    if config.save_probes and real:
         probe.save(out / "probes" / run_id)
     positives = (
         np.nansum(y_train[:, 0] == 1)
@@ -102,11 +116,12 @@ def finish_cell(
     )
     row = {
         **common,
-        "model": model,
-        "fraction": fraction,
-        "seed": seed,
-        "control": control,
-        "n_train": len(train),
+        "model": cell.model,
+        "fraction": cell.fraction,
+        "seed": cell.seed,
+        "control": cell.control,
+        "permutation": None if real else cell.permutation,
+        "n_train": len(cell.train),
         "positives_train": int(positives),
         "n_val": len(val),
         "n_test": len(test),
@@ -123,9 +138,9 @@ def finish_cell(
         threshold=None if thresholds is None else [round(float(v), 6) for v in thresholds],
         hyper=(
             {"C": probe.C_}
-            if model == "logreg" and kind != "multilabel"
+            if cell.model == "logreg" and kind != "multilabel"
             else {"best_iteration": probe.best_iteration_}
-            if model == "lightgbm" and kind != "multilabel"
+            if cell.model == "lightgbm" and kind != "multilabel"
             else {}
         ),
         predictions=str(pred_file.relative_to(out)),
@@ -137,10 +152,9 @@ def finish_cell(
     return row
 
 
-def cell_id(layer: str, cell: tuple) -> str:
+def cell_id(layer: str, cell: Cell) -> str:
     """The cell's file names in the run directory (:func:`~tlmic_feats.runtime.rundir.probe_cell_id`)."""
-    model, fraction, seed, control = cell[:4]
-    return probe_cell_id(layer, model, fraction, seed, control)
+    return probe_cell_id(layer, cell.model, cell.fraction, cell.seed, cell.control, cell.permutation)
 
 
 def load_cell(out: Path, run_id: str) -> dict | None:

@@ -28,14 +28,13 @@ from .cells import cell_id
 from .estimators import LightGBMProbe, validation_score
 
 
-def fit_grid_on_cluster(store: FeatureStore, ctx, cells: list[tuple], plan: dict, bar) -> dict[str, dict[int, dict]]:
-    """Fit the cells ``plan[array] = (common, todo)`` on ``ctx.config.cluster``; returns
-    ``{array: {cell index: results row}}``. Cells already finished are left out of ``todo``."""
+def fit_grid_on_cluster(store: FeatureStore, ctx, plan: dict[str, tuple[dict, list]], bar) -> dict[str, list[dict]]:
+    """Fit the cells ``plan[array] = (common, cells)`` on ``ctx.config.cluster`` (cells a previous run
+    finished are left out by the caller); returns ``{array: results rows}``."""
 
     config = ctx.config
-    results: dict[str, dict[int, dict]] = {array: {} for array in plan}
-    if not any(todo for _, todo in plan.values()):
-        bar.update(len(cells) * len(plan))
+    results: dict[str, list[dict]] = {array: [] for array in plan}
+    if not plan:
         return results
     with connect(config.cluster, device="cpu") as client:
         check_visible(client, store.path)
@@ -43,27 +42,25 @@ def fit_grid_on_cluster(store: FeatureStore, ctx, cells: list[tuple], plan: dict
         if config.distributed_fit:
             quiet_lightgbm()
             client.run(quiet_lightgbm)
-            for array, (common, todo) in plan.items():
-                bar.update(len(cells) - len(todo))
-                for c in todo:
-                    results[array][c] = _fit_distributed_cell(client, store, ctx, cells[c], common)
+            for array, (common, cells) in plan.items():
+                for cell in cells:
+                    results[array].append(_fit_distributed_cell(client, store, ctx, cell, common))
                     bar.update(1)
             return results
         ctx_future = client.scatter(ctx, broadcast=True, hash=False)
-        index: dict[str, tuple[str, int]] = {}
+        array_of: dict[str, str] = {}
         futures = []
-        for order, (array, (common, todo)) in enumerate(plan.items()):
-            bar.update(len(cells) - len(todo))
-            for c in todo:
-                run_id = cell_id(common["layer"], cells[c])
-                index[run_id] = (array, c)
+        for order, (array, (common, cells)) in enumerate(plan.items()):
+            for cell in cells:
+                run_id = cell_id(common["layer"], cell)
+                array_of[run_id] = array
                 futures.append(
                     client.submit(
                         fit_cell_task,
                         str(store.path),
                         common,
                         ctx_future,
-                        cells[c],
+                        cell,
                         key=f"tlmic-probe-{run_id}",
                         priority=-order,  # layer by layer: a worker's cached layer serves its next cells
                         pure=False,
@@ -71,15 +68,14 @@ def fit_grid_on_cluster(store: FeatureStore, ctx, cells: list[tuple], plan: dict
                 )
 
         def finished(row: dict) -> None:
-            array, c = index[row["run_id"]]
-            results[array][c] = row
+            results[array_of[row["run_id"]]].append(row)
             bar.update(1)
 
         gather(client, futures, finished)
     return results
 
 
-def fit_cell_task(store_path: str, common: dict, ctx, cell: tuple) -> dict:
+def fit_cell_task(store_path: str, common: dict, ctx, cell) -> dict:
     """A Dask task: one cell of the grid, on the worker's copy of its layer."""
     from ..runtime.limits import one_thread_per_cell
     from .cells import fit_cell
@@ -107,15 +103,15 @@ def quiet_lightgbm() -> None:
     lgb.register_logger(logger)
 
 
-def _fit_distributed_cell(client, store: FeatureStore, ctx, cell: tuple, common: dict) -> dict:
+def _fit_distributed_cell(client, store: FeatureStore, ctx, cell, common: dict) -> dict:
     import dask.array as da
 
     from .cells import cell_targets, finish_cell, target_of
 
-    _, _, seed, _, train = cell
+    seed, train = cell.seed, cell.train
     X = da.from_zarr(str(store.path), component=f"features/{common['array']}")
     val, test = ctx.rows_of["val"], ctx.rows_of["test"]
-    y_train, y_val = cell_targets(ctx, cell)
+    y_train, y_val = cell_targets(ctx, cell, common["layer"])
     order = np.argsort(train)  # row-sorted selections read each chunk once
     t = time.perf_counter()
     probe = fit_lightgbm_dask(

@@ -23,7 +23,8 @@ class ProbeConfig:
     fractions: tuple[float, ...] = (1.0,)
     seeds: int = 3
     out: str = ""
-    control: str = "none"  # "shuffle": also fit every cell on permuted train and val labels
+    control: str = "none"  # "shuffle": also fit permutation draws (permuted train and val labels)
+    permutations: int = 20  # shuffle: draws on the layer the summary picks; fewer elsewhere (permutation.py)
     bootstrap: int = 1000
     n_jobs: int = 0  # 0: one per CPU core
     save_probes: bool = True
@@ -36,6 +37,8 @@ class ProbeConfig:
         record = json.loads(json.dumps(asdict(self)))
         for k in ("n_jobs", "cluster"):
             record.pop(k)
+        if self.control == "none":
+            record.pop("permutations")  # no draws: the count changes nothing
         return record
 
     def validate(self) -> None:
@@ -43,6 +46,8 @@ class ProbeConfig:
         if bad or not self.models:
             raise UsageError(f"--model {','.join(bad) or '(none)'} is not valid; valid: logreg, lightgbm, both")
         check_choice("--control", self.control, CONTROLS)
+        if self.control == "shuffle" and self.permutations < 2:
+            raise UsageError(f"--permutations {self.permutations}: need at least 2 (the null is judged by its spread)")
         for f in self.fractions:
             if not 0 < f <= 1:
                 raise UsageError(f"fraction {f} is not in (0, 1]; e.g. --fractions 0.05,0.1,1.0")

@@ -6,15 +6,18 @@
 * :class:`LightGBMProbe` -- gradient-boosted trees with early stopping on a validation set,
   class-balanced, col-wise histograms for wide dense features.
 
-Both follow scikit-learn conventions (``__init__`` stores parameters, ``fit`` returns ``self``,
-learned state ends in ``_``; ``clone``, pipelines and ``cross_validate`` work). The validation set
-is passed as ``fit(X, y, eval_set=(X_val, y_val))``; without it, a stratified 20% of the training
-rows is held out for the choice.
+Both keep scikit-learn's estimator contract (``__init__`` stores parameters, ``fit`` returns
+``self``, learned state ends in ``_``; inputs checked by ``validate_data``; every check of
+``sklearn.utils.estimator_checks`` passes, tested), so ``clone``, pipelines and ``cross_validate``
+work. The validation set is passed as ``fit(X, y, eval_set=(X_val, y_val))``; without it, a
+stratified 20% of the training rows is held out for the choice.
 
-Targets: binary ``(n,)`` 0/1; multi-class ``(n,)`` class indices (multinomial LR, LightGBM
-multiclass); multi-label ``(n, L)`` 0/1 with NaN for missing -- one binary probe per label, each
-trained on the rows where its label is known. ``predict_proba`` returns ``(n, 2)`` (binary),
-``(n, K)`` (multi-class) or ``(n, L)`` positive-class probabilities (multi-label).
+Targets: class labels ``(n,)`` of any type (numbers or strings; ``classes_`` keeps them, sorted):
+binary, or multi-class (multinomial LR, LightGBM multiclass); multi-label ``(n, L)`` 0/1 with NaN
+for missing -- one binary probe per label, each trained on the rows where its label is known.
+``predict_proba`` returns ``(n, 2)`` (binary), ``(n, K)`` (multi-class) or ``(n, L)``
+positive-class probabilities (multi-label). ``n_iter_``: lbfgs iterations of the warm-started path
+up to the chosen C (LR), boosting rounds kept (LightGBM).
 
 Fitted probes are saved without pickle (:meth:`save` / :func:`load_probe`): LR coefficients,
 intercepts and scaler statistics as ``.npz`` arrays; LightGBM models as LightGBM's own text format.
@@ -27,17 +30,20 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.validation import check_is_fitted
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils import assert_all_finite
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import (
+    check_array,
+    check_consistent_length,
+    check_is_fitted,
+    column_or_1d,
+    validate_data,
+)
 
 from ..runtime.files import write_json
 
 PROBE_FORMAT = 1
-
-
-def _kind_of(y: np.ndarray) -> str:
-    if y.ndim == 2 and y.shape[1] > 1:
-        return "multilabel"
-    return "binary" if len(np.unique(y[~np.isnan(y)] if y.dtype.kind == "f" else y)) <= 2 else "multiclass"
 
 
 def _holdout(X, y, random_state, frac=0.2):
@@ -75,62 +81,91 @@ def _column_stats(X: np.ndarray, block: int = 1024) -> tuple[np.ndarray, np.ndar
 
 
 class _ProbeBase(ClassifierMixin, BaseEstimator):
-    """Shared multi-label handling, prediction and persistence."""
+    """Shared input validation (scikit-learn's contract), multi-label handling, prediction and
+    persistence."""
 
     def fit(self, X, y, eval_set=None):
-        X = np.asarray(X, dtype=np.float32)
-        y = np.asarray(y, dtype=np.float64)
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = y[:, 0]
-        self.kind_ = _kind_of(y)
-        if eval_set is not None:
-            Xv, yv = np.asarray(eval_set[0], dtype=np.float32), np.asarray(eval_set[1], dtype=np.float64)
-            if yv.ndim == 2 and yv.shape[1] == 1:
-                yv = yv[:, 0]
-        else:
-            Xv = yv = None
-        self.n_features_in_ = X.shape[1]
-        if self.kind_ == "multilabel":
-            self.classes_ = np.arange(y.shape[1])
-            self.estimators_ = []
-            for j in range(y.shape[1]):
-                m = ~np.isnan(y[:, j])
-                sub = self._new_single()
-                ev = None
-                if Xv is not None:
-                    mv = ~np.isnan(yv[:, j])
-                    ev = (Xv[mv], yv[mv, j].astype(int))
-                if len(np.unique(y[m, j])) < 2:
-                    self.estimators_.append(None)  # no negatives or no positives to learn from
-                    continue
-                self.estimators_.append(sub._fit_single(X[m], y[m, j].astype(int), ev))
-            return self
-        y = y.astype(int)
-        self.classes_ = np.unique(y)
-        if len(self.classes_) < 2:
-            raise ValueError(f"training labels hold one class only ({self.classes_.tolist()})")
-        ev = (Xv, yv.astype(int)) if Xv is not None else None
-        self._fit_single(X, y, ev)
+        """Fit on ``X`` (n, features) and ``y``: class labels ``(n,)`` of any type (strings too), or a
+        multi-label ``(n, L)`` 0/1 matrix with NaN where a label is missing. ``eval_set=(X_val, y_val)``
+        is the validation data for the hyper-parameter choice (else a stratified 20% holdout)."""
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None")
+        X = validate_data(self, X, dtype=np.float32)  # 2-D, dense, finite, real; sets n_features_in_
+        y = np.asarray(y)
+        check_consistent_length(X, y)
+        Xv, yv = self._validation_arrays(eval_set)
+        if y.ndim == 2 and y.shape[1] > 1:
+            return self._fit_multilabel(X, y, Xv, yv)
+        y = column_or_1d(y, warn=True)
+        if y.dtype.kind in "fc":
+            assert_all_finite(y, input_name="y")  # before the label-type check, which casts NaN and inf
+        check_classification_targets(y)
+        encoder = LabelEncoder().fit(y)
+        if len(encoder.classes_) < 2:
+            raise ValueError(f"training labels hold one class only ({encoder.classes_.tolist()}); need 2 or more")
+        self.classes_ = encoder.classes_
+        self.kind_ = "binary" if len(self.classes_) == 2 else "multiclass"
+        ev = None
+        if Xv is not None:
+            yv = column_or_1d(yv)
+            known = np.isin(yv, self.classes_)  # a class absent from training cannot be scored
+            ev = (Xv[known], encoder.transform(yv[known]))
+        self._fit_single(X, encoder.transform(y), ev)
         return self
 
-    def _new_single(self):
-        return type(self)(**self.get_params())
+    def _validation_arrays(self, eval_set):
+        if eval_set is None:
+            return None, None
+        Xv, yv = eval_set
+        Xv = check_array(Xv, dtype=np.float32, input_name="eval_set X")
+        if Xv.shape[1] != self.n_features_in_:
+            raise ValueError(f"eval_set X has {Xv.shape[1]} features; X has {self.n_features_in_}")
+        yv = np.asarray(yv)
+        check_consistent_length(Xv, yv)
+        return Xv, yv
+
+    def _fit_multilabel(self, X, y, Xv, yv):
+        """One binary probe per label, each on the rows where its label is known (NaN = missing)."""
+        y = np.asarray(y, dtype=np.float64)
+        known = ~np.isnan(y)
+        if (known & (y != 0) & (y != 1)).any():
+            raise ValueError("multi-label targets must be 0, 1 or NaN (missing)")
+        if Xv is not None:
+            yv = np.asarray(yv, dtype=np.float64)
+            if yv.ndim != 2 or yv.shape[1] != y.shape[1]:
+                raise ValueError(f"eval_set y has shape {yv.shape}; expected (n, {y.shape[1]}) like y")
+        self.kind_ = "multilabel"
+        self.classes_ = np.arange(y.shape[1])
+        self.estimators_ = []
+        for j in range(y.shape[1]):
+            m = known[:, j]
+            if len(np.unique(y[m, j])) < 2:
+                self.estimators_.append(None)  # no negatives or no positives to learn from
+                continue
+            sub = type(self)(**self.get_params())
+            sub.classes_, sub.kind_, sub.n_features_in_ = np.array([0, 1]), "binary", self.n_features_in_
+            ev = None
+            if Xv is not None:
+                mv = ~np.isnan(yv[:, j])
+                ev = (Xv[mv], yv[mv, j].astype(int))
+            self.estimators_.append(sub._fit_single(X[m], y[m, j].astype(int), ev))
+        self.n_iter_ = np.array([0 if e is None else e.n_iter_ for e in self.estimators_])
+        return self
 
     def _prepare_single(self, X, y, eval_set):
-        """Validation data (given, or a stratified holdout of the training rows) and fitted-state
-        basics shared by every single-target fit."""
+        """Validation data for a single-target fit on encoded labels ``0..K-1``: the given one, or
+        a stratified holdout of the training rows."""
         if eval_set is None:
             X, y, Xv, yv = _holdout(X, y, self.random_state)
         else:
             Xv, yv = eval_set
-        self.classes_ = np.unique(y)
-        self.kind_ = "binary" if len(self.classes_) == 2 else "multiclass"
-        self.n_features_in_ = X.shape[1]
         return X, y, Xv, yv
 
     def predict_proba(self, X) -> np.ndarray:
+        """``(n, K)`` class probabilities in the order of ``classes_``; multi-label: ``(n, L)``
+        positive-class probabilities (NaN for a label that had one class in training)."""
         check_is_fitted(self, "classes_")
-        X = np.asarray(X, dtype=np.float32)
+        X = validate_data(self, X, dtype=np.float32, reset=False)
         if self.kind_ == "multilabel":
             cols = [np.full(len(X), np.nan) if e is None else e._proba_single(X)[:, 1] for e in self.estimators_]
             return np.stack(cols, axis=1)
@@ -209,9 +244,9 @@ class LogisticProbe(_ProbeBase):
         Zv = np.subtract(Xv, m32, dtype=np.float32)
         Zv /= s32
         lr = LogisticRegression(class_weight="balanced", warm_start=True, max_iter=self.max_iter)
-        best = (-np.inf, None, None, None)
+        best = (-np.inf, None, None, None, 0)
         self.path_ = []
-        worse = 0
+        worse = iterations = 0
         for C in sorted(self.Cs):
             if worse >= self.path_patience:
                 break  # validation score has fallen for several Cs in a row: weaker ones won't win
@@ -219,25 +254,35 @@ class LogisticProbe(_ProbeBase):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)  # warm path: later Cs refine
                 lr.fit(Z, y)
+            iterations += int(np.max(lr.n_iter_))
             score = validation_score(yv, lr.predict_proba(Zv)) if len(np.unique(yv)) >= 2 else np.nan
             self.path_.append((float(C), float(score)))
             if (np.isfinite(score) and score > best[0] + 1e-12) or best[1] is None:
-                best = (score, C, lr.coef_.copy(), lr.intercept_.copy())
+                best = (score, C, lr.coef_.copy(), lr.intercept_.copy(), iterations)
                 worse = 0
             else:
                 worse += 1
-        _, self.C_, self.coef_, self.intercept_ = best
+        # n_iter_: the lbfgs iterations that led to the chosen coefficients (the warm path up to C_)
+        _, self.C_, self.coef_, self.intercept_, self.n_iter_ = best
         self.scaler_mean_, self.scaler_scale_ = mean, scale
         return self
 
     def decision_function(self, X) -> np.ndarray:
-        check_is_fitted(self, "coef_")
+        """Log-odds: ``(n,)`` binary, ``(n, K)`` multi-class, ``(n, L)`` multi-label (NaN for an unfitted
+        label)."""
+        check_is_fitted(self, "classes_")
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        if self.kind_ == "multilabel":
+            return np.stack([np.full(len(X), np.nan) if e is None else e._decision(X) for e in self.estimators_], 1)
+        return self._decision(X)
+
+    def _decision(self, X) -> np.ndarray:
         z = (np.asarray(X, dtype=np.float64) - self.scaler_mean_) / self.scaler_scale_
         d = z @ self.coef_.T + self.intercept_
         return d[:, 0] if d.shape[1] == 1 else d
 
     def _proba_single(self, X):
-        d = self.decision_function(X)
+        d = self._decision(X)
         if d.ndim == 1:
             p1 = 1.0 / (1.0 + np.exp(-d))
             return np.stack([1 - p1, p1], axis=1)
@@ -252,8 +297,9 @@ class LogisticProbe(_ProbeBase):
             intercept=self.intercept_,
             mean=self.scaler_mean_,
             scale=self.scaler_scale_,
-            classes=self.classes_,
+            classes=np.asarray(self.classes_.tolist()),  # strings as a str array: loads without pickle
             C=np.array(self.C_),
+            n_iter=np.array(self.n_iter_),
         )
 
     @classmethod
@@ -263,6 +309,8 @@ class LogisticProbe(_ProbeBase):
         e.coef_, e.intercept_ = z["coef"], z["intercept"]
         e.scaler_mean_, e.scaler_scale_ = z["mean"], z["scale"]
         e.classes_, e.C_ = z["classes"], float(z["C"])
+        if "n_iter" in z.files:  # probes saved before n_iter_ was recorded lack it
+            e.n_iter_ = int(z["n_iter"])
         e.kind_ = "binary" if len(e.classes_) == 2 else "multiclass"
         e.n_features_in_ = e.coef_.shape[1]
         return e
@@ -304,7 +352,7 @@ class LightGBMProbe(_ProbeBase):
         model = lgb.LGBMClassifier(**self.lightgbm_params(len(y)), n_jobs=self.n_jobs)
         callbacks = []
         fit_kw = {}
-        if len(np.unique(yv)) >= 2 and set(np.unique(yv)) <= set(self.classes_):
+        if len(np.unique(yv)) >= 2 and set(np.unique(yv)) <= set(np.unique(y)):
             callbacks.append(lgb.early_stopping(self.early_stopping_rounds, verbose=False))
             # LightGBM >= 4.6 names the validation data eval_X/eval_y and deprecates eval_set.
             if "eval_X" in inspect.signature(model.fit).parameters:
@@ -314,6 +362,7 @@ class LightGBMProbe(_ProbeBase):
         model.fit(X, y, callbacks=callbacks, **fit_kw)
         self.booster_ = model.booster_
         self.best_iteration_ = int(model.best_iteration_ or model.n_estimators)
+        self.n_iter_ = self.best_iteration_  # boosting rounds kept (early stopping on validation)
         return self
 
     def lightgbm_params(self, n_rows: int) -> dict:
@@ -346,7 +395,7 @@ class LightGBMProbe(_ProbeBase):
 
         e = cls(**params)
         e.booster_ = lgb.Booster(model_file=str(path / f"lightgbm_{j}.txt"))
-        e.best_iteration_ = e.booster_.current_iteration()
+        e.best_iteration_ = e.n_iter_ = e.booster_.current_iteration()
         e.classes_ = np.array(json.loads((path / f"lightgbm_{j}.json").read_text())["classes"])
         e.kind_ = "binary" if len(e.classes_) == 2 else "multiclass"
         e.n_features_in_ = e.booster_.num_feature()
@@ -370,5 +419,6 @@ def load_probe(path: str | Path) -> _ProbeBase:
         probe.classes_ = np.array(header["classes"])
         probe.n_features_in_ = header["n_features_in"]
         probe.estimators_ = [cls._load_single(path, j, params) if ok else None for j, ok in enumerate(header["fitted"])]
+        probe.n_iter_ = np.array([getattr(e, "n_iter_", 0) if e is not None else 0 for e in probe.estimators_])
         return probe
     return cls._load_single(path, 0, params)

@@ -5,9 +5,11 @@ time (a probe never loads more than its layer), trains each probe on a nested tr
 picks thresholds and hyper-parameters on the validation split, and scores the test split with the
 shared metrics module and bootstrap CIs. It writes, under ``out``:
 
-* ``results.csv`` / ``results.json``: one row per layer x model x fraction x seed (x control);
+* ``results.csv`` / ``results.json``: one row per layer x model x fraction x seed, and with
+  ``--control shuffle`` one per permutation draw (see :mod:`tlmic_feats.probes.permutation`);
+  the CSV writes cut points as ``L3.10`` so that pandas keeps them apart;
 * ``predictions/<run>.csv``: ids, split, labels and scores of val and test, for recomputation;
-* ``probes/<run>/``: each fitted probe, saved without pickle;
+* ``probes/<run>/``: each fitted probe (not the permutation draws'), saved without pickle;
 * ``summary.md`` and ``layers.png`` (see :mod:`tlmic_feats.probes.report`);
 * ``run.json``: the :class:`ProbeConfig` and the store's fingerprint; ``cells/``: one finished
   result per fit, so an interrupted run resumes and a rerun of a finished one refits nothing.
@@ -20,6 +22,7 @@ import csv
 import json
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,9 +37,10 @@ from ..runtime.files import atomic_path, write_json
 from ..runtime.limits import cpu_count, limit_malloc_arenas, one_thread_per_cell, release_freed_memory
 from ..runtime.paths import cache_root, slug
 from ..runtime.progress import progress_bar
-from ..runtime.rundir import claim_run_dir
-from .cells import GridContext, cell_id, fit_cell, jsonable, load_cell
+from ..runtime.rundir import address_from_label, claim_run_dir, layer_label
+from .cells import Cell, GridContext, cell_id, fit_cell, jsonable, load_cell
 from .config import ProbeConfig
+from .permutation import draws_elsewhere
 
 
 @dataclass
@@ -51,13 +55,19 @@ class ProbeRun:
 
 def resolve_store_layers(store: FeatureStore, spec: str) -> list[str]:
     """The store's addresses that ``spec`` names (the registry's layer grammar: ``all``, ``blocks``,
-    ``units`` or a list such as ``"3,3.4"``), in the store's order."""
+    ``units`` or a list such as ``"3,3.4"``, or ``"L3,L3.4"`` as results.csv writes them), in the
+    store's order."""
     from ..backbones.cutpoints import select_addresses
 
     def unknown(bad: str) -> str:
         valid = choices(["all", "blocks", "units", *store.addresses])
         return f"layer {bad} is not in the store {store.path}; stored: {valid}"
 
+    # addresses as results.csv writes them (L3.10) are accepted too
+    if isinstance(spec, str) and spec.strip().lower() not in ("all", "blocks", "units"):
+        spec = ",".join(address_from_label(s) for s in spec.split(","))
+    elif not isinstance(spec, str):
+        spec = [address_from_label(s) for s in spec]
     return select_addresses(spec, store.addresses, unknown)
 
 
@@ -73,16 +83,14 @@ def _class_counts(y: np.ndarray, kind: str, n_classes: int) -> np.ndarray:
 
 def run_probes(config: ProbeConfig, *, progress: bool = True, log: Callable[[str], None] | None = None) -> ProbeRun:
     """Run the probe grid of ``config``; see the module docstring for the outputs."""
-    from joblib import Parallel, delayed
+    from .report import render_report
 
     config.validate()
     log = log or (lambda msg: print(msg, file=sys.stderr))
     store = FeatureStore.open(config.store)
     layers = resolve_store_layers(store, config.layers)
-    kind, names = store.label_kind, store.label_names
-    splits, labels = store.splits, store.labels
     usable = ~store.skipped
-    rows_of = {s: np.flatnonzero((splits == s) & usable) for s in ("train", "val", "test")}
+    rows_of = {s: np.flatnonzero((store.splits == s) & usable) for s in ("train", "val", "test")}
     if len(rows_of["val"]) == 0:
         raise UsageError(
             f"store {store.path} has no validation split; probes choose hyper-parameters and thresholds "
@@ -93,103 +101,167 @@ def run_probes(config: ProbeConfig, *, progress: bool = True, log: Callable[[str
         raise UsageError(f"store {store.path} has no test split to evaluate on")
     out = Path(config.out) if config.out else default_out(store)
     _claim_run_dir(out, config, store)
+    if store.meta.get("split_origin", "").startswith("no "):  # an official test split the data lacks
+        log(f"note: {store.meta['split_origin']}")
+    subsets, skipped = training_subsets(store, rows_of, config, log)
+    ctx = GridContext(store.labels, store.label_kind, store.label_names, rows_of, store.ids, config, out)
+    # One entry per stored array: an alias (ResNet's "2" is "2.4") has the same features, same results.
+    first_of: dict[str, tuple[int, str]] = {}
+    for depth, address in enumerate(layers):
+        first_of.setdefault(store.layer(address).array, (depth, address))
+    base = base_cells(config, subsets)
+    grid = _Grid(store, ctx, first_of, progress_bar(len(first_of) * len(base), "probe", "fit", progress))
+    t0 = time.perf_counter()
+    fitted = grid.fit({array: base for array in first_of})
+    if config.control == "shuffle":
+        # The rest of the permutation draws go to the layer the summary picks (known now that every
+        # real cell is fitted): one more pass over at most models x fractions layers.
+        extra = picked_layer_draws(config, subsets, fitted, {a: address for a, (_, address) in first_of.items()})
+        grid.bar.total += sum(len(cells) for cells in extra.values())
+        grid.bar.refresh()
+        for array, rows in grid.fit(extra).items():
+            fitted[array] = fitted[array] + rows
+    grid.bar.close()
+    rows = []
+    for depth, address in enumerate(layers):
+        info = store.layer(address)
+        rows += [{**r, "layer": address, "depth": depth, "module": info.module} for r in fitted[info.array]]
+    run = ProbeRun(out, rows, skipped, time.perf_counter() - t0)
+    write_results(run, store, config)
+    render_report(out)
+    return run
 
-    n_classes = len(names)
-    cells, skipped = [], []
-    subsets = {
+
+def training_subsets(
+    store: FeatureStore, rows_of: dict[str, np.ndarray], config: ProbeConfig, log: Callable[[str], None]
+) -> tuple[dict[tuple[float, int], np.ndarray], list[str]]:
+    """``{(fraction, seed): training rows}`` (nested, stratified, patient-grouped subsets), and a
+    message for each subset too small to fit (it gets no cells)."""
+    labels, kind, names = store.labels, store.label_kind, store.label_names
+    nested = {
         seed: nested_subsets(rows_of["train"], labels, kind, config.fractions, seed=seed, patient_ids=store.patient_ids)
         for seed in range(config.seeds)
     }
-    controls = ["none"] + (["shuffle"] if config.control == "shuffle" else [])
+    subsets, skipped = {}, []
     for fraction in config.fractions:
         for seed in range(config.seeds):
-            train = subsets[seed][float(fraction)]
-            counts = _class_counts(labels[train], kind, n_classes)
+            train = nested[seed][float(fraction)]
+            counts = _class_counts(labels[train], kind, len(names))
             if kind != "multilabel" and counts.min() < 2:
                 short = names[int(np.argmin(counts))]
                 msg = (
                     f"skipped fraction {fraction} seed {seed}: its training subset has {int(counts.min())} "
                     f"'{short}' image(s) (needs >= 2 of every class; {len(train)} images in all)"
                 )
-                skipped.append(msg)
-                log(msg)
-                continue
-            if kind == "multilabel" and counts.max() < 2:
+            elif kind == "multilabel" and counts.max() < 2:
                 msg = f"skipped fraction {fraction} seed {seed}: no label has >= 2 positives and negatives"
-                skipped.append(msg)
-                log(msg)
+            else:
+                subsets[(float(fraction), seed)] = train
                 continue
-            for model in config.models:
-                for control in controls:
-                    cells.append((model, float(fraction), seed, control, train))
+            skipped.append(msg)
+            log(msg)
+    return subsets, skipped
 
-    ctx = GridContext(labels, kind, names, rows_of, store.ids, config, out)
-    n_jobs = config.n_jobs or cpu_count()
-    if n_jobs > 1 and not config.cluster:
-        limit_malloc_arenas()
-    bar = progress_bar(len(layers) * len(cells), "probe", "fit", progress)
-    # One entry per stored array: an alias (ResNet's "2" is "2.4") has the same features, same results.
-    first_of: dict[str, tuple[int, str]] = {}
-    for depth, address in enumerate(layers):
-        first_of.setdefault(store.layer(address).array, (depth, address))
-    todo = {
-        array: [c for c in range(len(cells)) if load_cell(out, cell_id(address, cells[c])) is None]
-        for array, (_, address) in first_of.items()
-    }
 
-    def common_of(depth: int, address: str) -> dict:
-        info = store.layer(address)
+def base_cells(config: ProbeConfig, subsets: dict[tuple[float, int], np.ndarray]) -> list[Cell]:
+    """The cells of every layer: each model on each training subset, and with ``--control shuffle``
+    the permutation draws every layer gets (:func:`~tlmic_feats.probes.permutation.draws_elsewhere`)."""
+    cells = []
+    for fraction in config.fractions:
+        seeds = [s for s in range(config.seeds) if (float(fraction), s) in subsets]
+        for model in config.models:
+            cells += [Cell(model, float(fraction), s, "none", subsets[(float(fraction), s)]) for s in seeds]
+            if config.control == "shuffle" and seeds:
+                cells += _draws(model, float(fraction), range(draws_elsewhere(config.permutations)), seeds, subsets)
+    return cells
+
+
+def picked_layer_draws(
+    config: ProbeConfig, subsets: dict, fitted: dict[str, list[dict]], address_of: dict[str, str]
+) -> dict[str, list[Cell]]:
+    """``{array: cells}``: the draws that bring the layer the summary picks for each model x fraction
+    (best mean validation AUPRC of the real probes) to ``config.permutations``."""
+    from .report import aggregate, best_layers
+
+    array_of = {address: array for array, address in address_of.items()}
+    real = [r for rows in fitted.values() for r in rows if r["control"] == "none"]
+    extra: dict[str, list[Cell]] = {}
+    for (model, fraction), best in sorted(best_layers(aggregate(real)).items()):
+        seeds = [s for s in range(config.seeds) if (fraction, s) in subsets]
+        more = range(draws_elsewhere(config.permutations), config.permutations)
+        extra.setdefault(array_of[best["layer"]], []).extend(_draws(model, fraction, more, seeds, subsets))
+    return {array: cells for array, cells in extra.items() if cells}
+
+
+def _draws(model: str, fraction: float, indices, seeds: list[int], subsets: dict) -> list[Cell]:
+    """Permutation draws ``indices``; draw ``k`` on the training subset of seed ``seeds[k mod len]``."""
+    picks = [(k, seeds[k % len(seeds)]) for k in indices]
+    return [Cell(model, fraction, s, "shuffle", subsets[(fraction, s)], permutation=k) for k, s in picks]
+
+
+@dataclass
+class _Grid:
+    """Fits cells layer by layer (one stored array in memory at a time), locally in threads or on a
+    Dask cluster, skipping cells a previous run finished."""
+
+    store: FeatureStore
+    ctx: GridContext
+    first_of: dict[str, tuple[int, str]]  # array -> (depth, address it is fitted under)
+    bar: object
+
+    def common(self, array: str) -> dict:
+        depth, address = self.first_of[array]
+        info = self.store.layer(address)
         return dict(layer=address, depth=depth, module=info.module, array=info.array, channels=info.channels)
 
-    t0 = time.perf_counter()
-    fitted_by_array: dict[str, dict[int, dict]] = {}
-    if config.cluster:
-        from .cluster import fit_grid_on_cluster
-
-        fitted_by_array = fit_grid_on_cluster(
-            store, ctx, cells, {a: (common_of(*first_of[a]), todo[a]) for a in first_of}, bar
-        )
-    rows: list[dict] = []
-    done_arrays: dict[str, list[dict]] = {}
-    for depth, address in enumerate(layers):
-        info = store.layer(address)
-        if info.array in done_arrays:
-            for r in done_arrays[info.array]:
-                rows.append({**r, "layer": address, "depth": depth, "module": info.module})
-            bar.update(len(cells))
-            continue
-        finished = {c: load_cell(out, cell_id(address, cells[c])) for c in range(len(cells))}
+    def fit(self, plan: dict[str, list[Cell]]) -> dict[str, list[dict]]:
+        """``{array: cells}`` -> ``{array: results rows, in the cells' order}``."""
+        ctx, config = self.ctx, self.ctx.config
+        done: dict[str, dict[str, dict]] = {}
+        todo: dict[str, list[Cell]] = {}
+        for array, cells in plan.items():
+            address = self.first_of[array][1]
+            ids = [cell_id(address, c) for c in cells]
+            done[array] = {i: row for i in ids if (row := load_cell(ctx.out, i)) is not None}
+            todo[array] = [c for i, c in zip(ids, cells, strict=True) if i not in done[array]]
+            self.bar.update(len(done[array]))
+        n_jobs = config.n_jobs or cpu_count()
         if config.cluster:
-            finished.update(fitted_by_array[info.array])
-        else:
-            X = store.features(address).astype(np.float32, copy=False)
-            # Cells run in threads; with several at once, BLAS, OpenMP and LightGBM get one thread each.
-            with one_thread_per_cell() if n_jobs > 1 else contextlib.nullcontext():
-                fitted = Parallel(n_jobs=n_jobs, prefer="threads")(
-                    delayed(fit_cell)(X, ctx, cells[c], common_of(depth, address)) for c in todo[info.array]
-                )
-            finished.update(zip(todo[info.array], fitted, strict=True))
-            del X, fitted
-            bar.update(len(cells))
-        results = [finished[c] for c in range(len(cells))]
-        done_arrays[info.array] = results
-        rows.extend(results)
-        del finished
-        release_freed_memory()
-    bar.close()
-    run = ProbeRun(out, rows, skipped, time.perf_counter() - t0)
-    write_results(run, store, config)
-    from .report import render_report
+            from .cluster import fit_grid_on_cluster
 
-    render_report(out)
-    return run
+            plan_todo = {a: (self.common(a), cells) for a, cells in todo.items() if cells}
+            for array, rows in fit_grid_on_cluster(self.store, ctx, plan_todo, self.bar).items():
+                done[array].update((r["run_id"], r) for r in rows)
+        else:
+            if n_jobs > 1:
+                limit_malloc_arenas()
+            for array, cells in todo.items():
+                if cells:
+                    done[array].update((r["run_id"], r) for r in self._fit_local(array, cells, n_jobs))
+                release_freed_memory()
+        return {a: [done[a][cell_id(self.first_of[a][1], c)] for c in cells] for a, cells in plan.items()}
+
+    def _fit_local(self, array: str, cells: list[Cell], n_jobs: int) -> list[dict]:
+        from joblib import Parallel, delayed
+        from sklearn.exceptions import ConvergenceWarning
+
+        common = self.common(array)
+        X = self.store.features(common["layer"]).astype(np.float32, copy=False)
+        # Cells run in threads; with several at once, BLAS, OpenMP and LightGBM get one thread each.
+        # Filters are process-wide and catch_warnings is not thread-safe: the probes' own filter for
+        # the warm-started path's ConvergenceWarning is set here, once, around every thread.
+        with warnings.catch_warnings(), one_thread_per_cell() if n_jobs > 1 else contextlib.nullcontext():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            rows = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(fit_cell)(X, self.ctx, c, common) for c in cells)
+        self.bar.update(len(cells))
+        return rows
 
 
 def fitted_probe_dir(run_dir: str | Path, layer: str, model: str, fraction: float, seed: int) -> Path:
     """Where a finished probe run keeps the fitted probe of one cell (no control). An alias cut point
     (EfficientNet's block end ``5`` is its last unit ``5.3``) is fitted once, under its stored array:
     the run's results name the cell that holds it."""
-    run_dir = Path(run_dir)
+    run_dir, layer = Path(run_dir), address_from_label(layer)
     try:
         rows = json.loads((run_dir / "results.json").read_text())["rows"]
     except (OSError, ValueError, KeyError) as e:
@@ -227,6 +299,7 @@ RESULT_COLUMNS = (
     "fraction",
     "seed",
     "control",
+    "permutation",
     "n_train",
     "positives_train",
     "n_val",
@@ -245,8 +318,13 @@ RESULT_COLUMNS = (
 
 
 def write_results(run: ProbeRun, store: FeatureStore, config: ProbeConfig) -> None:
-    """``results.csv`` and ``results.json`` (atomically), sorted so that runs are comparable."""
-    rows = sorted(run.rows, key=lambda r: (r["depth"], r["model"], r["fraction"], r["seed"], r["control"]))
+    """``results.csv`` and ``results.json`` (atomically), sorted so that runs are comparable. The CSV
+    writes cut points as ``L3.10`` (:func:`~tlmic_feats.runtime.rundir.layer_label`), so that
+    ``pandas.read_csv`` keeps every one a distinct string; the JSON keeps bare addresses."""
+    rows = sorted(
+        run.rows,
+        key=lambda r: (r["depth"], r["model"], r["fraction"], r["control"], r.get("permutation") or 0, r["seed"]),
+    )
     run.rows = rows
     doc = {
         "store": str(store.path),
@@ -255,6 +333,7 @@ def write_results(run: ProbeRun, store: FeatureStore, config: ProbeConfig) -> No
         "pooling": store.fingerprint.get("tokens", {}).get("pooled") or store.fingerprint.get("pool"),
         "label_kind": store.label_kind,
         "label_names": store.label_names,
+        "split_origin": store.meta.get("split_origin", ""),
         "config": asdict(config),
         "skipped": run.skipped,
         "seconds": round(run.seconds, 2),
@@ -265,4 +344,6 @@ def write_results(run: ProbeRun, store: FeatureStore, config: ProbeConfig) -> No
         w = csv.DictWriter(f, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()})
+            cells = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()}
+            cells["layer"], cells["array"] = layer_label(r["layer"]), layer_label(r["array"])
+            w.writerow(cells)

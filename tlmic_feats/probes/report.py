@@ -90,6 +90,7 @@ def render_summary(doc: dict) -> str:
         "",
         f"Store: `{doc['store']}`"
         + (f" (pooling: {doc['pooling']})" if doc.get("pooling") else "")
+        + (f" (split: {doc['split_origin']})" if doc.get("split_origin") else "")
         + f". Seeds: {cfg['seeds']}; bootstrap resamples: {cfg['bootstrap']}. "
         "Best layer = highest mean **validation** AUPRC; test metrics are mean ± sd over seeds "
         "[mean of the 95% bootstrap CI bounds].",
@@ -101,30 +102,8 @@ def render_summary(doc: dict) -> str:
         lines.append(
             f"| {model} | {fraction:g} | {a['n_train']} | {a['layer']} | {_fmt(a, 'auroc')} | {_fmt(a, 'auprc')} |"
         )
-    controls = [a for a in agg if a["control"] == "shuffle"]
-    if controls:
-        lines += [
-            "",
-            "## Leakage control: shuffled labels",
-            "",
-            "Each probe refit on permuted training and validation labels (test labels untouched); "
-            "test AUROC should sit at chance (0.5).",
-            "",
-            "| model | fraction | test AUROC over layers: mean [mean 95% CI] (min, max) | verdict |",
-            "| --- | --- | --- | --- |",
-        ]
-        by = defaultdict(list)
-        for a in controls:
-            by[(a["model"], a["fraction"])].append(a)
-        for (model, fraction), rs in sorted(by.items()):
-            v = np.array([a["auroc"] for a in rs])
-            lo, hi = np.nanmean([a["auroc_lo"] for a in rs]), np.nanmean([a["auroc_hi"] for a in rs])
-            ok = lo <= 0.5 <= hi
-            lines.append(
-                f"| {model} | {fraction:g} | {np.nanmean(v):.3f} [{lo:.3f}, {hi:.3f}] "
-                f"({np.nanmin(v):.3f}, {np.nanmax(v):.3f}) | "
-                f"{'at chance (0.5 inside the CI)' if ok else 'NOT at chance: check for leakage'} |"
-            )
+    if any(r["control"] != "none" for r in doc["rows"]):
+        lines += _control_section(doc["rows"], best, cfg)
     lines += ["", "## Per layer (test AUPRC, mean over seeds)", ""]
     models_fr = sorted({(a["model"], a["fraction"]) for a in agg if a["control"] == "none"})
     lines.append("| layer | " + " | ".join(f"{m} {f:g}" for m, f in models_fr) + " |")
@@ -140,6 +119,57 @@ def render_summary(doc: dict) -> str:
     if doc.get("skipped"):
         lines += ["", "## Skipped cells", ""] + [f"- {s}" for s in doc["skipped"]]
     return "\n".join(lines) + "\n"
+
+
+def _control_section(rows: list[dict], best: dict, cfg: dict) -> list[str]:
+    """The shuffle control: per layer the real AUROC against its permutation null; per model x
+    fraction a verdict on the null's mean (:mod:`~tlmic_feats.probes.permutation`)."""
+    from .permutation import draws_elsewhere, null_by_layer, verdicts
+
+    n = cfg.get("permutations", 20)
+    judged = verdicts(rows)
+    level = next(iter(judged.values()))["level"] if judged else 0.95
+    lines = [
+        "",
+        "## Leakage control: permutation null",
+        "",
+        "Each draw refits a probe on its own permutation of the training and validation labels and scores it "
+        f"against the true test labels: {n} draws on the layer picked above (★), {draws_elsewhere(n)} on every "
+        "other layer. Null: mean and 95% range of the draws' test AUROC; p: (1 + draws >= the real probe of "
+        "the same training subset) / (draws + 1). With a strong signal the null is wide (a permutation agrees "
+        "with the truth a little more or less than chance, and the probe follows it), so the verdict judges "
+        "the null's mean over every layer's draws by the draws' own spread: at chance unless its one-sided "
+        f"{100 * level:.1f}% lower bound (Bonferroni over the {len(judged)} verdicts) lies above 0.5, which "
+        "means labels reach the fit some other way. A feature that itself encodes the label is not caught "
+        "here (it is learned with a random sign from permuted labels).",
+        "",
+        "| model | fraction | null mean over layers (draws) | one-sided lower bound | verdict |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for (model, fraction), v in judged.items():
+        if v["at_chance"] is None:
+            verdict = "undetermined (one draw)"
+        elif v["at_chance"]:
+            verdict = "at chance"
+        else:
+            verdict = "**NOT at chance: the null's mean is above 0.5; labels reach the fit (check for leakage)**"
+        lines.append(
+            f"| {model} | {fraction:g} | {v['mean']:.3f} ({v['draws']} over {v['layers']} layers) | "
+            f"{v['lower']:.3f} | {verdict} |"
+        )
+    picked = {key: a["layer"] for key, a in best.items()}
+    lines += [
+        "",
+        "| model | fraction | layer | real test AUROC | null draws | null mean [95% range] | p |",
+        "| --- | --- | --- | ---: | ---: | --- | ---: |",
+    ]
+    for e in null_by_layer(rows, picked):
+        star = " ★" if e["picked"] else ""
+        lines.append(
+            f"| {e['model']} | {e['fraction']:g} | {e['layer']}{star} | {e['real']:.3f} | {e['draws']} | "
+            f"{e['mean']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}] | {e['p']:.3f} |"
+        )
+    return lines
 
 
 def plot_layers(doc: dict, path: str | Path) -> Path:

@@ -10,6 +10,7 @@ not empty and holds no record is never used.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -22,9 +23,30 @@ def subset_tag(fraction: float, seed: int) -> str:
     return f"f{fraction:g}-s{seed}"
 
 
-def probe_cell_id(layer: str, model: str, fraction: float, seed: int, control: str = "none") -> str:
-    """``L3-logreg-f0.1-s0`` (``-shuffle`` for a control): one probe cell's files in a probe run."""
-    return f"L{layer}-{model}-{subset_tag(fraction, seed)}" + ("-shuffle" if control != "none" else "")
+_ADDRESS = re.compile(r"^\d+(\.\d+)?$")
+
+
+def layer_label(address: str) -> str:
+    """``L3.10``: a cut-point address as tables and file names write it. Bare, ``3.10`` reads as the
+    number 3.1 in pandas (or a spreadsheet), the same as cut point ``3.1``; ``L3.10`` stays text.
+    Anything that is not a numeric address (``all``, a baseline's name) is written as it is."""
+    return f"L{address}" if _ADDRESS.match(str(address)) else str(address)
+
+
+def address_from_label(text: str) -> str:
+    """The address a :func:`layer_label` names (``L3.10`` -> ``3.10``); other text unchanged."""
+    text = str(text).strip()
+    return text[1:] if text[:1] in ("L", "l") and _ADDRESS.match(text[1:]) else text
+
+
+def probe_cell_id(
+    layer: str, model: str, fraction: float, seed: int, control: str = "none", permutation: int = -1
+) -> str:
+    """``L3-logreg-f0.1-s0`` (``-perm4`` for draw 4 of the shuffle control): one probe cell's files in a
+    probe run."""
+    return f"{layer_label(layer)}-{model}-{subset_tag(fraction, seed)}" + (
+        f"-perm{permutation}" if control != "none" else ""
+    )
 
 
 def finetune_run_name(data_name: str, backbone: str, weights: str, address: str, fraction: float, seed: int) -> str:

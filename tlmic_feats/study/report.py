@@ -4,10 +4,11 @@ Per fraction, one table of every arm (the probes at their best layer, the trunca
 both search stages, full finetuning, training from scratch, the baselines): test AUROC and AUPRC
 as mean ± sd over seeds with a 95% bootstrap CI of the seed mean over test images, the validation
 AUPRC that selection used, parameters, MACs and CPU latency per image. Then the winner on test and
-the arm validation would pick; the paired difference of the best truncated arm (chosen on
-validation) against full finetuning, with a paired bootstrap CI (the same test resamples for both
-arms); the probe curves with the finetuned cut points overlaid; and the compute the probe-guided
-search spent against finetuning every block end and unit.
+the arm validation would pick; paired differences on the same test images (AUROC by DeLong's test,
+AUPRC by a paired bootstrap, each with its 95% CI and p-value) of the best truncated arm (chosen on
+validation) against full finetuning and of each probe's best layer against the head; the probe
+curves with the finetuned cut points overlaid; and the compute the probe-guided search spent
+against finetuning every block end and unit.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..metrics.paired import bootstrap_difference, delong_mean
 from ..metrics.predictions import read_predictions
 from ..metrics.scores import paired_bootstrap
 from ..probes.report import aggregate, best_layers
 from ..runtime.files import atomic_path, save_figure, write_text
 from ..runtime.paths import human_bytes
+from ..runtime.rundir import layer_label
 
 ROW_COLUMNS = (
     "stage",
@@ -117,11 +120,17 @@ def collect_rows(out: Path, config, probe_dir: Path) -> list[dict]:
                         "predictions": str((Path(probe_dir) / r["predictions"]).relative_to(out)),
                     }
                 )
-    with atomic_path(out / "results.csv") as tmp, open(tmp, "w", newline="") as f:
+    write_results_csv(out / "results.csv", rows)
+    return rows
+
+
+def write_results_csv(path: Path, rows: list[dict]) -> None:
+    """The study's ``results.csv``, atomically; cut points written as ``L3.10``
+    (:func:`~tlmic_feats.runtime.rundir.layer_label`) so that ``pandas.read_csv`` keeps them apart."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=ROW_COLUMNS)
         w.writeheader()
-        w.writerows(rows)
-    return rows
+        w.writerows({**r, "address": layer_label(r["address"])} for r in rows)
 
 
 _ARM_ORDER = {"probe": 0, "stage1": 1, "stage2": 2, "baseline": 4}
@@ -155,71 +164,116 @@ def _seed(row: dict) -> int:
 
 
 def summarize(out: Path, rows: list[dict], label_kind: str, n_resamples: int = 1000) -> dict:
-    """Per fraction: per arm aggregates with bootstrap CIs, the winner, validation's pick and the
-    truncated-vs-full paired difference."""
+    """Per fraction: per arm aggregates with bootstrap CIs, the winner, validation's pick, and paired
+    differences on the same test images (AUROC by DeLong's test, AUPRC by the paired bootstrap): the
+    best truncated arm against full finetuning, and each probe's best layer against the head (the
+    deepest cut point, the features the full network's classifier pools)."""
     out_doc = {}
+    head_runs = _head_probe_rows(out)
     for fraction in sorted({r["fraction"] for r in rows}):
-        part = [r for r in rows if r["fraction"] == fraction]
         arms: dict[str, list[dict]] = {}
-        for r in part:
-            arms.setdefault(r["arm"], []).append(r)
-        tests = {
-            arm: [
-                read_predictions(out / r["predictions"], label_kind)["test"]
-                for r in sorted(rs, key=lambda r: r["seed"])
-            ]
-            for arm, rs in arms.items()
-        }
-        # Pairing needs the same test images in every arm: probes leave out images the extraction
-        # skipped as unreadable, finetuning does not; compare on the images all arms scored.
-        common = sorted(set.intersection(*(set(ids) for runs in tests.values() for ids, _, _ in runs)))
-        scores, y = {}, None
-        for arm, runs in tests.items():
-            scores[arm] = []
-            for ids, yy, sc in runs:
-                index = {i: k for k, i in enumerate(ids)}
-                take = np.array([index[i] for i in common])
-                scores[arm].append(sc[take])
-                y = yy[take]
+        for r in rows:
+            if r["fraction"] == fraction:
+                arms.setdefault(r["arm"], []).append(r)
+        heads = {f"head-{m}": rs for (m, f), rs in head_runs.items() if f == fraction and f"probe-{m}" in arms}
+        y, scores = _aligned_test_scores(out, {**arms, **heads}, label_kind)
         boot = paired_bootstrap(y, scores, label_kind, n_resamples=n_resamples, seed=0)
-        table = []
-        for arm, rs in sorted(arms.items(), key=lambda kv: _arm_sort(kv[1][0]["stage"], kv[0])):
-            a = {"arm": arm, "stage": rs[0]["stage"], "address": rs[0]["address"], "seeds": len(rs)}
-            a["name"] = _describe(arm, a["stage"], a["address"])
-            for m in ("auroc", "auprc", "val_auprc"):
-                v = np.array([r[m] for r in rs], dtype=float)
-                a[m] = float(np.nanmean(v))
-                a[f"{m}_sd"] = float(np.nanstd(v, ddof=1)) if len(v) > 1 else 0.0
-            for m in ("auroc", "auprc"):
-                b = boot[arm][m]
-                b = b[np.isfinite(b)]
-                a[f"{m}_ci"] = (
-                    (float(np.percentile(b, 2.5)), float(np.percentile(b, 97.5))) if len(b) else (np.nan,) * 2
-                )
-            for k in ("params", "macs", "latency_ms", "n_train"):
-                a[k] = next((r[k] for r in rs if r[k] is not None), None)
-            for k in ("steps_run", "best_step", "train_seconds"):
-                v = [r[k] for r in rs if r[k] is not None and r["stage"] != "probe"]
-                a[k] = float(np.mean(v)) if v else None
-            table.append(a)
+        table = [_arm_summary(arm, rs, boot[arm]) for arm, rs in arms.items()]
+        table.sort(key=lambda a: _arm_sort(a["stage"], a["arm"]))
         winner = max(table, key=lambda a: a["auprc"])
         pick = max(table, key=lambda a: a["val_auprc"])
         truncated = [a for a in table if a["arm"].startswith("t")]
         paired = None
         if truncated and "full" in arms:
             best_t = max(truncated, key=lambda a: a["val_auprc"])
+            full = next(a for a in table if a["arm"] == "full")
             paired = {"arm": best_t["arm"], "name": best_t["name"]}
-            for m in ("auroc", "auprc"):
-                d = boot[best_t["arm"]][m] - boot["full"][m]
-                d = d[np.isfinite(d)]
-                mean_diff = best_t[m] - next(a for a in table if a["arm"] == "full")[m]
-                paired[m] = (mean_diff, _percentiles(d))
-        out_doc[fraction] = {"table": table, "winner": winner, "pick": pick, "paired": paired}
+            paired.update(_paired(y, scores, boot, label_kind, (best_t["arm"], best_t), ("full", full)))
+        versus_head = []
+        for head, runs in sorted(heads.items()):
+            best = next(a for a in table if a["arm"] == f"probe-{head[5:]}")
+            entry = {"model": head[5:], "best": best["address"], "head": runs[0]["address"]}
+            if entry["best"] != entry["head"]:
+                head_mean = {m: float(np.nanmean([r[m] for r in runs])) for m in ("auroc", "auprc")}
+                entry.update(_paired(y, scores, boot, label_kind, (best["arm"], best), (head, head_mean)))
+            versus_head.append(entry)
+        out_doc[fraction] = {
+            "table": table,
+            "winner": winner,
+            "pick": pick,
+            "paired": paired,
+            "versus_head": versus_head,
+        }
     return out_doc
 
 
 def _percentiles(v: np.ndarray) -> tuple[float, float]:
     return (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if len(v) else (np.nan, np.nan)
+
+
+def _head_probe_rows(out: Path) -> dict[tuple[str, float], list[dict]]:
+    """(model, fraction) -> the study's probe rows at the deepest probed cut point (every seed)."""
+    path = out / "probes" / "results.json"
+    if not path.is_file():
+        return {}
+    probe_rows = [r for r in json.loads(path.read_text())["rows"] if r["control"] == "none"]
+    if not probe_rows:
+        return {}
+    deepest = max(probe_rows, key=lambda r: r["depth"])["layer"]
+    heads: dict[tuple[str, float], list[dict]] = {}
+    for r in sorted(probe_rows, key=lambda r: r["seed"]):
+        if r["layer"] == deepest:
+            row = {**r, "address": deepest, "predictions": str((out / "probes" / r["predictions"]).relative_to(out))}
+            heads.setdefault((r["model"], float(r["fraction"])), []).append(row)
+    return heads
+
+
+def _aligned_test_scores(out: Path, runs_of: dict[str, list[dict]], label_kind: str) -> tuple[np.ndarray, dict]:
+    """Test labels and ``{arm: [scores per seed]}`` on the images every arm scored, in one order.
+    Pairing needs the same test images in every arm: probes leave out images the extraction skipped
+    as unreadable, finetuning does not."""
+    tests = {
+        arm: [read_predictions(out / r["predictions"], label_kind)["test"] for r in sorted(rs, key=_seed)]
+        for arm, rs in runs_of.items()
+    }
+    common = sorted(set.intersection(*(set(ids) for runs in tests.values() for ids, _, _ in runs)))
+    scores, y = {}, None
+    for arm, runs in tests.items():
+        scores[arm] = []
+        for ids, yy, sc in runs:
+            index = {i: k for k, i in enumerate(ids)}
+            take = np.array([index[i] for i in common])
+            scores[arm].append(sc[take])
+            y = yy[take]
+    return y, scores
+
+
+def _arm_summary(arm: str, rs: list[dict], boot: dict[str, np.ndarray]) -> dict:
+    """One arm's row of the table: means and sd over seeds, bootstrap CIs of the seed mean, costs."""
+    a = {"arm": arm, "stage": rs[0]["stage"], "address": rs[0]["address"], "seeds": len(rs)}
+    a["name"] = _describe(arm, a["stage"], a["address"])
+    for m in ("auroc", "auprc", "val_auprc"):
+        v = np.array([r[m] for r in rs], dtype=float)
+        a[m] = float(np.nanmean(v))
+        a[f"{m}_sd"] = float(np.nanstd(v, ddof=1)) if len(v) > 1 else 0.0
+    for m in ("auroc", "auprc"):
+        b = boot[m]
+        a[f"{m}_ci"] = _percentiles(b[np.isfinite(b)])
+    for k in ("params", "macs", "latency_ms", "n_train"):
+        a[k] = next((r[k] for r in rs if r[k] is not None), None)
+    for k in ("steps_run", "best_step", "train_seconds"):
+        v = [r[k] for r in rs if r[k] is not None and r["stage"] != "probe"]
+        a[k] = float(np.mean(v)) if v else None
+    return a
+
+
+def _paired(y, scores: dict, boot: dict, label_kind: str, a: tuple[str, dict], b: tuple[str, dict]) -> dict:
+    """A minus B on the same test images: ``{"auroc": DeLong over the seed means, "auprc": paired
+    bootstrap}``, each ``{"diff", "ci", "p"}``; AUPRC's difference is that of the table's means."""
+    (arm_a, mean_a), (arm_b, mean_b) = a, b
+    auroc = delong_mean(y, scores[arm_a], scores[arm_b], label_kind)
+    auprc = bootstrap_difference(mean_a["auprc"] - mean_b["auprc"], boot[arm_a]["auprc"] - boot[arm_b]["auprc"])
+    return {"auroc": {k: auroc[k] for k in ("diff", "ci", "p")}, "auprc": {k: auprc[k] for k in ("diff", "ci", "p")}}
 
 
 def compute_summary(config, backbone, calibration: dict, rows: list[dict], state: dict, manifest, out: Path) -> dict:
@@ -390,10 +444,17 @@ def _fraction_section(doc: dict, c: dict, fraction: float) -> list[str]:
         d = doc["paired"]
         lines.append(
             f"Truncated vs full finetuning ({d['name']}, the truncated arm with the best validation AUPRC, "
-            f"minus full): AUROC {d['auroc'][0]:+.3f} [{d['auroc'][1][0]:+.3f}, {d['auroc'][1][1]:+.3f}], "
-            f"AUPRC {d['auprc'][0]:+.3f} [{d['auprc'][1][0]:+.3f}, {d['auprc'][1][1]:+.3f}] "
-            "(paired bootstrap over test images)."
+            f"minus full, on the same test images): {_difference(d)}."
         )
+    heads = doc.get("versus_head") or []
+    if heads:
+        parts = [
+            f"{h['model']} @ {h['best']} minus @ {h['head']}: {_difference(h)}"
+            if "auroc" in h
+            else f"{h['model']}: the best layer is the head ({h['head']})"
+            for h in heads
+        ]
+        lines.append(f"Best probe layer vs the head (the deepest cut point), same test images: {'; '.join(parts)}.")
     if c:
         ranking = ", ".join(f"{a} {v:.3f}" for a, v in c.get("stage1_ranking", []))
         lines.append(f"Search: block ends by probe val AUPRC: {ranking}; finetuned: {', '.join(c['blocks'])}.")
@@ -405,6 +466,16 @@ def _fraction_section(doc: dict, c: dict, fraction: float) -> list[str]:
                 + f"); its units by probe val AUPRC: {units}; finetuned: {', '.join(c['units']) or 'none'}."
             )
     return lines
+
+
+def _difference(d: dict) -> str:
+    """``AUROC +0.041 [+0.011, +0.076], p = 0.006 (DeLong); AUPRC ... (paired bootstrap)``."""
+    out = []
+    for m, how in (("auroc", "DeLong"), ("auprc", "paired bootstrap")):
+        e = d[m]
+        p = "n/a" if not np.isfinite(e["p"]) else f"{e['p']:.2g}" if e["p"] < 0.001 else f"{e['p']:.3f}"
+        out.append(f"{m.upper()} {e['diff']:+.3f} [{e['ci'][0]:+.3f}, {e['ci'][1]:+.3f}], p = {p} ({how})")
+    return "; ".join(out)
 
 
 def _compute_section(comp: dict) -> list[str]:
