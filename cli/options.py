@@ -74,6 +74,16 @@ def float_list(ctx, param, value):
         raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. 0.05,0.1,1.0") from None
 
 
+def backbone_option(f):
+    """``--backbone``, the same on every command that builds a network."""
+    return click.option(
+        "--backbone",
+        default="resnet50",
+        show_default=True,
+        help="Curated name, timm:NAME or tv:NAME (`tlmic backbones PATTERN`).",
+    )(f)
+
+
 def precision_option(default: str, help: str = ""):
     return click.option(
         "--precision", type=click.Choice(PRECISIONS), default=default, show_default=True, help=help or None

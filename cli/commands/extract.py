@@ -8,17 +8,12 @@ from tlmic_feats.backbones.pooling import POOLS
 from tlmic_feats.features.auto import ENGINE_CHOICES
 from tlmic_feats.features.config import BAD_IMAGE_POLICIES, DTYPES
 
-from ..options import data_options, input_size_option, precision_option
+from ..options import backbone_option, data_options, input_size_option, precision_option
 
 
 @click.command()
 @data_options
-@click.option(
-    "--backbone",
-    default="resnet50",
-    show_default=True,
-    help="Curated name, timm:NAME or tv:NAME (`tlmic backbones PATTERN`).",
-)
+@backbone_option
 @click.option(
     "--weights",
     default="imagenet",

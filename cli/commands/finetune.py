@@ -7,17 +7,12 @@ import click
 from tlmic_feats.backbones.pooling import POOLS
 from tlmic_feats.finetune.config import ARCHS, MONITORS, SCHEDULES
 
-from ..options import budget_options, data_options, input_size_option, precision_option
+from ..options import backbone_option, budget_options, data_options, input_size_option, precision_option
 
 
 @click.command()
 @data_options
-@click.option(
-    "--backbone",
-    default="resnet50",
-    show_default=True,
-    help="Curated name, timm:NAME or tv:NAME (`tlmic backbones PATTERN`).",
-)
+@backbone_option
 @click.option(
     "--weights",
     default="imagenet",

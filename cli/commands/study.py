@@ -9,7 +9,7 @@ from tlmic_feats.features.auto import ENGINE_CHOICES
 from tlmic_feats.runtime.devices import PRECISIONS
 from tlmic_feats.study.config import BASELINES, LPFT_ARMS
 
-from ..options import budget_options, data_options, float_list, input_size_option, precision_option
+from ..options import backbone_option, budget_options, data_options, float_list, input_size_option, precision_option
 
 
 def _names(ctx, param, value):
@@ -18,12 +18,7 @@ def _names(ctx, param, value):
 
 @click.command()
 @data_options
-@click.option(
-    "--backbone",
-    default="resnet50",
-    show_default=True,
-    help="Curated name, timm:NAME or tv:NAME (`tlmic backbones PATTERN`).",
-)
+@backbone_option
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet[:MEMBER] or a .pth/.safetensors file.")
 @click.option("--fractions", default="0.05,0.1,1.0", show_default=True, callback=float_list, help="Training fractions.")
 @click.option("--seeds", default=3, show_default=True, help="Seeds per fraction and arm.")
