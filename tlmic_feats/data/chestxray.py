@@ -22,7 +22,6 @@ official zips unpack). Empty and header-only label files are one-line errors.
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 
 from ..runtime.errors import DataFormatError, MissingColumnError, check_choice, choices
 from .manifest import FileImageSource
+from .tables import read_label_table
 
 CHEXPERT_LABELS = (
     "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
@@ -44,22 +44,6 @@ NIH_LABELS = (
 UNCERTAIN_POLICIES = ("ones", "zeros", "ignore")
 BLANK_POLICIES = ("zeros", "missing")
 VIEWS = ("frontal", "all")
-
-
-def _read_rows(path: Path) -> tuple[list[str], list[dict]]:
-    """Header and rows of a label CSV; an empty file, or one with a header and no rows, is an error."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = [h.strip() for h in reader.fieldnames or []]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise DataFormatError(f"{path} is not a readable CSV file ({type(e).__name__}: {e})") from None
-    if not header:
-        raise DataFormatError(f"{path} is empty (no header, no rows)")
-    if not rows:
-        raise DataFormatError(f"{path} holds a header and no rows")
-    return header, rows
 
 
 def _is_chexpert_csv(path: Path) -> bool:
@@ -132,7 +116,7 @@ def read_chexpert(config) -> dict:
     u_value = {"ones": 1.0, "zeros": 0.0, "ignore": np.nan}[config.uncertain]
     b_value = {"zeros": 0.0, "missing": np.nan}[config.blank]
     for split, csv_path in files:
-        header, rows = _read_rows(csv_path)
+        header, rows = read_label_table(csv_path)
         missing = [c for c in ("Path", "Frontal/Lateral", *CHEXPERT_LABELS) if c not in header]
         if missing:
             raise MissingColumnError(
@@ -209,7 +193,7 @@ def read_nih(config) -> dict:
     else:
         folder = _dataset_folder(given, "nih", "NIH Data_Entry_2017*.csv")
         entries = sorted(folder.glob("Data_Entry_2017*.csv"))
-    header, rows = _read_rows(entries[0])
+    header, rows = read_label_table(entries[0])
     need = ("Image Index", "Finding Labels", "Patient ID")
     missing = [c for c in need if c not in header]
     if missing:

@@ -6,7 +6,6 @@ Each reader turns one on-disk format into a :class:`~tlmic_feats.data.manifest.M
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import numpy as np
 from ..runtime.errors import DataFormatError, MissingColumnError, choices
 from .manifest import ArrayImageSource, FileImageSource, Manifest, file_sha256
 from .splits import DEFAULT_FRACTIONS, make_splits
+from .tables import read_label_table
 
 FORMATS = ("auto", "imagefolder", "csv", "medmnist", "chexpert", "nih", "dicom")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".dcm", ".dicom")
@@ -260,18 +260,7 @@ def _read_imagefolder(config: DataConfig) -> dict:
 def _read_csv(config: DataConfig) -> dict:
     csv_path = Path(config.path).resolve()
     root = Path(config.image_root).resolve() if config.image_root else csv_path.parent
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            dialect = "excel-tab" if csv_path.suffix.lower() == ".tsv" else "excel"
-            reader = csv.DictReader(f, dialect=dialect)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            records = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise DataFormatError(f"{csv_path} is not a readable UTF-8 CSV file ({type(e).__name__}: {e})") from None
-    if not header:
-        raise DataFormatError(f"{csv_path} is empty (no header, no rows)")
-    if not records:
-        raise DataFormatError(f"{csv_path} holds a header and no rows")
+    header, records = read_label_table(csv_path)
     if config.path_column not in header:
         raise MissingColumnError(
             f"path column {config.path_column!r} not in {csv_path.name}; columns: {choices(header)} (set --path-column)"
