@@ -198,8 +198,8 @@ def extract_features(
         # Aliased cut points (ResNet's "2" is "2.4") are computed once, under their array.
         stored = tuple(cp for cp in selected if arrays[cp.address] == cp.address)
         engine_key = {k: fingerprint[k] for k in ("backbone", "weights", "preprocess", "pool", "layers")}
+        t0 = time.perf_counter()
         if config.cluster:
-            t0 = time.perf_counter()
             n_todo, skipped_ids, waited = _extract_on_cluster(
                 config,
                 manifest,
@@ -216,7 +216,6 @@ def extract_features(
                 on_shard,
             )
         else:
-            t0 = time.perf_counter()
             n_todo, skipped_ids, waited = _extract_here(
                 config,
                 manifest,
