@@ -88,7 +88,7 @@ def small_study(easy, tmp_path_factory):
         return config, run_study(config, progress=False)
 
 
-def test_tiny_study_end_to_end_with_every_arm_names_a_winner(easy, tmp_path):
+def test_tiny_study_end_to_end_with_every_arm_gives_verdicts(easy, tmp_path):
     config = _config(
         easy,
         tmp_path / "study",
@@ -106,7 +106,14 @@ def test_tiny_study_end_to_end_with_every_arm_names_a_winner(easy, tmp_path):
     finetuned = [r for r in result.rows if r["stage"] != "probe"]
     assert len(finetuned) == 2 * 7 and not result.not_run
     report = result.report.read_text()
-    assert "**Winner on test (mean AUPRC):" in report and "Truncated vs full finetuning" in report
+    assert "**Chosen on validation:" in report and "These trained models on these test images" in report
+    assert "- **primary**: AUROC:" in report and "exploratory:" in report
+    with open(result.out / "verdicts.csv") as f:
+        verdicts = list(csv.DictReader(f))
+    primary = [v for v in verdicts if v["primary"] == "true"]
+    assert {(v["fraction"], v["metric"]) for v in primary} == {("1", "auroc"), ("1", "auprc")}
+    assert all(v["b"] == "full finetuning" and v["seeds"] == "0 1" and v["precision"] for v in primary)
+    assert {v["verdict"] for v in verdicts} <= {"a_better", "b_better", "equivalent", "inconclusive"}
     assert "(DeLong)" in report and "Best probe layer vs the head (the deepest cut point)" in report
     assert "| cbr-tiny (from scratch) |" in report and "| layer-wise finetuning |" in report
     assert "less finetuning compute by the cost model" in report

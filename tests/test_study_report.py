@@ -68,6 +68,18 @@ def test_truncated_vs_full_and_best_layer_vs_head_are_paired_on_the_same_images(
     (tmp_path / "probes" / "results.json").write_text(json.dumps({"rows": probe_rows}))
 
     doc = summarize(tmp_path, rows, "binary", n_resamples=300)[1.0]
+    # verdicts over training runs: the truncated arm chosen on validation against full, paired by seed
+    from tlmic_feats.metrics.verdicts import arm_interval, compare_runs
+
+    want = compare_runs(y, scores["t3"], scores["full"], n_resamples=300)
+    primary = [v for v in doc["verdicts"] if v.b == "full finetuning"]
+    assert [v.metric for v in primary] == ["auroc", "auprc"]
+    for v in primary:
+        assert v.a == "truncated @ 3" and v.seeds == (0, 1)
+        assert v.diff == pytest.approx(want[v.metric].diff) and v.ci95 == pytest.approx(want[v.metric].ci95)
+    assert {v.b for v in doc["verdicts"]} == {"full finetuning", "probe: logreg @ 3"}
+    t3 = next(a for a in doc["table"] if a["arm"] == "t3")
+    assert t3["auroc_ci"] == pytest.approx(arm_interval(y, scores["t3"], n_resamples=300)["auroc"])
     d = doc["paired"]
     want = delong_mean(y, scores["t3"], scores["full"])
     assert d["arm"] == "t3" and d["auroc"]["diff"] == pytest.approx(want["diff"]) and d["auroc"]["p"] == want["p"]
@@ -126,3 +138,36 @@ def test_study_results_csv_keeps_cut_points_apart_in_pandas(tmp_path):
     write_results_csv(tmp_path / "results.csv", rows)
     table = pd.read_csv(tmp_path / "results.csv")
     assert table["address"].tolist() == ["L3.1", "L3.10", "L3", "all"] and table["arm"].tolist()[1] == "t3.10"
+
+
+def test_compare_command_judges_groups_of_runs(tmp_path):
+    from click.testing import CliRunner
+    from tlmic_cli.main import cli
+
+    from tlmic_feats.metrics.verdicts import compare_runs, format_verdict
+
+    rng = np.random.default_rng(2)
+    n = 150
+    ids = np.array([f"img{i:03d}" for i in range(n)])
+    y = (rng.random(n) < 0.4).astype(float)
+    a = [y * 1.6 + rng.normal(size=n) for _ in range(3)]
+    b = [y * 0.4 + rng.normal(size=n) for _ in range(3)]
+    paths = {}
+    for name, runs in (("A", a), ("B", b)):
+        for s, scores in enumerate(runs):
+            order = rng.permutation(n)  # every file in its own order: matched by id
+            paths[name, s] = tmp_path / f"{name}_s{s}.csv"
+            _write(paths[name, s], ids[order], y[order], scores[order])
+    args = ["compare", *[str(paths["A", s]) for s in range(3)], "--vs", *[str(paths["B", s]) for s in range(3)]]
+    r = CliRunner().invoke(cli, [*args, "--bootstrap", "300"])
+    assert r.exit_code == 0, r.output
+    want = compare_runs(y, a, b, n_resamples=300)
+    assert format_verdict(want["auroc"]) in r.output and "verdict: A better" in r.output
+    r = CliRunner().invoke(cli, [*args, "--bootstrap", "300", "--json"])
+    doc = json.loads(r.output)
+    assert doc["verdicts"]["auprc"]["diff"] == pytest.approx(want["auprc"].diff)
+    assert doc["verdicts"]["auroc"]["verdict"] == "a_better" and doc["n"] == n
+    r = CliRunner().invoke(cli, ["compare", str(paths["A", 0]), str(paths["A", 1]), "--vs", str(paths["B", 0])])
+    assert r.exit_code == 2 and "--unpaired" in r.stderr and "Traceback" not in r.output
+    r = CliRunner().invoke(cli, [*args[:3], "--vs", str(paths["B", 0]), "--unpaired", "--bootstrap", "100"])
+    assert r.exit_code == 0 and "unpaired" in r.output

@@ -1,23 +1,72 @@
-"""``tlmic compare``: two models on the same test images, paired."""
+"""``tlmic compare``: two models, or two arms' training runs, on the same test images."""
 
 from __future__ import annotations
 
 import click
 
 
-@click.command()
-@click.argument("pred_a", type=click.Path(exists=True, dir_okay=False))
-@click.argument("pred_b", type=click.Path(exists=True, dir_okay=False))
-@click.option("--split", default="test", show_default=True, help="The split both files score (test or val).")
-@click.option("--bootstrap", default=2000, show_default=True, help="Paired bootstrap resamples for AUPRC.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap resamples.")
-def compare(pred_a, pred_b, split, bootstrap, seed):
-    """Compare two predictions files (probes, finetuning or a study) on the same images: AUROC by
-    DeLong's test, AUPRC by a paired bootstrap; A minus B, with its 95% CI and p-value."""
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("files", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--split", default="test", show_default=True, help="The split the files score (test or val).")
+@click.option("--rope", default=0.01, show_default=True, help="Region of practical equivalence (AUROC and AUPRC).")
+@click.option("--unpaired", is_flag=True, help="A's and B's runs are independent seeds (not paired by order).")
+@click.option("--bootstrap", default=2000, show_default=True, help="Resamples (test images, and seeds for groups).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the resamples.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def compare(files, split, rope, unpaired, bootstrap, seed, as_json):
+    """Compare predictions files on the same images, A minus B.
+
+    \b
+    Two files (tlmic compare A.csv B.csv): these two trained models on these test images, AUROC by
+    DeLong's test, AUPRC by a paired bootstrap.
+    Groups of runs (tlmic compare A_s0.csv A_s1.csv A_s2.csv --vs B_s0.csv B_s1.csv B_s2.csv): the arms
+    over training runs and test images, paired by order (the same seed), with a verdict: A better,
+    B better, equivalent (within --rope) or inconclusive.
+    """
+    import json
     from pathlib import Path
 
-    from tlmic_feats.metrics.paired import compare_prediction_files, format_comparison
+    from tlmic_feats.runtime.errors import UsageError
 
-    result = compare_prediction_files(pred_a, pred_b, split=split, n_resamples=bootstrap, seed=seed)
-    click.echo(f"A: {pred_a}\nB: {pred_b}\n{result['n']} {split} images ({result['kind']} labels)")
-    click.echo(format_comparison(result, Path(pred_a).stem, Path(pred_b).stem))
+    files = list(files)
+    if files.count("--vs") > 1:
+        raise UsageError("give --vs once: A files --vs B files")
+    preds_a, preds_b = (files[: files.index("--vs")], files[files.index("--vs") + 1 :]) if "--vs" in files else (files, [])
+    for f in (*preds_a, *preds_b):
+        if f.startswith("--"):
+            raise UsageError(f"no such option: {f}; valid: --vs, --split, --rope, --unpaired, --bootstrap, --seed, --json")
+        if not Path(f).is_file():
+            raise UsageError(f"predictions file {f} does not exist")
+    if "--vs" in files and not (preds_a and preds_b):
+        raise UsageError("give predictions files on both sides of --vs: A files --vs B files")
+
+    if not preds_b:
+        if len(preds_a) != 2:
+            raise UsageError(f"give two predictions files, or groups: A files --vs B files (got {len(preds_a)} files)")
+        from tlmic_feats.metrics.paired import compare_prediction_files, format_comparison
+
+        result = compare_prediction_files(preds_a[0], preds_a[1], split=split, n_resamples=bootstrap, seed=seed)
+        if as_json:
+            click.echo(json.dumps(result, indent=1, default=float))
+            return
+        click.echo(f"A: {preds_a[0]}\nB: {preds_a[1]}\n{result['n']} {split} images ({result['kind']} labels)")
+        click.echo(
+            "These two trained models on these test images (a rerun's training variance is not included):"
+        )
+        click.echo(format_comparison(result, Path(preds_a[0]).stem, Path(preds_a[1]).stem))
+        return
+    from tlmic_feats.metrics.verdicts import compare_prediction_groups, format_verdict
+
+    result = compare_prediction_groups(
+        list(preds_a), list(preds_b), split=split, paired=not unpaired, rope=rope, n_resamples=bootstrap,
+        random_state=seed,
+    )  # fmt: skip
+    if as_json:
+        doc = {**result, "a": list(preds_a), "b": list(preds_b)}
+        doc["verdicts"] = {m: v.as_dict() for m, v in result["verdicts"].items()}
+        click.echo(json.dumps(doc, indent=1, default=float))
+        return
+    click.echo(f"A: {len(preds_a)} run(s), B: {len(preds_b)} run(s), {'unpaired' if unpaired else 'paired by order'}")
+    click.echo(f"{result['n']} {split} images ({result['kind']} labels); over training runs and test images:")
+    for v in result["verdicts"].values():
+        click.echo(format_verdict(v))

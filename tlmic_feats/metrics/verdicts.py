@@ -549,3 +549,104 @@ def verdict_row(v: Verdict, **context) -> dict:
     }
     row.update(context)
     return {k: row.get(k, "") for k in VERDICT_COLUMNS}
+
+
+def arm_interval(
+    y: np.ndarray,
+    runs: list[np.ndarray],
+    label_kind: str = "binary",
+    *,
+    metrics: tuple[str, ...] = ("auroc", "auprc"),
+    level: float = 0.95,
+    n_resamples: int = 1000,
+    random_state: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """One arm's expected test metric over training runs and test images: ``{metric: (lo, hi)}``, the
+    ``mean +- t(R - 1) se`` interval with ``se^2 = s^2 / R + C_off`` (between-run variance over R plus
+    the image covariance the runs share; see the module's docstring). NaN for one run."""
+    y = np.asarray(y, dtype=float)
+    rng = np.random.default_rng(random_state)
+    w = image_weights(strata(y, label_kind), n_resamples, rng)
+    out = {}
+    for metric in metrics:
+        point = np.array([metric_under_weights(y, s, label_kind, metric, np.ones((1, len(y))))[0] for s in runs])
+        r = len(point)
+        if r < 2:
+            out[metric] = (float("nan"), float("nan"))
+            continue
+        boot = np.array([metric_under_weights(y, s, label_kind, metric, w) for s in runs])
+        boot = boot[:, np.isfinite(boot).all(0)]
+        cov = np.cov(boot)
+        seed_term = point.var(ddof=1) / r
+        se2 = seed_term + max(float(cov[~np.eye(r, dtype=bool)].mean()), 0.0)
+        df = se2**2 / (seed_term**2 / (r - 1)) if seed_term > 0 else np.inf
+        out[metric] = _t_interval(float(point.mean()), float(np.sqrt(se2)), df, level)
+    return out
+
+
+def compare_prediction_groups(
+    paths_a: list,
+    paths_b: list,
+    *,
+    split: str = "test",
+    paired: bool = True,
+    rope: float = DEFAULT_ROPE,
+    n_resamples: int = 2000,
+    random_state: int = 0,
+) -> dict:
+    """:func:`compare_runs` of two groups of predictions files (one file per training run; paired by
+    order: ``paths_a[r]`` and ``paths_b[r]`` are the same seed) on ``split``: every file must score the
+    same images (matched by id) with the same labels, or a
+    :class:`~tlmic_feats.runtime.errors.DataFormatError` says what differs. Returns ``{"kind", "split",
+    "n", "verdicts": {metric: Verdict}}``."""
+    from pathlib import Path
+
+    from ..runtime.errors import DataFormatError, UsageError
+    from .predictions import predictions_kind, read_predictions
+
+    paths = [*paths_a, *paths_b]
+    if not paths_a or not paths_b:
+        raise UsageError("compare needs at least one predictions file on each side (A ... --vs B ...)")
+    if paired and len(paths_a) != len(paths_b):
+        raise UsageError(
+            f"paired runs need as many files of A as of B (got {len(paths_a)} and {len(paths_b)}); "
+            "pass --unpaired for independent seed sets"
+        )
+    kinds = {predictions_kind(p) for p in paths}
+    if len(kinds) != 1:
+        raise DataFormatError(f"the files hold different kinds of labels ({', '.join(sorted(kinds))})")
+    kind = kinds.pop()
+    y = ids = None
+    scores = []
+    for path in paths:
+        preds = read_predictions(path, kind)
+        if split not in preds:
+            raise DataFormatError(f"{path} has no '{split}' rows; splits: {', '.join(preds) or '(none)'}")
+        pid, py, ps = preds[split]
+        if len(set(pid)) != len(pid):
+            raise DataFormatError(f"{path}: {split} image ids repeat")
+        if ids is None:
+            ids, y = pid, py
+            scores.append(ps)
+            continue
+        if set(pid) != set(ids):
+            raise DataFormatError(
+                f"{Path(path).name} scores different {split} images than {Path(paths[0]).name} "
+                f"({len(set(pid) ^ set(ids))} differ); a paired comparison needs the same images"
+            )
+        take = np.array([{i: k for k, i in enumerate(pid)}[i] for i in ids])
+        if not np.array_equal(np.nan_to_num(py[take], nan=-1), np.nan_to_num(y, nan=-1)):
+            raise DataFormatError(f"{path} gives the {split} images other labels than {paths[0]}")
+        scores.append(ps[take])
+    verdicts = compare_runs(
+        y,
+        scores[: len(paths_a)],
+        scores[len(paths_a) :],
+        kind,
+        names=("A", "B"),
+        paired=paired,
+        rope=rope,
+        n_resamples=n_resamples,
+        random_state=random_state,
+    )
+    return {"kind": kind, "split": split, "n": len(ids), "verdicts": verdicts}

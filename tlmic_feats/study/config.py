@@ -12,6 +12,7 @@ from ..finetune.budget import MIN_STEPS
 from ..runtime.devices import PRECISIONS
 from ..runtime.errors import UsageError, check_choice
 from ..runtime.paths import cache_root, slug
+from ..runtime.seeds import Seeds, check_seeds, seed_list
 from ..runtime.rundir import study_run_id
 
 BASELINES = ("cbr-tiny", "cbr-small", "cbr-larget", "cbr-largew", "hybrid", "layerwise")
@@ -30,7 +31,7 @@ class StudyConfig:
     backbone: str = "resnet50"
     weights: str = "imagenet"
     fractions: tuple[float, ...] = (0.05, 0.1, 1.0)
-    seeds: int = 3
+    seeds: Seeds = 3  # a count (seeds 0..n-1) or the seeds themselves
     out: str = ""
     top_blocks: int = 2
     top_units: int = 2
@@ -55,6 +56,7 @@ class StudyConfig:
     layerwise_lr_mult: float = 0.1
     lpft: str = "truncated"  # arms whose head starts from their cut point's probe: truncated, all, none
     keep_checkpoints: bool = False
+    rope: float = 0.01  # region of practical equivalence of the verdicts (AUROC and AUPRC)
 
     def validate(self) -> None:
         for b in self.baselines:
@@ -65,11 +67,17 @@ class StudyConfig:
         for f in self.fractions:
             if not 0 < f <= 1:
                 raise UsageError(f"fraction {f} is not in (0, 1]; e.g. --fractions 0.05,0.1,1.0")
-        if self.seeds < 1 or self.epochs < 1 or self.top_blocks < 1 or self.top_units < 0:
+        check_seeds(self.seeds)
+        if self.epochs < 1 or self.top_blocks < 1 or self.top_units < 0:
             raise UsageError(
-                f"--seeds, --epochs and --top-blocks must be >= 1 and --top-units >= 0 (got {self.seeds}, "
-                f"{self.epochs}, {self.top_blocks}, {self.top_units})"
+                f"--epochs and --top-blocks must be >= 1 and --top-units >= 0 (got {self.epochs}, "
+                f"{self.top_blocks}, {self.top_units})"
             )
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        """The seeds every arm runs (paired across arms: a seed's arms share its training subset)."""
+        return seed_list(self.seeds)
 
     @property
     def results_key(self) -> dict:
@@ -77,6 +85,7 @@ class StudyConfig:
         record = json.loads(json.dumps(asdict(self)))
         record.pop("cluster")  # the same results wherever it runs (tested); store and device are recorded by runs
         record.pop("keep_checkpoints")  # what is kept, not what is computed
+        record.pop("rope")  # how the report judges, not what is computed
         # Added later: at their defaults they are left out, so that a study begun before still resumes.
         for key, default in (("engine", "torch"), ("extract_precision", "fp32")):
             if record[key] == default:

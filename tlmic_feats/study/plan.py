@@ -155,7 +155,7 @@ def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], Non
     blocks = [f"t{a}" for a in ends[:-1]]
     lines = [
         f"study plan: {config.backbone} ({config.weights}) on {config.data.path}; {len(manifest)} images, "
-        f"fractions {', '.join(f'{f:g}' for f in config.fractions)}, {config.seeds} seed(s)",
+        f"fractions {', '.join(f'{f:g}' for f in config.fractions)}, {len(config.seed_list)} seed(s) ({', '.join(map(str, config.seed_list))})",
         "budget per run (every arm of a fraction alike): "
         + "; ".join(f"{f:g}: {n} images, {b.describe()}" for f, (n, b) in budgets.items()),
         f"cost model: {cal['_meta']['device']} {cal['_meta']['precision']}, measured seconds per training image "
@@ -181,7 +181,7 @@ def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], Non
             planned.append(arm or blocks[0])
         lines.append(f"| {stage} | {rid} | {n} | {b.steps} | {est:.0f} | {status} |")
     exhaustive = sum(
-        estimate_seconds(cal, arm, budgets[float(f)][1], n_val, n_test) * config.seeds
+        estimate_seconds(cal, arm, budgets[float(f)][1], n_val, n_test) * len(config.seed_list)
         for f in config.fractions
         for arm in distinct_truncations(backbone)
     )
@@ -206,7 +206,7 @@ def planned_runs(config: StudyConfig, chosen: dict):
     for stage, key, label, n in (("1", "blocks", "block", config.top_blocks), ("2", "units", "unit", config.top_units)):
         for f in config.fractions:
             picked = chosen.get(f"{f:g}", {}).get(key)  # known once the study has made its choice
-            for s in range(config.seeds):
+            for s in config.seed_list:
                 if picked is not None:
                     yield from ((stage, f"t{a}", f"t{a}", f, s) for a in picked)
                 else:
@@ -215,7 +215,7 @@ def planned_runs(config: StudyConfig, chosen: dict):
                     yield stage, "full", "full", f, s
                     yield stage, "scratch", "scratch", f, s
     for f in config.fractions:
-        for s in range(config.seeds):
+        for s in config.seed_list:
             yield from (("baseline", b, b, f, s) for b in config.baselines)
 
 
@@ -235,7 +235,7 @@ def estimate_disk(config: StudyConfig, backbone, manifest, cal: dict, arms: list
         pooled_width(cp.channels, config.pool) for cp in backbone.cut_points if groups[cp.address] == cp.address
     )
     pre = backbone.preprocess
-    cells = len(backbone.cut_points) * len(config.probe_models) * len(config.fractions) * config.seeds
+    cells = len(backbone.cut_points) * len(config.probe_models) * len(config.fractions) * len(config.seed_list)
     widest = max(pooled_width(cp.channels, config.pool) for cp in backbone.cut_points)
     per_run_files = n_scored * 60 + 100_000  # predictions.csv, history, curves.png, metrics, compactness
     weights = [checkpoint_bytes(cal, a) for a in arms]

@@ -24,6 +24,15 @@ import numpy as np
 from ..metrics.paired import bootstrap_difference, delong_mean
 from ..metrics.predictions import read_predictions
 from ..metrics.scores import paired_bootstrap
+from ..metrics.verdicts import (
+    DEFAULT_ROPE,
+    VERDICT_COLUMNS,
+    arm_interval,
+    compare_runs,
+    format_verdict,
+    holm,
+    verdict_row,
+)
 from ..probes.report import aggregate, best_layers
 from ..runtime.files import atomic_path, save_figure, write_text
 from ..runtime.paths import human_bytes
@@ -52,6 +61,7 @@ ROW_COLUMNS = (
     "train_seconds",
     "wall_seconds",
     "predictions",
+    "precision",
 )
 
 
@@ -88,6 +98,7 @@ def collect_rows(out: Path, config, probe_dir: Path) -> list[dict]:
                 "train_seconds": m.get("train_seconds"),
                 "wall_seconds": rec.get("seconds"),
                 "predictions": str((run_dir / "predictions.csv").relative_to(out)),
+                "precision": _run_precision(run_dir),
             }
         )
     probe_rows = json.loads((Path(probe_dir) / "results.json").read_text())["rows"]
@@ -118,10 +129,17 @@ def collect_rows(out: Path, config, probe_dir: Path) -> list[dict]:
                         "train_seconds": r["fit_seconds"],
                         "wall_seconds": None,
                         "predictions": str((Path(probe_dir) / r["predictions"]).relative_to(out)),
+                        "precision": "fp64",  # scikit-learn / LightGBM on the stored features
                     }
                 )
     write_results_csv(out / "results.csv", rows)
     return rows
+
+
+def _run_precision(run_dir: Path) -> str:
+    """The precision a finetuning run trained in (``run.json``; ``auto`` resolved)."""
+    path = run_dir / "run.json"
+    return json.loads(path.read_text()).get("precision", "") if path.is_file() else ""
 
 
 def write_results_csv(path: Path, rows: list[dict]) -> None:
@@ -163,11 +181,14 @@ def _seed(row: dict) -> int:
     return row["seed"]
 
 
-def summarize(out: Path, rows: list[dict], label_kind: str, n_resamples: int = 1000) -> dict:
-    """Per fraction: per arm aggregates with bootstrap CIs, the winner, validation's pick, and paired
-    differences on the same test images (AUROC by DeLong's test, AUPRC by the paired bootstrap): the
-    best truncated arm against full finetuning, and each probe's best layer against the head (the
-    deepest cut point, the features the full network's classifier pools)."""
+def summarize(out: Path, rows: list[dict], label_kind: str, n_resamples: int = 1000, rope: float = DEFAULT_ROPE) -> dict:
+    """Per fraction: per arm aggregates with their intervals (over training runs and test images when
+    there are several seeds), the arm validation picks, the verdicts (arm vs arm over training runs,
+    :mod:`~tlmic_feats.metrics.verdicts`: the primary contrast, best-on-validation truncated arm vs
+    full finetuning, Holm-corrected across fractions; the best truncated arm against every other arm,
+    exploratory), and paired differences of these trained models on these test images (AUROC by
+    DeLong's test, AUPRC by the paired bootstrap): the best truncated arm against full finetuning, and
+    each probe's best layer against the head (the deepest cut point)."""
     out_doc = {}
     head_runs = _head_probe_rows(out)
     for fraction in sorted({r["fraction"] for r in rows}):
@@ -179,8 +200,11 @@ def summarize(out: Path, rows: list[dict], label_kind: str, n_resamples: int = 1
         y, scores = _aligned_test_scores(out, {**arms, **heads}, label_kind)
         boot = paired_bootstrap(y, scores, label_kind, n_resamples=n_resamples, seed=0)
         table = [_arm_summary(arm, rs, boot[arm]) for arm, rs in arms.items()]
+        for a in table:
+            if a["seeds"] > 1:  # the interval over training runs and test images
+                for m, ci in arm_interval(y, scores[a["arm"]], label_kind, n_resamples=n_resamples).items():
+                    a[f"{m}_ci"] = ci
         table.sort(key=lambda a: _arm_sort(a["stage"], a["arm"]))
-        winner = max(table, key=lambda a: a["auprc"])
         pick = max(table, key=lambda a: a["val_auprc"])
         truncated = [a for a in table if a["arm"].startswith("t")]
         paired = None
@@ -199,12 +223,66 @@ def summarize(out: Path, rows: list[dict], label_kind: str, n_resamples: int = 1
             versus_head.append(entry)
         out_doc[fraction] = {
             "table": table,
-            "winner": winner,
             "pick": pick,
+            "verdicts": _verdicts(y, scores, arms, table, label_kind, n_resamples, rope),
             "paired": paired,
             "versus_head": versus_head,
         }
     return out_doc
+
+
+def _verdicts(y, scores: dict, arms: dict, table: list[dict], label_kind: str, n_resamples: int, rope: float):
+    """The best-on-validation truncated arm against full finetuning (primary) and against every other
+    arm (exploratory), paired by seed on the seeds both ran: ``[Verdict]`` per metric."""
+    truncated = [a for a in table if a["arm"].startswith("t")]
+    if not truncated:
+        return []
+    best = max(truncated, key=lambda a: a["val_auprc"])
+    seeds_of = {arm: [r["seed"] for r in sorted(rs, key=_seed)] for arm, rs in arms.items()}
+    found = []
+    others = [a for a in table if not a["arm"].startswith("t")]
+    others.sort(key=lambda a: a["arm"] != "full")
+    for other in others:
+        common = sorted(set(seeds_of[best["arm"]]) & set(seeds_of[other["arm"]]))
+        if not common:
+            continue
+        pick = {arm: [scores[arm][seeds_of[arm].index(s)] for s in common] for arm in (best["arm"], other["arm"])}
+        found += compare_runs(
+            y,
+            pick[best["arm"]],
+            pick[other["arm"]],
+            label_kind,
+            names=(best["name"], other["name"]),
+            seeds=common,
+            rope=rope,
+            n_resamples=n_resamples,
+        ).values()
+    return found
+
+
+def primary_verdicts(summary: dict) -> dict:
+    """Holm's correction over the fractions of the primary contrast (best truncated arm vs full
+    finetuning), per metric, applied in place; returns the summary."""
+    for metric in ("auroc", "auprc"):
+        primary = [
+            (f, i)
+            for f, doc in summary.items()
+            for i, v in enumerate(doc["verdicts"])
+            if v.metric == metric and v.b == "full finetuning"
+        ]
+        for (f, i), v in zip(primary, holm([summary[f]["verdicts"][i] for f, i in primary])):
+            summary[f]["verdicts"][i] = v
+    return summary
+
+
+def write_verdicts_csv(path: Path, summary: dict, precision: str) -> None:
+    """``verdicts.csv``: one row per contrast, fraction and metric (:data:`VERDICT_COLUMNS`)."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=VERDICT_COLUMNS)
+        w.writeheader()
+        for fraction, doc in summary.items():
+            for v in doc["verdicts"]:
+                w.writerow(verdict_row(v, fraction=f"{fraction:g}", precision=precision))
 
 
 def _percentiles(v: np.ndarray) -> tuple[float, float]:
@@ -294,7 +372,7 @@ def compute_summary(config, backbone, calibration: dict, rows: list[dict], state
     search_est = sum(est(r["arm"], r["fraction"]) for r in runs)
     search_measured = sum(float(r["wall_seconds"] or 0) for r in runs)
     exhaustive_runs = [
-        (f, arm) for f in fractions for arm in distinct_truncations(backbone) for _ in range(config.seeds)
+        (f, arm) for f in fractions for arm in distinct_truncations(backbone) for _ in config.seed_list
     ]
     exhaustive_est = sum(est(arm, f) for f, arm in exhaustive_runs)
     compute = state.get("compute", {})
@@ -332,6 +410,12 @@ def measured_disk(out: Path, state: dict, manifest, backbone) -> dict:
     return parts
 
 
+def training_precision(rows: list[dict]) -> str:
+    """The precision(s) the study's finetuning runs trained in, e.g. ``fp32`` or ``bf16+fp32``."""
+    found = sorted({r.get("precision") or "" for r in rows if r["stage"] != "probe"} - {""})
+    return "+".join(found) or "n/a"
+
+
 def _ci(a: dict, m: str) -> str:
     lo, hi = a[f"{m}_ci"]
     sd = f" ± {a[f'{m}_sd']:.3f}" if a["seeds"] > 1 else ""  # one seed has no spread to show
@@ -352,7 +436,10 @@ def render_study_report(out: Path, config, backbone, calibration: dict, rows: li
     lines = _header(config, backbone, manifest)
     if not rows:
         lines.append("No finished runs yet.")
-    summary = summarize(out, rows, manifest.label_kind, n_resamples=config.bootstrap) if rows else {}
+    summary = summarize(out, rows, manifest.label_kind, n_resamples=config.bootstrap, rope=config.rope) if rows else {}
+    primary_verdicts(summary)
+    precision = training_precision(rows)
+    write_verdicts_csv(out / "verdicts.csv", summary, precision)
     for fraction, doc in summary.items():
         lines += _fraction_section(doc, state.get("choices", {}).get(f"{fraction:g}", {}), fraction)
         plot = _plot_fraction(out, rows, fraction, figures / f"probe-curve-f{fraction:g}.png", config)
@@ -389,8 +476,10 @@ def _header(config, backbone, manifest) -> list[str]:
     """The title and what every arm shared: data, backbone, pooling, budget rule, LP-FT, metrics."""
     n = {s: int((manifest.splits == s).sum()) for s in ("train", "val", "test")}
     metrics = (
-        "Test metrics: mean ± sd over seeds [95% bootstrap CI of the seed mean over test images]. "
-        if config.seeds > 1
+        "Test metrics: mean ± sd over seeds [95% CI of the expected value over training runs and test images: "
+        "between-seed variance plus the test-image variance the seeds share, t quantile; probes and single "
+        "seeds: over test images only]. "
+        if len(config.seed_list) > 1
         else "Test metrics: one seed per arm [95% bootstrap CI over test images]. "
     )
     return [
@@ -398,7 +487,7 @@ def _header(config, backbone, manifest) -> list[str]:
         "",
         f"{len(manifest)} images ({n['train']} train, {n['val']} val, {n['test']} test), {manifest.label_kind} "
         f"labels ({', '.join(manifest.label_names)}); backbone {config.backbone} ({config.weights} weights) "
-        f"at {backbone.preprocess.input_size} px; {config.seeds} seed(s) per arm. Pooling: {config.pool}"
+        f"at {backbone.preprocess.input_size} px; {len(config.seed_list)} seed(s) per arm ({', '.join(map(str, config.seed_list))}). Pooling: {config.pool}"
         f"{_token_pooling(config.pool, backbone)} for the "
         "probes' features and for every finetuned network's head. Finetuning: the same number of optimizer steps "
         f"for every arm of a fraction (below), early stop on validation AUPRC after {config.patience} evaluations "
@@ -434,17 +523,22 @@ def _fraction_section(doc: dict, c: dict, fraction: float) -> list[str]:
             f"Budget: {StepBudget(**c['budget']).describe()}; steps (best), train s: steps run, the step "
             "kept and seconds of training, mean over seeds (a run stops early when its patience runs out).",
         ]
-    w, p = doc["winner"], doc["pick"]
+    p = doc["pick"]
     lines += [
         "",
-        f"**Winner on test (mean AUPRC): {w['name']}** ({w['auprc']:.3f}); validation would pick "
-        f"{p['name']} (val AUPRC {p['val_auprc']:.3f}, test AUPRC {p['auprc']:.3f}).",
+        f"**Chosen on validation: {p['name']}** (val AUPRC {p['val_auprc']:.3f}); its test AUROC {_ci(p, 'auroc')}, "
+        f"AUPRC {_ci(p, 'auprc')}.",
     ]
+    verdicts = doc.get("verdicts") or []
+    if verdicts:
+        lines += ["", "Verdicts over training runs (seeds) and test images, A minus B:", ""]
+        lines += [f"- {'**primary**' if v.primary else 'exploratory'}: {format_verdict(v)}" for v in verdicts]
+        lines.append("")
     if doc["paired"]:
         d = doc["paired"]
         lines.append(
-            f"Truncated vs full finetuning ({d['name']}, the truncated arm with the best validation AUPRC, "
-            f"minus full, on the same test images): {_difference(d)}."
+            f"These trained models on these test images (training variance not included): {d['name']}, the "
+            f"truncated arm with the best validation AUPRC, minus full finetuning: {_difference(d)}."
         )
     heads = doc.get("versus_head") or []
     if heads:

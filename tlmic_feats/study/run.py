@@ -101,7 +101,7 @@ class _Study:
         self.stage1(probes.rows)
         self.stage2(probes.rows)
         for fraction in config.fractions:
-            for seed in range(config.seeds):
+            for seed in config.seed_list:
                 for b in config.baselines:
                     self.execute(Run("baseline", b, float(fraction), seed))
         self.state["not_run"] = self.not_run
@@ -180,7 +180,7 @@ class _Study:
                 "n_train": n_train,
                 "budget": asdict(steps),
             }
-            for seed in range(config.seeds):
+            for seed in config.seed_list:
                 for arm in [f"t{a}" for a in top] + ["full", "scratch"]:
                     self.execute(Run("stage1", arm, float(fraction), seed))
         self.save()
@@ -201,7 +201,7 @@ class _Study:
             ranking = probe_ranking(probe_rows, float(fraction), units_of(self.backbone, best))
             units = [a for a, _ in ranking[: config.top_units]]
             c.update(best_block=best, stage1_val_auprc=finetuned, stage2_ranking=ranking, units=units)
-            for seed in range(config.seeds):
+            for seed in config.seed_list:
                 for a in units:
                     self.execute(Run("stage2", f"t{a}", float(fraction), seed))
         self.save()
@@ -210,7 +210,7 @@ class _Study:
         """Mean validation AUPRC of each stage-1 block whose every possible run has finished."""
         finetuned = {}
         for a in blocks:
-            ids = [Run("stage1", f"t{a}", fraction, s).id for s in range(self.config.seeds)]
+            ids = [Run("stage1", f"t{a}", fraction, s).id for s in self.config.seed_list]
             possible = [i for i in ids if self.state["runs"].get(i, {}).get("status") != "impossible"]
             runs = self.out / "runs"
             vals = [run_val_auprc(runs / i) for i in possible if (runs / i / "metrics.json").is_file()]
