@@ -74,6 +74,21 @@ def float_list(ctx, param, value):
         raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. 0.05,0.1,1.0") from None
 
 
+def seeds_option(help: str = "Seeds: a count (3: seeds 0, 1, 2) or the seeds themselves (3,4,5)."):
+    """``--seeds 3`` or ``--seeds 3,4,5``, so two independent reruns can be made and compared."""
+
+    def parse(ctx, param, value):
+        from tlmic_feats.runtime.errors import UsageError
+        from tlmic_feats.runtime.seeds import parse_seeds
+
+        try:
+            return parse_seeds(str(value))
+        except UsageError as e:
+            raise click.BadParameter(str(e).removeprefix("--seeds ")) from None
+
+    return click.option("--seeds", default="3", show_default=True, callback=parse, help=help)
+
+
 def backbone_option(f):
     """``--backbone``, the same on every command that builds a network."""
     return click.option(

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import click
 
+from ..options import seeds_option
+
 
 @click.command()
 @click.option("--root", default=None, help="Where the demo writes (default: cache/demo).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def demo(root, quiet):
+@seeds_option("Seeds per arm: a count (3: seeds 0, 1, 2) or a list (3,4,5: an independent rerun).")
+def demo(root, quiet, seeds):
     """A miniature study on phantom chest X-rays: probes per layer, probe-guided truncation search, baselines."""
     import time
 
     from tlmic_feats.demo import run_demo
 
     t0 = time.perf_counter()
-    result = run_demo(root, progress=not quiet)
+    result = run_demo(root, progress=not quiet, seeds=seeds)
     click.echo(f"dataset: {result.dataset}")
     click.echo("")
     click.echo(result.report.read_text().rstrip())

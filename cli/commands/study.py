@@ -9,7 +9,15 @@ from tlmic_feats.features.auto import ENGINE_CHOICES
 from tlmic_feats.runtime.devices import PRECISIONS
 from tlmic_feats.study.config import BASELINES, LPFT_ARMS
 
-from ..options import backbone_option, budget_options, data_options, float_list, input_size_option, precision_option
+from ..options import (
+    backbone_option,
+    budget_options,
+    data_options,
+    float_list,
+    input_size_option,
+    precision_option,
+    seeds_option,
+)
 
 
 def _names(ctx, param, value):
@@ -21,7 +29,8 @@ def _names(ctx, param, value):
 @backbone_option
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet[:MEMBER] or a .pth/.safetensors file.")
 @click.option("--fractions", default="0.05,0.1,1.0", show_default=True, callback=float_list, help="Training fractions.")
-@click.option("--seeds", default=3, show_default=True, help="Seeds per fraction and arm.")
+@seeds_option("Seeds per fraction and arm, paired across arms: a count (3: seeds 0, 1, 2) or a list (3,4,5).")
+@click.option("--rope", default=0.01, show_default=True, help="Verdicts: region of practical equivalence (AUROC, AUPRC).")
 @click.option("--out", default="", help="Study directory (default: under cache/studies).")
 @click.option("--top-blocks", default=2, show_default=True, help="Stage 1: block ends finetuned (best by probes).")
 @click.option("--top-units", default=2, show_default=True, help="Stage 2: units of the best block finetuned.")
@@ -67,6 +76,7 @@ def _names(ctx, param, value):
     show_default=True,
     help="The extraction's precision (auto: the fastest validated for the backbone on this hardware).",
 )
+@click.option("--scratch/--no-scratch", default=True, show_default=True, help="Stage 1 also trains from scratch.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--cluster", default="", metavar="local:N|tcp://HOST:PORT", help="Extraction and probes on Dask.")
 @click.option("--budget", default=0, show_default=True, help="Maximum finetuning runs in the study (0: no limit).")

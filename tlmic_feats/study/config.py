@@ -57,6 +57,7 @@ class StudyConfig:
     lpft: str = "truncated"  # arms whose head starts from their cut point's probe: truncated, all, none
     keep_checkpoints: bool = False
     rope: float = 0.01  # region of practical equivalence of the verdicts (AUROC and AUPRC)
+    scratch: bool = True  # stage 1 also trains the full network from scratch
 
     def validate(self) -> None:
         for b in self.baselines:
@@ -87,7 +88,7 @@ class StudyConfig:
         record.pop("keep_checkpoints")  # what is kept, not what is computed
         record.pop("rope")  # how the report judges, not what is computed
         # Added later: at their defaults they are left out, so that a study begun before still resumes.
-        for key, default in (("engine", "torch"), ("extract_precision", "fp32")):
+        for key, default in (("engine", "torch"), ("extract_precision", "fp32"), ("scratch", True)):
             if record[key] == default:
                 record.pop(key)
 

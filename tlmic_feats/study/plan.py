@@ -213,7 +213,8 @@ def planned_runs(config: StudyConfig, chosen: dict):
                     yield from ((stage, f"{label}#{i + 1}", None, f, s) for i in range(n))
                 if stage == "1":
                     yield stage, "full", "full", f, s
-                    yield stage, "scratch", "scratch", f, s
+                    if config.scratch:
+                        yield stage, "scratch", "scratch", f, s
     for f in config.fractions:
         for s in config.seed_list:
             yield from (("baseline", b, b, f, s) for b in config.baselines)

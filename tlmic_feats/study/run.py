@@ -181,7 +181,7 @@ class _Study:
                 "budget": asdict(steps),
             }
             for seed in config.seed_list:
-                for arm in [f"t{a}" for a in top] + ["full", "scratch"]:
+                for arm in [f"t{a}" for a in top] + ["full"] + (["scratch"] if config.scratch else []):
                     self.execute(Run("stage1", arm, float(fraction), seed))
         self.save()
 
