@@ -241,3 +241,39 @@ def test_thresholds_for_a_label_without_scores_are_neutral():
     s = np.array([[0.2, np.nan], [0.8, np.nan], [0.3, np.nan], [0.9, np.nan]])  # label 2 had no probe
     t = choose_thresholds(y, s, "multilabel")
     assert t[1] == 0.5 and 0.3 < t[0] <= 0.8
+
+
+def test_delong_without_spread_has_no_p_value_unless_nothing_differs():
+    """Every placement value equal (two positives, two negatives, one model perfect, the other
+    reversed): se = 0. A difference of 1 then has no normal p-value (NaN, said so), not p = 0;
+    no difference at all is p = 1."""
+    from tlmic_feats.metrics.paired import delong, format_comparison, format_p
+
+    y = np.array([0, 0, 1, 1], dtype=float)
+    a, b = np.array([0.0, 0.1, 0.8, 0.9]), np.array([0.9, 0.8, 0.1, 0.0])
+    r = delong(y, a, b)
+    assert (r["a"], r["b"], r["se"]) == (1.0, 0.0, 0.0) and r["diff"] == 1.0
+    assert np.isnan(r["p"]) and format_p(r) == "p undefined (zero variance)"
+    same = delong(y, a, a)
+    assert same["se"] == 0 and same["diff"] == 0 and same["p"] == 1.0
+    line = format_comparison({"auroc": {**r}, "auprc": {**r, "se": float("nan")}}).splitlines()
+    assert line[0].endswith("p undefined (zero variance) (DeLong)") and "p n/a (paired bootstrap)" in line[1]
+
+
+def test_a_bootstrap_p_at_its_floor_is_printed_as_below_it(rng):
+    """No resample crosses 0: p is the floor 2 / (B + 1) and prints as "p < 0.002" (999 resamples);
+    a p above the floor prints as itself."""
+    from tlmic_feats.metrics.paired import bootstrap_difference, compare_scores, format_comparison, format_p
+
+    r = bootstrap_difference(0.1, np.full(999, 0.1))
+    assert r["p"] == pytest.approx(2 / 1000) and r["p_floor"] == pytest.approx(2 / 1000)
+    assert format_p(r) == "p < 0.002"
+    d = rng.normal(0.05, 0.05, 999)
+    r = bootstrap_difference(0.05, d)
+    k = min((d <= 0).sum(), (d >= 0).sum())
+    assert r["p"] == pytest.approx(2 * (1 + k) / 1000) and format_p(r) == f"p = {2 * (1 + k) / 1000:.3f}"
+    assert format_p({"p": 0.01, "p_floor": 0.01}, at_floor="<=") == "p ≤ 0.010"
+    y = (rng.random(300) < 0.4).astype(float)
+    a, b = 3 * y + rng.normal(size=300), rng.normal(size=300)  # A far better: every resample says so
+    out = format_comparison(compare_scores(y, a, b, "binary", n_resamples=999))
+    assert "p < 0.002 (paired bootstrap)" in out and "p = 0.002" not in out
