@@ -386,13 +386,14 @@ def fidelity(name: str, phantom, backbones: list[str], candidates: list[tuple[st
                 "best_layer": v.best_layer,
                 "best_layer_fp32": v.best_layer_reference,
                 "layers": len(v.changes),
-                "layers_ci_excluding_0": list(v.layers_shifted),
+                "layers_not_equivalent": list(v.layers_not_equivalent),
+                "margin": v.margin,
                 "max_abs_auroc_change": round(worst, 5),
                 "at_layer": at,
                 "median_abs_auroc_change": round(float(np.median([abs(c[0]) for c in v.changes.values()])), 5),
                 "n_test": v.n_test,
                 "extract_img_per_s": speed,
-                "changes": {a: [round(c, 5) for c in cs] for a, cs in v.changes.items()},
+                "changes_90ci": {a: [round(c, 5) for c in cs] for a, cs in v.changes.items()},
             }
         doc[backbone] = entry
     return doc
@@ -440,7 +441,7 @@ def _fidelity_probes(store: Path, out: Path, kind: str) -> tuple[np.ndarray, dic
 def _print_fidelity(title: str, doc: dict) -> None:
     print(f"\n{title}: paired criterion against torch fp32 (features/auto.py), logistic-regression probes per layer")
     print(
-        f"{'backbone':19s} {'candidate':30s} {'verdict':13s} {'best layer':>14s} {'CI excl. 0':>10s} "
+        f"{'backbone':19s} {'candidate':30s} {'verdict':13s} {'best layer':>14s} {'not equiv.':>10s} "
         f"{'max |dAUROC|':>13s} {'median':>7s} {'extract img/s':>13s}"
     )
     for backbone, entry in doc.items():
@@ -454,7 +455,7 @@ def _print_fidelity(title: str, doc: dict) -> None:
             best = f"{v['best_layer']} ({v['best_layer_fp32']})"
             print(
                 f"{backbone:19s} {label:30s} {verdict:13s} {best:>14s} "
-                f"{len(v['layers_ci_excluding_0']):>4d}/{v['layers']:<5d} "
+                f"{len(v['layers_not_equivalent']):>4d}/{v['layers']:<5d} "
                 f"{v['max_abs_auroc_change']:8.4f} @{v['at_layer']:<4s} {v['median_abs_auroc_change']:7.4f} "
                 f"{v['extract_img_per_s'] or float('nan'):13.1f}"
             )

@@ -4,9 +4,12 @@
 EfficientNet-Lite0 (its real ImageNet weights) block ends at 96 px, avg+max pooled; both probes,
 3 seeds, ``--control shuffle``. Before the per-draw null (one permutation per seed shared by every
 layer, judged against 0.5 with a CI over the layers' cells) this data raised "NOT at chance" for
-logistic regression; the table printed here is the current summary's control section.
+logistic regression; the table printed here is the current summary's control section: the leak
+verdict, and the picked layer's p-values, per layer and corrected for picking it among the layers
+(Westfall-Young). Every draw is refitted on every layer: with the default 99 draws, 8 x 99 fits per
+probe model.
 
-    python benchmarks/permutation_null.py [--permutations 20] [--seeds 3] [--out cache/bench/permutation_null]
+    python benchmarks/permutation_null.py [--permutations 99] [--seeds 3] [--out cache/bench/permutation_null]
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ def main() -> None:
     from tlmic_feats.features.extract import extract_features
     from tlmic_feats.probes.config import ProbeConfig
     from tlmic_feats.probes.grid import run_probes
+    from tlmic_feats.probes.permutation import DEFAULT_PERMUTATIONS
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--permutations", type=int, default=20)
+    ap.add_argument("--permutations", type=int, default=DEFAULT_PERMUTATIONS)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", default="cache/bench/permutation_null")
     args = ap.parse_args()

@@ -169,8 +169,8 @@ def test_probe_grid_on_the_cluster_equals_the_local_run(easy_store, tmp_path):
     base = dict(store=str(easy_store), fractions=(0.5, 1.0), seeds=2, bootstrap=200, control="shuffle", permutations=4)
     here = run_probes(ProbeConfig(**base, out=str(tmp_path / "here")), progress=False)
     there = run_probes(ProbeConfig(**base, out=str(tmp_path / "there"), cluster="local:2"), progress=False)
-    # per model x fraction: 2 layers x 2 seeds real, 4 draws on the picked layer and 2 on the other
-    assert len(here.rows) == 2 * 2 * (2 * 2 + 4 + 2)
+    # per model x fraction: 2 layers x 2 seeds real, and 4 draws on each of the 2 layers
+    assert len(here.rows) == 2 * 2 * (2 * 2 + 4 * 2)
     assert _rows(here.out / "results.csv") == _rows(there.out / "results.csv")
     for f in (here.out / "predictions").iterdir():
         assert f.read_text() == (there.out / "predictions" / f.name).read_text()

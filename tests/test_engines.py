@@ -178,12 +178,52 @@ def test_a_layer_whose_auroc_moves_beyond_chance_fails_and_the_change_is_sklearn
     worse = dict(ref)
     worse["2"] = (ref["2"][0], ref["2"][1] + 2.0 * rng.standard_normal(len(y)))  # a real loss of signal
     v = paired_fidelity(y, "binary", ref, worse, n_resamples=200)
-    assert not v.validated and v.layers_shifted == ("2",)
+    assert not v.validated and v.layers_not_equivalent == ("2",)
     change, lo, hi = v.changes["2"]
     assert change == pytest.approx(roc_auc_score(y, worse["2"][1]) - roc_auc_score(y, ref["2"][1]), abs=1e-12)
     assert hi < 0 and lo <= change <= hi
-    assert "1 of 4 layers change test AUROC beyond chance (e.g. 2:" in v.reasons[0]
+    assert "1 of 4 layers not shown equivalent within +-0.002 test AUROC (TOST at 0.05" in v.reasons[0]
+    assert "e.g. 2:" in v.reasons[0]
     assert v.max_abs_change == (pytest.approx(abs(change)), "2")
+
+
+def _noisier(s, sd, seed=3):
+    return s + sd * np.random.default_rng(seed).standard_normal(len(s))
+
+
+def test_a_rounding_level_change_is_equivalent_and_a_hundredth_is_not():
+    """TOST within +-0.002 AUROC. Scores perturbed by 1e-4 noise (rounding-level) are validated, and
+    so is a systematic change of -0.0007 (30 positives' scores lowered by 0.05): its paired 95% CI
+    excludes 0 (the earlier "CI contains 0" rule rejected it) but its 90% CI, the 5th to 95th
+    percentile of the same paired bootstrap differences (recomputed here), lies inside the margin.
+    A layer that loses a hundredth of AUROC is not validated."""
+    from sklearn.metrics import roc_auc_score
+
+    from tlmic_feats.features.auto import EQUIVALENCE_MARGIN
+    from tlmic_feats.metrics.scores import paired_bootstrap
+
+    y, ref = _probe_scores()
+    rounded = {a: (val, _noisier(s, 1e-4, seed=int(a))) for a, (val, s) in ref.items()}
+    v = paired_fidelity(y, "binary", ref, rounded, n_resamples=400)
+    assert v.validated and v.reasons == () and v.layers_not_equivalent == ()
+    biased = dict(ref)
+    lowered = ref["3"][1].copy()
+    lowered[np.flatnonzero(y == 1)[:30]] -= 0.05
+    biased["3"] = (ref["3"][0], lowered)
+    v = paired_fidelity(y, "binary", ref, biased, n_resamples=400)
+    assert v.validated and v.layers_not_equivalent == ()
+    boot = paired_bootstrap(y, {"r": [ref["3"][1]], "c": [lowered]}, "binary", n_resamples=400, seed=0)
+    diff = boot["c"]["auroc"] - boot["r"]["auroc"]
+    lo, hi = np.percentile(diff, [5, 95])
+    assert v.changes["3"][1:] == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))
+    assert -EQUIVALENCE_MARGIN < lo < hi < 0 and np.percentile(diff, 97.5) < 0  # 95% CI excludes 0
+    assert v.changes["3"][0] == pytest.approx(roc_auc_score(y, lowered) - roc_auc_score(y, ref["3"][1]))
+    lossy = dict(ref)
+    lossy["4"] = (ref["4"][0], _noisier(ref["4"][1], 0.3))
+    change = roc_auc_score(y, lossy["4"][1]) - roc_auc_score(y, ref["4"][1])
+    assert -0.013 < change < -0.007  # about a hundredth
+    v = paired_fidelity(y, "binary", ref, lossy, n_resamples=400)
+    assert not v.validated and v.layers_not_equivalent == ("4",) and v.best_layer == "4"
 
 
 def test_another_best_layer_on_validation_or_a_small_test_set_fails():

@@ -241,3 +241,112 @@ def test_thresholds_for_a_label_without_scores_are_neutral():
     s = np.array([[0.2, np.nan], [0.8, np.nan], [0.3, np.nan], [0.9, np.nan]])  # label 2 had no probe
     t = choose_thresholds(y, s, "multilabel")
     assert t[1] == 0.5 and 0.3 < t[0] <= 0.8
+
+
+def test_delong_without_spread_has_no_p_value_unless_nothing_differs():
+    """Every placement value equal (two positives, two negatives, one model perfect, the other
+    reversed): se = 0. A difference of 1 then has no normal p-value (NaN, said so), not p = 0;
+    no difference at all is p = 1."""
+    from tlmic_feats.metrics.paired import delong, format_comparison, format_p
+
+    y = np.array([0, 0, 1, 1], dtype=float)
+    a, b = np.array([0.0, 0.1, 0.8, 0.9]), np.array([0.9, 0.8, 0.1, 0.0])
+    r = delong(y, a, b)
+    assert (r["a"], r["b"], r["se"]) == (1.0, 0.0, 0.0) and r["diff"] == 1.0
+    assert np.isnan(r["p"]) and format_p(r) == "p undefined (zero variance)"
+    same = delong(y, a, a)
+    assert same["se"] == 0 and same["diff"] == 0 and same["p"] == 1.0
+    line = format_comparison({"auroc": {**r}, "auprc": {**r, "se": float("nan")}}).splitlines()
+    assert line[0].endswith("p undefined (zero variance) (DeLong)") and "p n/a (paired bootstrap)" in line[1]
+
+
+def test_a_bootstrap_p_at_its_floor_is_printed_as_below_it(rng):
+    """No resample crosses 0: p is the floor 2 / (B + 1) and prints as "p < 0.002" (999 resamples);
+    a p above the floor prints as itself."""
+    from tlmic_feats.metrics.paired import bootstrap_difference, compare_scores, format_comparison, format_p
+
+    r = bootstrap_difference(0.1, np.full(999, 0.1))
+    assert r["p"] == pytest.approx(2 / 1000) and r["p_floor"] == pytest.approx(2 / 1000)
+    assert format_p(r) == "p < 0.002"
+    d = rng.normal(0.05, 0.05, 999)
+    r = bootstrap_difference(0.05, d)
+    k = min((d <= 0).sum(), (d >= 0).sum())
+    assert r["p"] == pytest.approx(2 * (1 + k) / 1000) and format_p(r) == f"p = {2 * (1 + k) / 1000:.3f}"
+    assert format_p({"p": 0.01, "p_floor": 0.01}, at_floor="<=") == "p ≤ 0.010"
+    y = (rng.random(300) < 0.4).astype(float)
+    a, b = 3 * y + rng.normal(size=300), rng.normal(size=300)  # A far better: every resample says so
+    out = format_comparison(compare_scores(y, a, b, "binary", n_resamples=999))
+    assert "p < 0.002 (paired bootstrap)" in out and "p = 0.002" not in out
+
+
+# --- the multi-label bootstrap: one draw of images for every label ------------------------------------
+
+
+def _multilabel_case(rng, n=240, labels=3):
+    y = (rng.random((n, labels)) < [0.35, 0.2, 0.1][:labels]).astype(float)
+    y[rng.random((n, labels)) < 0.1] = np.nan
+    s = np.nan_to_num(y) + rng.normal(size=(n, labels)) + 0.5 * rng.normal(size=(n, 1))  # correlated labels
+    return y, s
+
+
+def test_image_strata_mirror_the_splits_stratify_key(rng):
+    from tlmic_feats.data.splits import stratify_key
+    from tlmic_feats.metrics.scores import image_strata
+
+    y, _ = _multilabel_case(rng, labels=3)
+    np.testing.assert_array_equal(image_strata(y, "multilabel"), stratify_key(y, "multilabel"))
+    yb = (rng.random((50, 1)) < 0.3).astype(float)
+    np.testing.assert_array_equal(image_strata(yb, "binary"), stratify_key(yb, "binary"))
+
+
+def test_identical_labels_give_the_macro_ci_of_one_label(rng):
+    """Five copies of one label scored alike: each resample's macro value is that label's value, so the
+    macro CI equals the one label's CI (resampling the labels independently averaged five independent
+    resamples and made it about 1/sqrt(5) as wide)."""
+    n = 300
+    y1 = (rng.random(n) < 0.3).astype(float)
+    s1 = y1 + rng.normal(size=n)
+    one = bootstrap(y1, s1, "binary", thresholds=np.array([0.4]), n_resamples=400, seed=5)
+    five = bootstrap(
+        np.repeat(y1[:, None], 5, 1), np.repeat(s1[:, None], 5, 1), "multilabel",
+        thresholds=np.full(5, 0.4), n_resamples=400, seed=5,
+    )  # fmt: skip
+    for m in METRICS:
+        assert five[m] == pytest.approx(one[m], abs=1e-12), m
+        assert five[m][1] - five[m][0] > 0.01
+
+
+def test_multilabel_resamples_equal_sklearn_on_the_resampled_images(rng):
+    """The paired bootstrap's macro AUROC and AUPRC of each resample against scikit-learn on that
+    resample's images (each label on the images where it is known), with the images drawn once."""
+    from tlmic_feats.metrics.scores import _stratified_index, image_strata, paired_bootstrap
+
+    y, s = _multilabel_case(rng)
+    b = 30
+    out = paired_bootstrap(y, {"a": [s]}, "multilabel", n_resamples=b, seed=4)["a"]
+    idx = _stratified_index(image_strata(y, "multilabel"), b, np.random.default_rng(4))
+    for k in range(b):
+        yk, sk = y[idx[k]], s[idx[k]]
+        known = [~np.isnan(yk[:, j]) for j in range(3)]
+        auroc = np.mean([skm.roc_auc_score(yk[m, j], sk[m, j]) for j, m in enumerate(known)])
+        auprc = np.mean([skm.average_precision_score(yk[m, j], sk[m, j]) for j, m in enumerate(known)])
+        assert out["auroc"][k] == pytest.approx(auroc, abs=1e-12)
+        assert out["auprc"][k] == pytest.approx(auprc, abs=1e-12)
+
+
+def test_multilabel_bootstrap_ci_holds_the_threshold_metrics_of_the_resampled_images(rng):
+    """bootstrap's macro threshold metrics on masked resamples: a CI from 2,000 resamples brackets
+    the point estimate, and one resample's values (B = 1) equal scikit-learn's on its images."""
+    from tlmic_feats.metrics.scores import _stratified_index, image_strata
+
+    y, s = _multilabel_case(rng)
+    t = np.array([0.5, 0.6, 0.7])
+    point = evaluate(y, s, "multilabel", thresholds=t)
+    ci = bootstrap(y, s, "multilabel", thresholds=t, n_resamples=2000, seed=2)
+    for m in METRICS:
+        assert ci[m][0] <= point[m] <= ci[m][1], m
+    (idx,) = _stratified_index(image_strata(y, "multilabel"), 1, np.random.default_rng(9))
+    one = bootstrap(y, s, "multilabel", thresholds=t, n_resamples=1, seed=9)
+    want = evaluate(y[idx], s[idx], "multilabel", thresholds=t)
+    for m in METRICS:
+        assert one[m][0] == pytest.approx(want[m], abs=1e-12) and one[m][1] == pytest.approx(want[m], abs=1e-12), m

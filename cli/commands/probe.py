@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from tlmic_feats.probes.config import CONTROLS, MODELS
+from tlmic_feats.probes.permutation import DEFAULT_PERMUTATIONS
 
 from ..options import float_list
 
@@ -34,10 +35,10 @@ from ..options import float_list
 )
 @click.option(
     "--permutations",
-    default=20,
+    default=DEFAULT_PERMUTATIONS,
     show_default=True,
-    help="With --control shuffle: permutation draws on the layer the summary picks (per model x fraction); "
-    "every other layer gets a tenth of them, at least 2.",
+    help="With --control shuffle: permutation draws per model x fraction, each refitted on every layer with "
+    "one permutation (p-values down to 1/(N+1), per layer and corrected for picking the best layer).",
 )
 @click.option("--bootstrap", default=1000, show_default=True, help="Bootstrap resamples for test CIs.")
 @click.option("--jobs", "n_jobs", default=0, show_default=True, help="Parallel fits (0: one per core).")

@@ -78,8 +78,9 @@ def _score_matrix(scores: np.ndarray, n: int, label_kind: str) -> np.ndarray:
 
 def delong(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, label_kind: str = "binary") -> dict:
     """DeLong's test of AUROC(A) - AUROC(B) on the same images: ``{"a", "b", "diff", "se", "ci",
-    "p", "n_labels"}`` (``ci`` a 95% normal interval, ``p`` two-sided). Scores and labels as in
-    :func:`~tlmic_feats.metrics.scores.evaluate`."""
+    "p", "n_labels"}`` (``ci`` a 95% normal interval, ``p`` two-sided; with ``se == 0``, ``p`` is 1
+    when the difference is 0 and NaN otherwise: a difference without spread has no normal
+    p-value). Scores and labels as in :func:`~tlmic_feats.metrics.scores.evaluate`."""
     return delong_mean(y, [scores_a], [scores_b], label_kind)
 
 
@@ -116,24 +117,29 @@ def delong_mean(y: np.ndarray, runs_a: list, runs_b: list, label_kind: str = "bi
     a, b = float(macro[: len(runs_a)].mean()), float(macro[len(runs_a) :].mean())
     diff = a - b
     se = float(np.sqrt((influence**2).sum()))
-    # se == 0: identical rankings (p = 1), or a difference without any spread (p = 0)
-    p = float(2 * norm.sf(abs(diff) / se)) if se > 0 else float(diff == 0)
+    # se == 0: identical rankings (no difference: p = 1), or a difference without any spread, which
+    # the normal approximation cannot judge (p undefined: NaN, not 0; :func:`format_p` says why)
+    p = float(2 * norm.sf(abs(diff) / se)) if se > 0 else 1.0 if diff == 0 else float("nan")
     z = norm.ppf(0.975)
     ci = (float(diff - z * se), float(diff + z * se))
     return {"a": a, "b": b, "diff": diff, "se": se, "ci": ci, "p": p, "n_labels": k}
 
 
 def bootstrap_difference(diff: float, resampled: np.ndarray) -> dict:
-    """``{"diff", "ci", "p", "n_resamples"}`` of a paired difference from its resampled values: the 95%
-    percentile interval and a two-sided p-value from how often a resample falls on either side of 0
-    (``2 * min`` of the two shares, each counted as ``(1 + k) / (B + 1)``)."""
+    """``{"diff", "ci", "p", "p_floor", "n_resamples"}`` of a paired difference from its resampled
+    values: the 95% percentile interval and a two-sided p-value from how often a resample falls on
+    either side of 0 (``2 * min`` of the two shares, each counted as ``(1 + k) / (B + 1)``).
+    ``p_floor`` is the smallest p the ``B`` resamples can give, ``2 / (B + 1)``: a ``p`` equal to it
+    means no resample crossed 0, and says "p < p_floor" (:func:`format_p`), not "p = p_floor"."""
     d = np.asarray(resampled, dtype=float)
     d = d[np.isfinite(d)]
     if not len(d):
-        return {"diff": diff, "ci": (float("nan"), float("nan")), "p": float("nan"), "n_resamples": 0}
+        nan = float("nan")
+        return {"diff": diff, "ci": (nan, nan), "p": nan, "p_floor": nan, "n_resamples": 0}
     below, above = (1 + (d <= 0).sum()) / (len(d) + 1), (1 + (d >= 0).sum()) / (len(d) + 1)
     ci = (float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5)))
-    return {"diff": float(diff), "ci": ci, "p": float(min(1.0, 2 * min(below, above))), "n_resamples": len(d)}
+    p = float(min(1.0, 2 * min(below, above)))
+    return {"diff": float(diff), "ci": ci, "p": p, "p_floor": 2 / (len(d) + 1), "n_resamples": len(d)}
 
 
 def compare_scores(
@@ -148,7 +154,8 @@ def compare_scores(
     """``{"auroc": DeLong's result, "auprc": paired bootstrap}`` of model A minus model B on the same
     images. The AUPRC entry holds ``a``, ``b`` (average precision, macro), ``diff``, ``ci`` (95%
     percentile interval of the resampled differences), ``p`` (two-sided, from how often the resampled
-    difference falls on either side of 0) and ``n_resamples``."""
+    difference falls on either side of 0), ``p_floor`` (its smallest possible value) and
+    ``n_resamples``."""
     from .scores import evaluate
 
     out = {"auroc": delong(y, scores_a, scores_b, label_kind)}
@@ -195,19 +202,34 @@ def compare_prediction_files(
 
 
 def format_comparison(result: dict, name_a: str = "A", name_b: str = "B") -> str:
-    """One line per metric: both values, the difference with its 95% CI and the p-value."""
+    """One line per metric: both values, the difference with its 95% CI and the p-value
+    (:func:`format_p`: "p < 0.002" at the bootstrap's floor, "p undefined (zero variance)" for a
+    DeLong difference without spread)."""
     lines = []
     for metric, how in (("auroc", "DeLong"), ("auprc", "paired bootstrap")):
         r = result[metric]
         lo, hi = r["ci"]
         lines.append(
             f"{metric.upper()}: {name_a} {r['a']:.4f}, {name_b} {r['b']:.4f}; difference {r['diff']:+.4f} "
-            f"[{lo:+.4f}, {hi:+.4f}], p = {_p(r['p'])} ({how})"
+            f"[{lo:+.4f}, {hi:+.4f}], {format_p(r)} ({how})"
         )
     return "\n".join(lines)
 
 
+def format_p(result: dict, *, p: str = "p", floor: str = "p_floor", at_floor: str = "<") -> str:
+    """The p-value of a result as reports print it: ``"p = 0.013"``; at the resampling floor (the
+    smallest p its resamples or draws can give, ``result[floor]``) ``"p < 0.002"`` (``at_floor="<="``
+    prints ``"p ≤ 0.010"``, for a permutation p-value ``(1 + k) / (1 + B)``, which is itself valid
+    at its floor); a NaN p with ``se == 0`` (DeLong, a difference without spread)
+    ``"p undefined (zero variance)"``; any other NaN ``"p n/a"``. ``p`` and ``floor`` name the
+    result's keys (a permutation entry holds several p-values)."""
+    value, low = result.get(p, float("nan")), result.get(floor)
+    if value is None or not np.isfinite(value):
+        return "p undefined (zero variance)" if result.get("se") == 0 else "p n/a"
+    if low is not None and np.isfinite(low) and value <= low * (1 + 1e-9):
+        return f"p {'≤' if at_floor == '<=' else '<'} {_p(low)}"
+    return f"p = {_p(value)}"
+
+
 def _p(p: float) -> str:
-    if not np.isfinite(p):
-        return "n/a"
     return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"

@@ -1,9 +1,10 @@
 """One metrics module for both arms: AUROC and AUPRC first, as imbalanced medical data need.
 
 Point estimates are scikit-learn's own functions. Bootstrap confidence intervals resample the
-test set (stratified by class, so every resample holds both classes) and recompute the metrics with
-vectorized, tie-aware equivalents of the same definitions (checked against scikit-learn in the
-tests), so 1,000 resamples cost milliseconds rather than seconds.
+test images (stratified by class, so every resample holds both classes; multi-label: by each
+image's rarest positive label, and one draw of images serves every label) and recompute the
+metrics with vectorized, tie-aware equivalents of the same definitions (checked against
+scikit-learn in the tests), so 1,000 resamples cost milliseconds rather than seconds.
 
 Scores: binary -> ``(N,)`` probability of class 1; multi-class -> ``(N, K)`` probabilities;
 multi-label -> ``(N, L)`` probability per label, labels ``(N, L)`` with NaN where missing.
@@ -222,12 +223,12 @@ def average_precision_rows(y: np.ndarray, s: np.ndarray) -> np.ndarray:
         return np.where(last, (tp - prev) * precision, 0).sum(1) / tp[:, -1]
 
 
-def _threshold_rows(y: np.ndarray, s: np.ndarray, t: float) -> dict[str, np.ndarray]:
+def _threshold_rows(y: np.ndarray, s: np.ndarray, t: float, valid: np.ndarray | None = None) -> dict[str, np.ndarray]:
     pred = s >= t
     n1 = y.sum(1)
-    n0 = y.shape[1] - n1
+    n0 = (y.shape[1] if valid is None else valid.sum(1)) - n1
     tp = (pred & (y == 1)).sum(1)
-    tn = (~pred & (y == 0)).sum(1)
+    tn = (~pred & (y == 0) & (True if valid is None else valid)).sum(1)
     fp, fn = n0 - tn, n1 - tp
     with np.errstate(invalid="ignore", divide="ignore"):
         sens, spec = tp / n1, tn / n0
@@ -244,6 +245,51 @@ def _threshold_rows(y: np.ndarray, s: np.ndarray, t: float) -> dict[str, np.ndar
 def _binary_rows(y: np.ndarray, s: np.ndarray, t: float) -> dict[str, np.ndarray]:
     out = {"auroc": auroc_rows(y, s), "auprc": average_precision_rows(y, s)}
     out.update(_threshold_rows(y, s, t))
+    return out
+
+
+def _masked_rows(y: np.ndarray, s: np.ndarray, t: float | None = None) -> dict[str, np.ndarray]:
+    """:func:`_binary_rows` of (B, n) resampled labels with NaN where missing, over each row's known
+    labels only (a resample of images holds a label's missing rows too). Missing rows are scored
+    +inf for AUROC (above every known one: the known rows' ranks among themselves are unchanged)
+    and -inf for average precision (after every known one: no threshold adds them); the threshold
+    metrics count known rows only. ``t=None``: AUROC and AUPRC only."""
+    valid = ~np.isnan(y)
+    y01 = np.where(valid, y, 0.0)
+    n1 = y01.sum(1)
+    n0 = valid.sum(1) - n1
+    ranks = _rankdata_rows(np.where(valid, s, np.inf))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auroc = ((ranks * y01).sum(1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+    out = {"auroc": auroc, "auprc": average_precision_rows(y01, np.where(valid, s, -np.inf))}
+    if t is not None:
+        out.update(_threshold_rows(y01, s, t, valid))
+    return out
+
+
+def image_strata(y: np.ndarray, label_kind: str) -> np.ndarray:
+    """One stratum per image for resampling test images: the class (binary, multi-class) or, for
+    multi-label, the image's rarest positive label (-1 with none). The same rule as the data
+    splits' ``stratify_key`` (data/splits.py), kept here because metrics do not import data:
+    every resample keeps each stratum's count, so a rare finding's positives are never all lost."""
+    y2 = _as_2d(y)
+    if label_kind in ("binary", "multiclass"):
+        return y2[:, 0].astype(np.int64)
+    pos = np.nan_to_num(y2, nan=0.0) > 0.5
+    order = np.argsort(pos.sum(axis=0), kind="stable")  # rarest first
+    key = np.full(len(y2), -1, dtype=np.int64)
+    for j in order[::-1]:  # later (rarer) labels overwrite
+        key[pos[:, j]] = j
+    return key
+
+
+def _defined_labels(y: np.ndarray, s: np.ndarray) -> list[int]:
+    """The labels (columns) whose known rows hold both classes and that have scores on them."""
+    out = []
+    for j in range(y.shape[1]):
+        m = ~np.isnan(y[:, j])
+        if len(np.unique(y[m, j])) == 2 and np.isfinite(s[m, j]).all():
+            out.append(j)
     return out
 
 
@@ -268,8 +314,10 @@ def bootstrap(
 ) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap CIs of the macro metrics on a test set, stratified by class.
 
-    Multi-label: each label is resampled within its own non-missing, stratified rows; the macro
-    value of resample ``b`` averages the labels' ``b``-th resamples.
+    Multi-label: a resample draws images (stratified by :func:`image_strata`), the same images for
+    every label, so that labels scored on the same images vary together as they do between test
+    sets; each label's metrics use the resampled images where it is known, and the macro value of
+    resample ``b`` averages the labels' values on it.
     """
     rng = np.random.default_rng(seed)
     tail = (1 - level) / 2 * 100
@@ -283,13 +331,16 @@ def bootstrap(
             s2 = s2[:, -1:]
         t = thresholds if thresholds is not None else np.full(y2.shape[1], 0.5)
         per_label = []
-        for j in range(y2.shape[1]):
-            m = ~np.isnan(y2[:, j])
-            yj, sj = y2[m, j], s2[m, j]
-            if len(np.unique(yj)) < 2 or not np.isfinite(sj).all():
-                continue
-            idx = _stratified_index(yj, n_resamples, rng)
-            per_label.append(_binary_rows(yj[idx], sj[idx], float(t[j])))
+        if label_kind == "binary":
+            m = ~np.isnan(y2[:, 0])
+            yj, sj = y2[m, 0], s2[m, 0]
+            if len(np.unique(yj)) == 2 and np.isfinite(sj).all():
+                idx = _stratified_index(yj, n_resamples, rng)
+                per_label.append(_binary_rows(yj[idx], sj[idx], float(t[0])))
+        else:
+            idx = _stratified_index(image_strata(y2, label_kind), n_resamples, rng)  # one draw for all labels
+            for j in _defined_labels(y2, s2):
+                per_label.append(_masked_rows(y2[idx, j], s2[idx, j], float(t[j])))
         if not per_label:
             return {m: (float("nan"), float("nan")) for m in METRICS}
         values = {m: np.mean([v[m] for v in per_label], axis=0) for m in METRICS}
@@ -345,6 +396,7 @@ def paired_bootstrap(
     images; percentiles of a difference of two arms give a paired CI of the difference.
 
     ``arms[name]`` lists one score array per seed, rows aligned with ``y`` (as in ``evaluate``).
+    Multi-label: one draw of images per resample for every label, as in :func:`bootstrap`.
     """
     rng = np.random.default_rng(seed)
     y2 = _as_2d(y)
@@ -355,12 +407,17 @@ def paired_bootstrap(
         for c in np.unique(yc):
             if 0 < (yc == c).sum() < len(yc):
                 columns.append(((yc == c).astype(float), np.arange(len(yc)), int(c), idx))
-    else:
+    elif label_kind == "binary":
+        rows = np.flatnonzero(~np.isnan(y2[:, 0]))
+        yj = y2[rows, 0]
+        if len(np.unique(yj)) == 2:
+            columns.append((yj, rows, 0, _stratified_index(yj, n_resamples, rng)))
+    else:  # multi-label: one draw of images for every label (see bootstrap), NaN where a label is unknown
+        idx = _stratified_index(image_strata(y2, label_kind), n_resamples, rng)
+        rows = np.arange(len(y2))
         for j in range(y2.shape[1]):
-            rows = np.flatnonzero(~np.isnan(y2[:, j]))
-            yj = y2[rows, j]
-            if len(np.unique(yj)) == 2:
-                columns.append((yj, rows, j, _stratified_index(yj, n_resamples, rng)))
+            if len(np.unique(y2[~np.isnan(y2[:, j]), j])) == 2:
+                columns.append((y2[:, j], rows, j, idx))
     out = {}
     for name, per_seed in arms.items():
         acc = {"auroc": np.zeros(n_resamples), "auprc": np.zeros(n_resamples)}
@@ -368,12 +425,16 @@ def paired_bootstrap(
             s2 = np.asarray(scores, dtype=float).reshape(len(y2), -1)
             if label_kind == "binary":
                 s2 = s2[:, -1:]
+            vals = {m: [] for m in acc}
+            for yj, rows, col, idx in columns:
+                sj = s2[rows, col]
+                if label_kind == "multilabel":
+                    both = _masked_rows(yj[idx], sj[idx])
+                else:
+                    both = {"auroc": auroc_rows(yj[idx], sj[idx]), "auprc": average_precision_rows(yj[idx], sj[idx])}
+                for m in acc:
+                    vals[m].append(both[m])
             for m in acc:
-                vals = []
-                for yj, rows, col, idx in columns:
-                    sj = s2[rows, col]
-                    fn = auroc_rows if m == "auroc" else average_precision_rows
-                    vals.append(fn(yj[idx], sj[idx]))
-                acc[m] += np.mean(vals, axis=0) if vals else np.nan
+                acc[m] += np.mean(vals[m], axis=0) if vals[m] else np.nan
         out[name] = {m: v / max(len(per_seed), 1) for m, v in acc.items()}
     return out

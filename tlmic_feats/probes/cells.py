@@ -48,14 +48,15 @@ class Cell:
     permutation: int = -1
 
 
-def cell_targets(ctx: GridContext, cell: Cell, layer: str) -> tuple[np.ndarray, np.ndarray]:
+def cell_targets(ctx: GridContext, cell: Cell) -> tuple[np.ndarray, np.ndarray]:
     """The labels a cell learns from and is tuned on: ``(y_train, y_val)``, permuted for a control
-    draw on ``layer`` (the address its array is fitted under)."""
+    draw (the same permutation on every layer: one draw of the null, see
+    :mod:`~tlmic_feats.probes.permutation`)."""
     y_train, y_val = ctx.labels[cell.train], ctx.labels[ctx.rows_of["val"]]
     if cell.control == "shuffle":
         # The null: permute every label the probe learns or is tuned from (train, and the
         # validation labels behind C, early stopping and the threshold); test labels stay true.
-        rng = permutation_rng(layer, cell.model, cell.fraction, cell.seed, cell.permutation)
+        rng = permutation_rng(cell.model, cell.fraction, cell.seed, cell.permutation)
         y_train, y_val = permute(y_train, y_val, rng)
     return y_train, y_val
 
@@ -67,7 +68,7 @@ def target_of(kind: str, y: np.ndarray) -> np.ndarray:
 
 def fit_cell(X: np.ndarray, ctx: GridContext, cell: Cell, common: dict) -> dict:
     val, test = ctx.rows_of["val"], ctx.rows_of["test"]
-    y_train, y_val = cell_targets(ctx, cell, common["layer"])
+    y_train, y_val = cell_targets(ctx, cell)
     probe = PROBES[cell.model](random_state=cell.seed)
     t = time.perf_counter()
     probe.fit(X[cell.train], target_of(ctx.kind, y_train), eval_set=(X[val], target_of(ctx.kind, y_val)))
@@ -84,7 +85,7 @@ def finish_cell(
     labels, kind, names, rows_of, config, out = ctx.labels, ctx.kind, ctx.names, ctx.rows_of, ctx.config, ctx.out
     real = cell.control == "none"
     val, test = rows_of["val"], rows_of["test"]
-    y_train, y_val = cell_targets(ctx, cell, common["layer"])
+    y_train, y_val = cell_targets(ctx, cell)
     s_val = p_val[:, 1] if kind == "binary" else p_val
     s_test = p_test[:, 1] if kind == "binary" else p_test
     # warn=False: an undefined label is reported as NaN and n_labels; cells run in threads, where

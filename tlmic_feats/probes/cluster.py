@@ -111,7 +111,7 @@ def _fit_distributed_cell(client, store: FeatureStore, ctx, cell, common: dict) 
     seed, train = cell.seed, cell.train
     X = da.from_zarr(str(store.path), component=f"features/{common['array']}")
     val, test = ctx.rows_of["val"], ctx.rows_of["test"]
-    y_train, y_val = cell_targets(ctx, cell, common["layer"])
+    y_train, y_val = cell_targets(ctx, cell)
     order = np.argsort(train)  # row-sorted selections read each chunk once
     t = time.perf_counter()
     probe = fit_lightgbm_dask(

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from ..runtime.errors import UsageError, check_choice
+from .permutation import DEFAULT_PERMUTATIONS
 
 CONTROLS = ("none", "shuffle")
 
@@ -24,7 +25,7 @@ class ProbeConfig:
     seeds: int = 3
     out: str = ""
     control: str = "none"  # "shuffle": also fit permutation draws (permuted train and val labels)
-    permutations: int = 20  # shuffle: draws on the layer the summary picks; fewer elsewhere (permutation.py)
+    permutations: int = DEFAULT_PERMUTATIONS  # shuffle: draws on every layer, one permutation each (permutation.py)
     bootstrap: int = 1000
     n_jobs: int = 0  # 0: one per CPU core
     save_probes: bool = True
@@ -39,6 +40,8 @@ class ProbeConfig:
             record.pop(k)
         if self.control == "none":
             record.pop("permutations")  # no draws: the count changes nothing
+        else:  # a run whose draws were permuted per layer (before) must not resume with shared ones
+            record["null"] = "one permutation per draw, every layer"
         return record
 
     def validate(self) -> None:

@@ -6,7 +6,9 @@ picks thresholds and hyper-parameters on the validation split, and scores the te
 shared metrics module and bootstrap CIs. It writes, under ``out``:
 
 * ``results.csv`` / ``results.json``: one row per layer x model x fraction x seed, and with
-  ``--control shuffle`` one per permutation draw (see :mod:`tlmic_feats.probes.permutation`);
+  ``--control shuffle`` one per permutation draw and layer (see :mod:`tlmic_feats.probes.permutation`);
+  ``results.json`` also holds the null's summary (``permutation_null``: per layer and per model x
+  fraction, with the layer-corrected p-value of the picked layer);
   the CSV writes cut points as ``L3.10`` so that pandas keeps them apart;
 * ``predictions/<run>.csv``: ids, split, labels and scores of val and test, for recomputation;
 * ``probes/<run>/``: each fitted probe (not the permutation draws'), saved without pickle;
@@ -40,7 +42,6 @@ from ..runtime.progress import progress_bar
 from ..runtime.rundir import address_from_label, claim_run_dir, layer_label
 from .cells import Cell, GridContext, cell_id, fit_cell, jsonable, load_cell
 from .config import ProbeConfig
-from .permutation import draws_elsewhere
 
 
 @dataclass
@@ -113,14 +114,6 @@ def run_probes(config: ProbeConfig, *, progress: bool = True, log: Callable[[str
     grid = _Grid(store, ctx, first_of, progress_bar(len(first_of) * len(base), "probe", "fit", progress))
     t0 = time.perf_counter()
     fitted = grid.fit({array: base for array in first_of})
-    if config.control == "shuffle":
-        # The rest of the permutation draws go to the layer the summary picks (known now that every
-        # real cell is fitted): one more pass over at most models x fractions layers.
-        extra = picked_layer_draws(config, subsets, fitted, {a: address for a, (_, address) in first_of.items()})
-        grid.bar.total += sum(len(cells) for cells in extra.values())
-        grid.bar.refresh()
-        for array, rows in grid.fit(extra).items():
-            fitted[array] = fitted[array] + rows
     grid.bar.close()
     rows = []
     for depth, address in enumerate(layers):
@@ -165,32 +158,16 @@ def training_subsets(
 
 def base_cells(config: ProbeConfig, subsets: dict[tuple[float, int], np.ndarray]) -> list[Cell]:
     """The cells of every layer: each model on each training subset, and with ``--control shuffle``
-    the permutation draws every layer gets (:func:`~tlmic_feats.probes.permutation.draws_elsewhere`)."""
+    ``config.permutations`` draws (the same draws on every layer: the layer-corrected p-value takes
+    each draw's best layer, :mod:`~tlmic_feats.probes.permutation`)."""
     cells = []
     for fraction in config.fractions:
         seeds = [s for s in range(config.seeds) if (float(fraction), s) in subsets]
         for model in config.models:
             cells += [Cell(model, float(fraction), s, "none", subsets[(float(fraction), s)]) for s in seeds]
             if config.control == "shuffle" and seeds:
-                cells += _draws(model, float(fraction), range(draws_elsewhere(config.permutations)), seeds, subsets)
+                cells += _draws(model, float(fraction), range(config.permutations), seeds, subsets)
     return cells
-
-
-def picked_layer_draws(
-    config: ProbeConfig, subsets: dict, fitted: dict[str, list[dict]], address_of: dict[str, str]
-) -> dict[str, list[Cell]]:
-    """``{array: cells}``: the draws that bring the layer the summary picks for each model x fraction
-    (best mean validation AUPRC of the real probes) to ``config.permutations``."""
-    from .report import aggregate, best_layers
-
-    array_of = {address: array for array, address in address_of.items()}
-    real = [r for rows in fitted.values() for r in rows if r["control"] == "none"]
-    extra: dict[str, list[Cell]] = {}
-    for (model, fraction), best in sorted(best_layers(aggregate(real)).items()):
-        seeds = [s for s in range(config.seeds) if (fraction, s) in subsets]
-        more = range(draws_elsewhere(config.permutations), config.permutations)
-        extra.setdefault(array_of[best["layer"]], []).extend(_draws(model, fraction, more, seeds, subsets))
-    return {array: cells for array, cells in extra.items() if cells}
 
 
 def _draws(model: str, fraction: float, indices, seeds: list[int], subsets: dict) -> list[Cell]:
@@ -339,6 +316,10 @@ def write_results(run: ProbeRun, store: FeatureStore, config: ProbeConfig) -> No
         "seconds": round(run.seconds, 2),
         "rows": rows,
     }
+    if config.control == "shuffle":
+        from .permutation import null_summary
+
+        doc["permutation_null"] = null_summary(rows)
     write_json(run.out / "results.json", doc, default=jsonable)
     with atomic_path(run.out / "results.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=RESULT_COLUMNS, extrasaction="ignore")

@@ -123,28 +123,34 @@ def render_summary(doc: dict) -> str:
 
 def _control_section(rows: list[dict], best: dict, cfg: dict) -> list[str]:
     """The shuffle control: per layer the real AUROC against its permutation null; per model x
-    fraction a verdict on the null's mean (:mod:`~tlmic_feats.probes.permutation`)."""
-    from .permutation import draws_elsewhere, null_by_layer, verdicts
+    fraction a verdict on the null's mean and the picked layer's p-values, the second corrected for
+    picking it among the layers (:mod:`~tlmic_feats.probes.permutation`)."""
+    from .permutation import DEFAULT_PERMUTATIONS, format_p, null_by_layer, verdicts
 
-    n = cfg.get("permutations", 20)
-    judged = verdicts(rows)
+    n = cfg.get("permutations", DEFAULT_PERMUTATIONS)
+    picked = {key: a["layer"] for key, a in best.items()}
+    judged = verdicts(rows, picked=picked)
     level = next(iter(judged.values()))["level"] if judged else 0.95
     lines = [
         "",
         "## Leakage control: permutation null",
         "",
-        "Each draw refits a probe on its own permutation of the training and validation labels and scores it "
-        f"against the true test labels: {n} draws on the layer picked above (★), {draws_elsewhere(n)} on every "
-        "other layer. Null: mean and 95% range of the draws' test AUROC; p: (1 + draws >= the real probe of "
-        "the same training subset) / (draws + 1). With a strong signal the null is wide (a permutation agrees "
-        "with the truth a little more or less than chance, and the probe follows it), so the verdict judges "
-        "the null's mean over every layer's draws by the draws' own spread: at chance unless its one-sided "
-        f"{100 * level:.1f}% lower bound (Bonferroni over the {len(judged)} verdicts) lies above 0.5, which "
-        "means labels reach the fit some other way. A feature that itself encodes the label is not caught "
-        "here (it is learned with a random sign from permuted labels).",
+        "Each draw refits a probe on a permutation of the training and validation labels and scores it against "
+        f"the true test labels: {n} draws per model x fraction, each applied to every layer. Null: mean and 95% "
+        "range of the draws' test AUROC. p: (1 + draws >= the real probe of the same training subset) / "
+        "(draws + 1), for that layer alone; p corrected: the same with each draw's best test AUROC over all "
+        "layers (Westfall-Young max-statistic), the p-value of \"the picked layer beats chance\" that accounts "
+        f"for picking it among {len({r['layer'] for r in rows})} layers. At its floor 1 / (draws + 1), no draw "
+        "reached the real probe: p ≤ floor. With a strong signal the null is wide (a permutation agrees "
+        "with the truth a little more or less than chance, and the probe follows it), so the leak verdict "
+        "judges the null's mean (each draw's mean over the layers) by the draws' own spread: at chance unless "
+        f"its one-sided {100 * level:.1f}% lower bound (Bonferroni over the {len(judged)} verdicts) lies above "
+        "0.5, which means labels reach the fit some other way. A feature that itself encodes the label is not "
+        "caught here (it is learned with a random sign from permuted labels).",
         "",
-        "| model | fraction | null mean over layers (draws) | one-sided lower bound | verdict |",
-        "| --- | --- | --- | --- | --- |",
+        "| model | fraction | null mean over layers (draws) | one-sided lower bound | verdict | "
+        "picked layer (★): real test AUROC | p | p corrected over layers |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for (model, fraction), v in judged.items():
         if v["at_chance"] is None:
@@ -155,19 +161,21 @@ def _control_section(rows: list[dict], best: dict, cfg: dict) -> list[str]:
             verdict = "**NOT at chance: the null's mean is above 0.5; labels reach the fit (check for leakage)**"
         lines.append(
             f"| {model} | {fraction:g} | {v['mean']:.3f} ({v['draws']} over {v['layers']} layers) | "
-            f"{v['lower']:.3f} | {verdict} |"
+            f"{v['lower']:.3f} | {verdict} | {v['layer']}: {v['real']:.3f} | "
+            f"{format_p(v['p'], v['p_floor'], bare=True)} | "
+            f"{format_p(v['p_corrected'], v['p_corrected_floor'], bare=True)} ({v['corrected_draws']} draws) |"
         )
-    picked = {key: a["layer"] for key, a in best.items()}
     lines += [
         "",
-        "| model | fraction | layer | real test AUROC | null draws | null mean [95% range] | p |",
-        "| --- | --- | --- | ---: | ---: | --- | ---: |",
+        "| model | fraction | layer | real test AUROC | null draws | null mean [95% range] | p | p corrected |",
+        "| --- | --- | --- | ---: | ---: | --- | ---: | ---: |",
     ]
     for e in null_by_layer(rows, picked):
         star = " ★" if e["picked"] else ""
         lines.append(
             f"| {e['model']} | {e['fraction']:g} | {e['layer']}{star} | {e['real']:.3f} | {e['draws']} | "
-            f"{e['mean']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}] | {e['p']:.3f} |"
+            f"{e['mean']:.3f} [{e['lo']:.3f}, {e['hi']:.3f}] | {format_p(e['p'], e['p_floor'], bare=True)} | "
+            f"{format_p(e['p_corrected'], e['p_corrected_floor'], bare=True)} |"
         )
     return lines
 
