@@ -7,7 +7,7 @@ import click
 from tlmic_feats.probes.config import CONTROLS, MODELS
 from tlmic_feats.probes.permutation import DEFAULT_PERMUTATIONS
 
-from ..options import float_list
+from ..options import float_list, seeds_option
 
 
 @click.command()
@@ -23,7 +23,7 @@ from ..options import float_list
     callback=float_list,
     help="Training-set fractions (nested subsets), e.g. 0.05,0.1,0.2,0.5,1.0.",
 )
-@click.option("--seeds", default=3, show_default=True, help="Seeds per fraction (subset draw and probe).")
+@seeds_option("Seeds per fraction (subset draw and probe): a count (3: seeds 0, 1, 2) or a list (3,4,5).")
 @click.option("--out", default="", help="Run directory (default: under cache/runs).")
 @click.option(
     "--control",

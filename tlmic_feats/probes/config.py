@@ -6,13 +6,13 @@ import json
 from dataclasses import asdict, dataclass
 
 from ..runtime.errors import UsageError, check_choice
+from ..runtime.seeds import Seeds, check_seeds, seed_list
 from .permutation import DEFAULT_PERMUTATIONS
 
 CONTROLS = ("none", "shuffle")
 
 
 MODELS = ("logreg", "lightgbm")  # the keys of estimators.PROBES (tested), named here without importing them
-
 
 @dataclass(frozen=True)
 class ProbeConfig:
@@ -22,7 +22,7 @@ class ProbeConfig:
     layers: str = "all"
     models: tuple[str, ...] = MODELS
     fractions: tuple[float, ...] = (1.0,)
-    seeds: int = 3
+    seeds: Seeds = 3  # a count (seeds 0..n-1) or the seeds themselves
     out: str = ""
     control: str = "none"  # "shuffle": also fit permutation draws (permuted train and val labels)
     permutations: int = DEFAULT_PERMUTATIONS  # shuffle: draws on every layer, one permutation each (permutation.py)
@@ -31,6 +31,11 @@ class ProbeConfig:
     save_probes: bool = True
     cluster: str = ""  # local:N or tcp://HOST:PORT: every cell a Dask task (see cluster.py); same results
     distributed_fit: bool = False  # LightGBM cells trained by lightgbm.dask on row chunks of the store
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        """The seeds of the grid (each draws its own nested training subsets)."""
+        return seed_list(self.seeds)
 
     @property
     def grid_key(self) -> dict:
@@ -54,8 +59,7 @@ class ProbeConfig:
         for f in self.fractions:
             if not 0 < f <= 1:
                 raise UsageError(f"fraction {f} is not in (0, 1]; e.g. --fractions 0.05,0.1,1.0")
-        if self.seeds < 1:
-            raise UsageError(f"--seeds {self.seeds}: need at least 1")
+        check_seeds(self.seeds)
         if self.cluster:
             from ..runtime.cluster import parse_cluster
 

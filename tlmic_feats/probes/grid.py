@@ -133,11 +133,11 @@ def training_subsets(
     labels, kind, names = store.labels, store.label_kind, store.label_names
     nested = {
         seed: nested_subsets(rows_of["train"], labels, kind, config.fractions, seed=seed, patient_ids=store.patient_ids)
-        for seed in range(config.seeds)
+        for seed in config.seed_list
     }
     subsets, skipped = {}, []
     for fraction in config.fractions:
-        for seed in range(config.seeds):
+        for seed in config.seed_list:
             train = nested[seed][float(fraction)]
             counts = _class_counts(labels[train], kind, len(names))
             if kind != "multilabel" and counts.min() < 2:
@@ -162,7 +162,7 @@ def base_cells(config: ProbeConfig, subsets: dict[tuple[float, int], np.ndarray]
     each draw's best layer, :mod:`~tlmic_feats.probes.permutation`)."""
     cells = []
     for fraction in config.fractions:
-        seeds = [s for s in range(config.seeds) if (float(fraction), s) in subsets]
+        seeds = [s for s in config.seed_list if (float(fraction), s) in subsets]
         for model in config.models:
             cells += [Cell(model, float(fraction), s, "none", subsets[(float(fraction), s)]) for s in seeds]
             if config.control == "shuffle" and seeds:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metrics.paired import bootstrap_difference, delong_mean
+from ..metrics.paired import bootstrap_difference, delong_mean, format_p
 from ..metrics.predictions import read_predictions
 from ..metrics.scores import paired_bootstrap
 from ..metrics.verdicts import (
@@ -351,7 +351,10 @@ def _paired(y, scores: dict, boot: dict, label_kind: str, a: tuple[str, dict], b
     (arm_a, mean_a), (arm_b, mean_b) = a, b
     auroc = delong_mean(y, scores[arm_a], scores[arm_b], label_kind)
     auprc = bootstrap_difference(mean_a["auprc"] - mean_b["auprc"], boot[arm_a]["auprc"] - boot[arm_b]["auprc"])
-    return {"auroc": {k: auroc[k] for k in ("diff", "ci", "p")}, "auprc": {k: auprc[k] for k in ("diff", "ci", "p")}}
+    return {
+        "auroc": {k: auroc[k] for k in ("diff", "ci", "p", "se")},
+        "auprc": {k: auprc[k] for k in ("diff", "ci", "p", "p_floor")},
+    }
 
 
 def compute_summary(config, backbone, calibration: dict, rows: list[dict], state: dict, manifest, out: Path) -> dict:
@@ -567,8 +570,7 @@ def _difference(d: dict) -> str:
     out = []
     for m, how in (("auroc", "DeLong"), ("auprc", "paired bootstrap")):
         e = d[m]
-        p = "n/a" if not np.isfinite(e["p"]) else f"{e['p']:.2g}" if e["p"] < 0.001 else f"{e['p']:.3f}"
-        out.append(f"{m.upper()} {e['diff']:+.3f} [{e['ci'][0]:+.3f}, {e['ci'][1]:+.3f}], p = {p} ({how})")
+        out.append(f"{m.upper()} {e['diff']:+.3f} [{e['ci'][0]:+.3f}, {e['ci'][1]:+.3f}], {format_p(e)} ({how})")
     return "; ".join(out)
 
 
