@@ -191,8 +191,8 @@ def test_demo_runs_a_miniature_study_and_a_second_run_reuses_it(tmp_path):
     kw = dict(progress=False, phantom=small, seeds=1, bootstrap=50, steps=2, max_minutes=0)
     first = run_demo(tmp_path, **kw)
     study = first.study
-    assert {r["stage"] for r in study.rows} == {"probe", "stage1", "stage2", "baseline"}
-    assert {r["arm"] for r in study.rows} >= {"full", "scratch", "layerwise"}
+    assert {r["stage"] for r in study.rows} == {"probe", "stage1"}  # the headline's arms only
+    assert {r["arm"] for r in study.rows if r["stage"] == "stage1"} == {"full", f"t{study.choices['1']['blocks'][0]}"}
     report = first.report.read_text()
     assert report.count("**Chosen on validation:") == 2  # one per fraction
     assert "no verdict (one seed" in report  # one seed cannot estimate training variance
@@ -200,5 +200,6 @@ def test_demo_runs_a_miniature_study_and_a_second_run_reuses_it(tmp_path):
     mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".pt", ".csv")}
     second = run_demo(tmp_path, **kw)
     assert second.report.read_text() == report
-    changed = [p for p, t in mtimes.items() if p.stat().st_mtime_ns != t and p.name != "results.csv"]
+    rewritten = ("results.csv", "verdicts.csv")  # summaries of the runs, written by every report
+    changed = [p for p, t in mtimes.items() if p.stat().st_mtime_ns != t and p.name not in rewritten]
     assert changed == []  # nothing recomputed: no checkpoint, prediction or probe cell rewritten

@@ -242,7 +242,9 @@ def test_bf16_is_close_to_fp32_and_recorded(phantom_dir, tmp_path):
         assert np.dot(x, y) / np.linalg.norm(x) / np.linalg.norm(y) > 0.999, a
     # no choice is validated for resnet18 (features/auto.py): auto extracts in fp32
     assert choose_engine("torch", "auto", "resnet18", "cpu").precision == "fp32"
-    assert resolve_precision("auto", "cpu", purpose="train") == ("bf16" if cpu_has_fast_bf16() else "fp32")
+    assert resolve_precision("auto", "cpu", purpose="train") == "fp32"  # bf16 changed a study's answer
+    assert resolve_precision("auto", "cuda:0", purpose="train") == "fp32"
+    assert resolve_precision("bf16", "cpu", purpose="train") == "bf16" and cpu_has_fast_bf16() in (True, False)
     with pytest.raises(UsageError, match="fp16"):
         resolve_precision("fp16", "cpu")
     with pytest.raises(UsageError, match="--engine onnx runs fp32"):
