@@ -107,6 +107,7 @@ def test_tiny_study_end_to_end_with_every_arm_gives_verdicts(easy, tmp_path):
     assert len(finetuned) == 2 * 7 and not result.not_run
     report = result.report.read_text()
     assert "**Chosen on validation:" in report and "These trained models on these test images" in report
+    assert "Finetuning precision: fp32" in report
     assert "- **primary**: AUROC:" in report and "exploratory:" in report
     with open(result.out / "verdicts.csv") as f:
         verdicts = list(csv.DictReader(f))

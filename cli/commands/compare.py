@@ -31,10 +31,12 @@ def compare(files, split, rope, unpaired, bootstrap, seed, as_json):
     files = list(files)
     if files.count("--vs") > 1:
         raise UsageError("give --vs once: A files --vs B files")
-    preds_a, preds_b = (files[: files.index("--vs")], files[files.index("--vs") + 1 :]) if "--vs" in files else (files, [])
+    cut = files.index("--vs") if "--vs" in files else len(files)
+    preds_a, preds_b = files[:cut], files[cut + 1 :]
     for f in (*preds_a, *preds_b):
         if f.startswith("--"):
-            raise UsageError(f"no such option: {f}; valid: --vs, --split, --rope, --unpaired, --bootstrap, --seed, --json")
+            valid = "--vs, --split, --rope, --unpaired, --bootstrap, --seed, --json"
+            raise UsageError(f"no such option: {f}; valid: {valid}")
         if not Path(f).is_file():
             raise UsageError(f"predictions file {f} does not exist")
     if "--vs" in files and not (preds_a and preds_b):

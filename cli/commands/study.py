@@ -30,7 +30,9 @@ def _names(ctx, param, value):
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet[:MEMBER] or a .pth/.safetensors file.")
 @click.option("--fractions", default="0.05,0.1,1.0", show_default=True, callback=float_list, help="Training fractions.")
 @seeds_option("Seeds per fraction and arm, paired across arms: a count (3: seeds 0, 1, 2) or a list (3,4,5).")
-@click.option("--rope", default=0.01, show_default=True, help="Verdicts: region of practical equivalence (AUROC, AUPRC).")
+@click.option(
+    "--rope", default=0.01, show_default=True, help="Verdicts: region of practical equivalence (AUROC, AUPRC)."
+)
 @click.option("--out", default="", help="Study directory (default: under cache/studies).")
 @click.option("--top-blocks", default=2, show_default=True, help="Stage 1: block ends finetuned (best by probes).")
 @click.option("--top-units", default=2, show_default=True, help="Stage 2: units of the best block finetuned.")

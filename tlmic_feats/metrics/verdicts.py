@@ -57,8 +57,9 @@ class Verdict:
 
     ``ci95`` decides "A better" / "B better", ``ci90`` "equivalent"; both are ``diff +- t(df) se``.
     ``p_a_better`` / ``p_b_better`` test ``diff <= rope`` / ``diff >= -rope`` (one-sided p doubled: a
-    directional claim could have gone either way), ``p_equivalent`` is TOST's; ``p_adjusted`` is the verdict's p-value after Holm's correction when the contrast is
-    primary (else the unadjusted one). ``wins`` of ``len(seed_diffs)`` paired seeds had A above B.
+    directional claim could have gone either way), ``p_equivalent`` is TOST's; ``p_adjusted`` is the
+    verdict's p-value after Holm's correction when the contrast is primary (else the unadjusted one).
+    ``wins`` of ``len(seed_diffs)`` paired seeds had A above B.
     ``seeds_needed``: seeds at which a rerun would resolve a true difference the size of ``diff`` at
     80% power (None when more seeds cannot, because the shared test-image term alone is too wide).
     """

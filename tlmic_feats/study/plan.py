@@ -155,7 +155,8 @@ def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], Non
     blocks = [f"t{a}" for a in ends[:-1]]
     lines = [
         f"study plan: {config.backbone} ({config.weights}) on {config.data.path}; {len(manifest)} images, "
-        f"fractions {', '.join(f'{f:g}' for f in config.fractions)}, {len(config.seed_list)} seed(s) ({', '.join(map(str, config.seed_list))})",
+        f"fractions {', '.join(f'{f:g}' for f in config.fractions)}, {len(config.seed_list)} seed(s) "
+        f"({', '.join(map(str, config.seed_list))})",
         "budget per run (every arm of a fraction alike): "
         + "; ".join(f"{f:g}: {n} images, {b.describe()}" for f, (n, b) in budgets.items()),
         f"cost model: {cal['_meta']['device']} {cal['_meta']['precision']}, measured seconds per training image "

@@ -181,7 +181,9 @@ def _seed(row: dict) -> int:
     return row["seed"]
 
 
-def summarize(out: Path, rows: list[dict], label_kind: str, n_resamples: int = 1000, rope: float = DEFAULT_ROPE) -> dict:
+def summarize(
+    out: Path, rows: list[dict], label_kind: str, n_resamples: int = 1000, rope: float = DEFAULT_ROPE
+) -> dict:
     """Per fraction: per arm aggregates with their intervals (over training runs and test images when
     there are several seeds), the arm validation picks, the verdicts (arm vs arm over training runs,
     :mod:`~tlmic_feats.metrics.verdicts`: the primary contrast, best-on-validation truncated arm vs
@@ -443,6 +445,8 @@ def render_study_report(out: Path, config, backbone, calibration: dict, rows: li
     primary_verdicts(summary)
     precision = training_precision(rows)
     write_verdicts_csv(out / "verdicts.csv", summary, precision)
+    if rows:
+        lines += [f"Finetuning precision: {precision} (per run in results.csv; see --precision).", ""]
     for fraction, doc in summary.items():
         lines += _fraction_section(doc, state.get("choices", {}).get(f"{fraction:g}", {}), fraction)
         plot = _plot_fraction(out, rows, fraction, figures / f"probe-curve-f{fraction:g}.png", config)
@@ -490,7 +494,8 @@ def _header(config, backbone, manifest) -> list[str]:
         "",
         f"{len(manifest)} images ({n['train']} train, {n['val']} val, {n['test']} test), {manifest.label_kind} "
         f"labels ({', '.join(manifest.label_names)}); backbone {config.backbone} ({config.weights} weights) "
-        f"at {backbone.preprocess.input_size} px; {len(config.seed_list)} seed(s) per arm ({', '.join(map(str, config.seed_list))}). Pooling: {config.pool}"
+        f"at {backbone.preprocess.input_size} px; {len(config.seed_list)} seed(s) per arm "
+        f"({', '.join(map(str, config.seed_list))}). Pooling: {config.pool}"
         f"{_token_pooling(config.pool, backbone)} for the "
         "probes' features and for every finetuned network's head. Finetuning: the same number of optimizer steps "
         f"for every arm of a fraction (below), early stop on validation AUPRC after {config.patience} evaluations "
