@@ -188,9 +188,9 @@ def test_frozen_backbone_changes_no_backbone_weight(easy_dir, tmp_path):
     assert not torch.equal(trained["head.weight"], initial["head.weight"])
 
 
-def test_head_init_reproduces_the_probe(phantom_dir, tmp_path):
+def _logreg_probes(phantom_dir, tmp_path):
+    """Features of resnet18 (random:1) at cut point 2 and the logistic-regression probe run on them."""
     from tlmic_feats.probes.config import ProbeConfig
-    from tlmic_feats.probes.estimators import load_probe
     from tlmic_feats.probes.grid import run_probes
 
     store = extract_features(
@@ -207,6 +207,13 @@ def test_head_init_reproduces_the_probe(phantom_dir, tmp_path):
         ProbeConfig(store=str(store.path), models=("logreg",), seeds=1, bootstrap=10, out=str(tmp_path / "p")),
         progress=False,
     )
+    return store, run
+
+
+def test_head_init_reproduces_the_probe(phantom_dir, tmp_path):
+    from tlmic_feats.probes.estimators import load_probe
+
+    store, run = _logreg_probes(phantom_dir, tmp_path)
     w, b, name = head_from_probe(run.out, "2", 1.0, 0, "resnet18")
     X = store.features("2")
     probe = load_probe(run.out / "probes" / name)
@@ -216,6 +223,29 @@ def test_head_init_reproduces_the_probe(phantom_dir, tmp_path):
         head_from_probe(run.out, "2", 1.0, 0, "resnet50")
     with pytest.raises(UsageError, match=r"no logreg probe at layer 2, fraction 0.5, seed 0; it has fraction 1 seed 0"):
         head_from_probe(run.out, "2", 0.5, 0, "resnet18")  # never another subset's probe
+
+
+def test_lpft_head_keeps_the_probe_under_bf16_autocast(phantom_dir, tmp_path):
+    """The folded head (w = coef / scale, b = intercept - sum(coef * mean / scale)) gives its logit
+    as a difference of large terms. Under bf16 autocast the network's head still computes in fp32,
+    so an LP-FT run starts from the probe's logits on the features it is given (a bf16 head is off
+    by up to 5e-4 here, on logits of about 0.03)."""
+    from tlmic_feats.backbones import build_backbone
+    from tlmic_feats.probes.estimators import load_probe
+
+    store, run = _logreg_probes(phantom_dir, tmp_path)
+    w, b, name = head_from_probe(run.out, "2", 1.0, 0, "resnet18")
+    X = store.features("2")
+    net = build_network(build_backbone("resnet18", "random:1"), "2", 1, 0.0).eval()
+    with torch.no_grad():
+        net.head.weight.copy_(torch.from_numpy(w))
+        net.head.bias.copy_(torch.from_numpy(b))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = net.head(torch.from_numpy(X))
+            from_pixels = net(torch.zeros(2, 1, 64, 64, dtype=torch.uint8))
+    reference = load_probe(run.out / "probes" / name).decision_function(X)  # numpy float64: standardize, then linear
+    np.testing.assert_allclose(logits[:, 0].double().numpy(), reference, rtol=1e-5, atol=1e-5)
+    assert logits.dtype == from_pixels.dtype == torch.float32
 
 
 def test_finetune_cli(easy_dir, tmp_path):

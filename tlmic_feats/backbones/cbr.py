@@ -134,6 +134,7 @@ class CBRNet(nn.Module):
     def __init__(
         self, spec: CBRSpec, n_outputs: int, *, dropout: float = 0.0, in_channels: int = 3, pool: str = "avg"
     ) -> None:
+        from .head import linear_head
         from .pooling import global_pool_module, pooled_width
 
         super().__init__()
@@ -147,7 +148,7 @@ class CBRNet(nn.Module):
         self.pool = global_pool_module(pool)
         self.dropout = nn.Dropout(dropout)
         self.num_features = pooled_width(c_in, pool)
-        self.head = nn.Linear(self.num_features, n_outputs)
+        self.head = linear_head(self.num_features, n_outputs)
         self._init_weights()
 
     def _init_weights(self) -> None:

@@ -1,10 +1,11 @@
 """Networks built from a backbone's cut points: the truncated classifier (backbone cut at a cut
 point, global pooling, dropout, a linear head) and the TransFusion-style hybrid; the CBR networks
-live in :mod:`.cbr`."""
+live in :mod:`.cbr`. Every head is :func:`.head.linear_head`: fp32 under mixed precision."""
 
 from __future__ import annotations
 
 from .cutpoints import CutPoint, hybrid_address
+from .head import linear_head
 from .pooling import pooled_width
 
 
@@ -31,7 +32,7 @@ def build_network(backbone, address: str | CutPoint, n_outputs: int, dropout: fl
             self.backbone = backbone.truncated(cut)
             self.pool = global_pool_module(pool, cut.layout, cut.prefix)
             self.dropout = nn.Dropout(dropout)
-            self.head = nn.Linear(pooled_width(cut.channels, pool), n_outputs)
+            self.head = linear_head(pooled_width(cut.channels, pool), n_outputs)
 
         def features(self, x):
             """The pooled features at the cut point (what ``extract --pool POOL`` stores)."""
@@ -81,7 +82,7 @@ def build_hybrid(backbone, n_outputs: int, dropout: float, pool: str = "avg"):
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             self.pool = global_pool_module(pool)
             self.dropout = nn.Dropout(dropout)
-            self.head = nn.Linear(pooled_width(width, pool), n_outputs)
+            self.head = linear_head(pooled_width(width, pool), n_outputs)
 
         def features(self, x):
             return self.pool(self.slim(self.to_map(self.backbone(self.normalize(x)))))
