@@ -58,7 +58,9 @@ class DemoResult:
         return self.study.report
 
 
-def demo_config(root: Path, dataset: Path, *, seeds: Seeds, steps: int, bootstrap: int) -> StudyConfig:
+def demo_config(
+    root: Path, dataset: Path, *, seeds: Seeds, steps: int, bootstrap: int, precision: str = "auto"
+) -> StudyConfig:
     return StudyConfig(
         data=DataConfig(str(dataset), format="imagefolder"),
         backbone=DEMO_BACKBONE,
@@ -78,6 +80,7 @@ def demo_config(root: Path, dataset: Path, *, seeds: Seeds, steps: int, bootstra
         input_size=DEMO_INPUT_SIZE,
         store=str(root / "stores" / f"{dataset.name}-{DEMO_BACKBONE}-{DEMO_POOL}-{DEMO_INPUT_SIZE}px.zarr"),
         bootstrap=bootstrap,
+        precision=precision,
     )
 
 
@@ -90,10 +93,11 @@ def run_demo(
     bootstrap: int = 1000,
     steps: int = DEMO_STEPS,
     max_minutes: float = DEMO_MAX_MINUTES,
+    precision: str = "auto",
 ) -> DemoResult:
     """Run the demo under ``root`` (default ``cache/demo``) and return what it made."""
     root = Path(root) if root is not None else cache_root() / "demo"
     dataset = make_phantom_dataset(root / "data", phantom)
-    config = demo_config(root, dataset, seeds=seeds, steps=steps, bootstrap=bootstrap)
+    config = demo_config(root, dataset, seeds=seeds, steps=steps, bootstrap=bootstrap, precision=precision)
     study = run_study(config, max_minutes=max_minutes, progress=progress)
     return DemoResult(dataset, study)
