@@ -192,7 +192,8 @@ def test_demo_runs_a_miniature_study_and_a_second_run_reuses_it(tmp_path):
     first = run_demo(tmp_path, **kw)
     study = first.study
     assert {r["stage"] for r in study.rows} == {"probe", "stage1"}  # the headline's arms only
-    assert {r["arm"] for r in study.rows if r["stage"] == "stage1"} == {"full", f"t{study.choices['1']['blocks'][0]}"}
+    chosen = {f"t{c['blocks'][0]}" for c in study.choices.values()}  # the probes' first block end, per fraction
+    assert {r["arm"] for r in study.rows if r["stage"] == "stage1"} == {"full", *chosen}
     report = first.report.read_text()
     assert report.count("**Chosen on validation:") == 2  # one per fraction
     assert "no verdict (one seed" in report  # one seed cannot estimate training variance
