@@ -85,6 +85,7 @@ def test_planted_layer_wins_with_both_models(planted_run):
 
 def test_permutation_null_is_at_chance_on_a_strong_signal_without_a_leak(planted_run):
     from tlmic_feats.probes.permutation import verdicts
+    from tlmic_feats.probes.report import picked_layers
 
     _, run = planted_run
     draws = [r for r in run.rows if r["control"] == "shuffle"]
@@ -93,7 +94,7 @@ def test_permutation_null_is_at_chance_on_a_strong_signal_without_a_leak(planted
         count[(r["model"], r["fraction"], r["layer"])] = count.get((r["model"], r["fraction"], r["layer"]), 0) + 1
     # every layer gets the same 10 draws (the corrected p-value takes each draw's best layer)
     assert set(count.values()) == {10} and len(count) == 2 * 2 * 4
-    judged = verdicts(run.rows)
+    judged = verdicts(run.rows, picked_layers(run.rows))
     assert len(judged) == 4 and all(v["at_chance"] for v in judged.values()), judged
     real = {r["layer"]: r["auroc"] for r in run.rows if r["control"] == "none" and r["layer"] == "2"}
     assert real["2"] > 0.9  # a strong signal, and still at chance
@@ -190,7 +191,7 @@ def test_layer_corrected_p_equals_a_direct_max_statistic_computation():
         assert entries[a]["p"] == pytest.approx((1 + (draws[:, j] >= observed).sum()) / 10)
         assert entries[a]["p_corrected"] >= entries[a]["p"] and entries[a]["corrected_draws"] == 9
         assert entries[a]["p_floor"] == entries[a]["p_corrected_floor"] == pytest.approx(0.1)
-    v = verdicts(rows, picked={("m", 1.0): "2"})[("m", 1.0)]
+    v = verdicts(rows, {("m", 1.0): "2"})[("m", 1.0)]
     assert (v["layer"], v["p_corrected"], v["p"]) == ("2", entries["2"]["p_corrected"], entries["2"]["p"])
     # the leak verdict: a draw's layers share its permutation, so each draw is one value, its mean
     # over the layers (9 values, not 27)
@@ -239,6 +240,7 @@ def test_permutation_null_flags_labels_that_reach_the_fit(tmp_path, monkeypatch)
     shuffle for the 60% of rows whose ids it finds). The null's mean rises far above 0.5: flagged."""
     import tlmic_feats.probes.cells as cells
     from tlmic_feats.probes.permutation import permute, verdicts
+    from tlmic_feats.probes.report import picked_layers
 
     def rejoined_by_id(y_train, y_val, rng):
         shuffled_train, shuffled_val = permute(y_train, y_val, rng)
@@ -249,7 +251,7 @@ def test_permutation_null_flags_labels_that_reach_the_fit(tmp_path, monkeypatch)
     monkeypatch.setattr(cells, "permute", rejoined_by_id)
     store = planted_store(tmp_path / "s.zarr", n_layers=2)
     run = run_probes(PLANTED_CONFIG(store=str(store.path), fractions=(1.0,), out=str(tmp_path / "r")), progress=False)
-    judged = verdicts(run.rows)
+    judged = verdicts(run.rows, picked_layers(run.rows))
     assert len(judged) == 2 and not any(v["at_chance"] for v in judged.values()), judged
     assert all(v["mean"] > 0.6 for v in judged.values())
     assert (run.out / "summary.md").read_text().count("NOT at chance") == 2
@@ -260,6 +262,7 @@ def test_a_feature_that_encodes_the_label_is_not_what_the_null_sees(tmp_path):
     the real probes above 0.9; from permuted labels a probe learns it with a random sign, so the null
     stays at 0.5 (wide) and the control cannot tell this leak from a real signal."""
     from tlmic_feats.probes.permutation import verdicts
+    from tlmic_feats.probes.report import picked_layers
 
     rng = np.random.default_rng(3)
     y = (rng.random(len(SPLITS)) < 0.3).astype(float)
@@ -280,7 +283,7 @@ def test_a_feature_that_encodes_the_label_is_not_what_the_null_sees(tmp_path):
         progress=False,
     )
     assert all(r["auroc"] > 0.9 for r in run.rows if r["control"] == "none")
-    judged = verdicts(run.rows)
+    judged = verdicts(run.rows, picked_layers(run.rows))
     assert all(v["at_chance"] for v in judged.values()), judged
     spread = [r["auroc"] for r in run.rows if r["control"] == "shuffle" and r["model"] == "logreg"]
     assert min(spread) < 0.2 and max(spread) > 0.8  # random signs: draws near 0 and near 1
@@ -321,13 +324,13 @@ def test_verdict_and_p_value_against_a_direct_computation():
     assert entry["mean"] == pytest.approx(draws.mean()) and entry["picked"]
     assert entry["lo"] == pytest.approx(np.percentile(draws, 2.5))
     picked = {("m", 1.0): "1"}
-    v = verdicts(at, picked=picked)[("m", 1.0)]
+    v = verdicts(at, picked)[("m", 1.0)]
     lower = draws.mean() - stats.t.ppf(0.95, 29) * draws.std(ddof=1) / np.sqrt(30)
     assert v["lower"] == pytest.approx(lower) and v["at_chance"] == (lower <= 0.5)
     assert v["p"] == v["p_corrected"] == entry["p"]  # one layer: nothing to correct for
-    assert verdicts(rows(0.5), picked=picked)[("m", 1.0)]["at_chance"]
-    assert not verdicts(rows(0.62), picked=picked)[("m", 1.0)]["at_chance"]
-    assert verdicts(rows(0.38), picked=picked)[("m", 1.0)]["at_chance"]  # below chance is not a leak
+    assert verdicts(rows(0.5), picked)[("m", 1.0)]["at_chance"]
+    assert not verdicts(rows(0.62), picked)[("m", 1.0)]["at_chance"]
+    assert verdicts(rows(0.38), picked)[("m", 1.0)]["at_chance"]  # below chance is not a leak
 
 
 def test_every_metric_recomputes_from_saved_predictions(planted_run):

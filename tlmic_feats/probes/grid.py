@@ -317,7 +317,7 @@ def write_results(run: ProbeRun, store: FeatureStore, config: ProbeConfig) -> No
         "rows": rows,
     }
     if config.control == "shuffle":
-        from .permutation import null_summary
+        from .report import null_summary
 
         doc["permutation_null"] = null_summary(rows)
     write_json(run.out / "results.json", doc, default=jsonable)

@@ -170,28 +170,8 @@ def null_by_layer(rows: list[dict], picked: dict[tuple[str, float], str]) -> lis
     return out
 
 
-def picked_layers(rows: list[dict]) -> dict[tuple[str, float], str]:
-    """``{(model, fraction): layer}``: the summary's choice (highest mean validation AUPRC of the real
-    probes, :func:`~tlmic_feats.probes.report.best_layers`)."""
-    from .report import aggregate, best_layers
-
-    return {k: a["layer"] for k, a in best_layers(aggregate([r for r in rows if r["control"] == "none"])).items()}
-
-
-def null_summary(rows: list[dict]) -> dict:
-    """What ``results.json`` keeps of the null (``permutation_null``): ``{"verdicts": [one per model x
-    fraction: model, fraction and :func:`verdicts`' fields], "layers": :func:`null_by_layer`}``, the
-    layers picked by the summary's rule."""
-    picked = picked_layers(rows)
-    judged = verdicts(rows, picked=picked)
-    return {
-        "verdicts": [{"model": m, "fraction": f, **v} for (m, f), v in judged.items()],
-        "layers": null_by_layer(rows, picked),
-    }
-
-
 def verdicts(
-    rows: list[dict], family_level: float = 0.95, picked: dict[tuple[str, float], str] | None = None
+    rows: list[dict], picked: dict[tuple[str, float], str], family_level: float = 0.95
 ) -> dict[tuple[str, float], dict]:
     """Per model x fraction, the leak verdict: ``mean`` of the draws' test AUROC (each draw's mean
     over the layers first: its layers share one permutation), ``draws``, ``layers`` (stored arrays;
@@ -200,14 +180,13 @@ def verdicts(
     verdicts by Bonferroni), ``level`` (the per-verdict level) and ``at_chance`` (``lower <= 0.5``:
     the null's mean is not above chance; None with fewer than 2 draws).
 
-    And "the picked layer beats chance": ``layer`` (``picked[(model, fraction)]``; by default the
-    summary's choice, the highest mean validation AUPRC of the real probes), ``p`` (that layer's own
+    And "the picked layer beats chance": ``layer`` (``picked[(model, fraction)]``: the summary's
+    choice, :func:`~tlmic_feats.probes.report.picked_layers`), ``p`` (that layer's own
     permutation p-value), ``p_corrected`` (Westfall-Young over the layers, which accounts for
     picking it among them), their floors ``p_floor`` / ``p_corrected_floor`` and
     ``corrected_draws`` (the draws scored on every layer)."""
     from scipy.stats import t
 
-    picked = picked_layers(rows) if picked is None else picked
     by_layer = {(e["model"], e["fraction"], e["layer"]): e for e in null_by_layer(rows, picked)}
     pooled: dict[tuple[str, float], dict[tuple, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     for r in rows:

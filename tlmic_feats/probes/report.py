@@ -129,7 +129,7 @@ def _control_section(rows: list[dict], best: dict, cfg: dict) -> list[str]:
 
     n = cfg.get("permutations", DEFAULT_PERMUTATIONS)
     picked = {key: a["layer"] for key, a in best.items()}
-    judged = verdicts(rows, picked=picked)
+    judged = verdicts(rows, picked)
     level = next(iter(judged.values()))["level"] if judged else 0.95
     lines = [
         "",
@@ -239,3 +239,23 @@ def render_report(run_dir: str | Path) -> tuple[Path, Path]:
     summary = run_dir / "summary.md"
     write_text(summary, render_summary(doc))
     return summary, plot_layers(doc, run_dir / "layers.png")
+
+
+def picked_layers(rows: list[dict]) -> dict[tuple[str, float], str]:
+    """``{(model, fraction): layer}``: the summary's choice (highest mean validation AUPRC of the real
+    probes, :func:`best_layers`)."""
+    return {k: a["layer"] for k, a in best_layers(aggregate([r for r in rows if r["control"] == "none"])).items()}
+
+
+def null_summary(rows: list[dict]) -> dict:
+    """What ``results.json`` keeps of the null (``permutation_null``): ``{"verdicts": [one per model x
+    fraction: model, fraction and :func:`~tlmic_feats.probes.permutation.verdicts`' fields], "layers":
+    :func:`~tlmic_feats.probes.permutation.null_by_layer`}``, the layers picked by the summary's rule."""
+    from .permutation import null_by_layer, verdicts
+
+    picked = picked_layers(rows)
+    judged = verdicts(rows, picked)
+    return {
+        "verdicts": [{"model": m, "fraction": f, **v} for (m, f), v in judged.items()],
+        "layers": null_by_layer(rows, picked),
+    }
