@@ -25,8 +25,12 @@ install-test: $(VENV)/.installed-test
 demo: $(VENV)/.installed
 	$(BIN)/tlmic demo
 
+# OPENBLAS_NUM_THREADS at OpenBLAS's own default (the core count), set before Python starts: with
+# OpenBLAS 0.3.30/0.3.31 (numpy 2.4's and scipy 1.17's wheels) a thread count lowered in one thread
+# and raised back from another stays lowered unless it came from the environment, which the
+# overlapping-cells limit test then reports (the library issue itself is noted for planning).
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q
+	OPENBLAS_NUM_THREADS=$${OPENBLAS_NUM_THREADS:-$$(nproc)} $(BIN)/python -m pytest -q
 
 clean-cache:
 	find cache -mindepth 1 -not -name README.md -not -name .gitignore -delete

@@ -2,15 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-
-# OpenBLAS 0.3.30/0.3.31 (numpy 2.4's and scipy 1.17's wheels) on a 2-core Intel host with AMX: a thread
-# count raised back from a thread other than the one that lowered it stays lowered unless the count
-# was set from the environment, which breaks the overlapping-cells limit test there (and leaves BLAS
-# at one thread after overlapping probe cells on a Dask worker: noted on the issue). The value is
-# OpenBLAS's own default, so nothing else changes.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", str(os.cpu_count() or 1))
 
 import numpy as np
 import pytest
