@@ -12,6 +12,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from tests.verdict_sim import TwoLevel, simulate
 from tlmic_feats.metrics.paired import delong_mean
+from tlmic_feats.metrics.scores import image_strata
 from tlmic_feats.metrics.verdicts import (
     compare_runs,
     format_verdict,
@@ -19,7 +20,6 @@ from tlmic_feats.metrics.verdicts import (
     image_weights,
     metric_under_weights,
     seeds_needed,
-    strata,
     weighted_auroc,
     weighted_average_precision,
 )
@@ -53,7 +53,7 @@ def test_one_image_index_for_all_labels():
     y1 = (rng.random(200) < 0.3).astype(float)
     s1 = y1 + rng.normal(size=200)
     y5, s5 = np.repeat(y1[:, None], 5, axis=1), np.repeat(s1[:, None], 5, axis=1)
-    w = image_weights(strata(y5, "multilabel"), 300, np.random.default_rng(0))
+    w = image_weights(image_strata(y5, "multilabel"), 300, np.random.default_rng(0))
     one = metric_under_weights(y1, s1, "binary", "auroc", w)
     five = metric_under_weights(y5, s5, "multilabel", "auroc", w)
     np.testing.assert_allclose(five, one)
@@ -62,7 +62,7 @@ def test_one_image_index_for_all_labels():
 
 def test_strata_keep_classes_and_rare_labels():
     y = np.array([[1, 0], [1, 1], [0, 0], [0, 1], [1, 0]], dtype=float)
-    np.testing.assert_array_equal(strata(y, "multilabel"), [0, 1, -1, 1, 0])  # label 1 (2 positives) is rarer
+    np.testing.assert_array_equal(image_strata(y, "multilabel"), [0, 1, -1, 1, 0])  # label 1 (2 positives) is rarer
     w = image_weights(np.array([0, 0, 0, 1, 1]), 50, np.random.default_rng(0))
     np.testing.assert_array_equal(w[:, :3].sum(1), 3)
     np.testing.assert_array_equal(w[:, 3:].sum(1), 2)

@@ -45,6 +45,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .scores import image_strata
+
 VERDICTS = ("a_better", "b_better", "equivalent", "inconclusive", "single_seed")
 DEFAULT_ROPE = 0.01
 ALPHA = 0.05  # level of each claim: "A better" or "B better" (two-sided), "equivalent" (TOST)
@@ -154,17 +156,6 @@ def _columns(y: np.ndarray, label_kind: str) -> list[tuple[np.ndarray, np.ndarra
         if len(np.unique(y2[mask, j])) == 2:
             out.append((mask, np.nan_to_num(y2[:, j]), j))
     return out
-
-
-def strata(y: np.ndarray, label_kind: str) -> np.ndarray:
-    """The stratum of each test image: its class; for multi-label data its rarest positive label
-    (-1 when it has none), so one image index serves every label and rare labels keep positives."""
-    y2 = np.asarray(y, dtype=float).reshape(len(y), -1)
-    if label_kind != "multilabel":
-        return np.nan_to_num(y2[:, 0], nan=-1).astype(int)
-    positives = np.nan_to_num(y2) == 1
-    rarity = np.where(positives, positives.sum(0)[None, :], np.iinfo(np.int64).max)
-    return np.where(positives.any(1), rarity.argmin(1), -1)
 
 
 def image_weights(strata_of: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -310,7 +301,7 @@ def compare_runs(
 
         raise UsageError(f"paired runs need as many runs of A as of B; got {ra} and {rb}")
     rng = np.random.default_rng(random_state)
-    w = np.vstack([np.ones((1, len(y))), image_weights(strata(y, label_kind), n_resamples, rng)])
+    w = np.vstack([np.ones((1, len(y))), image_weights(image_strata(y, label_kind), n_resamples, rng)])
     seed_draws = rng.integers(0, ra, size=(n_resamples, ra)), rng.integers(0, rb, size=(n_resamples, rb))
     out = {}
     for metric in metrics:
@@ -331,7 +322,7 @@ def _verdict(metric, names, ma, mb, seeds, paired, rope, seed_draws) -> Verdict:
     nan = float("nan")
     if paired:
         d_point, d_boot = point_a - point_b, boot_a - boot_b
-        wins = int((d_point > 0).sum() + 0)
+        wins = int((d_point > 0).sum())
         seed_var = float(d_point.var(ddof=1)) if ra > 1 else nan
         cov = np.atleast_2d(np.cov(d_boot)) if boot_a.shape[1] > 1 else np.full((ra, ra), nan)
         off = cov[~np.eye(ra, dtype=bool)].mean() if ra > 1 else nan
@@ -486,14 +477,10 @@ def format_verdict(v: Verdict) -> str:
         else f"{v.a} above {v.b} in {v.wins} of {n * n} run pairs"
     )
     say = _SAY[v.verdict].format(a=v.a, b=v.b)
-    if v.verdict == "inconclusive":
-        say += (
-            f" (a rerun with {v.seeds_needed} seeds would resolve a difference this size at 80% power)"
-            if v.seeds_needed
-            else " (more seeds alone would not resolve it: more test images needed)"
-            if v.paired and abs(abs(v.diff) - v.rope) > 0
-            else ""
-        )
+    if v.verdict == "inconclusive" and v.seeds_needed:
+        say += f" (a rerun with {v.seeds_needed} seeds would resolve a difference this size at 80% power)"
+    elif v.verdict == "inconclusive" and v.paired and abs(v.diff) != v.rope:
+        say += " (more seeds alone would not resolve it: more test images needed)"
     primary = f"; Holm-adjusted p {v.p_adjusted:.3g}" if v.primary else ""
     return (
         f"{head} [90% CI {v.ci90[0]:+.4f}, {v.ci90[1]:+.4f}; 95% CI {v.ci95[0]:+.4f}, {v.ci95[1]:+.4f}], "
@@ -567,7 +554,7 @@ def arm_interval(
     the image covariance the runs share; see the module's docstring). NaN for one run."""
     y = np.asarray(y, dtype=float)
     rng = np.random.default_rng(random_state)
-    w = image_weights(strata(y, label_kind), n_resamples, rng)
+    w = image_weights(image_strata(y, label_kind), n_resamples, rng)
     out = {}
     for metric in metrics:
         point = np.array([metric_under_weights(y, s, label_kind, metric, np.ones((1, len(y))))[0] for s in runs])

@@ -98,7 +98,7 @@ def collect_rows(out: Path, config, probe_dir: Path) -> list[dict]:
                 "train_seconds": m.get("train_seconds"),
                 "wall_seconds": rec.get("seconds"),
                 "predictions": str((run_dir / "predictions.csv").relative_to(out)),
-                "precision": _run_precision(run_dir),
+                "precision": m.get("precision", ""),
             }
         )
     probe_rows = json.loads((Path(probe_dir) / "results.json").read_text())["rows"]
@@ -134,12 +134,6 @@ def collect_rows(out: Path, config, probe_dir: Path) -> list[dict]:
                 )
     write_results_csv(out / "results.csv", rows)
     return rows
-
-
-def _run_precision(run_dir: Path) -> str:
-    """The precision a finetuning run trained in (``run.json``; ``auto`` resolved)."""
-    path = run_dir / "run.json"
-    return json.loads(path.read_text()).get("precision", "") if path.is_file() else ""
 
 
 def write_results_csv(path: Path, rows: list[dict]) -> None:
