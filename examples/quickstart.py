@@ -16,7 +16,8 @@ from tlmic_feats import (
 )
 
 if __name__ == "__main__":  # decode workers are spawned processes: guard the script's top level
-    data = DataConfig("chest_xray/")  # class subfolders, or a CSV: DataConfig("labels.csv", label_columns=("diagnosis",))
+    # class subfolders, or a CSV: DataConfig("labels.csv", label_columns=("diagnosis",))
+    data = DataConfig("chest_xray/")
     extracted = extract_features(ExtractConfig(data, backbone="efficientnet_lite0", layers="all"), progress=False)
     probes = run_probes(ProbeConfig(store=extracted.store.path, layers="all"), progress=False)
     print(probes.to_pandas().head())  # per cut point: test AUROC / AUPRC with 95% CIs
