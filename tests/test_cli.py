@@ -63,7 +63,7 @@ def test_layers_table():
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
     assert lines[0].split()[:4] == ["address", "module", "channels", "stride"]
-    rows = {ln.split()[0]: ln.split() for ln in lines[2:]}
+    rows = {ln.split()[0]: ln.split() for ln in lines[2:] if ln.strip() and not ln.startswith("next:")}
     assert rows["3"][1:4] == ["layer3", "1024", "16"] and rows["3"][-1] == "8,543,296"
     assert rows["full"][-1] == "25,557,032"
     assert "resnet50" in run("layers", "--list").output
@@ -97,7 +97,7 @@ def test_any_backbone_by_name():
     assert "tv:alexnet cannot be cut" in line
     r = run("layers", "--backbone", "timm:vit_tiny_patch16_224", "--input-size", "64", "--granularity", "blocks")
     assert r.exit_code == 0, r.output
-    rows = {ln.split()[0]: ln.split() for ln in r.output.splitlines()[2:]}
+    rows = {ln.split()[0]: ln.split() for ln in r.output.splitlines()[2:] if ln.strip() and not ln.startswith("next:")}
     assert rows["12"][1:6] == ["blocks.11", "192", "16", "4x4+1", "tokens"] and rows["13"][1] == "norm"
 
 

