@@ -39,6 +39,7 @@ VARIANTS = {
 
 
 def main() -> None:
+    from tlmic_feats.runtime.options import from_flat
     from tlmic_feats.data.phantom import make_phantom_dataset
     from tlmic_feats.data.readers import DataConfig
     from tlmic_feats.demo import DEMO_BACKBONE, DEMO_INPUT_SIZE, DEMO_PHANTOM, DEMO_POOL
@@ -110,7 +111,7 @@ def main() -> None:
                     if key in done:
                         rows.append(done[key])
                         continue
-                    config = FinetuneConfig(
+                    config = from_flat(FinetuneConfig,
                         data=dc,
                         backbone=DEMO_BACKBONE,
                         truncate=arm,

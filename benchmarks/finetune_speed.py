@@ -86,13 +86,14 @@ def tlmic_loop(
 
     from tlmic_feats.data.readers import DataConfig
     from tlmic_feats.finetune.config import FinetuneConfig
+    from tlmic_feats.runtime.options import from_flat
     from tlmic_feats.finetune.trainer import finetune
 
     out = work / f"{backbone_name}-{precision}-{input_size}"
     if compile_net:
         torch._dynamo.reset()  # every compiled row compiles afresh (and never hits the recompile limit)
     r = finetune(
-        FinetuneConfig(
+        from_flat(FinetuneConfig,
             data=DataConfig(str(data), format="imagefolder"),
             backbone=backbone_name,
             weights="random:0",

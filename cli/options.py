@@ -1,176 +1,177 @@
-"""Options shared by several commands, and their conversion to library configs."""
+"""Click options generated from the library's config dataclasses, and the configs built back from them.
+
+Each option is declared once, as a field of a frozen config (:mod:`tlmic_feats.runtime.options`):
+its flag, default, choices and help line come from there, so the command line, the Python API and
+the docs cannot disagree (tests/test_options.py checks every command).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import typing
+from collections.abc import Callable
 
 import click
 
-from tlmic_feats.data.chestxray import BLANK_POLICIES, UNCERTAIN_POLICIES, VIEWS
-from tlmic_feats.data.readers import FORMATS, DataConfig
-from tlmic_feats.runtime.devices import PRECISIONS
-
-_DATA_OPTIONS = [
-    click.option(
-        "--data",
-        "data_path",
-        required=True,
-        type=click.Path(exists=True),
-        help="Dataset: an ImageFolder directory (optionally train/ val/ test/), a CSV manifest, or a MedMNIST .npz.",
-    ),
-    click.option(
-        "--format", "data_format", type=click.Choice(FORMATS), default="auto", show_default=True, help="Dataset format."
-    ),
-    click.option("--path-column", default="path", show_default=True, help="CSV: column of image paths."),
-    click.option(
-        "--label-columns",
-        default="",
-        help="CSV: comma-separated label column(s) (default: 'label', else every other column).",
-    ),
-    click.option(
-        "--split-column", default="split", show_default=True, help="CSV: split column (train/val/test), if any."
-    ),
-    click.option("--patient-column", default="patient_id", show_default=True, help="CSV: patient-id column, if any."),
-    click.option("--id-column", default="", help="CSV: image-id column (default: the path)."),
-    click.option(
-        "--image-root", default="", help="CSV: folder image paths are relative to (default: the CSV's folder)."
-    ),
-    click.option("--positive", "positive_class", default="", help="Binary data: the positive class name."),
-    click.option("--patient-regex", default="", help=r"Patient id from each file name, e.g. 'person(\d+)_'."),
-    click.option("--split-seed", default=0, show_default=True, help="Seed of the split made when the data has none."),
-    click.option(
-        "--uncertain",
-        type=click.Choice(UNCERTAIN_POLICIES),
-        default="ignore",
-        show_default=True,
-        help="CheXpert -1 (uncertain) labels: U-Ones, U-Zeros, or U-Ignore (masked).",
-    ),
-    click.option(
-        "--blank",
-        type=click.Choice(BLANK_POLICIES),
-        default="zeros",
-        show_default=True,
-        help="CheXpert blank labels: negative, or missing (masked).",
-    ),
-    click.option(
-        "--views",
-        type=click.Choice(VIEWS),
-        default="frontal",
-        show_default=True,
-        help="CheXpert views to keep.",
-    ),
-    click.option("--allow-outside-root", is_flag=True, help="Allow manifest paths outside the data root."),
-    click.option(
-        "--dicom-frame", default=-1, show_default=True, help="Multi-frame DICOM: the frame to use (-1: refuse)."
-    ),
-]
+from tlmic_feats.runtime.options import cli_names, flag_of, option_meta
 
 
-def float_list(ctx, param, value):
-    """A click callback: ``"0.05,0.1,1.0"`` -> ``(0.05, 0.1, 1.0)``."""
-    try:
-        return tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. 0.05,0.1,1.0") from None
+def _show(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) or "none"
+    return value
 
 
-def seeds_option(help: str = "Seeds: a count (3: seeds 0, 1, 2) or the seeds themselves (3,4,5)."):
-    """``--seeds 3`` or ``--seeds 3,4,5``, so two independent reruns can be made and compared."""
+def _click_option(f: dataclasses.Field, hints: dict, default, *, required: bool = False) -> Callable:
+    """The click option of one scalar field (``default``: the command's default for it)."""
+    meta = option_meta(f)
+    flag = meta["flag"] or "--" + f.name.replace("_", "-")
+    decls = [flag, *meta["aliases"], f.name]
+    kw: dict = {"help": meta["help"] or None, "metavar": meta["metavar"]}
+    if required:
+        kw["required"] = True
+    else:
+        kw["default"] = _show(default) if meta["parse"] else default
+        kw["show_default"] = default not in ("", None)
+    if meta["parse"] is not None:
+        parse = meta["parse"]
 
-    def parse(ctx, param, value):
-        from tlmic_feats.runtime.errors import UsageError
-        from tlmic_feats.runtime.seeds import parse_seeds
+        def callback(ctx, param, value, parse=parse):
+            from tlmic_feats.runtime.errors import UsageError
 
-        try:
-            return parse_seeds(str(value))
-        except UsageError as e:
-            raise click.BadParameter(str(e).removeprefix("--seeds ")) from None
+            if value is None or not isinstance(value, str):
+                return value
+            try:
+                return parse(value)
+            except UsageError as e:
+                raise click.BadParameter(str(e)) from None
 
-    return click.option("--seeds", default="3", show_default=True, callback=parse, help=help)
+        kw["callback"] = callback
+        kw["type"] = str
+    elif hints.get(f.name) is bool:
+        if "/" not in flag:
+            kw["is_flag"] = True
+    elif meta["choices"] is not None:
+        kw["type"] = click.Choice([str(c) for c in meta["choices"]])
+    elif hints.get(f.name) in (int, float, str):
+        kw["type"] = hints[f.name]
+    return click.option(*decls, **kw)
 
 
-def backbone_option(f):
-    """``--backbone``, the same on every command that builds a network."""
-    return click.option(
-        "--backbone",
-        default="resnet50",
-        show_default=True,
-        help="Curated name, timm:NAME or tv:NAME (`tlmic backbones PATTERN`).",
-    )(f)
+def _nested_types(cls: type) -> dict[str, type]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints.get(f.name))}
 
 
-def precision_option(default: str, help: str = ""):
-    return click.option(
-        "--precision", type=click.Choice(PRECISIONS), default=default, show_default=True, help=help or None
-    )
+def config_fields(cls: type, *, exclude: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], dataclasses.Field]]:
+    """``[(path, field)]`` of the command-line fields of ``cls``, nested configs flattened
+    (``("training", "lr")``), in declaration order, without ``exclude`` (field names at any depth)."""
+    out = []
+    nested = _nested_types(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in exclude or not option_meta(f)["cli"]:
+            continue
+        if f.name in nested:
+            out += [((f.name, *p), g) for p, g in config_fields(nested[f.name], exclude=exclude)]
+        else:
+            out.append(((f.name,), f))
+    return out
+
+
+def _field_default(cls: type, path: tuple[str, ...]):
+    """The default of a (possibly nested) field: ``("training", "lr")`` -> 1e-3."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[path[0]]
+    if len(path) > 1:
+        return _field_default(_nested_types(cls)[path[0]], path[1:])
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def config_options(
+    cls: type,
+    *,
+    exclude: tuple[str, ...] = (),
+    defaults: dict[str, object] | None = None,
+    into: str = "config",
+):
+    """Decorate a click command with one option per field of ``cls`` and hand it ``cls(...)`` as
+    ``into`` (fields in ``exclude`` take their defaults; a field without a default is a required
+    option). ``defaults``: a command's own default for a field (by field name)."""
+    defaults = defaults or {}
+    hints_cache: dict[type, dict] = {}
+
+    def hints_of(owner: type) -> dict:
+        if owner not in hints_cache:
+            hints_cache[owner] = typing.get_type_hints(owner)
+        return hints_cache[owner]
+
+    fields = config_fields(cls, exclude=exclude)
+    names = [p[-1] for p, _ in fields]
+    assert len(names) == len(set(names)), f"{cls.__name__}: two fields share a name: {sorted(names)}"
+
+    def owner_of(path: tuple[str, ...]) -> type:
+        owner = cls
+        for name in path[:-1]:
+            owner = _nested_types(owner)[name]
+        return owner
+
+    def decorate(command: Callable) -> Callable:
+        params = []
+        for path, f in fields:
+            owner = owner_of(path)
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            default = defaults.get(f.name, _field_default(cls, path))
+            params.append(_click_option(f, hints_of(owner), default, required=required))
+
+        @functools.wraps(command)
+        def wrapper(*args, **kw):
+            values: dict = {}
+            for path, _f in fields:
+                if path[-1] in kw:
+                    values[path] = kw.pop(path[-1])
+            kw[into] = build(cls, values)
+            with cli_names():
+                return command(*args, **kw)
+
+        for p in reversed(params):
+            wrapper = p(wrapper)
+        return wrapper
+
+    return decorate
+
+
+def build(cls: type, values: dict[tuple[str, ...], object]):
+    """``cls`` from ``{path: value}`` (nested configs built from their own paths)."""
+    from tlmic_feats.runtime.options import from_flat
+
+    return from_flat(cls, **{p[-1]: v for p, v in values.items()})
+
+
+def given(ctx: click.Context, name: str) -> bool:
+    """Whether the user typed the option ``name`` (a parameter name), rather than taking its default."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def flags_of(cls: type) -> dict[str, str]:
+    """``{field path: flag}`` of a config's command-line fields (for messages and the docs)."""
+    return {".".join(p): flag_of(f) for p, f in config_fields(cls)}
 
 
 def data_options(f):
-    for opt in reversed(_DATA_OPTIONS):
-        f = opt(f)
+    """The data options alone (``tlmic data check``), handed to the command as ``data``."""
+    from tlmic_feats.data.readers import DataConfig
 
-    @functools.wraps(f)
-    def wrapper(*args, **kw):
-        kw["data"] = DataConfig(
-            path=kw.pop("data_path"),
-            format=kw.pop("data_format"),
-            path_column=kw.pop("path_column"),
-            label_columns=tuple(c.strip() for c in kw.pop("label_columns").split(",") if c.strip()),
-            split_column=kw.pop("split_column"),
-            patient_column=kw.pop("patient_column"),
-            id_column=kw.pop("id_column"),
-            image_root=kw.pop("image_root"),
-            positive_class=kw.pop("positive_class"),
-            patient_regex=kw.pop("patient_regex"),
-            split_seed=kw.pop("split_seed"),
-            uncertain=kw.pop("uncertain"),
-            blank=kw.pop("blank"),
-            views=kw.pop("views"),
-            allow_outside_root=kw.pop("allow_outside_root"),
-            dicom_frame=kw.pop("dicom_frame"),
-        )
-        return f(*args, **kw)
-
-    return wrapper
+    return config_options(DataConfig, into="data")(f)
 
 
-def budget_options(f):
-    """The step budget of finetuning (``tlmic finetune`` and ``tlmic study``; see tlmic_feats.finetune.budget)."""
-    from tlmic_feats.finetune.budget import MIN_STEPS
+def seeds_option(help: str):
+    """``--seeds 3`` or ``--seeds 3,4,5`` for a command without a config of its own (``tlmic demo``)."""
+    from tlmic_feats.runtime.options import seeds_option as declared
 
-    options = [
-        click.option(
-            "--steps",
-            default=0,
-            show_default=True,
-            help="Optimizer steps per run (0: max(--min-steps, --epochs x steps per epoch)).",
-        ),
-        click.option(
-            "--epochs",
-            default=20,
-            show_default=True,
-            help="Passes over the training subset that the default budget gives data-rich runs.",
-        ),
-        click.option(
-            "--min-steps",
-            default=MIN_STEPS,
-            show_default=True,
-            help="The default budget's floor, so that small subsets get enough steps to learn.",
-        ),
-        click.option("--eval-every", default=0, show_default=True, help="Steps between validations (0: 20 per run)."),
-        click.option(
-            "--patience", default=5, show_default=True, help="Evaluations without improvement before stopping."
-        ),
-        click.option("--batch-size", default=32, show_default=True, help="Images per step (per process)."),
-    ]
-    for opt in reversed(options):
-        f = opt(f)
-    return f
-
-
-input_size_option = click.option(
-    "--input-size",
-    default=0,
-    show_default=True,
-    help="Input side in px (0: the weights' own; e.g. 128 for fast CPU runs; the resize follows).",
-)
+    f = dataclasses.make_dataclass("Seeds", [("seeds", int, declared(help))])
+    return _click_option(dataclasses.fields(f)[0], {"seeds": int}, 3)

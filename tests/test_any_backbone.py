@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from tlmic_feats.runtime.options import from_flat
 from tlmic_feats.backbones import build_backbone, select_cut_points
 from tlmic_feats.backbones.cutpoints import address_key, tap_network
 from tlmic_feats.runtime.errors import (
@@ -314,7 +315,7 @@ def test_extract_probe_and_finetune_per_family(family, phantom_dir, tmp_path):
     if tokens:  # the probe report says how the tokens were pooled
         assert "pooling: mean and max over the patch tokens" in (probes.out / "summary.md").read_text()
     run = finetune(
-        FinetuneConfig(
+        from_flat(FinetuneConfig,
             data=DataConfig(str(phantom_dir)),
             backbone=name,
             weights="random:0",

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from tlmic_feats.runtime.options import from_flat
 from tlmic_feats import DataConfig, ExtractConfig, extract_features
 from tlmic_feats.features.auto import MeasuredChoice, choose_engine, paired_fidelity
 from tlmic_feats.runtime.devices import hardware_class
@@ -286,10 +287,10 @@ def test_the_study_extracts_with_its_engine_and_an_old_study_still_resumes(phant
     from tlmic_feats.study.run import run_study
 
     data = DataConfig(str(phantom_dir / "val"))
-    assert "engine" not in StudyConfig(data=data).results_key  # defaults left out: a study begun before resumes
-    assert StudyConfig(data=data, engine="openvino").results_key["engine"] == "openvino"
+    assert from_flat(StudyConfig, data=data).results_key["engine"] == "torch"  # recorded: it decides the features
+    assert from_flat(StudyConfig, data=data, engine="openvino").results_key["engine"] == "openvino"
     with pytest.raises(UsageError, match="--engine 'tensorrt' is not valid"):
-        StudyConfig(data=data, engine="tensorrt").validate()
+        from_flat(StudyConfig, data=data, engine="tensorrt").validate()
 
     seen = []
 
@@ -301,7 +302,7 @@ def test_the_study_extracts_with_its_engine_and_an_old_study_still_resumes(phant
         raise Stop
 
     monkeypatch.setattr("tlmic_feats.features.extract.extract_features", fake_extract)
-    config = StudyConfig(data=data, engine="openvino", extract_precision="bf16", out=str(tmp_path / "s"))
+    config = from_flat(StudyConfig, data=data, engine="openvino", extract_precision="bf16", out=str(tmp_path / "s"))
     with pytest.raises(Stop):
         run_study(config, progress=False, log=lambda m: None)
     assert (seen[0].engine, seen[0].precision) == ("openvino", "bf16")

@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 from tlmic_cli.main import cli
 
+from tlmic_feats.runtime.options import from_flat
 from tlmic_feats import DataConfig, ExtractConfig, extract_features
 from tlmic_feats.backbones.networks import build_network
 from tlmic_feats.finetune.config import FinetuneConfig
@@ -55,7 +56,7 @@ def cfg(data, out, **kw):
         patience=10,
     )
     base.update(kw)
-    return FinetuneConfig(**base)
+    return from_flat(FinetuneConfig, **base)
 
 
 @pytest.fixture(scope="module")
@@ -332,7 +333,7 @@ def test_the_default_budget_learns_from_60_training_images(tmp_path):
         tmp_path / "data", PhantomConfig(n_train=60, n_val=40, n_test=80, size=128, nodule_px=(3.5, 6.5), seed=7)
     )
     r = finetune(
-        FinetuneConfig(
+        from_flat(FinetuneConfig,
             data=DataConfig(str(data)),
             backbone="efficientnet_lite0",
             weights="imagenet",

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tlmic_feats.runtime.options import from_flat
 from tlmic_feats.data.readers import DataConfig
 from tlmic_feats.study.config import StudyConfig
 from tlmic_feats.study.plan import plan_study
@@ -70,7 +71,7 @@ def _config(data: Path, out: Path, store: Path, **kw) -> StudyConfig:
         store=str(store),
     )
     base.update(kw)
-    return StudyConfig(**base)
+    return from_flat(StudyConfig, **base)
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +229,7 @@ def test_layerwise_finetuning_keeps_the_bottom_frozen_and_the_hybrid_is_slimmer(
     from tlmic_feats.finetune.trainer import finetune
 
     result = finetune(
-        FinetuneConfig(
+        from_flat(FinetuneConfig,
             data=DataConfig(str(phantom_dir)),
             backbone="resnet18",
             weights="random:2",

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .data.phantom import PhantomConfig, make_phantom_dataset
 from .data.readers import DataConfig
+from .finetune.training import TrainingConfig
 from .runtime.paths import cache_root
 from .runtime.seeds import Seeds
 from .study.config import StudyConfig, StudyResult
@@ -60,7 +61,7 @@ class DemoResult:
 
 
 def demo_config(
-    root: Path, dataset: Path, *, seeds: Seeds, steps: int, bootstrap: int, precision: str = "auto"
+    root: Path, dataset: Path, *, seeds: Seeds, steps: int, bootstrap: int, precision: str = "fp32"
 ) -> StudyConfig:
     return StudyConfig(
         data=DataConfig(str(dataset), format="imagefolder"),
@@ -74,15 +75,13 @@ def demo_config(
         baselines=DEMO_BASELINES,
         scratch=False,
         probe_models=DEMO_PROBES,
-        steps=steps,
-        eval_every=DEMO_EVAL_EVERY,
-        batch_size=DEMO_BATCH,
-        lr=DEMO_LR,
+        training=TrainingConfig(
+            steps=steps, eval_every=DEMO_EVAL_EVERY, batch_size=DEMO_BATCH, lr=DEMO_LR, precision=precision
+        ),
         pool=DEMO_POOL,
         input_size=DEMO_INPUT_SIZE,
         store=str(root / "stores" / f"{dataset.name}-{DEMO_BACKBONE}-{DEMO_POOL}-{DEMO_INPUT_SIZE}px.zarr"),
         bootstrap=bootstrap,
-        precision=precision,
     )
 
 
@@ -95,7 +94,7 @@ def run_demo(
     bootstrap: int = 1000,
     steps: int = DEMO_STEPS,
     max_minutes: float = DEMO_MAX_MINUTES,
-    precision: str = "auto",
+    precision: str = "fp32",
 ) -> DemoResult:
     """Run the demo under ``root`` (default ``cache/demo``) and return what it made."""
     root = Path(root) if root is not None else cache_root() / "demo"

@@ -55,7 +55,8 @@ def compare(files, split, rope, unpaired, bootstrap, seed, as_json):
         click.echo(
             "These two trained models on these test images (a rerun's training variance is not included):"
         )
-        click.echo(format_comparison(result, Path(preds_a[0]).stem, Path(preds_a[1]).stem))
+        name_a, name_b = side_names(preds_a[0], preds_a[1])
+        click.echo(format_comparison(result, name_a, name_b))
         return
     from tlmic_feats.metrics.verdicts import compare_prediction_groups, format_verdict
 
@@ -68,7 +69,25 @@ def compare(files, split, rope, unpaired, bootstrap, seed, as_json):
         doc["verdicts"] = {m: v.as_dict() for m, v in result["verdicts"].items()}
         click.echo(json.dumps(doc, indent=1, default=float))
         return
-    click.echo(f"A: {len(preds_a)} run(s), B: {len(preds_b)} run(s), {'unpaired' if unpaired else 'paired by order'}")
+    runs_a = ", ".join(run_name(p) for p in preds_a)
+    runs_b = ", ".join(run_name(p) for p in preds_b)
+    click.echo(f"A: {len(preds_a)} run(s) ({runs_a})\nB: {len(preds_b)} run(s) ({runs_b}); "
+               f"{'unpaired' if unpaired else 'paired by order'}")
     click.echo(f"{result['n']} {split} images ({result['kind']} labels); over training runs and test images:")
     for v in result["verdicts"].values():
         click.echo(format_verdict(v))
+
+
+def run_name(path: str) -> str:
+    """How a predictions file is named in the output: its run directory's name for the files runs
+    write (``runs/t3_f0.05_s0/predictions.csv`` -> ``t3_f0.05_s0``), else the file's stem."""
+    from pathlib import Path
+
+    p = Path(path)
+    return p.resolve().parent.name if p.stem in ("predictions", "test_predictions", "val_predictions") else p.stem
+
+
+def side_names(a: str, b: str) -> tuple[str, str]:
+    """Distinct names for two files (their paths when the run names coincide)."""
+    na, nb = run_name(a), run_name(b)
+    return (na, nb) if na != nb else (str(a), str(b))

@@ -20,3 +20,4 @@ def check(data, decode):
     from tlmic_feats.data.check import check_dataset, format_check
 
     click.echo(format_check(check_dataset(data, decode=decode)))
+    click.echo(f"\nnext: tlmic study --data {data.path} --preset quick --plan   (what a study of it costs here)")

@@ -16,7 +16,7 @@ from ..options import seeds_option
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
-    default="auto",
+    default="fp32",
     show_default=True,
     help="Finetuning's precision (auto: fp32). Use another --root: a study keeps one precision.",
 )
@@ -33,3 +33,4 @@ def demo(root, quiet, seeds, precision):
     click.echo(result.report.read_text().rstrip())
     click.echo(f"\nreport: {result.report} and {result.report.with_suffix('.html')}")
     click.echo(f"demo finished in {time.perf_counter() - t0:.1f} s")
+    click.echo("next: your own data, `tlmic study --data FOLDER_OR_CSV --preset quick --plan` (then without --plan)")

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.errors import DataFormatError, MissingColumnError, choices
+from ..runtime.options import coerce_paths, name_list, option
+from .chestxray import BLANK_POLICIES, UNCERTAIN_POLICIES, VIEWS
 from .manifest import ArrayImageSource, FileImageSource, Manifest, file_sha256
 from .splits import DEFAULT_FRACTIONS, make_splits
 from .tables import read_label_table
@@ -49,23 +51,32 @@ class DataConfig:
     file name (first group) for ImageFolder and CSV data without a patient column.
     """
 
-    path: str
-    format: str = "auto"
-    path_column: str = "path"
-    label_columns: tuple[str, ...] = ()
-    split_column: str = "split"
-    patient_column: str = "patient_id"
-    id_column: str = ""
-    image_root: str = ""
-    positive_class: str = ""
-    patient_regex: str = ""
-    split_seed: int = 0
-    split_fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
-    allow_outside_root: bool = False
-    uncertain: str = "ignore"  # CheXpert -1 labels: ones | zeros | ignore (masked)
-    blank: str = "zeros"  # CheXpert blank labels: zeros | missing
-    views: str = "frontal"  # CheXpert: frontal | all
-    dicom_frame: int = -1  # multi-frame DICOM: the frame to use (-1: refuse multi-frame files)
+    path: str = option(help="Dataset: an ImageFolder directory (optionally train/ val/ test/), a CSV manifest, or a MedMNIST .npz.", flag="--data")
+    format: str = option("auto", "Dataset format.", choices=FORMATS)
+    path_column: str = option("path", "CSV: column of image paths.")
+    label_columns: tuple[str, ...] = option(
+        (), "CSV: comma-separated label column(s) (default: the column named 'label').", parse=name_list
+    )
+    split_column: str = option("split", "CSV: split column (train/val/test), if any.")
+    patient_column: str = option("patient_id", "CSV: patient-id column, if any.")
+    id_column: str = option("", "CSV: image-id column (default: the path).")
+    image_root: str = option("", "CSV: folder image paths are relative to (default: the CSV's folder).")
+    positive_class: str = option("", "Binary data: the positive class name.", flag="--positive")
+    patient_regex: str = option("", r"Patient id from each file name, e.g. 'person(\d+)_'.")
+    split_seed: int = option(0, "Seed of the split made when the data has none.", ge=0)
+    split_fractions: tuple[float, float, float] = option(
+        DEFAULT_FRACTIONS, "Train/val/test shares of a split made when the data has none.", cli=False
+    )
+    allow_outside_root: bool = option(False, "Allow manifest paths outside the data root.")
+    uncertain: str = option(
+        "ignore", "CheXpert -1 (uncertain) labels: U-Ones, U-Zeros, or U-Ignore (masked).", choices=UNCERTAIN_POLICIES
+    )
+    blank: str = option("zeros", "CheXpert blank labels: negative, or missing (masked).", choices=BLANK_POLICIES)
+    views: str = option("frontal", "CheXpert views to keep.", choices=VIEWS)
+    dicom_frame: int = option(-1, "Multi-frame DICOM: the frame to use (-1: refuse).", ge=-1)
+
+    def __post_init__(self) -> None:
+        coerce_paths(self, "path", "image_root")
 
 
 def detect_format(path: str | Path) -> str:
@@ -275,12 +286,12 @@ def _read_csv(config: DataConfig) -> dict:
             )
     elif "label" in header:
         label_cols = ["label"]
-    else:
-        label_cols = [h for h in header if h not in reserved]
-        if not label_cols:
-            raise MissingColumnError(
-                f"no label column in {csv_path.name}; columns: {choices(header)} (set --label-columns)"
-            )
+    else:  # never guessed: a CSV's other columns are as often age or view as they are findings
+        others = [h for h in header if h not in reserved]
+        raise MissingColumnError(
+            f"{csv_path.name} has no 'label' column: name the label column(s) with --label-columns "
+            f"(label_columns); other columns: {choices(others) if others else '(none)'}"
+        )
 
     paths = []
     for i, r in enumerate(records):

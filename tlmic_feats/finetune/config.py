@@ -4,91 +4,90 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
-from ..backbones.pooling import POOLS
+from ..backbones.options import backbone_option, input_size_option, pool_option, weights_option
 from ..data.readers import DataConfig
-from ..runtime.devices import PRECISIONS
-from ..runtime.errors import UsageError, check_choice
+from ..runtime.errors import UsageError
+from ..runtime.options import bootstrap_option, check_fields, coerce_paths, device_option, name_of, option
 from .augment import AugmentConfig
-from .budget import MIN_STEPS
+from .training import MONITORS, TrainingConfig
 
-SCHEDULES = ("cosine", "plateau")
+__all__ = ["ARCHS", "MONITORS", "SCHEDULES", "FinetuneConfig", "FinetuneResult", "TrainingConfig"]
+
+Schedule = Literal["cosine", "plateau"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
 
 # "truncated": the registry's backbone cut at --truncate. "hybrid" (TransFusion-style): the pretrained
 # backbone up to the block end before the deepest, then a slimmer randomly initialised block. The CBR
 # names: Transfusion's shallow networks, trained from scratch (backbones/cbr.py).
-ARCHS = ("truncated", "hybrid", "cbr-tiny", "cbr-small", "cbr-larget", "cbr-largew")
-
-MONITORS = ("auroc", "auprc", "loss")
+Arch = Literal["truncated", "hybrid", "cbr-tiny", "cbr-small", "cbr-larget", "cbr-largew"]
+ARCHS: tuple[str, ...] = get_args(Arch)
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """A finetuning run. Recorded in ``run.json``; resuming requires the same values."""
+    """A finetuning run. Recorded in ``run.json``; resuming requires the same values.
 
-    data: DataConfig
-    backbone: str = "resnet50"
-    weights: str = "imagenet"
-    truncate: str = "all"
-    out: str = ""
-    epochs: int = 20  # the budget's data-rich part: steps = max(min_steps, epochs x steps per epoch)
-    steps: int = 0  # optimizer steps; 0: the policy above (see tlmic_feats.finetune.budget)
-    min_steps: int = MIN_STEPS
-    eval_every: int = 0  # steps between validations; 0: 20 evaluations per run
-    batch_size: int = 32
-    lr: float = 1e-3  # AdamW, after warmup; 1e-4 (the paper's) starves short runs (docs/finetune-recipe.md)
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    monitor: str = "auroc"
-    patience: int = 5  # evaluations without improvement before stopping
-    dropout: float = 0.2
-    pool: str = "avg"
-    input_size: int = 0  # 0: the weights' own (see backbones.preprocess.at_input_size)
-    fraction: float = 1.0
-    seed: int = 0
-    freeze_backbone: bool = False
-    head_init: str = ""
-    augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
-    precision: str = "auto"
-    compile: bool = False  # torch.compile the training step's network (benchmarks/finetune_speed.py)
-    device: str = "auto"
-    bootstrap: int = 1000
-    export_onnx: bool = True
-    workers: int = 0
-    pixel_cache: bool = True
-    arch: str = "truncated"
-    freeze_until: str = ""  # layer-wise finetuning: the backbone up to this cut point stays frozen
-    backbone_lr_mult: float = 1.0  # learning rate of the trainable backbone layers, relative to the head's
-    compactness: bool = True  # measure parameters, MACs and CPU latency (a study measures one seed per arm)
-    keep_checkpoints: bool = False  # keep last.pt (resume state) after the run has finished
+    >>> from tlmic_feats import DataConfig, FinetuneConfig, TrainingConfig
+    >>> FinetuneConfig(DataConfig("cxr/"), truncate="3", training=TrainingConfig(steps=200)).training.steps
+    200
+    """
+
+    data: DataConfig = option(help="The dataset (see DataConfig).")
+    backbone: str = backbone_option()
+    weights: str = weights_option()
+    truncate: str = option("all", "Cut point k or k.u (see `tlmic layers`), or all (full depth).")
+    out: str = option("", "Run directory (default: under cache/runs).")
+    training: TrainingConfig = option(default_factory=TrainingConfig, help="Budget, batch, learning rate, precision.")
+    weight_decay: float = option(1e-4, "AdamW weight decay.", ge=0)
+    schedule: Schedule = option("cosine", "Learning-rate schedule after warmup.", choices=SCHEDULES)
+    dropout: float = option(0.2, "Dropout before the new head.", ge=0, le=1)
+    pool: str = pool_option("Global pooling before the head (the head's width follows): as the feature store pools.")
+    input_size: int = input_size_option()
+    fraction: float = option(1.0, "Training fraction: the probes' nested subset for --seed.", gt=0, le=1)
+    seed: int = option(0, "The run's seed (its training subset, initialisation and batches).", ge=0)
+    freeze_backbone: bool = option(False, "Baseline: train only a linear head (SGD) on frozen features.")
+    head_init: str = option("", "LP-FT: start the head from this probe run's logistic-regression probe.")
+    augment: AugmentConfig | None = option(
+        default_factory=AugmentConfig, help="Augmentation (None: center crops only).", cli=False
+    )
+    compile: bool = option(False, "torch.compile the training network (pays off on long runs: compiling takes ~1 min).")
+    device: str = device_option()
+    bootstrap: int = bootstrap_option()
+    export_onnx: bool = option(True, "Export the best network to ONNX and check it against torch.", flag="--onnx/--no-onnx")
+    workers: int = option(0, "Decode worker processes for images not in the pixel cache.", ge=0)
+    pixel_cache: bool = option(
+        True, "Decode each image once into cache/pixels (off: decode directly).", flag="--pixel-cache/--no-pixel-cache"
+    )
+    arch: Arch = option(
+        "truncated",
+        "hybrid: pretrained bottom blocks + a slim random block; cbr-*: Transfusion's shallow nets from scratch.",
+        choices=ARCHS,
+    )
+    freeze_until: str = option("", "Layer-wise finetuning: keep the backbone up to this cut point frozen.")
+    backbone_lr_mult: float = option(1.0, "Learning rate of the trainable backbone relative to the head.", gt=0, le=10)
+    compactness: bool = option(
+        True, "Measure parameters, MACs and CPU latency (a study measures one seed per arm).",
+        flag="--compactness/--no-compactness",
+    )
+    keep_checkpoints: bool = option(False, "Keep last.pt (the resume state) after the run has finished.")
+
+    def __post_init__(self) -> None:
+        coerce_paths(self, "out", "head_init", "weights")
 
     def validate(self) -> None:
-        check_choice("--arch", self.arch, ARCHS)
-        check_choice("--pool", self.pool, POOLS)
+        check_fields(self)
         if self.arch != "truncated" and (self.freeze_backbone or self.head_init or self.freeze_until):
             raise UsageError(
-                f"--arch {self.arch} trains its own layers; --freeze-backbone, --head-init and "
-                "--freeze-until apply to --arch truncated only"
-            )
-        if not 0 < self.backbone_lr_mult <= 10:
-            raise UsageError(f"--backbone-lr-mult {self.backbone_lr_mult} is not in (0, 10]")
-        check_choice("--schedule", self.schedule, SCHEDULES)
-        check_choice("--monitor", self.monitor, MONITORS)
-        check_choice("--precision", self.precision, PRECISIONS)
-        if not 0 < self.fraction <= 1:
-            raise UsageError(f"--fraction {self.fraction} is not in (0, 1]")
-        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
-            raise UsageError(
-                f"--epochs, --batch-size and --patience must be >= 1 "
-                f"(got {self.epochs}, {self.batch_size}, {self.patience})"
-            )
-        if self.steps < 0 or self.min_steps < 0 or self.eval_every < 0:
-            raise UsageError(
-                f"--steps, --min-steps and --eval-every must be >= 0 (0: automatic; got {self.steps}, "
-                f"{self.min_steps}, {self.eval_every})"
+                f"{name_of(self, 'arch')} {self.arch} trains its own layers; freeze_backbone, head_init and "
+                "freeze_until apply to the truncated arch only"
             )
         if self.freeze_backbone and self.head_init:
-            raise UsageError("--freeze-backbone and --head-init together would train nothing new; choose one")
+            raise UsageError(
+                f"{name_of(self, 'freeze_backbone')} and {name_of(self, 'head_init')} together would train "
+                "nothing new; choose one"
+            )
 
 
 @dataclass

@@ -109,7 +109,7 @@ def evaluate_and_checkpoint(
     t = time.perf_counter()
     vm, val_loss = group.broadcast(_validate(setup, tr, loss_fn) if group.is_main else ({}, float("nan")))
     step = state["step"]
-    score = -val_loss if config.monitor == "loss" else vm[config.monitor]
+    score = -val_loss if config.training.monitor == "loss" else vm[config.training.monitor]
     if config.schedule == "plateau":
         tr.scheduler.step(val_loss)
     improved = bool(np.isfinite(score) and score > state["best_score"] + 1e-6)
@@ -136,9 +136,9 @@ def evaluate_and_checkpoint(
         f"step {step}/{budget.steps} (epoch {row['epoch']:.1f}): train loss {row['train_loss']:.4f}, "
         f"val loss {val_loss:.4f}, val AUROC {vm['auroc']:.4f}, AUPRC {vm['auprc']:.4f}{' *' if improved else ''}"
     )
-    if state["bad_evals"] >= config.patience and step < budget.steps:
+    if state["bad_evals"] >= config.training.patience and step < budget.steps:
         state["stopped"] = True
-        log(f"early stop: no val {config.monitor} improvement for {config.patience} evaluations")
+        log(f"early stop: no val {config.training.monitor} improvement for {config.training.patience} evaluations")
     if group.is_main:
         checkpoint = {"optimizer": tr.optimizer.state_dict(), "scheduler": tr.scheduler.state_dict()}
         save_torch({"model": tr.net.state_dict(), **checkpoint, "state": json.dumps(state)}, setup.out / "last.pt")
@@ -149,7 +149,7 @@ def _validate(setup: RunSetup, tr: Training, loss_fn) -> tuple[dict, float]:
     """Validation metrics and loss of the current weights."""
     import torch
 
-    val_logits = predict_logits(tr.net, setup.pixels["val"], setup, setup.config.batch_size)
+    val_logits = predict_logits(tr.net, setup.pixels["val"], setup, setup.config.training.batch_size)
     with torch.no_grad():
         val_loss = float(loss_fn(torch.from_numpy(val_logits), setup.labels["val"]))
     with warnings.catch_warnings():

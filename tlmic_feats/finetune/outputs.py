@@ -50,8 +50,8 @@ def write_outputs(setup: RunSetup, tr: Training, state: dict) -> tuple[dict, lis
     config, out, net = setup.config, setup.out, tr.net
     if (out / "best.pt").exists():
         net.load_state_dict(torch.load(out / "best.pt", map_location=setup.device, weights_only=True)["model"])
-    s_val = scores_from_logits(setup.kind, predict_logits(net, setup.pixels["val"], setup, config.batch_size))
-    s_test = scores_from_logits(setup.kind, predict_logits(net, setup.pixels["test"], setup, config.batch_size))
+    s_val = scores_from_logits(setup.kind, predict_logits(net, setup.pixels["val"], setup, config.training.batch_size))
+    s_test = scores_from_logits(setup.kind, predict_logits(net, setup.pixels["test"], setup, config.training.batch_size))
     metrics = {**_test_metrics(setup, s_val, s_test), **_run_facts(setup, tr, state)}
     write_predictions(
         out / "predictions.csv",
@@ -63,7 +63,7 @@ def write_outputs(setup: RunSetup, tr: Training, state: dict) -> tuple[dict, lis
         label_names=setup.names,
     )
     write_history(out / "history.csv", state["history"])
-    plot_curves(state["history"], out / "curves.png", config.monitor)
+    plot_curves(state["history"], out / "curves.png", config.training.monitor)
     onnx, comp = _export_and_measure(setup, net)
     metrics["onnx"] = onnx
     metrics["world_size"] = setup.group.world

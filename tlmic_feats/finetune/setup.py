@@ -84,15 +84,15 @@ def set_up(config: FinetuneConfig, group, *, resume: bool, overwrite: bool) -> R
     device = resolve_device(config.device)
     if group.distributed and device.startswith("cuda"):
         device = f"cuda:{group.local_rank}"
-    precision = resolve_precision(config.precision, device, purpose="train")
+    precision = resolve_precision(config.training.precision, device, purpose="train")
     rows, train = _rows(config, manifest)
     budget = resolve_budget(
         n_train=len(train),
-        batch_size=config.batch_size,
-        epochs=config.epochs,
-        min_steps=config.min_steps,
-        steps=config.steps,
-        eval_every=config.eval_every,
+        batch_size=config.training.batch_size,
+        epochs=config.training.epochs,
+        min_steps=config.training.min_steps,
+        steps=config.training.steps,
+        eval_every=config.training.eval_every,
         world=group.world,
     )
     record = _record(config, manifest, backbone, address, precision, budget, group.world)
@@ -294,11 +294,11 @@ def _optimizer(net, config: FinetuneConfig):
 
     if config.freeze_backbone:
         return torch.optim.SGD(
-            list(net.head.parameters()), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay
+            list(net.head.parameters()), lr=config.training.lr, momentum=0.9, weight_decay=config.weight_decay
         )
     head = {id(p) for p in net.head.parameters()}
     rest = [p for p in net.parameters() if p.requires_grad and id(p) not in head]
-    groups = [{"params": list(net.head.parameters()), "lr": config.lr}]
+    groups = [{"params": list(net.head.parameters()), "lr": config.training.lr}]
     if rest:
-        groups.append({"params": rest, "lr": config.lr * config.backbone_lr_mult})
-    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+        groups.append({"params": rest, "lr": config.training.lr * config.backbone_lr_mult})
+    return torch.optim.AdamW(groups, lr=config.training.lr, weight_decay=config.weight_decay)

@@ -4,33 +4,79 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import Literal, get_args
 
-from ..runtime.errors import UsageError, check_choice
+from ..runtime.errors import UsageError
+from ..runtime.options import (
+    bootstrap_option,
+    check_fields,
+    cluster_option,
+    coerce_paths,
+    float_list,
+    name_list,
+    name_of,
+    option,
+    seeds_option,
+)
 from ..runtime.seeds import Seeds, check_seeds, seed_list
 from .permutation import DEFAULT_PERMUTATIONS
 
-CONTROLS = ("none", "shuffle")
-
+Control = Literal["none", "shuffle"]
+CONTROLS: tuple[str, ...] = get_args(Control)
 
 MODELS = ("logreg", "lightgbm")  # the keys of estimators.PROBES (tested), named here without importing them
 
+
+def parse_models(text: str) -> tuple[str, ...]:
+    """``"logreg"``, ``"logreg,lightgbm"`` or ``"both"``."""
+    return MODELS if str(text).strip() == "both" else name_list(text)
+
+
 @dataclass(frozen=True)
 class ProbeConfig:
-    """A probe grid. Recorded in ``run.json`` in the run directory."""
+    """A probe grid. Recorded in ``run.json`` in the run directory.
 
-    store: str
-    layers: str = "all"
-    models: tuple[str, ...] = MODELS
-    fractions: tuple[float, ...] = (1.0,)
-    seeds: Seeds = 3  # a count (seeds 0..n-1) or the seeds themselves
-    out: str = ""
-    control: str = "none"  # "shuffle": also fit permutation draws (permuted train and val labels)
-    permutations: int = DEFAULT_PERMUTATIONS  # shuffle: draws on every layer, one permutation each (permutation.py)
-    bootstrap: int = 1000
-    n_jobs: int = 0  # 0: one per CPU core
-    save_probes: bool = True
-    cluster: str = ""  # local:N or tcp://HOST:PORT: every cell a Dask task (see cluster.py); same results
-    distributed_fit: bool = False  # LightGBM cells trained by lightgbm.dask on row chunks of the store
+    >>> from tlmic_feats import ProbeConfig
+    >>> ProbeConfig(store="cache/stores/cxr.zarr", layers="3,4", models=("logreg",)).layers
+    '3,4'
+    """
+
+    store: str = option("", "A finished feature store (from `tlmic extract`); the command line finds it from --data.")
+    layers: str = option("all", "all, blocks, units, or addresses like 3,3.4.", aliases=("--layer",))
+    models: tuple[str, ...] = option(
+        MODELS, "Probe models: logreg, lightgbm, or both.", choices=MODELS, parse=parse_models, aliases=("--model",)
+    )
+    fractions: tuple[float, ...] = option(
+        (1.0,), "Training-set fractions (nested subsets), e.g. 0.05,0.1,0.2,0.5,1.0.", gt=0, le=1, parse=float_list
+    )
+    seeds: Seeds = seeds_option("Seeds per fraction (subset draw and probe): a count (3: seeds 0, 1, 2) or a list (3,4,5).")
+    out: str = option("", "Run directory (default: under cache/runs).")
+    control: Control = option(
+        "none",
+        "shuffle: also fit permutation draws (permuted training and validation labels) and judge their test AUROC "
+        "against its own null (a leak lifts it above chance).",
+        choices=CONTROLS,
+    )
+    permutations: int = option(
+        DEFAULT_PERMUTATIONS,
+        "With control shuffle: permutation draws per model x fraction, each refitted on every layer with one "
+        "permutation (p-values down to 1/(N+1), per layer and corrected for picking the best layer).",
+        ge=2,
+    )
+    bootstrap: int = bootstrap_option()
+    n_jobs: int = option(0, "Parallel fits (0: one per core).", flag="--jobs", ge=0)
+    save_probes: bool = option(True, "Save every fitted probe (LP-FT starts heads from them).", flag="--save-probes/--no-save-probes")
+    cluster: str = cluster_option(
+        "Fit the cells as Dask tasks (same results as a local run); workers must see the store and --out."
+    )
+    distributed_fit: bool = option(
+        False,
+        "With cluster and models lightgbm: train each LightGBM on row chunks across the workers (a layer too large "
+        "for one machine's memory).",
+    )
+
+    def __post_init__(self) -> None:
+        coerce_paths(self, "store", "out")
 
     @property
     def seed_list(self) -> tuple[int, ...]:
@@ -50,22 +96,18 @@ class ProbeConfig:
         return record
 
     def validate(self) -> None:
-        bad = [m for m in self.models if m not in MODELS]
-        if bad or not self.models:
-            raise UsageError(f"--model {','.join(bad) or '(none)'} is not valid; valid: logreg, lightgbm, both")
-        check_choice("--control", self.control, CONTROLS)
-        if self.control == "shuffle" and self.permutations < 2:
-            raise UsageError(f"--permutations {self.permutations}: need at least 2 (the null is judged by its spread)")
-        for f in self.fractions:
-            if not 0 < f <= 1:
-                raise UsageError(f"fraction {f} is not in (0, 1]; e.g. --fractions 0.05,0.1,1.0")
-        check_seeds(self.seeds)
+        check_fields(self)
+        if not self.store:
+            raise UsageError(f"{name_of(self, 'store')} is empty: give a feature store (from extract_features)")
+        if not self.models:
+            raise UsageError(f"{name_of(self, 'models')} is empty; valid: logreg, lightgbm, both")
+        check_seeds(self.seeds, name_of(self, "seeds"))
         if self.cluster:
             from ..runtime.cluster import parse_cluster
 
             parse_cluster(self.cluster, device="cpu")
         if self.distributed_fit and (not self.cluster or tuple(self.models) != ("lightgbm",)):
             raise UsageError(
-                "--distributed-fit trains LightGBM across a Dask cluster: it needs --cluster and --model lightgbm "
-                f"(got --cluster {self.cluster or '(none)'}, --model {','.join(self.models)})"
+                f"{name_of(self, 'distributed_fit')} trains LightGBM across a Dask cluster: it needs cluster and "
+                f"models lightgbm (got cluster {self.cluster or '(none)'}, models {','.join(self.models)})"
             )

@@ -19,28 +19,23 @@ def finetune_config(config: StudyConfig, run: Run, out: Path, backbone=None, bud
     """The :class:`~tlmic_feats.finetune.FinetuneConfig` of one run (``budget``: its fraction's)."""
     from ..finetune.config import FinetuneConfig
 
+    training = config.training
+    if budget is not None:  # every arm of a fraction gets the same resolved budget
+        training = replace(training, steps=budget.steps, eval_every=budget.eval_every)
     base = FinetuneConfig(
         data=config.data,
         backbone=config.backbone,
         weights=config.weights,
-        epochs=config.epochs,
-        steps=budget.steps if budget else config.steps,
-        min_steps=config.min_steps,
-        eval_every=budget.eval_every if budget else config.eval_every,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        patience=config.patience,
+        training=training,
         pool=config.pool,
         input_size=config.input_size,
         keep_checkpoints=config.keep_checkpoints,
         fraction=run.fraction,
         seed=run.seed,
         bootstrap=config.bootstrap,
-        precision=config.precision,
         device=config.device,
         export_onnx=False,
         out=str(out / "runs" / run.id),
-        monitor="auprc",
         compactness=run.seed == 0,  # the same network for every seed: measured once per arm
     )
     arm = run.arm

@@ -3,77 +3,119 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal, get_args
 
+from ..backbones.options import backbone_option, input_size_option, pool_option, weights_option
 from ..data.readers import DataConfig
 from ..features.auto import ENGINE_CHOICES
-from ..finetune.budget import MIN_STEPS
-from ..runtime.devices import PRECISIONS
-from ..runtime.errors import UsageError, check_choice
+from ..finetune.training import TrainingConfig
+from ..probes.config import MODELS as PROBE_MODELS
+from ..runtime.errors import UsageError
+from ..runtime.options import (
+    bootstrap_option,
+    check_fields,
+    cluster_option,
+    coerce_paths,
+    device_option,
+    float_list,
+    name_list,
+    name_of,
+    option,
+    precision_option,
+    replace_flat,
+    seeds_option,
+)
 from ..runtime.paths import cache_root, slug
-from ..runtime.seeds import Seeds, check_seeds, seed_list
 from ..runtime.rundir import study_run_id
+from ..runtime.seeds import Seeds, check_seeds, seed_list
 
 BASELINES = ("cbr-tiny", "cbr-small", "cbr-larget", "cbr-largew", "hybrid", "layerwise")
 
 # Which arms start their head from the probe of their cut point (LP-FT). Measured on the phantom
 # (docs/finetune-recipe.md): it lifts truncated networks most (5% of the data: val AUROC 0.914 ->
 # 0.977) and lowered full finetuning's (0.967 -> 0.932), hence "truncated" by default.
-LPFT_ARMS = ("truncated", "all", "none")
+Lpft = Literal["truncated", "all", "none"]
+LPFT_ARMS: tuple[str, ...] = get_args(Lpft)
+
+Preset = Literal["quick", "standard", "paper"]
+PRESET_NAMES: tuple[str, ...] = get_args(Preset)
 
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """A study. Recorded in ``study.json``; a rerun must use the same values."""
+    """A study. Recorded in ``study.json``; a rerun must use the same values.
 
-    data: DataConfig
-    backbone: str = "resnet50"
-    weights: str = "imagenet"
-    fractions: tuple[float, ...] = (0.05, 0.1, 1.0)
-    seeds: Seeds = 3  # a count (seeds 0..n-1) or the seeds themselves
-    out: str = ""
-    top_blocks: int = 2
-    top_units: int = 2
-    baselines: tuple[str, ...] = BASELINES
-    epochs: int = 20
-    steps: int = 0  # optimizer steps per run; 0: the default budget (tlmic_feats.finetune.budget), one per fraction
-    min_steps: int = MIN_STEPS
-    eval_every: int = 0
-    batch_size: int = 32
-    lr: float = 1e-3
-    patience: int = 5  # evaluations
-    pool: str = "avg"  # the store's pooling, and every finetuned network's
-    input_size: int = 0  # 0: the weights' own
-    store: str = ""
-    probe_models: tuple[str, ...] = ("logreg", "lightgbm")
-    bootstrap: int = 1000
-    precision: str = "auto"  # finetuning's
-    engine: str = "torch"  # the extraction's engine and precision (tlmic_feats.features.auto)
-    extract_precision: str = "fp32"
-    device: str = "auto"
-    cluster: str = ""
-    layerwise_lr_mult: float = 0.1
-    lpft: str = "truncated"  # arms whose head starts from their cut point's probe: truncated, all, none
-    keep_checkpoints: bool = False
-    rope: float = 0.01  # region of practical equivalence of the verdicts (AUROC and AUPRC)
-    scratch: bool = True  # stage 1 also trains the full network from scratch
+    The defaults are the ``standard`` preset; :meth:`from_preset` starts from another one
+    (:data:`PRESETS`: ``quick``, about 15 min for 1,000 images on 2 CPU cores; ``paper``, the paper's
+    protocol), and ``tlmic study --preset NAME`` does the same, options given beside it winning.
+
+    >>> from tlmic_feats import DataConfig, StudyConfig
+    >>> StudyConfig.from_preset("quick", DataConfig("cxr/")).fractions
+    (0.05, 1.0)
+    """
+
+    data: DataConfig = option(help="The dataset (see DataConfig).")
+    backbone: str = backbone_option()
+    weights: str = weights_option("imagenet[:MEMBER] or a .pth/.safetensors file.")
+    fractions: tuple[float, ...] = option(
+        (0.05, 0.1, 1.0), "Training fractions (nested subsets).", gt=0, le=1, parse=float_list
+    )
+    seeds: Seeds = seeds_option("Seeds per fraction and arm, paired across arms: a count (3: seeds 0, 1, 2) or a list (3,4,5).")
+    out: str = option("", "Study directory (default: under cache/studies).")
+    top_blocks: int = option(2, "Stage 1: block ends finetuned (best by probes on validation).", ge=1)
+    top_units: int = option(1, "Stage 2: units of the best block finetuned (0: no stage 2).", ge=0)
+    baselines: tuple[str, ...] = option(
+        ("cbr-small", "hybrid"), "Other arms (comma-separated, or none).", choices=BASELINES, parse=name_list
+    )
+    training: TrainingConfig = option(
+        default_factory=TrainingConfig, help="Every arm's budget, batch, learning rate, monitor and precision."
+    )
+    pool: str = pool_option("Pooling of the store's features and of every finetuned network's head.")
+    input_size: int = input_size_option()
+    store: str = option("", "Feature store to use or create (default: under cache/stores).")
+    probe_models: tuple[str, ...] = option(
+        ("logreg", "lightgbm"), "Probe models fitted on every layer.", choices=PROBE_MODELS, parse=name_list
+    )
+    bootstrap: int = bootstrap_option()
+    engine: str = option(
+        "torch", "The extraction's engine (as in `tlmic extract`; openvino needs pip install 'tlmic[openvino]').",
+        choices=ENGINE_CHOICES,
+    )
+    extract_precision: str = precision_option("The extraction's precision (auto: the fastest validated here).")
+    device: str = device_option()
+    cluster: str = cluster_option("Extraction and probes on Dask.")
+    layerwise_lr_mult: float = option(0.1, "Layer-wise baseline: the backbone's learning rate relative to the head's.", gt=0, le=10)
+    lpft: Lpft = option(
+        "truncated",
+        "Arms whose head starts from the logistic-regression probe of their cut point (same subset): the "
+        "truncated ones, every pretrained one (full and layer-wise too), or none.",
+        choices=LPFT_ARMS,
+    )
+    keep_checkpoints: bool = option(False, "Keep every run's last.pt (resume state) after it finished.")
+    rope: float = option(0.01, "Verdicts: region of practical equivalence (AUROC, AUPRC).", ge=0)
+    scratch: bool = option(False, "Stage 1 also trains the full network from scratch.", flag="--scratch/--no-scratch")
+
+    def __post_init__(self) -> None:
+        coerce_paths(self, "out", "store", "weights")
+
+    @classmethod
+    def from_preset(cls, preset: Preset, data: DataConfig, **overrides) -> StudyConfig:
+        """The study of a preset (:data:`PRESETS`), with ``overrides`` (fields, nested ones by name
+        too: ``seeds=5``, ``lr=1e-4``) applied on top."""
+        if preset not in PRESETS:
+            raise UsageError(f"preset {preset!r} is not valid; valid: {', '.join(PRESETS)}")
+        values = dict(PRESETS[preset])
+        training = replace(TrainingConfig(), **values.pop("training", {}))
+        given = overrides.pop("training", None)
+        if given is not None:  # a training config given whole wins as a whole
+            training = given
+        return replace_flat(cls(data=data, training=training, **values), **overrides)
 
     def validate(self) -> None:
-        for b in self.baselines:
-            check_choice("--baselines", b, BASELINES)
-        check_choice("--lpft", self.lpft, LPFT_ARMS)
-        check_choice("--engine", self.engine, ENGINE_CHOICES)
-        check_choice("--extract-precision", self.extract_precision, PRECISIONS)
-        for f in self.fractions:
-            if not 0 < f <= 1:
-                raise UsageError(f"fraction {f} is not in (0, 1]; e.g. --fractions 0.05,0.1,1.0")
-        check_seeds(self.seeds)
-        if self.epochs < 1 or self.top_blocks < 1 or self.top_units < 0:
-            raise UsageError(
-                f"--epochs and --top-blocks must be >= 1 and --top-units >= 0 (got {self.epochs}, "
-                f"{self.top_blocks}, {self.top_units})"
-            )
+        check_fields(self)
+        check_seeds(self.seeds, name_of(self, "seeds"))
 
     @property
     def seed_list(self) -> tuple[int, ...]:
@@ -87,12 +129,34 @@ class StudyConfig:
         record.pop("cluster")  # the same results wherever it runs (tested); store and device are recorded by runs
         record.pop("keep_checkpoints")  # what is kept, not what is computed
         record.pop("rope")  # how the report judges, not what is computed
-        # Added later: at their defaults they are left out, so that a study begun before still resumes.
-        for key, default in (("engine", "torch"), ("extract_precision", "fp32"), ("scratch", True)):
-            if record[key] == default:
-                record.pop(key)
-
         return record
+
+
+# The presets: field values over the class defaults (standard = the defaults). Sized on a 2-core CPU
+# with EfficientNet-Lite0 (tlmic study --plan; the docs' benchmarks page has the measured times).
+PRESETS: dict[str, dict] = {
+    # The probe-guided block end vs full finetuning, 3 seeds, at 5% and 100% of the data, at 128 px.
+    "quick": {
+        "fractions": (0.05, 1.0),
+        "top_blocks": 1,
+        "top_units": 0,
+        "baselines": (),
+        "scratch": False,
+        "probe_models": ("logreg",),
+        "input_size": 128,
+        "training": {"epochs": 5, "min_steps": 100},
+    },
+    "standard": {},
+    # The paper's protocol: every block end and the units of the best, every shallow baseline and training
+    # from scratch, the weights' own input size and a long budget (hours to days on a CPU; a GPU's).
+    "paper": {
+        "top_blocks": 16,
+        "top_units": 16,
+        "baselines": BASELINES,
+        "scratch": True,
+        "training": {"epochs": 200, "min_steps": 300, "patience": 10},
+    },
+}
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,11 @@ def fraction_budgets(config: StudyConfig, manifest=None) -> dict[float, tuple[in
             n,
             resolve_budget(
                 n_train=n,
-                batch_size=config.batch_size,
-                epochs=config.epochs,
-                min_steps=config.min_steps,
-                steps=config.steps,
-                eval_every=config.eval_every,
+                batch_size=config.training.batch_size,
+                epochs=config.training.epochs,
+                min_steps=config.training.min_steps,
+                steps=config.training.steps,
+                eval_every=config.training.eval_every,
             ),
         )
     return out
@@ -65,9 +65,9 @@ def calibrate(config: StudyConfig, backbone, out: Path, *, arms: list[str] | Non
     if not todo:
         return cal
     device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device, purpose="train")
+    precision = resolve_precision(config.training.precision, device, purpose="train")
     size = backbone.preprocess.input_size
-    batch = max(2, min(4, config.batch_size))
+    batch = max(2, min(4, config.training.batch_size))
     x = torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8).to(device)
     y = torch.randint(0, 2, (batch, 1)).float().to(device)
     if log:

@@ -492,7 +492,7 @@ def _header(config, backbone, manifest) -> list[str]:
         f"({', '.join(map(str, config.seed_list))}). Pooling: {config.pool}"
         f"{_token_pooling(config.pool, backbone)} for the "
         "probes' features and for every finetuned network's head. Finetuning: the same number of optimizer steps "
-        f"for every arm of a fraction (below), early stop on validation AUPRC after {config.patience} evaluations "
+        f"for every arm of a fraction (below), early stop on validation AUPRC after {config.training.patience} evaluations "
         "without improvement, the best evaluation's weights kept. "
         + _LPFT_SENTENCE[config.lpft]
         + metrics
