@@ -204,3 +204,39 @@ def test_demo_runs_a_miniature_study_and_a_second_run_reuses_it(tmp_path):
     rewritten = ("results.csv", "verdicts.csv")  # summaries of the runs, written by every report
     changed = [p for p, t in mtimes.items() if p.stat().st_mtime_ns != t and p.name not in rewritten]
     assert changed == []  # nothing recomputed: no checkpoint, prediction or probe cell rewritten
+
+
+def test_probe_finds_the_store_made_for_its_data(phantom_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TLMIC_CACHE", str(tmp_path / "cache"))
+    data = phantom_dir / "test"
+    base = ["extract", "--data", data, "--backbone", "resnet18", "--weights", "random", "--layers", "blocks", "--quiet"]
+    r = run(*base)
+    assert r.exit_code == 0, r.output
+    store = r.output.split("store: ")[1].split()[0]
+    assert f"next: tlmic probe --data {data}" in r.output
+    r = run("probe", "--data", data, "--models", "logreg", "--seeds", "1", "--layers", "4", "--bootstrap", "0",
+            "--out", tmp_path / "p", "--quiet")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith(f"store: {store}") and "next: finetune" in r.output
+    # a second store for the same data: the choice is the user's, and the error names both
+    assert run(*base, "--pool", "max").exit_code == 0
+    line = one_error_line(run("probe", "--data", data, "--quiet"), 2)
+    assert f"2 feature stores for {data}" in line and store in line and "--store" in line
+    line = one_error_line(run("probe", "--data", tmp_path, "--quiet"), 2)
+    assert "no finished feature store" in line and f"tlmic extract --data {tmp_path}" in line
+
+
+def test_csv_label_columns_are_never_guessed(tmp_path):
+    (tmp_path / "m.csv").write_text("filename,diagnosis,age\na.png,normal,61\n")
+    line = one_error_line(run("data", "check", "--data", tmp_path / "m.csv", "--path-column", "filename"), 2)
+    assert "has no 'label' column: name the label column(s) with --label-columns" in line
+    assert "other columns: diagnosis, age" in line
+
+
+def test_compare_names_each_side_by_its_run(tmp_path):
+    from tlmic_cli.commands.compare import run_name, side_names
+
+    a, b = tmp_path / "runs" / "t3_f0.05_s0" / "predictions.csv", tmp_path / "runs" / "full_f0.05_s0" / "predictions.csv"
+    assert side_names(str(a), str(b)) == ("t3_f0.05_s0", "full_f0.05_s0")
+    assert run_name(str(tmp_path / "probe_layer3.csv")) == "probe_layer3"
+    assert side_names(str(a), str(a)) == (str(a), str(a))

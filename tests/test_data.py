@@ -69,7 +69,9 @@ def test_csv_binary_multiclass_and_patient_grouped_split(tmp_path):
     assert set(m.splits) == {"train", "val", "test"}
     # binary, numeric
     _write_csv(tmp_path / "b.csv", ["path", "pneumonia"], [[f"img/{p.name}", int(rng.random() < 0.3)] for p in paths])
-    b = load_manifest(DataConfig(str(tmp_path / "b.csv")))
+    with pytest.raises(MissingColumnError, match="b.csv has no 'label' column: name the label column"):
+        load_manifest(DataConfig(str(tmp_path / "b.csv")))  # never guessed from the other columns
+    b = load_manifest(DataConfig(str(tmp_path / "b.csv"), label_columns=("pneumonia",)))
     assert b.label_kind == "binary" and b.label_names == ("not pneumonia", "pneumonia")
 
 
@@ -81,7 +83,7 @@ def test_csv_multilabel_with_missing_and_given_split(tmp_path):
     ]
     rows[1][1], rows[1][2] = "0", "1.0"
     _write_csv(tmp_path / "m.csv", ["path", "effusion", "edema", "split"], rows)
-    m = load_manifest(DataConfig(str(tmp_path / "m.csv")))
+    m = load_manifest(DataConfig(str(tmp_path / "m.csv"), label_columns=("effusion", "edema")))
     assert m.label_kind == "multilabel" and m.label_names == ("effusion", "edema")
     assert np.isnan(m.labels[0, 1]) and m.labels[1, 1] == 1 and m.labels[1, 0] == 0
     assert list(m.splits) == ["train", "train", "val", "val", "test", "test"] and m.split_origin == "data"
@@ -96,7 +98,7 @@ def test_csv_errors_name_the_problem(tmp_path):
         load_manifest(DataConfig(str(tmp_path / "a.csv"), path_column="file", label_columns=("nodule",)))
     _write_csv(tmp_path / "b.csv", ["path", "x", "y"], [[p.name, "2", "0"] for p in paths])
     with pytest.raises(DataFormatError, match=r"b.csv row 2: label 'x' is '2'; valid: 0, 1 or empty"):
-        load_manifest(DataConfig(str(tmp_path / "b.csv")))
+        load_manifest(DataConfig(str(tmp_path / "b.csv"), label_columns=("x", "y")))
     _write_csv(tmp_path / "c.csv", ["path", "label"], [["../../etc/passwd", 1], [paths[0].name, 0]])
     with pytest.raises(DataFormatError, match="leaves the data root"):
         load_manifest(DataConfig(str(tmp_path / "c.csv")))

@@ -165,7 +165,9 @@ def test_resume_mid_run_continues_to_the_same_weights(easy_dir, tmp_path):
 
 def test_run_directory_rules(easy_dir, easy_run, tmp_path):
     with pytest.raises(UsageError, match="holds a finetuning run; pass --resume"):
-        finetune(cfg(easy_dir, easy_run.out), progress=False, log=lambda m: None)
+        finetune(cfg(easy_dir, easy_run.out), resume=False, progress=False, log=lambda m: None)
+    again = finetune(cfg(easy_dir, easy_run.out), progress=False, log=lambda m: None)  # a rerun: the stored result
+    assert again.already_complete and again.metrics == easy_run.metrics
     with pytest.raises(
         UsageError, match=r"holds another finetuning run \(differs in: config\.lr \(0\.001 -> 0\.01\)\)"
     ):
@@ -275,8 +277,9 @@ def test_finetune_cli(easy_dir, tmp_path):
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output + r.stderr
     assert "truncated at 1" in r.output and "resnet18 full (4)" in r.output and "model.onnx" in r.output
-    r = CliRunner().invoke(cli, args)
-    assert r.exit_code == 2 and "--resume" in r.stderr
+    r = CliRunner().invoke(cli, args)  # a rerun of a finished run: its stored result, as extract/probe/study do
+    assert r.exit_code == 0 and f"run {tmp_path / 'r'} is complete: its stored result" in r.output, r.output
+    assert "truncated at 1" in r.output
     r = CliRunner().invoke(cli, [*args[:8], "4.7", *args[9:]])
     assert r.exit_code == 2 and "layer 4.7 is not a cut point of resnet18" in r.stderr
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())

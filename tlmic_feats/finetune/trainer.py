@@ -47,13 +47,15 @@ from .setup import build_training, load_data, set_up
 def finetune(
     config: FinetuneConfig,
     *,
-    resume: bool = False,
+    resume: bool = True,
     overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     on_eval: Callable[[int], None] | None = None,
 ) -> FinetuneResult | None:
-    """Run (or resume) a finetuning run; see the module docstring. ``on_eval(step)`` is called after
+    """Run (or resume) a finetuning run; see the module docstring. A rerun resumes the run in its
+    directory, or returns its stored result when it had finished (``resume=False``: refuse an existing
+    run instead; ``overwrite``: replace it). ``on_eval(step)`` is called after
     each evaluation's checkpoint (progress; tests use it to interrupt a run). In a torchrun group
     (see :mod:`tlmic_feats.finetune.ddp`) every rank calls this; rank 0 returns the result, the
     others None."""
