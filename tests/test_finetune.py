@@ -169,7 +169,7 @@ def test_run_directory_rules(easy_dir, easy_run, tmp_path):
     again = finetune(cfg(easy_dir, easy_run.out), progress=False, log=lambda m: None)  # a rerun: the stored result
     assert again.already_complete and again.metrics == easy_run.metrics
     with pytest.raises(
-        UsageError, match=r"holds another finetuning run \(differs in: config\.lr \(0\.001 -> 0\.01\)\)"
+        UsageError, match=r"holds another finetuning run \(differs in: config\.training\.lr \(0\.001 -> 0\.01\)\)"
     ):
         finetune(cfg(easy_dir, easy_run.out, lr=1e-2), resume=True, progress=False, log=lambda m: None)
     with pytest.raises(UnknownCutPointError, match=r"layer 9 is not a cut point of resnet18; valid: all, blocks"):
