@@ -63,6 +63,7 @@ def _config(data: Path, out: Path, store: Path, **kw) -> StudyConfig:
         top_blocks=1,
         top_units=1,
         baselines=(),
+        scratch=True,
         steps=3,
         eval_every=3,
         batch_size=8,
