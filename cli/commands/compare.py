@@ -24,8 +24,8 @@ def compare(files, split, rope, unpaired, bootstrap, seed, as_json):
     B better, equivalent (within --rope) or inconclusive.
     """
     import json
-    from pathlib import Path
 
+    from tlmic_feats.metrics.compare import compare_runs, predictions_path
     from tlmic_feats.runtime.errors import UsageError
 
     files = list(files)
@@ -37,37 +37,37 @@ def compare(files, split, rope, unpaired, bootstrap, seed, as_json):
         if f.startswith("--"):
             valid = "--vs, --split, --rope, --unpaired, --bootstrap, --seed, --json"
             raise UsageError(f"no such option: {f}; valid: {valid}")
-        if not Path(f).is_file():
-            raise UsageError(f"predictions file {f} does not exist")
+        predictions_path(f)  # a file, or a run directory holding predictions.csv
     if "--vs" in files and not (preds_a and preds_b):
         raise UsageError("give predictions files on both sides of --vs: A files --vs B files")
+    if not preds_b and len(preds_a) != 2:
+        raise UsageError(f"give two predictions files, or groups: A files --vs B files (got {len(preds_a)} files)")
 
     if not preds_b:
-        if len(preds_a) != 2:
-            raise UsageError(f"give two predictions files, or groups: A files --vs B files (got {len(preds_a)} files)")
-        from tlmic_feats.metrics.paired import compare_prediction_files, format_comparison
-
-        result = compare_prediction_files(preds_a[0], preds_a[1], split=split, n_resamples=bootstrap, seed=seed)
+        c = compare_runs(preds_a[0], preds_a[1], split=split, n_resamples=bootstrap, random_state=seed)
+        result = c.result
         if as_json:
             click.echo(json.dumps(result, indent=1, default=float))
             return
+        from tlmic_feats.metrics.paired import format_comparison
+
         click.echo(f"A: {preds_a[0]}\nB: {preds_a[1]}\n{result['n']} {split} images ({result['kind']} labels)")
         click.echo(
             "These two trained models on these test images (a rerun's training variance is not included):"
         )
-        click.echo(format_comparison(result, Path(preds_a[0]).stem, Path(preds_a[1]).stem))
+        click.echo(format_comparison(result, c.a, c.b))
         return
-    from tlmic_feats.metrics.verdicts import compare_prediction_groups, format_verdict
-
-    result = compare_prediction_groups(
-        list(preds_a), list(preds_b), split=split, paired=not unpaired, rope=rope, n_resamples=bootstrap,
-        random_state=seed,
-    )  # fmt: skip
+    c = compare_runs(
+        preds_a, preds_b, split=split, paired=not unpaired, rope=rope, n_resamples=bootstrap, random_state=seed
+    )
+    result = c.result
     if as_json:
         doc = {**result, "a": list(preds_a), "b": list(preds_b)}
         doc["verdicts"] = {m: v.as_dict() for m, v in result["verdicts"].items()}
         click.echo(json.dumps(doc, indent=1, default=float))
         return
+    from tlmic_feats.metrics.verdicts import format_verdict
+
     click.echo(f"A: {len(preds_a)} run(s), B: {len(preds_b)} run(s), {'unpaired' if unpaired else 'paired by order'}")
     click.echo(f"{result['n']} {split} images ({result['kind']} labels); over training runs and test images:")
     for v in result["verdicts"].values():

@@ -106,7 +106,7 @@ def finetune(data, hflip, no_augment, no_onnx, no_pixel_cache, resume, overwrite
 
     from tlmic_feats.finetune.augment import AugmentConfig
     from tlmic_feats.finetune.config import FinetuneConfig
-    from tlmic_feats.finetune.trainer import finetune as run
+    from tlmic_feats.finetune.trainer import run_finetune
 
     config = FinetuneConfig(
         data=data,
@@ -114,7 +114,8 @@ def finetune(data, hflip, no_augment, no_onnx, no_pixel_cache, resume, overwrite
         export_onnx=not no_onnx,
         **kw,
     )
-    r = run(config, resume=resume, overwrite=overwrite, progress=not quiet, log=None if not quiet else (lambda m: None))
+    log = None if not quiet else (lambda m: None)
+    r = run_finetune(config, resume=resume, overwrite=overwrite, progress=not quiet, log=log)
     if r is None:  # a torchrun rank other than 0: rank 0 reports
         return
     m = r.metrics
