@@ -16,10 +16,10 @@ from ..options import input_size_option
 @click.option("--list", "list_only", is_flag=True, help="List the curated backbones (all: `tlmic backbones`).")
 def layers(backbone, granularity, input_size, list_only):
     """Print a backbone's cut points: address, module, channels, stride, map size, truncated parameters."""
-    from tlmic_feats.backbones.registry import BACKBONES, get_spec
+    from tlmic_feats.backbones.registry import BACKBONES, get_spec, list_backbones
 
     if list_only or backbone is None:
-        for name in sorted(BACKBONES):
+        for name in list_backbones():
             click.echo(f"{name:20s} {BACKBONES[name].description}")
         click.echo("timm:NAME, tv:NAME   any timm / torchvision classification model (`tlmic backbones PATTERN`)")
         return
