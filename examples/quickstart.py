@@ -53,8 +53,9 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 
 store = tl.FeatureStore.open(report.store.path)
 X, y, split = store.features("4"), store.labels, store.splits
-clf = LogisticRegression(max_iter=2000).fit(X[split == "train"], y[split == "train"])
-print(f"layer 4, plain scikit-learn: test AUROC {roc_auc_score(y[split == 'test'], clf.decision_function(X[split == 'test'])):.3f}")
+train, test = split == "train", split == "test"
+clf = LogisticRegression(max_iter=2000).fit(X[train], y[train])
+print(f"layer 4, plain scikit-learn: test AUROC {roc_auc_score(y[test], clf.decision_function(X[test])):.3f}")
 
 # %% [markdown]
 # ## 3. A probe on every layer (tuned on validation, scored on test with 95% bootstrap intervals)
@@ -65,7 +66,8 @@ probes = tl.run_probes(
     progress=False,
 )
 table = probes.to_pandas()
-print(table[["layer", "channels", "val_auprc", "auroc", "auroc_lo", "auroc_hi", "auprc"]].round(3).to_string(index=False))
+columns = ["layer", "channels", "val_auprc", "auroc", "auroc_lo", "auroc_hi", "auprc"]
+print(table[columns].round(3).to_string(index=False))
 
 # %% [markdown]
 # ## 4. Finetune the network truncated at the layer the probes pick (on validation, never test)

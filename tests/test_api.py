@@ -31,7 +31,7 @@ COMMAND_FUNCTIONS = {
     "data": ["check_dataset"],  # data check
     "study": ["run_study", "plan_study"],  # study, study --plan
     "demo": ["run_demo"],
-    "cache": ["scan_cache", "clean_cache"],  # cache info / list, cache clean
+    "cache": ["scan_cache", "select_items", "clean_cache"],  # cache info / list, cache clean
 }
 HEAVY = ("torch", "torchvision", "timm", "numpy", "pandas", "zarr", "sklearn", "lightgbm", "matplotlib")
 
@@ -236,7 +236,8 @@ def test_finetune_and_study_results_to_pandas(tmp_path):
     with open(tmp_path / "verdicts.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=VERDICT_COLUMNS)
         w.writeheader()
-        w.writerow(dict.fromkeys(VERDICT_COLUMNS, "") | {"a": "t3.10", "b": "full", "diff": "0.02", "verdict": "a_better"})
+        verdict = {"a": "t3.10", "b": "full", "diff": "0.02", "verdict": "a_better"}
+        w.writerow(dict.fromkeys(VERDICT_COLUMNS, "") | verdict)
     verdicts = result.to_pandas(verdicts=True)
     assert verdicts.loc[0, ["a", "b", "verdict"]].tolist() == ["t3.10", "full", "a_better"]
     assert verdicts.loc[0, "diff"] == 0.02

@@ -60,6 +60,7 @@ _LAZY = {
     "diagnose": "doctor",
     "CacheItem": "runtime.cache",
     "scan_cache": "runtime.cache",
+    "select_items": "runtime.cache",
     "clean_cache": "runtime.cache",
 }
 
