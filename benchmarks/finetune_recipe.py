@@ -47,7 +47,7 @@ def main() -> None:
     from tlmic_feats.features.extract import extract_features
     from tlmic_feats.finetune.augment import AugmentConfig
     from tlmic_feats.finetune.config import FinetuneConfig
-    from tlmic_feats.finetune.trainer import finetune
+    from tlmic_feats.finetune.trainer import run_finetune
     from tlmic_feats.probes.config import ProbeConfig
     from tlmic_feats.probes.grid import run_probes
 
@@ -130,7 +130,7 @@ def main() -> None:
                     )
                     config = replace(config, **v)
                     t = time.perf_counter()
-                    r = finetune(config, overwrite=True, progress=False, log=lambda m: None)
+                    r = run_finetune(config, overwrite=True, progress=False, log=lambda m: None)
                     row = {
                         "variant": name,
                         "arm": arm,

@@ -4,7 +4,7 @@ For each backbone (EfficientNet-Lite0 and ResNet-50 by default), full depth, bat
 
   (a) plain: the loop a researcher writes: fp32, NCHW, 224 px, AdamW, BCE, no augmentation cost
   (b) plain + torch.compile: the same loop with the network compiled (compile seconds reported)
-  (c) tlmic fp32: ``tlmic finetune``'s own loop (``finetune()``: on-device augmentation,
+  (c) tlmic fp32: ``tlmic finetune``'s own loop (``run_finetune()``: on-device augmentation,
       channels_last, per-step seeding), at 224 px
   (d) tlmic auto: the same at ``--precision auto`` (bf16 autocast where the CPU has AVX512-BF16 or AMX)
   (e, f) tlmic at ``--input-size 160`` and ``128`` (the resize follows), the better precision of (c)/(d)
@@ -81,18 +81,18 @@ def plain_loop(backbone_name: str, steps: int, compile_net: bool = False) -> dic
 def tlmic_loop(
     backbone_name: str, data: Path, work: Path, steps: int, precision: str, input_size: int, compile_net: bool = False
 ) -> dict:
-    """``finetune()`` itself: training images/s from its history (first interval excluded)."""
+    """``run_finetune()`` itself: training images/s from its history (first interval excluded)."""
     import torch
 
     from tlmic_feats.data.readers import DataConfig
     from tlmic_feats.finetune.config import FinetuneConfig
+    from tlmic_feats.finetune.trainer import run_finetune
     from tlmic_feats.runtime.options import from_flat
-    from tlmic_feats.finetune.trainer import finetune
 
     out = work / f"{backbone_name}-{precision}-{input_size}"
     if compile_net:
         torch._dynamo.reset()  # every compiled row compiles afresh (and never hits the recompile limit)
-    r = finetune(
+    r = run_finetune(
         from_flat(FinetuneConfig,
             data=DataConfig(str(data), format="imagefolder"),
             backbone=backbone_name,

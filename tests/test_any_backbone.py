@@ -278,7 +278,7 @@ def test_extract_probe_and_finetune_per_family(family, phantom_dir, tmp_path):
     and gets its compactness table."""
     from tlmic_feats import DataConfig, ExtractConfig, extract_features
     from tlmic_feats.finetune.config import FinetuneConfig
-    from tlmic_feats.finetune.trainer import finetune
+    from tlmic_feats.finetune.trainer import run_finetune
     from tlmic_feats.probes.config import ProbeConfig
     from tlmic_feats.probes.grid import run_probes
 
@@ -314,7 +314,7 @@ def test_extract_probe_and_finetune_per_family(family, phantom_dir, tmp_path):
     assert [r["layer"] for r in probes.rows] == ["2"] and 0 <= probes.rows[0]["auroc"] <= 1
     if tokens:  # the probe report says how the tokens were pooled
         assert "pooling: mean and max over the patch tokens" in (probes.out / "summary.md").read_text()
-    run = finetune(
+    run = run_finetune(
         from_flat(FinetuneConfig,
             data=DataConfig(str(phantom_dir)),
             backbone=name,

@@ -234,9 +234,7 @@ def test_csv_label_columns_are_never_guessed(tmp_path):
 
 
 def test_compare_names_each_side_by_its_run(tmp_path):
-    from tlmic_cli.commands.compare import run_name, side_names
+    from tlmic_feats.metrics.compare import side_name
 
-    a, b = tmp_path / "runs" / "t3_f0.05_s0" / "predictions.csv", tmp_path / "runs" / "full_f0.05_s0" / "predictions.csv"
-    assert side_names(str(a), str(b)) == ("t3_f0.05_s0", "full_f0.05_s0")
-    assert run_name(str(tmp_path / "probe_layer3.csv")) == "probe_layer3"
-    assert side_names(str(a), str(a)) == (str(a), str(a))
+    assert side_name(tmp_path / "runs" / "t3_f0.05_s0" / "predictions.csv") == "t3_f0.05_s0"
+    assert side_name(tmp_path / "probe_layer3.csv") == "probe_layer3"

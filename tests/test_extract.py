@@ -161,7 +161,7 @@ def test_store_records_split_labels_and_config(phantom_dir, tmp_path):
     assert store.label_names == ["normal", "nodule"] and store.label_kind == "binary"
     assert {s: int((store.splits == s).sum()) for s in ("train", "val", "test")} == {"train": 20, "val": 8, "test": 8}
     positives = np.array(["/nodule/" in f"/{i}" for i in store.ids])
-    np.testing.assert_array_equal(store.labels[:, 0] == 1, positives)
+    np.testing.assert_array_equal(store.labels == 1, positives)
     np.testing.assert_array_equal(store.splits, [i.split("/")[0] for i in store.ids])
     assert store.features("4").dtype == np.float16
     assert store.config["data"]["path"] == str(phantom_dir) and store.fingerprint["dataset"]
@@ -205,7 +205,7 @@ def test_real_kermany_xrays_go_through_extract(kermany_dir, tmp_path):
     )
     s = r.store
     assert len(s) == 16 and s.label_names == ["NORMAL", "PNEUMONIA"]
-    assert (s.labels[:, 0] == 1).sum() == 8
+    assert (s.labels == 1).sum() == 8
     assert set(s.splits) == {"train", "val", "test"}  # the folder has no split: one was made
     for a in s.addresses:
         f = s.features(a)

@@ -16,7 +16,7 @@ from tlmic_feats import DataConfig, ExtractConfig, extract_features
 from tlmic_feats.backbones.networks import build_network
 from tlmic_feats.finetune.config import FinetuneConfig
 from tlmic_feats.finetune.lpft import head_from_probe
-from tlmic_feats.finetune.trainer import finetune
+from tlmic_feats.finetune.trainer import run_finetune
 from tlmic_feats.runtime.errors import UnknownCutPointError, UsageError
 
 
@@ -61,7 +61,7 @@ def cfg(data, out, **kw):
 
 @pytest.fixture(scope="module")
 def easy_run(easy_dir, tmp_path_factory):
-    return finetune(cfg(easy_dir, tmp_path_factory.mktemp("ft") / "run"), progress=False, log=lambda m: None)
+    return run_finetune(cfg(easy_dir, tmp_path_factory.mktemp("ft") / "run"), progress=False, log=lambda m: None)
 
 
 def test_short_run_on_easy_data_learns(easy_run):
@@ -140,7 +140,7 @@ def test_resume_mid_run_continues_to_the_same_weights(easy_dir, tmp_path):
     """Interrupted after the evaluation at step 2 of 6 (mid-epoch: 32 images at batch 12), resumed:
     the same history and the same final weights as an uninterrupted run, step for step."""
     kw = dict(export_onnx=False, batch_size=12, keep_checkpoints=True)
-    whole = finetune(cfg(easy_dir, tmp_path / "whole", **kw), progress=False, log=lambda m: None)
+    whole = run_finetune(cfg(easy_dir, tmp_path / "whole", **kw), progress=False, log=lambda m: None)
 
     class Stop(Exception):
         pass
@@ -150,8 +150,8 @@ def test_resume_mid_run_continues_to_the_same_weights(easy_dir, tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        finetune(cfg(easy_dir, tmp_path / "cut", **kw), progress=False, log=lambda m: None, on_eval=stop_at_step_2)
-    resumed = finetune(cfg(easy_dir, tmp_path / "cut", **kw), resume=True, progress=False, log=lambda m: None)
+        run_finetune(cfg(easy_dir, tmp_path / "cut", **kw), progress=False, log=lambda m: None, on_eval=stop_at_step_2)
+    resumed = run_finetune(cfg(easy_dir, tmp_path / "cut", **kw), resume=True, progress=False, log=lambda m: None)
     assert resumed.resumed_from == 2
     strip = lambda h: [{k: v for k, v in e.items() if k not in ("seconds", "eval_seconds")} for e in h]  # noqa: E731
     assert strip(resumed.history) == strip(whole.history)
@@ -165,21 +165,21 @@ def test_resume_mid_run_continues_to_the_same_weights(easy_dir, tmp_path):
 
 def test_run_directory_rules(easy_dir, easy_run, tmp_path):
     with pytest.raises(UsageError, match="holds a finetuning run; pass --resume"):
-        finetune(cfg(easy_dir, easy_run.out), resume=False, progress=False, log=lambda m: None)
-    again = finetune(cfg(easy_dir, easy_run.out), progress=False, log=lambda m: None)  # a rerun: the stored result
+        run_finetune(cfg(easy_dir, easy_run.out), resume=False, progress=False, log=lambda m: None)
+    again = run_finetune(cfg(easy_dir, easy_run.out), progress=False, log=lambda m: None)  # a rerun: the stored result
     assert again.already_complete and again.metrics == easy_run.metrics
     with pytest.raises(
         UsageError, match=r"holds another finetuning run \(differs in: config\.training\.lr \(0\.001 -> 0\.01\)\)"
     ):
-        finetune(cfg(easy_dir, easy_run.out, lr=1e-2), resume=True, progress=False, log=lambda m: None)
+        run_finetune(cfg(easy_dir, easy_run.out, lr=1e-2), resume=True, progress=False, log=lambda m: None)
     with pytest.raises(UnknownCutPointError, match=r"layer 9 is not a cut point of resnet18; valid: all, blocks"):
-        finetune(cfg(easy_dir, tmp_path / "x", truncate="9"), progress=False, log=lambda m: None)
+        run_finetune(cfg(easy_dir, tmp_path / "x", truncate="9"), progress=False, log=lambda m: None)
 
 
 def test_frozen_backbone_changes_no_backbone_weight(easy_dir, tmp_path):
     from tlmic_feats.backbones import build_backbone
 
-    r = finetune(
+    r = run_finetune(
         cfg(easy_dir, tmp_path / "frozen", freeze_backbone=True, steps=4, lr=1e-2, export_onnx=False),
         progress=False,
         log=lambda m: None,
@@ -288,7 +288,7 @@ def test_finetune_cli(easy_dir, tmp_path):
 
 def test_a_finished_run_drops_its_resume_state_and_resuming_it_returns_its_result(easy_dir, easy_run):
     assert (easy_run.out / "best.pt").is_file() and not (easy_run.out / "last.pt").exists()
-    again = finetune(cfg(easy_dir, easy_run.out), resume=True, progress=False, log=lambda m: None)
+    again = run_finetune(cfg(easy_dir, easy_run.out), resume=True, progress=False, log=lambda m: None)
     assert again.already_complete and again.metrics == json.loads((easy_run.out / "metrics.json").read_text())
     assert again.history == easy_run.history and again.best_step == easy_run.best_step
     m = easy_run.metrics
@@ -301,9 +301,9 @@ def test_a_finished_run_drops_its_resume_state_and_resuming_it_returns_its_resul
 
 def test_pooling_and_input_size_are_part_of_a_runs_identity(easy_dir, easy_run):
     with pytest.raises(UsageError, match=r"config\.pool \('avg' -> 'avgmax'\)"):
-        finetune(cfg(easy_dir, easy_run.out, pool="avgmax"), resume=True, progress=False, log=lambda m: None)
+        run_finetune(cfg(easy_dir, easy_run.out, pool="avgmax"), resume=True, progress=False, log=lambda m: None)
     with pytest.raises(UsageError, match=r"config\.input_size \(0 -> 64\)"):
-        finetune(cfg(easy_dir, easy_run.out, input_size=64), resume=True, progress=False, log=lambda m: None)
+        run_finetune(cfg(easy_dir, easy_run.out, input_size=64), resume=True, progress=False, log=lambda m: None)
 
 
 def test_input_size_sets_the_crop_and_the_resize_keeps_the_weights_ratio(easy_dir, tmp_path):
@@ -311,7 +311,7 @@ def test_input_size_sets_the_crop_and_the_resize_keeps_the_weights_ratio(easy_di
 
     pre = build_backbone("resnet18", "random:0", input_size=128).preprocess
     assert (pre.input_size, pre.resize_size) == (128, 146)  # 224 of 256
-    r = finetune(
+    r = run_finetune(
         cfg(easy_dir, tmp_path / "small", input_size=96, pool="avgmax", export_onnx=False, steps=2),
         progress=False,
         log=lambda m: None,
@@ -335,7 +335,7 @@ def test_the_default_budget_learns_from_60_training_images(tmp_path):
     data = make_phantom_dataset(
         tmp_path / "data", PhantomConfig(n_train=60, n_val=40, n_test=80, size=128, nodule_px=(3.5, 6.5), seed=7)
     )
-    r = finetune(
+    r = run_finetune(
         from_flat(FinetuneConfig,
             data=DataConfig(str(data)),
             backbone="efficientnet_lite0",

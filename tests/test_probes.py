@@ -120,7 +120,7 @@ def test_every_draw_has_its_own_permutation_shared_by_every_layer(planted_run):
 
     store, run = planted_run
     rows_of = {s: np.flatnonzero(store.splits == s) for s in ("train", "val", "test")}
-    ctx = GridContext(store.labels, "binary", ["neg", "pos"], rows_of, store.ids, ProbeConfig(store=""), run.out)
+    ctx = GridContext(store.label_matrix, "binary", ["neg", "pos"], rows_of, store.ids, ProbeConfig(store=""), run.out)
     train = rows_of["train"]
 
     def labels(model="logreg", fraction=1.0, seed=0, k=0):
@@ -128,11 +128,11 @@ def test_every_draw_has_its_own_permutation_shared_by_every_layer(planted_run):
 
     first = labels()
     np.testing.assert_array_equal(first, labels())  # reproducible
-    assert sorted(first) == sorted(store.labels[train, 0])  # a permutation of the true labels
+    assert sorted(first) == sorted(store.labels[train])  # a permutation of the true labels
     for other in (labels(model="lightgbm"), labels(fraction=0.2), labels(seed=1), labels(k=1)):
         assert (other != first).any()
     real = cell_targets(ctx, Cell("logreg", 1.0, 0, "none", train))[0][:, 0]
-    np.testing.assert_array_equal(real, store.labels[train, 0])
+    np.testing.assert_array_equal(real, store.labels[train])
 
 
 
@@ -370,7 +370,7 @@ def test_results_files_and_saved_probes_score_new_features(planted_run):
     probe = load_probe(run.out / "probes" / r["run_id"])
     test = store.splits == "test"
     s = probe.predict_proba(store.features("2")[test])[:, 1]
-    assert skm.roc_auc_score(store.labels[test, 0], s) == pytest.approx(r["auroc"], abs=1e-12)
+    assert skm.roc_auc_score(store.labels[test], s) == pytest.approx(r["auroc"], abs=1e-12)
     assert not list((run.out / "probes").rglob("*.pkl"))
 
 

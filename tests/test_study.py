@@ -227,9 +227,9 @@ def test_layerwise_finetuning_keeps_the_bottom_frozen_and_the_hybrid_is_slimmer(
     from tlmic_feats.backbones.networks import build_hybrid, build_network
     from tlmic_feats.backbones.registry import build_backbone
     from tlmic_feats.finetune.config import FinetuneConfig
-    from tlmic_feats.finetune.trainer import finetune
+    from tlmic_feats.finetune.trainer import run_finetune
 
-    result = finetune(
+    result = run_finetune(
         from_flat(FinetuneConfig,
             data=DataConfig(str(phantom_dir)),
             backbone="resnet18",

@@ -2,38 +2,66 @@
 
 Frozen backbones -> per-cut-point pooled features in a Zarr store -> probes; and truncated
 finetuning at the same cut points. Importing this package is cheap: torch loads only when a
-function that needs it runs.
+function that needs it runs. Every ``tlmic`` command has a function here (``tlmic probe``:
+:func:`run_probes`, ``tlmic finetune``: :func:`run_finetune`, ...); results have ``.to_pandas()``.
 
 >>> from tlmic_feats import DataConfig, ExtractConfig, extract_features, FeatureStore  # doctest: +SKIP
->>> report = extract_features(ExtractConfig(DataConfig("chest_xray/"), backbone="resnet50"))  # doctest: +SKIP
->>> FeatureStore.open(report.store.path).features("3").shape                           # doctest: +SKIP
+>>> report = extract_features(ExtractConfig(DataConfig("chest_xray/")))                # doctest: +SKIP
+>>> store = FeatureStore.open(report.store.path)                                       # doctest: +SKIP
+>>> X, y = store.features("3"), store.labels  # (N, C) and (N,): ready for scikit-learn # doctest: +SKIP
 """
-
-from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# name -> submodule that defines it; each is imported on first use (runtime/lazy.py). Grouped by
+# the command they serve; the comment names the command.
 _LAZY = {
-    "FeatureStore": "tlmic_feats.features.store",
-    "LayerInfo": "tlmic_feats.features.store",
-    "DataConfig": "tlmic_feats.data.readers",
-    "load_manifest": "tlmic_feats.data.readers",
-    "Manifest": "tlmic_feats.data.manifest",
-    "ExtractConfig": "tlmic_feats.features.config",
-    "ExtractReport": "tlmic_feats.features.extract",
-    "extract_features": "tlmic_feats.features.extract",
-    "build_backbone": "tlmic_feats.backbones.registry",
-    "list_backbones": "tlmic_feats.backbones.registry",
-    "layer_table": "tlmic_feats.backbones.layers",
-    "run_demo": "tlmic_feats.demo",
-    "ProbeConfig": "tlmic_feats.probes.grid",
-    "run_probes": "tlmic_feats.probes.grid",
-    "LogisticProbe": "tlmic_feats.probes.estimators",
-    "LightGBMProbe": "tlmic_feats.probes.estimators",
-    "FinetuneConfig": "tlmic_feats.finetune.config",
-    "StudyConfig": "tlmic_feats.study.config",
-    "run_study": "tlmic_feats.study.run",
-    "plan_study": "tlmic_feats.study.plan",
+    # data: `tlmic data check`
+    "DataConfig": "data.readers",
+    "load_manifest": "data.readers",
+    "Manifest": "data.manifest",
+    "check_dataset": "data.check",
+    "DataCheck": "data.check",
+    "PhantomConfig": "data.phantom",
+    "make_phantom_dataset": "data.phantom",
+    # backbones: `tlmic layers`, `tlmic backbones`
+    "build_backbone": "backbones.registry",
+    "list_backbones": "backbones.registry",
+    "available_backbones": "backbones.registry",
+    "layer_table": "backbones.layers",
+    # features: `tlmic extract`
+    "ExtractConfig": "features.config",
+    "ExtractReport": "features.extract",
+    "extract_features": "features.extract",
+    "FeatureStore": "features.store",
+    "LayerInfo": "features.store",
+    # probes: `tlmic probe`, `tlmic report`
+    "ProbeConfig": "probes.grid",
+    "ProbeRun": "probes.grid",
+    "run_probes": "probes.grid",
+    "render_report": "probes.report",
+    "LogisticProbe": "probes.estimators",
+    "LightGBMProbe": "probes.estimators",
+    # finetuning: `tlmic finetune`
+    "FinetuneConfig": "finetune.config",
+    "FinetuneResult": "finetune.config",
+    "run_finetune": "finetune.trainer",
+    # comparisons: `tlmic compare`
+    "Comparison": "metrics.compare",
+    "compare_runs": "metrics.compare",
+    # studies: `tlmic study`, `tlmic study --plan`, `tlmic demo`
+    "StudyConfig": "study.config",
+    "StudyResult": "study.config",
+    "run_study": "study.run",
+    "plan_study": "study.plan",
+    "run_demo": "demo",
+    "DemoResult": "demo",
+    # machine and cache: `tlmic doctor`, `tlmic cache info|list|clean`
+    "diagnose": "doctor",
+    "CacheItem": "runtime.cache",
+    "scan_cache": "runtime.cache",
+    "select_items": "runtime.cache",
+    "clean_cache": "runtime.cache",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]
@@ -42,4 +70,10 @@ __all__ = ["__version__", *sorted(_LAZY)]
 def __getattr__(name: str):
     from .runtime.lazy import lazy_attributes
 
-    return lazy_attributes("tlmic_feats", {k: v.removeprefix("tlmic_feats.") for k, v in _LAZY.items()})(name)
+    return lazy_attributes(__name__, _LAZY)(name)
+
+
+def __dir__() -> list[str]:
+    from .runtime.lazy import lazy_dir
+
+    return lazy_dir(__name__, _LAZY)()

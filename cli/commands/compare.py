@@ -24,8 +24,8 @@ def compare(files, split, rope, unpaired, bootstrap, seed, as_json):
     B better, equivalent (within --rope) or inconclusive.
     """
     import json
-    from pathlib import Path
 
+    from tlmic_feats.metrics.compare import compare_runs, predictions_path
     from tlmic_feats.runtime.errors import UsageError
 
     files = list(files)
@@ -37,57 +37,43 @@ def compare(files, split, rope, unpaired, bootstrap, seed, as_json):
         if f.startswith("--"):
             valid = "--vs, --split, --rope, --unpaired, --bootstrap, --seed, --json"
             raise UsageError(f"no such option: {f}; valid: {valid}")
-        if not Path(f).is_file():
-            raise UsageError(f"predictions file {f} does not exist")
+        predictions_path(f)  # a file, or a run directory holding predictions.csv
     if "--vs" in files and not (preds_a and preds_b):
         raise UsageError("give predictions files on both sides of --vs: A files --vs B files")
+    if not preds_b and len(preds_a) != 2:
+        raise UsageError(f"give two predictions files, or groups: A files --vs B files (got {len(preds_a)} files)")
 
     if not preds_b:
-        if len(preds_a) != 2:
-            raise UsageError(f"give two predictions files, or groups: A files --vs B files (got {len(preds_a)} files)")
-        from tlmic_feats.metrics.paired import compare_prediction_files, format_comparison
-
-        result = compare_prediction_files(preds_a[0], preds_a[1], split=split, n_resamples=bootstrap, seed=seed)
+        c = compare_runs(preds_a[0], preds_a[1], split=split, n_resamples=bootstrap, random_state=seed)
+        result = c.result
         if as_json:
             click.echo(json.dumps(result, indent=1, default=float))
             return
+        from tlmic_feats.metrics.paired import format_comparison
+
         click.echo(f"A: {preds_a[0]}\nB: {preds_a[1]}\n{result['n']} {split} images ({result['kind']} labels)")
         click.echo(
             "These two trained models on these test images (a rerun's training variance is not included):"
         )
-        name_a, name_b = side_names(preds_a[0], preds_a[1])
-        click.echo(format_comparison(result, name_a, name_b))
+        click.echo(format_comparison(result, c.a, c.b))
         return
-    from tlmic_feats.metrics.verdicts import compare_prediction_groups, format_verdict
-
-    result = compare_prediction_groups(
-        list(preds_a), list(preds_b), split=split, paired=not unpaired, rope=rope, n_resamples=bootstrap,
-        random_state=seed,
-    )  # fmt: skip
+    c = compare_runs(
+        preds_a, preds_b, split=split, paired=not unpaired, rope=rope, n_resamples=bootstrap, random_state=seed
+    )
+    result = c.result
     if as_json:
         doc = {**result, "a": list(preds_a), "b": list(preds_b)}
         doc["verdicts"] = {m: v.as_dict() for m, v in result["verdicts"].items()}
         click.echo(json.dumps(doc, indent=1, default=float))
         return
-    runs_a = ", ".join(run_name(p) for p in preds_a)
-    runs_b = ", ".join(run_name(p) for p in preds_b)
-    click.echo(f"A: {len(preds_a)} run(s) ({runs_a})\nB: {len(preds_b)} run(s) ({runs_b}); "
-               f"{'unpaired' if unpaired else 'paired by order'}")
+    from tlmic_feats.metrics.verdicts import format_verdict
+
+    from tlmic_feats.metrics.compare import side_name
+
+    runs_a, runs_b = (", ".join(side_name(p) for p in side) for side in (c.paths_a, c.paths_b))
+    how = "unpaired" if unpaired else "paired by order"
+    click.echo(f"A: {len(preds_a)} run(s) ({runs_a})\nB: {len(preds_b)} run(s) ({runs_b}); {how}")
     click.echo(f"{result['n']} {split} images ({result['kind']} labels); over training runs and test images:")
     for v in result["verdicts"].values():
         click.echo(format_verdict(v))
 
-
-def run_name(path: str) -> str:
-    """How a predictions file is named in the output: its run directory's name for the files runs
-    write (``runs/t3_f0.05_s0/predictions.csv`` -> ``t3_f0.05_s0``), else the file's stem."""
-    from pathlib import Path
-
-    p = Path(path)
-    return p.resolve().parent.name if p.stem in ("predictions", "test_predictions", "val_predictions") else p.stem
-
-
-def side_names(a: str, b: str) -> tuple[str, str]:
-    """Distinct names for two files (their paths when the run names coincide)."""
-    na, nb = run_name(a), run_name(b)
-    return (na, nb) if na != nb else (str(a), str(b))

@@ -43,10 +43,10 @@ def finetune(config, hflip, no_augment, resume, overwrite, quiet, nproc, max_res
         return
 
     from tlmic_feats.finetune.augment import AugmentConfig
-    from tlmic_feats.finetune.trainer import finetune as run
+    from tlmic_feats.finetune.trainer import run_finetune
 
     config = replace(config, augment=replace(AugmentConfig(), hflip=hflip) if not no_augment else None)
-    r = run(config, resume=True, overwrite=overwrite, progress=not quiet, log=None if not quiet else (lambda m: None))
+    r = run_finetune(config, resume=True, overwrite=overwrite, progress=not quiet, log=None if not quiet else (lambda m: None))
     if r is None:  # a torchrun rank other than 0: rank 0 reports
         return
     m = r.metrics

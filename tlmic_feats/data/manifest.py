@@ -10,6 +10,9 @@ Label conventions (also those of the feature store):
 * ``multiclass``: ``labels`` is ``(N, 1)``, the class index; ``label_names`` are the classes.
 * ``multilabel``: ``labels`` is ``(N, L)``, 0 or 1 per label, NaN where the label is missing;
   ``label_names`` are the L labels.
+
+:func:`sklearn_labels` turns that matrix into the targets scikit-learn expects (what
+``FeatureStore.labels`` returns).
 """
 
 from __future__ import annotations
@@ -196,6 +199,23 @@ class Manifest:
                 entry["positives"] = {name: int(np.nansum(lab[:, j])) for j, name in enumerate(self.label_names)}
             out["splits"][s] = entry
         return out
+
+
+def sklearn_labels(labels: np.ndarray, label_kind: str) -> np.ndarray:
+    """The label matrix ``(N, L)`` (float, NaN = missing) as scikit-learn's targets: binary and
+    multi-class ``(N,)`` int64 class indices (into ``label_names``), multi-label ``(N, L)`` float32
+    of 0/1 with NaN where a label is missing (mask those rows per label before fitting).
+
+    >>> sklearn_labels(np.array([[0.0], [1.0]]), "binary")
+    array([0, 1])
+    """
+    labels = np.asarray(labels, dtype=np.float32)
+    if label_kind == "multilabel":
+        return labels.reshape(len(labels), -1)
+    column = labels.reshape(len(labels), -1)[:, 0]
+    if np.isnan(column).any():  # not written by tlmic's readers; keep the gaps rather than invent classes
+        return column
+    return column.astype(np.int64)
 
 
 def _str_digest(values: Sequence[str] | np.ndarray) -> bytes:

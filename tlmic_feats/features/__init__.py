@@ -2,7 +2,7 @@
 extracted once (``extract``, with the ``engines`` that run the tapping network, the decoded
 ``pixels`` cache and the decode ``workers``) into a Zarr feature ``store``."""
 
-from ..runtime.lazy import lazy_attributes
+from ..runtime.lazy import lazy_attributes, lazy_dir
 
 _WHERE = {
     "ExtractConfig": "config",
@@ -13,3 +13,4 @@ _WHERE = {
 }
 __all__ = sorted(_WHERE)
 __getattr__ = lazy_attributes(__name__, _WHERE)
+__dir__ = lazy_dir(__name__, _WHERE)

@@ -50,6 +50,20 @@ class ExtractReport:
     def images_per_second(self) -> float:
         return self.computed_images / self.seconds if self.seconds > 0 else float("nan")
 
+    def to_pandas(self):
+        """The store's cut points as a :class:`pandas.DataFrame`, one row per layer in depth order:
+        ``layer`` (address), ``module``, ``channels`` (feature columns of the layer; twice the
+        channels with ``avgmax`` pooling), ``stride`` and ``array`` (the stored array; an alias such
+        as ResNet's block end ``2``, which is unit ``2.4``, names its unit's array).
+
+        >>> extract_features(config).to_pandas()                                     # doctest: +SKIP
+        """
+        import pandas as pd
+
+        columns = ["layer", "module", "channels", "stride", "array"]
+        rows = [(i.address, i.module, i.channels, i.stride, i.array) for i in self.store.layers]
+        return pd.DataFrame(rows, columns=columns)
+
 
 # --- the forward pass ----------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ Layout (everything pre-allocated from the manifest when the store is created)::
     <store>/                      root attrs["tlmic"]: format, status, fingerprint, config, layers
       features/<address>          (N, C) float32|float16, chunks (chunk_rows, C)
       ids, splits, patient_ids    (N,) str
-      labels                      (N, L) float32, NaN = missing
+      labels                      (N, L) float32, NaN = missing (FeatureStore.labels: scikit-learn's shape)
       skipped                     (N,) bool, rows whose image could not be read (features NaN)
       shard_done                  (n_shards,) bool, one chunk per shard
 
@@ -57,7 +57,7 @@ class FeatureStore:
     """Read (and, for extraction, write) a tlmic feature store.
 
     >>> store = FeatureStore.open("cache/stores/demo.zarr")        # doctest: +SKIP
-    >>> X = store.features("3"); y = store.labels[:, 0]            # doctest: +SKIP
+    >>> X, y = store.features("3"), store.labels                    # doctest: +SKIP
     >>> train = store.splits == "train"                            # doctest: +SKIP
     """
 
@@ -130,6 +130,18 @@ class FeatureStore:
 
     @property
     def labels(self) -> np.ndarray:
+        """Targets in the shape scikit-learn expects, rows aligned with :attr:`ids`: binary and
+        multi-class ``(N,)`` int64 class indices into :attr:`label_names`; multi-label ``(N, L)``
+        float32 of 0/1 with NaN where a label is missing (mask per label before fitting). The stored
+        ``(N, L)`` matrix is :attr:`label_matrix`."""
+        from ..data.manifest import sklearn_labels
+
+        return sklearn_labels(self.label_matrix, self.label_kind)
+
+    @property
+    def label_matrix(self) -> np.ndarray:
+        """The labels as stored, ``(N, L)`` float32, NaN = missing (the manifest's convention:
+        ``L`` is 1 for binary and multi-class, which hold the class index)."""
         return self._array("labels")
 
     @property
@@ -187,7 +199,8 @@ class FeatureStore:
         description: str = "from_arrays",
         overwrite: bool = False,
     ) -> FeatureStore:
-        """Write a finished store from in-memory arrays (``{address: (N, C)}``, depth order).
+        """Write a finished store from in-memory arrays (``{address: (N, C)}``, depth order);
+        ``labels`` as :attr:`labels` or :attr:`label_matrix` return them (``(N,)`` or ``(N, L)``).
 
         For features computed elsewhere, synthetic benchmarks and tests. The fingerprint records
         ``description`` in place of a backbone, and a digest of the arrays as the dataset, so that

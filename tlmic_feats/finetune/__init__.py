@@ -4,7 +4,7 @@ up, the step loop, evaluation), ``outputs`` (metrics, predictions, curves, expor
 ``losses``, ``augment``, ``lpft`` (a head from a probe), ``export``, ``compactness`` and ``ddp``
 (torchrun)."""
 
-from ..runtime.lazy import lazy_attributes
+from ..runtime.lazy import lazy_attributes, lazy_dir
 
 _WHERE = {
     "ARCHS": "config",
@@ -12,7 +12,8 @@ _WHERE = {
     "SCHEDULES": "config",
     "FinetuneConfig": "config",
     "FinetuneResult": "config",
-    "finetune": "trainer",
+    "run_finetune": "trainer",
 }
 __all__ = sorted(_WHERE)
 __getattr__ = lazy_attributes(__name__, _WHERE)
+__dir__ = lazy_dir(__name__, _WHERE)

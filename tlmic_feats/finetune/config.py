@@ -92,6 +92,9 @@ class FinetuneConfig:
 
 @dataclass
 class FinetuneResult:
+    """What :func:`~tlmic_feats.finetune.trainer.run_finetune` produced: the run directory, its test
+    metrics (``metrics.json``), the validation history and the compactness of the network."""
+
     out: Path
     metrics: dict
     history: list[dict]  # one row per evaluation
@@ -101,3 +104,33 @@ class FinetuneResult:
     seconds: float = 0.0  # wall time of this call's training loop
     resumed_from: int = 0  # the step this call started from
     already_complete: bool = False  # the run had finished before this call: nothing was computed
+
+    def to_pandas(self, *, history: bool = False):
+        """The run as a :class:`pandas.DataFrame`.
+
+        One row, the test result (default), with the columns ``run`` (the run directory), ``address``
+        (the cut point, ``all`` for full depth), ``arch``, ``n_train``, ``steps_run``, ``best_step``,
+        ``best_val`` (the monitored validation metric at ``best_step``), each test metric with its
+        95% bootstrap interval (``auroc``, ``auroc_lo``, ``auroc_hi``, ``auprc``, ...), ``params``,
+        ``macs`` and ``latency_ms`` of the trained network (None without compactness),
+        ``train_seconds`` and ``precision``. With ``history=True``: one row per validation
+        (``history.csv``'s columns: step, training loss, validation metrics, seconds).
+        """
+        import pandas as pd
+
+        from ..metrics.scores import METRICS
+
+        if history:
+            return pd.DataFrame(self.history)
+        columns = [
+            *("run", "address", "arch", "n_train", "steps_run", "best_step", "best_val"),
+            *(c for m in METRICS for c in (m, f"{m}_lo", f"{m}_hi")),
+            *("params", "macs", "latency_ms", "train_seconds", "precision"),
+        ]
+        from dataclasses import asdict, is_dataclass
+
+        comp = self.compactness[0] if self.compactness else {}  # this network (then the full-depth one)
+        comp = asdict(comp) if is_dataclass(comp) else comp  # a fresh run's objects, a stored run's dicts
+        row = {"run": str(self.out), **self.metrics, **{k: comp.get(k) for k in ("params", "macs", "latency_ms")}}
+        return pd.DataFrame([{k: row.get(k) for k in columns}], columns=columns)
+

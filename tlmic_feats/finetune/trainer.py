@@ -1,6 +1,6 @@
 """The truncated-finetuning arm: a backbone cut at a registry cut point, a new head, trained.
 
-:func:`finetune` builds the backbone truncated at ``truncate`` (everything after the cut is
+:func:`run_finetune` builds the backbone truncated at ``truncate`` (everything after the cut is
 removed, not frozen; ``all`` keeps the whole network), adds global pooling (``pool``: the same
 ``avg``/``max``/``avgmax`` as the feature store, so probes and finetuned heads see one
 representation), dropout and a linear head, and trains every kept layer with AdamW, a warmup and
@@ -44,7 +44,7 @@ from .outputs import completed_result, write_outputs
 from .setup import build_training, load_data, set_up
 
 
-def finetune(
+def run_finetune(
     config: FinetuneConfig,
     *,
     resume: bool = True,
@@ -53,9 +53,11 @@ def finetune(
     log: Callable[[str], None] | None = None,
     on_eval: Callable[[int], None] | None = None,
 ) -> FinetuneResult | None:
-    """Run (or resume) a finetuning run; see the module docstring. A rerun resumes the run in its
-    directory, or returns its stored result when it had finished (``resume=False``: refuse an existing
-    run instead; ``overwrite``: replace it). ``on_eval(step)`` is called after
+    """Run (or resume) a finetuning run (``tlmic finetune``); see the module docstring.
+
+    A rerun resumes the run in ``config.out``, or returns its stored result when it had finished
+    (``already_complete``); ``resume=False`` refuses an existing run instead, ``overwrite`` replaces
+    it. ``on_eval(step)`` is called after
     each evaluation's checkpoint (progress; tests use it to interrupt a run). In a torchrun group
     (see :mod:`tlmic_feats.finetune.ddp`) every rank calls this; rank 0 returns the result, the
     others None."""

@@ -3,7 +3,7 @@ bootstrap; ``paired``: these trained models compared on these test images; ``ver
 compared over training runs and test images) and the predictions files they are recomputed from
 (``predictions``)."""
 
-from ..runtime.lazy import lazy_attributes
+from ..runtime.lazy import lazy_attributes, lazy_dir
 
 _WHERE = {
     "read_predictions": "predictions",
@@ -22,3 +22,4 @@ _WHERE = {
 }
 __all__ = sorted(_WHERE)
 __getattr__ = lazy_attributes(__name__, _WHERE)
+__dir__ = lazy_dir(__name__, _WHERE)

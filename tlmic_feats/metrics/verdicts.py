@@ -581,6 +581,7 @@ def compare_prediction_groups(
     rope: float = DEFAULT_ROPE,
     n_resamples: int = 2000,
     random_state: int = 0,
+    names: tuple[str, str] = ("A", "B"),
 ) -> dict:
     """:func:`compare_runs` of two groups of predictions files (one file per training run; paired by
     order: ``paths_a[r]`` and ``paths_b[r]`` are the same seed) on ``split``: every file must score the
@@ -631,7 +632,7 @@ def compare_prediction_groups(
         scores[: len(paths_a)],
         scores[len(paths_a) :],
         kind,
-        names=("A", "B"),
+        names=names,
         paired=paired,
         rope=rope,
         n_resamples=n_resamples,

@@ -2,7 +2,7 @@
 estimators: logistic regression, LightGBM), the ``grid`` of layer x model x fraction x seed cells,
 its ``cluster`` form (Dask), and its ``report``."""
 
-from ..runtime.lazy import lazy_attributes
+from ..runtime.lazy import lazy_attributes, lazy_dir
 
 _WHERE = {
     "PROBES": "estimators",
@@ -15,3 +15,4 @@ _WHERE = {
 }
 __all__ = sorted(_WHERE)
 __getattr__ = lazy_attributes(__name__, _WHERE)
+__dir__ = lazy_dir(__name__, _WHERE)

@@ -46,12 +46,31 @@ from .config import ProbeConfig
 
 @dataclass
 class ProbeRun:
-    """What :func:`run_probes` produced."""
+    """What :func:`run_probes` produced: the run directory, one result row per fit, the training
+    subsets skipped (too small) and the seconds spent fitting."""
 
     out: Path
     rows: list[dict]
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+    def to_pandas(self):
+        """One row per fit (layer x model x fraction x seed, and with ``control="shuffle"`` per
+        permutation draw) as a :class:`pandas.DataFrame` with the columns of ``results.csv``
+        (:data:`RESULT_COLUMNS`): ``layer`` (the cut point's address as text, e.g. ``"3.10"``),
+        ``depth``, ``module``, ``array``, ``channels``, ``model``, ``fraction``, ``seed``,
+        ``control`` (``none`` or ``shuffle``), ``permutation``, ``n_train``, ``positives_train``,
+        ``n_val``, ``n_test``, ``fit_seconds``, ``val_auroc``, ``val_auprc`` (what a layer is picked
+        by), each test metric with its 95% bootstrap interval (``auroc``, ``auroc_lo``,
+        ``auroc_hi``, ``auprc``, ...), ``n_labels``, ``n_labels_total``, ``threshold``, ``hyper``,
+        ``run_id`` and ``predictions`` (relative to :attr:`out`).
+
+        >>> table = run_probes(config).to_pandas()                                   # doctest: +SKIP
+        >>> table.groupby("layer", sort=False)["auroc"].mean()                      # doctest: +SKIP
+        """
+        import pandas as pd
+
+        return pd.DataFrame([{k: r.get(k) for k in RESULT_COLUMNS} for r in self.rows], columns=list(RESULT_COLUMNS))
 
 
 def resolve_store_layers(store: FeatureStore, spec: str) -> list[str]:
@@ -105,7 +124,7 @@ def run_probes(config: ProbeConfig, *, progress: bool = True, log: Callable[[str
     if store.meta.get("split_origin", "").startswith("no "):  # an official test split the data lacks
         log(f"note: {store.meta['split_origin']}")
     subsets, skipped = training_subsets(store, rows_of, config, log)
-    ctx = GridContext(store.labels, store.label_kind, store.label_names, rows_of, store.ids, config, out)
+    ctx = GridContext(store.label_matrix, store.label_kind, store.label_names, rows_of, store.ids, config, out)
     # One entry per stored array: an alias (ResNet's "2" is "2.4") has the same features, same results.
     first_of: dict[str, tuple[int, str]] = {}
     for depth, address in enumerate(layers):
@@ -130,7 +149,7 @@ def training_subsets(
 ) -> tuple[dict[tuple[float, int], np.ndarray], list[str]]:
     """``{(fraction, seed): training rows}`` (nested, stratified, patient-grouped subsets), and a
     message for each subset too small to fit (it gets no cells)."""
-    labels, kind, names = store.labels, store.label_kind, store.label_names
+    labels, kind, names = store.label_matrix, store.label_kind, store.label_names
     nested = {
         seed: nested_subsets(rows_of["train"], labels, kind, config.fractions, seed=seed, patient_ids=store.patient_ids)
         for seed in config.seed_list

@@ -2,7 +2,7 @@
 record), ``arms`` (each run's finetuning configuration; choices on validation data), ``plan`` (the
 cost model, budgets, plan and disk estimate), ``run`` (the orchestration) and ``report``."""
 
-from ..runtime.lazy import lazy_attributes
+from ..runtime.lazy import lazy_attributes, lazy_dir
 
 _WHERE = {
     "BASELINES": "config",
@@ -14,3 +14,4 @@ _WHERE = {
 }
 __all__ = sorted(_WHERE)
 __getattr__ = lazy_attributes(__name__, _WHERE)
+__dir__ = lazy_dir(__name__, _WHERE)

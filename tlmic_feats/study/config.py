@@ -175,11 +175,41 @@ class Run:
 
 @dataclass
 class StudyResult:
+    """What :func:`~tlmic_feats.study.run.run_study` produced: the study directory, one row per
+    finished run (``results.csv``), the choices of the probe-guided search, the runs not started and
+    the report."""
+
     out: Path
     rows: list[dict]
     choices: dict
     not_run: list[str] = field(default_factory=list)
     report: Path | None = None
+
+    def to_pandas(self, *, verdicts: bool = False):
+        """The study as a :class:`pandas.DataFrame`.
+
+        By default one row per finished finetuning run and per probe seed at its best layer
+        (``results.csv``): ``stage`` (``stage1``, ``stage2``, ``baseline``, ``probe``), ``arm``,
+        ``address`` (cut point), ``fraction``, ``seed``, ``n_train``, ``val_auprc``, test ``auroc``
+        and ``auprc`` with their 95% bootstrap intervals (``_lo``, ``_hi``), ``params``, ``macs``,
+        ``latency_ms``, ``steps_run``, ``best_step``, ``pool``, ``train_seconds``, ``wall_seconds``,
+        ``predictions`` (relative to :attr:`out`) and ``precision``. With ``verdicts=True``: the
+        study's answer, ``verdicts.csv``, one row per contrast, fraction and metric (``a``, ``b``,
+        ``diff``, ``ci90_lo`` ... ``ci95_hi``, ``p_improve``, ``verdict``, ``seeds_needed``, ...; see
+        :data:`~tlmic_feats.metrics.verdicts.VERDICT_COLUMNS`).
+        """
+        import pandas as pd
+
+        if verdicts:
+            from ..metrics.verdicts import VERDICT_COLUMNS
+
+            path = self.out / "verdicts.csv"
+            if not path.is_file():
+                return pd.DataFrame(columns=list(VERDICT_COLUMNS))
+            return pd.read_csv(path, dtype={"a": str, "b": str, "seeds": str}, keep_default_na=False, na_values=[""])
+        from .report import ROW_COLUMNS
+
+        return pd.DataFrame([{k: r.get(k) for k in ROW_COLUMNS} for r in self.rows], columns=list(ROW_COLUMNS))
 
 
 def default_out(config: StudyConfig) -> Path:

@@ -220,7 +220,7 @@ class _Study:
 
     def execute(self, run: Run) -> bool:
         """Run (or resume, or skip as finished) one finetuning run; False when budget or time forbid it."""
-        from ..finetune.trainer import finetune
+        from ..finetune.trainer import run_finetune
 
         run_dir = self.out / "runs" / run.id
         record = self.state["runs"].get(run.id, {})
@@ -236,7 +236,7 @@ class _Study:
         self.log(f"study: {run.stage} {run.id}")
         t0 = time.perf_counter()
         try:
-            finetune(
+            run_finetune(
                 finetune_config(self.config, run, self.out, self.backbone, self.budgets[run.fraction][1]),
                 resume=(run_dir / "run.json").is_file(),
                 progress=self.progress,
