@@ -29,7 +29,7 @@ work = Path("tlmic-quickstart")
 data_dir = tl.make_phantom_dataset(
     work / "data", tl.PhantomConfig(n_train=100, n_val=40, n_test=60, size=128, nodule_px=(3.5, 6.5))
 )
-data = tl.DataConfig(str(data_dir))
+data = tl.DataConfig(data_dir)
 print(tl.check_dataset(data).manifest.summary()["splits"])
 
 # %% [markdown]
@@ -38,7 +38,7 @@ print(tl.check_dataset(data).manifest.summary()["splits"])
 # %%
 BACKBONE, SIZE = "efficientnet_lite0", 96  # a small input size keeps the example fast
 report = tl.extract_features(
-    tl.ExtractConfig(data=data, backbone=BACKBONE, input_size=SIZE, store=str(work / "features.zarr")),
+    tl.ExtractConfig(data=data, backbone=BACKBONE, input_size=SIZE, store=work / "features.zarr"),
     progress=False,
 )
 print(f"{report.computed_images} images in {report.seconds:.1f} s")
@@ -62,7 +62,7 @@ print(f"layer 4, plain scikit-learn: test AUROC {roc_auc_score(y[test], clf.deci
 
 # %%
 probes = tl.run_probes(
-    tl.ProbeConfig(store=str(store.path), models=("logreg",), seeds=1, bootstrap=200, out=str(work / "probes")),
+    tl.ProbeConfig(store=store.path, models=("logreg",), seeds=1, bootstrap=200, out=work / "probes"),
     progress=False,
 )
 table = probes.to_pandas()
@@ -84,13 +84,11 @@ finetuned = tl.run_finetune(
         backbone=BACKBONE,
         truncate=best["layer"],
         input_size=SIZE,
-        head_init=str(probes.out),
-        steps=30,
-        eval_every=10,
-        batch_size=16,
+        head_init=probes.out,
+        training=tl.TrainingConfig(steps=30, eval_every=10, batch_size=16),
         bootstrap=200,
         export_onnx=False,
-        out=str(work / f"finetune-{best['layer']}"),
+        out=work / f"finetune-{best['layer']}",
     ),
     progress=False,
 )

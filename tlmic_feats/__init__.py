@@ -29,12 +29,14 @@ _LAZY = {
     "list_backbones": "backbones.registry",
     "available_backbones": "backbones.registry",
     "layer_table": "backbones.layers",
+    "available_backbones_offline": "backbones.availability",
     # features: `tlmic extract`
     "ExtractConfig": "features.config",
     "ExtractReport": "features.extract",
     "extract_features": "features.extract",
     "FeatureStore": "features.store",
     "LayerInfo": "features.store",
+    "find_store": "features.locate",
     # probes: `tlmic probe`, `tlmic report`
     "ProbeConfig": "probes.grid",
     "ProbeRun": "probes.grid",
@@ -44,6 +46,7 @@ _LAZY = {
     "LightGBMProbe": "probes.estimators",
     # finetuning: `tlmic finetune`
     "FinetuneConfig": "finetune.config",
+    "TrainingConfig": "finetune.training",
     "FinetuneResult": "finetune.config",
     "run_finetune": "finetune.trainer",
     # comparisons: `tlmic compare`
@@ -52,6 +55,7 @@ _LAZY = {
     # studies: `tlmic study`, `tlmic study --plan`, `tlmic demo`
     "StudyConfig": "study.config",
     "StudyResult": "study.config",
+    "PRESETS": "study.config",
     "run_study": "study.run",
     "plan_study": "study.plan",
     "run_demo": "demo",
@@ -62,6 +66,8 @@ _LAZY = {
     "scan_cache": "runtime.cache",
     "select_items": "runtime.cache",
     "clean_cache": "runtime.cache",
+    # configs from flat option names (nested ones included): from_flat(FinetuneConfig, data=d, steps=200)
+    "from_flat": "runtime.options",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]
