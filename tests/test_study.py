@@ -169,7 +169,7 @@ def test_killed_study_finishes_only_the_remaining_runs_and_gives_the_same_report
     out = tmp_path / "study"
     args = ["study", "--data", str(easy), "--format", "imagefolder", "--backbone", "resnet18"]
     args += ["--weights", "random:3", "--fractions", "1.0", "--seeds", "1", "--top-blocks", "1", "--top-units", "1"]
-    args += ["--baselines", "none", "--steps", "3", "--eval-every", "3", "--batch-size", "8", "--bootstrap", "100"]
+    args += ["--baselines", "none", "--steps", "3", "--eval-every", "3", "--batch-size", "8", "--bootstrap", "100", "--scratch"]
     args += ["--out", str(out), "--store", config.store, "--quiet"]
     env = {**os.environ, "TLMIC_CACHE": str(tmp_path / "cache")}
     proc = subprocess.Popen([*CLI, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
