@@ -34,10 +34,10 @@ evaluation), ``curves.png``, ``metrics.json``, ``predictions.csv``, ``model.onnx
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import asdict
 
+from ..runtime.progress import default_log
 from .config import FinetuneConfig, FinetuneResult
 from .loop import train
 from .outputs import completed_result, write_outputs
@@ -63,7 +63,7 @@ def finetune(
     group = join(config.device)
     if not group.is_main:  # rank 0 alone logs and shows progress
         log, progress = (lambda m: None), False
-    log = log or (lambda m: print(m, file=sys.stderr))
+    log = log or default_log(progress)
     if group.restarted:  # torchrun restarted the group after a failure: continue, never start over
         resume, overwrite = True, False
     setup = set_up(config, group, resume=resume, overwrite=overwrite)
