@@ -188,7 +188,7 @@ def evaluate_and_checkpoint(
         log(f"early stop: no val {config.monitor} improvement for {config.patience} evaluations")
     if group.is_main and (state["stopped"] or step >= budget.steps or checkpoints.due()):
         checkpoints.write(tr, state)
-    group.barrier()  # nobody takes the next step before a checkpoint of this one exists
+    group.barrier()  # every rank waits for rank 0's evaluation (and its checkpoint, when one is due)
 
 
 def _validate(setup: RunSetup, tr: Training, loss_fn) -> tuple[dict, float]:

@@ -21,7 +21,8 @@ The pieces: :mod:`.setup` (data, subset, backbone, budget, run directory, networ
 run writes).
 
 Determinism and resume: a step's batch, augmentation and dropout are seeded from ``(seed, step)``;
-a checkpoint at every evaluation holds model, optimizer, scheduler and early-stop state, so
+a checkpoint (written at most once a minute, at the last evaluation and when interrupted at an
+evaluation: :class:`~.loop.Checkpoints`) holds model, optimizer, scheduler and early-stop state, so
 ``resume`` continues to the same weights as an uninterrupted run. A finished run deletes its
 resume state (``last.pt``) once its outputs are written (``keep_checkpoints`` keeps it); resuming
 a finished run returns its result.
