@@ -72,9 +72,8 @@ CUT_POINT_FIELDS = ("address", "module", "channels", "stride", "params", "layout
 
 
 def table_entry(backbone: str, input_size: int = 0) -> dict:
-    """The table of ``backbone`` as stored: the weights' preprocessing, every cut point (address,
-    module, channels, stride, truncated parameters, layout, prefix tokens) in depth order, and the
-    full network's parameters (cut points as lists of :data:`CUT_POINT_FIELDS`). Curated backbones:
+    """The table of ``backbone`` as stored: the weights' preprocessing, every cut point in depth
+    order (a list of :data:`CUT_POINT_FIELDS`) and the full network's parameters. Curated backbones:
     the shipped table (their cut points and parameters do not depend on the input size); others:
     cached per input size and library versions."""
     from .registry import BACKBONES, get_spec
