@@ -219,3 +219,25 @@ def test_progress_false_prints_nothing(easy, tmp_path, capfd):
     )
     run_study(config, progress=False)
     assert capfd.readouterr() == ("", ""), "study"
+
+
+def test_the_full_depth_reference_is_measured_once_per_process(monkeypatch):
+    import torch
+
+    from tlmic_feats.backbones.cutpoints import full_depth_address
+    from tlmic_feats.backbones.networks import build_network
+    from tlmic_feats.backbones.registry import build_backbone
+    from tlmic_feats.finetune import compactness, outputs
+
+    measured = []
+    real = compactness.measure
+    monkeypatch.setattr(compactness, "measure", lambda n, m, x: measured.append(n) or real(n, m, x, runs=3))
+    monkeypatch.setattr(outputs, "_FULL_DEPTH", {})
+    b = build_backbone("resnet18", "random:0")
+    x = torch.randint(0, 256, (1, 1, 64, 64), dtype=torch.uint8)
+    full = full_depth_address(b)
+    first = outputs.compactness_pair(b, "2", build_network(b, "2", 1, 0.0, "avg").eval(), x, 1)
+    second = outputs.compactness_pair(b, "3", build_network(b, "3", 1, 0.0, "avg").eval(), x, 1)
+    assert measured == ["resnet18 truncated at 2", f"resnet18 full ({full})", "resnet18 truncated at 3"]
+    assert first[1] == second[1]
+    assert second[1].params == sum(p.numel() for p in build_network(b, full, 1, 0.0, "avg").parameters())
