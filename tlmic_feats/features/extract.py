@@ -9,7 +9,6 @@ finished runs are not redone.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,7 +25,7 @@ from ..runtime.errors import BadImageError
 from ..runtime.locations import store_location
 from ..runtime.locks import StoreLock
 from ..runtime.paths import cache_root, slug
-from ..runtime.progress import progress_bar
+from ..runtime.progress import default_log, progress_bar
 from .auto import choose_engine
 from .config import ExtractConfig
 from .engines import make_engine
@@ -169,7 +168,7 @@ def extract_features(
     from ..backbones.registry import build_backbone
 
     config.validate()
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    log = log or default_log(progress)
     device = resolve_device("cpu" if config.engine == "openvino" and config.device == "auto" else config.device)
     manifest = load_manifest(config.data)
     if manifest.meta.get("split_note"):

@@ -1,9 +1,10 @@
 """The step loop: one batch per optimizer step, validation every ``eval_every`` steps (rank 0
-validates; every rank follows its decisions), the best weights and the resume state saved at each
-evaluation, early stopping after ``patience`` evaluations without improvement.
+validates; every rank follows its decisions), early stopping after ``patience`` evaluations without
+improvement, and the resume state on disk (:class:`Checkpoints`).
 
 Every step is a function of ``(seed, step)`` (batch, augmentation, dropout), so a run resumed from
-any checkpoint takes the same steps as one that was never interrupted."""
+any checkpoint takes the same steps as one that was never interrupted: which evaluations write a
+checkpoint decides how much work a kill loses, never the result."""
 
 from __future__ import annotations
 
@@ -25,6 +26,37 @@ from .losses import make_loss, scores_from_logits
 from .outputs import predict_logits
 from .setup import RunSetup, Training
 
+# Seconds of work a kill may lose: the resume state is written at the first evaluation this long
+# after the previous write, at the last evaluation and when the run is interrupted at one. Writing
+# weights, optimizer and schedule at every evaluation cost short runs more than their training.
+CHECKPOINT_SECONDS = 60.0
+
+
+class Checkpoints:
+    """``last.pt`` (weights, optimizer, schedule, loop state) and ``best.pt`` (the best weights),
+    written together: the best weights wait in memory until the resume state that names them is
+    written, so the two files on disk always belong to one evaluation (or ``best.pt`` is ahead of
+    ``last.pt``, which a resumed run replays to the same weights)."""
+
+    def __init__(self, out, every: float | None = None) -> None:
+        self.out, self.every = out, CHECKPOINT_SECONDS if every is None else every
+        self.written_at = time.perf_counter()
+        self.best: dict | None = None  # best weights not yet on disk
+
+    def keep_best(self, net) -> None:
+        self.best = {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+    def due(self) -> bool:
+        return time.perf_counter() - self.written_at >= self.every
+
+    def write(self, tr: Training, state: dict) -> None:
+        if self.best is not None:
+            save_torch({"model": self.best}, self.out / "best.pt")
+            self.best = None
+        checkpoint = {"optimizer": tr.optimizer.state_dict(), "scheduler": tr.scheduler.state_dict()}
+        save_torch({"model": tr.net.state_dict(), **checkpoint, "state": json.dumps(state)}, self.out / "last.pt")
+        self.written_at = time.perf_counter()
+
 
 def train(setup: RunSetup, tr: Training, *, progress: bool, log, on_eval: Callable[[int], None] | None) -> dict:
     """Train to the end of the budget (or an early stop); returns the loop's state."""
@@ -38,6 +70,7 @@ def train(setup: RunSetup, tr: Training, *, progress: bool, log, on_eval: Callab
     stream = BatchStream(len(setup.train), budget.batch_size, config.seed, group.rank, group.world)
     log(f"budget: {budget.describe()}; {len(setup.train)} training images")
     bar = progress_bar(budget.steps, "finetune", "step", progress, initial=state["step"], leave=False)
+    checkpoints = Checkpoints(setup.out)
     t_loop = time.perf_counter()
     total, seen, t = 0.0, 0, time.perf_counter()
     set_train_mode(tr, config)
@@ -64,9 +97,14 @@ def train(setup: RunSetup, tr: Training, *, progress: bool, log, on_eval: Callab
         bar.update(1)
         bar.set_postfix(loss=f"{total / max(seen, 1):.4f}")
         if state["step"] % budget.eval_every == 0 or state["step"] == budget.steps:
-            evaluate_and_checkpoint(setup, tr, loss_fn, state, group.sum([total, seen]), time.perf_counter() - t, log)
+            loss_seen = group.sum([total, seen])
+            evaluate_and_checkpoint(setup, tr, loss_fn, state, loss_seen, time.perf_counter() - t, log, checkpoints)
             if on_eval and group.is_main:
-                on_eval(state["step"])
+                try:
+                    on_eval(state["step"])
+                except BaseException:  # interrupted at an evaluation: its state is whole, keep it
+                    checkpoints.write(tr, state)
+                    raise
             total, seen, t = 0.0, 0, time.perf_counter()
             set_train_mode(tr, config)
     bar.close()
@@ -100,9 +138,18 @@ def set_train_mode(tr: Training, config) -> None:
 
 
 def evaluate_and_checkpoint(
-    setup: RunSetup, tr: Training, loss_fn, state: dict, loss_seen, train_seconds: float, log
+    setup: RunSetup,
+    tr: Training,
+    loss_fn,
+    state: dict,
+    loss_seen,
+    train_seconds: float,
+    log,
+    checkpoints: Checkpoints | None = None,
 ) -> None:
-    """Validate (rank 0), decide (best, early stop: every rank follows), log and checkpoint."""
+    """Validate (rank 0), decide (best, early stop: every rank follows), log, and checkpoint when
+    ``checkpoints`` says it is due (always at the last evaluation; every evaluation without it)."""
+    checkpoints = checkpoints or Checkpoints(setup.out, every=0.0)
     config, group, budget = setup.config, setup.group, setup.budget
     total, seen = loss_seen
     group.sync_buffers(tr.net)
@@ -116,7 +163,7 @@ def evaluate_and_checkpoint(
     if improved:
         state.update(best_score=float(score), best_step=step, bad_evals=0)
         if group.is_main:
-            save_torch({"model": tr.net.state_dict()}, setup.out / "best.pt")
+            checkpoints.keep_best(tr.net)
     else:
         state["bad_evals"] += 1
     row = {
@@ -139,10 +186,9 @@ def evaluate_and_checkpoint(
     if state["bad_evals"] >= config.training.patience and step < budget.steps:
         state["stopped"] = True
         log(f"early stop: no val {config.training.monitor} improvement for {config.training.patience} evaluations")
-    if group.is_main:
-        checkpoint = {"optimizer": tr.optimizer.state_dict(), "scheduler": tr.scheduler.state_dict()}
-        save_torch({"model": tr.net.state_dict(), **checkpoint, "state": json.dumps(state)}, setup.out / "last.pt")
-    group.barrier()  # nobody takes the next step before the checkpoint of this one exists
+    if group.is_main and (state["stopped"] or step >= budget.steps or checkpoints.due()):
+        checkpoints.write(tr, state)
+    group.barrier()  # every rank waits for rank 0's evaluation (and its checkpoint, when one is due)
 
 
 def _validate(setup: RunSetup, tr: Training, loss_fn) -> tuple[dict, float]:

@@ -171,6 +171,11 @@ def arm_name(config: FinetuneConfig, backbone_name: str, address: str) -> str:
     return f"{backbone_name} truncated at {address}"
 
 
+# The full-depth reference of compactness tables, measured once per process: every arm of a study
+# compares itself with the same network (backbone, weights, head shape, pooling, input shape).
+_FULL_DEPTH: dict[tuple, object] = {}
+
+
 def compactness_pair(backbone, address: str, net, example, n_out: int, name: str = "", pool: str = "avg"):
     """Compactness of the trained network and of the full-depth one (same head shape)."""
     from .compactness import measure
@@ -178,8 +183,11 @@ def compactness_pair(backbone, address: str, net, example, n_out: int, name: str
     rows = [measure(name or f"{backbone.name} truncated at {address}", net, example)]
     full = full_depth_address(backbone)
     if address != full or name:
-        full_net = build_network(backbone, full, n_out, 0.0, pool).eval()
-        rows.append(measure(f"{backbone.name} full ({full})", full_net, example))
+        key = (backbone.name, backbone.weights.sha256, full, n_out, pool, tuple(example.shape), str(example.dtype))
+        if key not in _FULL_DEPTH:
+            full_net = build_network(backbone, full, n_out, 0.0, pool).eval()
+            _FULL_DEPTH[key] = measure(f"{backbone.name} full ({full})", full_net, example)
+        rows.append(_FULL_DEPTH[key])
     return rows
 
 

@@ -21,7 +21,8 @@ The pieces: :mod:`.setup` (data, subset, backbone, budget, run directory, networ
 run writes).
 
 Determinism and resume: a step's batch, augmentation and dropout are seeded from ``(seed, step)``;
-a checkpoint at every evaluation holds model, optimizer, scheduler and early-stop state, so
+a checkpoint (written at most once a minute, at the last evaluation and when interrupted at an
+evaluation: :class:`~.loop.Checkpoints`) holds model, optimizer, scheduler and early-stop state, so
 ``resume`` continues to the same weights as an uninterrupted run. A finished run deletes its
 resume state (``last.pt``) once its outputs are written (``keep_checkpoints`` keeps it); resuming
 a finished run returns its result.
@@ -34,10 +35,10 @@ evaluation), ``curves.png``, ``metrics.json``, ``predictions.csv``, ``model.onnx
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import asdict
 
+from ..runtime.progress import default_log
 from .config import FinetuneConfig, FinetuneResult
 from .loop import train
 from .outputs import completed_result, write_outputs
@@ -67,7 +68,7 @@ def run_finetune(
     group = join(config.device)
     if not group.is_main:  # rank 0 alone logs and shows progress
         log, progress = (lambda m: None), False
-    log = log or (lambda m: print(m, file=sys.stderr))
+    log = log or default_log(progress)
     if group.restarted:  # torchrun restarted the group after a failure: continue, never start over
         resume, overwrite = True, False
     setup = set_up(config, group, resume=resume, overwrite=overwrite)

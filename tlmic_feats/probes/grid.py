@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from ..runtime.errors import UsageError, choices
 from ..runtime.files import atomic_path, write_json
 from ..runtime.limits import cpu_count, limit_malloc_arenas, one_thread_per_cell, release_freed_memory
 from ..runtime.paths import cache_root, slug
-from ..runtime.progress import progress_bar
+from ..runtime.progress import default_log, progress_bar
 from ..runtime.rundir import address_from_label, claim_run_dir, layer_label
 from .cells import Cell, GridContext, cell_id, fit_cell, jsonable, load_cell
 from .config import ProbeConfig
@@ -106,7 +105,7 @@ def run_probes(config: ProbeConfig, *, progress: bool = True, log: Callable[[str
     from .report import render_report
 
     config.validate()
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    log = log or default_log(progress)
     store = FeatureStore.open(config.store)
     layers = resolve_store_layers(store, config.layers)
     usable = ~store.skipped

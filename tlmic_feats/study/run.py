@@ -29,7 +29,6 @@ first, then stage 2, then baselines); ``max_minutes`` stops starting new runs af
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -40,6 +39,7 @@ import numpy as np
 from ..backbones.cutpoints import block_ends, units_of
 from ..runtime.errors import SubsetTooSmallError
 from ..runtime.files import write_json
+from ..runtime.progress import default_log
 from ..runtime.rundir import claim_run_dir
 from .arms import finetune_config, probe_ranking, run_val_auprc
 from .config import Run, StudyConfig, StudyResult, default_out
@@ -61,7 +61,7 @@ def run_study(
     from ..runtime.locks import StoreLock
 
     config.validate()
-    log = log or (lambda m: print(m, file=sys.stderr))
+    log = log or default_log(progress)
     out = Path(config.out) if config.out else default_out(config)
     with StoreLock(out):  # one process writes a study at a time; `tlmic cache clean` leaves it alone
         study = _Study(config, out, log=log, progress=progress, budget=budget, max_minutes=max_minutes, on_run=on_run)
