@@ -18,6 +18,9 @@ def test_small_subsets_get_the_floor_and_large_ones_their_epochs():
     assert (large.steps, large.policy) == (31_250, "epochs")  # the floor costs a large set nothing
     assert large.eval_every == 1562  # 20 evaluations: about once an epoch (1,563 steps)
     assert small.eval_every == 15
+    short = resolve_budget(n_train=50, batch_size=32, epochs=20, steps=20)
+    assert short.eval_every == 5  # not every step: validation would cost a third of the training
+    assert resolve_budget(n_train=50, batch_size=32, epochs=20, steps=3).eval_every == 3  # the last step
     given = resolve_budget(n_train=50, batch_size=32, epochs=20, steps=7, eval_every=3)
     assert (given.steps, given.eval_every, given.policy) == (7, 3, "steps")
 

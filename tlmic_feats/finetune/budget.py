@@ -18,7 +18,7 @@ policy (a study gives every arm of one fraction the same number).
 
 Evaluation on the validation split happens every ``eval_every`` steps (default: 20 evaluations per
 run, so that early stopping has the same resolution whatever the data size; a run of 20 epochs is
-evaluated once an epoch) and at the last step; ``patience`` counts evaluations.
+evaluated once an epoch; never more often than every 5 steps) and at the last step; ``patience`` counts evaluations.
 
 Training rows come from a stream of seeded permutations of the training subset (one per pass), cut
 into equal batches: batch ``s`` and its augmentation are a pure function of ``(seed, s)``, so a
@@ -32,6 +32,10 @@ from dataclasses import dataclass
 
 MIN_STEPS = 300
 EVALUATIONS_PER_RUN = 20
+# A validation pass costs about as much as a few training steps: short runs (--steps 20) evaluated
+# at every step spent about a third of their training time validating. At least this many steps
+# apart by default (the last step is always evaluated).
+MIN_EVAL_EVERY = 5
 WARMUP_FRACTION = 0.05
 
 
@@ -84,7 +88,7 @@ def resolve_budget(
     else:
         by_epochs = math.ceil(epochs * per_epoch)
         total, policy = (by_epochs, "epochs") if by_epochs >= min_steps else (min_steps, "min_steps")
-    every = eval_every or max(1, round(total / EVALUATIONS_PER_RUN))
+    every = eval_every or max(MIN_EVAL_EVERY, round(total / EVALUATIONS_PER_RUN))
     return StepBudget(
         steps=total,
         eval_every=min(every, total),

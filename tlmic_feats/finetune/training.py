@@ -21,7 +21,7 @@ class TrainingConfig:
     steps: int = option(0, "Optimizer steps per run (0: max(--min-steps, --epochs x steps per epoch)).", ge=0)
     epochs: int = option(20, "Passes over the training subset that the default budget gives data-rich runs.", ge=1)
     min_steps: int = option(MIN_STEPS, "The default budget's floor, so that small subsets get enough steps.", ge=0)
-    eval_every: int = option(0, "Steps between validations (0: 20 per run).", ge=0)
+    eval_every: int = option(0, "Steps between validations (0: 20 per run, at least 5 steps apart).", ge=0)
     patience: int = option(5, "Evaluations without improvement before stopping.", ge=1)
     batch_size: int = option(32, "Images per step (per process).", ge=1)
     lr: float = option(1e-3, "AdamW learning rate (peak, after warmup; docs: the finetuning recipe).", gt=0)
