@@ -68,7 +68,7 @@ def _family_cal(steps: list[float | None]) -> dict:
     cal = {
         n: _network((i + 1) * 1e6, s, infer=(i + 1) * 1e-4) for i, (n, s) in enumerate(zip(names, steps, strict=True))
     }
-    cal.update(_family=names, _alias={}, _fixed={"setup_s": 0.4, "outputs_s": 1.5})
+    cal.update(_family=names, _alias={}, _fixed={"setup_s": 0.4, "outputs_s": 1.5, "val_metrics_s": 0.07})
     return cal
 
 
@@ -117,7 +117,7 @@ def test_estimate_adds_steps_evaluations_checkpoints_fixed_costs_and_compactness
     n_val, n_test = 30, 40
     t2, full = cal["t2"], cal["full"]
     training = 50 * 0.2
-    evaluations = 5 * (n_val * t2["infer_s"] + 0.15 + 0.05)
+    evaluations = 5 * (n_val * t2["infer_s"] + 0.07 + 0.15 + 0.05)
     fixed = 0.4 + t2["build_s"] + (n_val + n_test) * t2["infer_s"] + 1.5
     compact = (LATENCY_CALLS * t2["latency_s"] + 0.02) + (0.01 + LATENCY_CALLS * full["latency_s"] + 0.02)
     parts = estimate_parts(cal, "t2", b, n_val, n_test, compactness=True)
@@ -200,8 +200,7 @@ def test_binary_warnings_count_what_the_subsets_hold():
         n = min(int(c.sum()) for c in per_seed)
         assert (
             f"small sample: fraction {f:g} trains on {n} images (normal {fewest[0]}, nodule {fewest[1]}), "
-            "fewer than 10 images of a class"
-            in "\n".join(found)
+            "fewer than 10 images of a class" in "\n".join(found)
         )
     assert not any("fraction 1 " in w for w in found)  # all of the data is enough
     assert any(

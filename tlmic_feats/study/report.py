@@ -618,8 +618,8 @@ def _compute_section(comp: dict) -> list[str]:
         "",
         f"The probe-guided search finetuned {comp['search_runs']} truncated networks where an exhaustive search "
         f"would finetune {comp['exhaustive_runs']}: {saving:.1f}x less finetuning compute by the cost model "
-        "(seconds per training image measured on this machine for each network, `calibration.json`; no early "
-        f"stop assumed), for {comp['extract_seconds'] + comp['probe_seconds']:.0f} s of extraction and probing.",
+        "(seconds of an optimizer step, an evaluation and a run's fixed costs measured on this machine for each "
+        f"network, `calibration.json`; no early stop assumed), for {comp['extract_seconds'] + comp['probe_seconds']:.0f} s of extraction and probing.",
         "",
     ]
 

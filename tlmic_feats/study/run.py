@@ -15,7 +15,7 @@ Every choice reads validation data only; a finetuned model's test labels are rea
 final evaluation, and by the report. The study directory records everything::
 
     study.json        config, progress, the choices made and why, compute spent
-    calibration.json  measured seconds per training image of each network (the cost model)
+    calibration.json  the cost model: measured step, evaluation and fixed seconds of each network
     probes/           the probe run (tlmic probe's outputs)
     runs/<run>/       one finetuning run each (tlmic finetune's outputs)
     results.csv       one row per finished run: arm, fraction, seed, val and test metrics, cost
