@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -437,7 +438,7 @@ def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], Non
         "| stage | run | train images | steps | estimated s | status |",
         "| --- | --- | ---: | ---: | ---: | --- |",
     ]
-    total, planned = 0.0, []
+    total, total_early, planned = 0.0, 0.0, []
     by_kind: dict[str, float] = {}
     by_part: dict[str, float] = {}
     for stage, name, arm, f, s in planned_runs(config, state.get("choices", {})):
@@ -450,10 +451,16 @@ def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], Non
             for k in PARTS
         }
         est = sum(parts.values())
+        # the earliest early stop: patience + 1 evaluations without improvement after the first
+        earliest = replace(b, steps=min(b.steps, (config.patience + 1) * b.eval_every))
+        est_early = float(
+            np.nanmean([estimate_seconds(cal, t, earliest, n_val, n_test, compactness=s == 0) for t in candidates])
+        )
         over = budget and len(done) + len(planned) >= budget  # the budget counts the study's runs, done ones included
         status = "done" if rid in done else ("over budget" if over else "to run")
         if status == "to run":
             total += est
+            total_early += est_early
             planned.append(arm or blocks[0])
             kind = arm_kind(arm)
             by_kind[kind] = by_kind.get(kind, 0.0) + est
@@ -468,8 +475,9 @@ def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], Non
     disk = estimate_disk(config, backbone, manifest, cal, planned, budgets)
     lines += [
         "",
-        f"to run: {len(planned)} finetuning runs, about {total / 60:.1f} min (no early stop; extraction and probing "
-        "come first and are not counted). By arm: "
+        f"to run: {len(planned)} finetuning runs, about {total / 60:.1f} min without early stopping, "
+        f"{total_early / 60:.1f} min if every run stopped at its first chance (patience {config.patience} "
+        "evaluations); extraction and probing come first and are not counted. By arm: "
         + _shares(by_kind, total)
         + "; by part: "
         + _shares({PARTS[k]: v for k, v in by_part.items()}, total)
