@@ -266,7 +266,14 @@ def test_finetuning_on_two_images_says_so(phantom_dir, tmp_path):
 def test_ties_go_to_the_deeper_cut_point_and_are_described():
     scores = {"1": 1.0, "2": 1.0, "3": 1.0, "4": 0.8, "2.1": 1.0 - 1e-12, "5": -np.inf}
     ranking = rank_by_validation(scores)
-    assert [a for a, _ in ranking] == ["3", "2", "2.1", "1", "4", "5"]  # 2.1 lies between 1 and 2
+    assert [a for a, _ in ranking] == [
+        "3",
+        "2",
+        "2.1",
+        "1",
+        "4",
+        "5",
+    ]  # -inf: no score, last  # 2.1 lies between 1 and 2
     tie = tie_at_cut(ranking, 2, "block ends by probe val AUPRC")
     assert tie == {
         "what": "block ends by probe val AUPRC",
@@ -280,6 +287,13 @@ def test_ties_go_to_the_deeper_cut_point_and_are_described():
         "cut point)"
     )
     assert tie_at_cut(ranking, 4, "x") is None  # every tied one taken: the rule decided nothing
+    # no probe could be scored (two training images): the unscored tie, and the deeper are taken
+    unscored = rank_by_validation({"1": -np.inf, "2": -np.inf, "3": -np.inf})
+    assert [a for a, _ in unscored] == ["3", "2", "1"]
+    assert describe_tie(tie_at_cut(unscored, 2, "block ends by probe val AUPRC")) == (
+        "block ends by probe val AUPRC 3, 2, 1 tie without a score; taken: 3, 2 (ties on validation go to the "
+        "deeper cut point)"
+    )
     assert tie_at_cut(rank_by_validation({"1": 0.9, "2": 0.8}), 1, "x") is None
 
 

@@ -100,7 +100,8 @@ TIE_RULE = "ties on validation go to the deeper cut point"
 def rank_by_validation(scores: dict[str, float]) -> list[tuple[str, float]]:
     """``scores`` (cut point address -> validation score) ranked best first; scores within
     :data:`TIE_TOLERANCE` of each other tie, and ties go to the deeper cut point
-    (:data:`TIE_RULE`); a non-finite score ranks last.
+    (:data:`TIE_RULE`); candidates without a score (non-finite: no probe could be fitted) rank last,
+    tied among themselves, deeper first too.
 
     Examples
     --------
@@ -115,7 +116,7 @@ def rank_by_validation(scores: dict[str, float]) -> list[tuple[str, float]]:
     def key(kv: tuple[str, float]):
         a, v = kv
         if not np.isfinite(v):
-            return (1, 0, ())
+            return (1, 0, tuple(-k for k in address_key(a)))
         # scores on a grid of TIE_TOLERANCE measured down from the best, so that near-equal scores tie
         gap = int(np.floor((best - v) / TIE_TOLERANCE + 0.5))
         return (0, gap, tuple(-k for k in address_key(a)))
@@ -127,22 +128,30 @@ def tie_at_cut(ranking: list[tuple[str, float]], k: int, what: str) -> dict | No
     """When the ``k`` taken from ``ranking`` (best first, :func:`rank_by_validation`) end inside a
     group of tied scores, the tie and how it was broken (``{"what", "score", "tied", "taken",
     "rule"}``); None when the rule decided nothing."""
-    if not 0 < k < len(ranking) or not np.isfinite(ranking[k - 1][1]):
+    if not 0 < k < len(ranking):
         return None
     edge = ranking[k - 1][1]
-    tied = [a for a, v in ranking if np.isfinite(v) and abs(v - edge) <= TIE_TOLERANCE]
+
+    def ties(v: float) -> bool:
+        return abs(v - edge) <= TIE_TOLERANCE if np.isfinite(edge) else not np.isfinite(v)
+
+    tied = [a for a, v in ranking if ties(v)]
     taken = [a for a, _ in ranking[:k] if a in tied]
     if len(taken) == len(tied):
         return None
-    return {"what": what, "score": float(edge), "tied": tied, "taken": taken, "rule": TIE_RULE}
+    return {
+        "what": what,
+        "score": float(edge) if np.isfinite(edge) else None,
+        "tied": tied,
+        "taken": taken,
+        "rule": TIE_RULE,
+    }
 
 
 def describe_tie(tie: dict) -> str:
     """A tie in words: ``block ends 1, 2, 3 tie at probe val AUPRC 1.000; taken: 3 (ties ...)``."""
-    return (
-        f"{tie['what']} {', '.join(tie['tied'])} tie at {tie['score']:.3f}; taken: {', '.join(tie['taken'])} "
-        f"({tie['rule']})"
-    )
+    at = "without a score" if tie["score"] is None else f"at {tie['score']:.3f}"
+    return f"{tie['what']} {', '.join(tie['tied'])} tie {at}; taken: {', '.join(tie['taken'])} ({tie['rule']})"
 
 
 def probe_ranking(probe_rows: list[dict], fraction: float, candidates: list[str]) -> list[tuple[str, float]]:

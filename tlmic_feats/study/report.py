@@ -541,8 +541,7 @@ def _fraction_section(doc: dict, c: dict, fraction: float, small_test: str = "")
             "kept and seconds of training, mean over seeds (a run stops early when its patience runs out).",
         ]
     if small_test:
-        why = small_test.removeprefix("small sample: ")
-        lines += ["", f"Small sample: these intervals come from a small test set ({why})."]
+        lines += ["", f"Small sample, for these intervals: {small_test.removeprefix('small sample: ')}."]
     p = doc["pick"]
     lines += [
         "",
