@@ -1,5 +1,7 @@
-"""The cost model of a study (measured seconds per image of every network), the budgets of its
-fractions, its plan, and the disk it writes."""
+"""The cost model of a study (measured on this machine: optimizer steps, evaluations, checkpoint
+writes and per-run fixed costs of every network, robust to a busy machine), the budgets of its
+fractions, its plan (what it will run, the minutes it will take and what dominates them, the small
+samples it rests on), and the disk it writes."""
 
 from __future__ import annotations
 
@@ -70,8 +72,9 @@ def calibrate(config: StudyConfig, backbone, out: Path, *, arms: list[str] | Non
     - ``build_s``, ``macs``, ``latency_s`` (one image, median of 5 calls), ``flop_count_s``, and the
       bytes and measured write seconds of ``best.pt`` and of the resume checkpoint ``last.pt``;
 
-    and ``_fixed``: what every run pays once whatever its network (reading the data's manifest and
-    the backbone's weights, the bootstrap CIs of its test metrics, its curves figure). The block
+    and ``_fixed``: what every run pays whatever its network (reading the data's manifest and the
+    backbone's weights, the validation metrics of each evaluation, the bootstrap CIs of its test
+    metrics, its curves figure). The block
     ends, full and the baselines are timed; the unit-level truncations are built and their MACs
     counted, and their times come from the timed ones by :func:`fit_family`, which also bounds
     the timed ones against each other.
