@@ -212,13 +212,12 @@ def test_plan_lists_runs_and_costs_without_running_any(easy, small_study, tmp_pa
 
 
 def test_study_refuses_another_configuration_in_its_directory(small_study):
-    from dataclasses import replace
-
     from tlmic_feats.runtime.errors import UsageError
+    from tlmic_feats.runtime.options import replace_flat
 
     config, _ = small_study
-    with pytest.raises(UsageError, match=r"holds another study \(differs in: config\.epochs \(20 -> 2\)\)"):
-        run_study(replace(config, epochs=2), progress=False)
+    with pytest.raises(UsageError, match=r"holds another study \(differs in: config\.training\.epochs \(20 -> 2\)\)"):
+        run_study(replace_flat(config, epochs=2), progress=False)
 
 
 def test_layerwise_finetuning_keeps_the_bottom_frozen_and_the_hybrid_is_slimmer(phantom_dir, tmp_path):

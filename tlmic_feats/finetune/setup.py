@@ -182,10 +182,16 @@ def _claim(out: Path, record: dict, group, *, resume: bool, overwrite: bool) -> 
 
 
 def load_data(setup: RunSetup, log) -> None:
-    """Decoded pixels (through the shared pixel cache) and float labels of train, val and test."""
+    """Decoded pixels (through the shared pixel cache) and float labels of train, val and test;
+    first, what the run's subset and the evaluation splits leave too small to trust, said out loud
+    (:mod:`~tlmic_feats.data.sample_size`)."""
     import torch
 
+    from ..data.sample_size import small_sample_warnings
+
     config, manifest, pre = setup.config, setup.manifest, setup.backbone.preprocess
+    for warning in small_sample_warnings(manifest, [config.fraction], [config.seed]):
+        log(warning)
     splits = (("train", setup.train), ("val", setup.rows["val"]), ("test", setup.rows["test"]))
     t0 = time.perf_counter()
     setup.pixels = setup.group.first_then_rest(  # rank 0 builds the shared pixel cache; the others then read it

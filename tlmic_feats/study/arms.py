@@ -84,9 +84,74 @@ def layerwise_freeze(backbone) -> str:
     return ends[max(0, len(ends) // 2 - 1)]
 
 
+# The tie rule of every choice made on validation: scores equal to within TIE_TOLERANCE tie, and
+# a tie goes to the deeper cut point (it keeps more of the pretrained network, the choice the
+# better-measured deeper arms back), so a study's choice never depends on the order candidates
+# happened to be listed in.
+TIE_TOLERANCE = 1e-9
+TIE_RULE = "ties on validation go to the deeper cut point"
+
+
+def rank_by_validation(scores: dict[str, float]) -> list[tuple[str, float]]:
+    """``scores`` (cut point address -> validation score) ranked best first; scores within
+    :data:`TIE_TOLERANCE` of each other tie, and ties go to the deeper cut point
+    (:data:`TIE_RULE`); candidates without a score (non-finite: no probe could be fitted) rank last,
+    tied among themselves, deeper first too.
+
+    Examples
+    --------
+    >>> rank_by_validation({"1": 1.0, "2": 1.0, "3": 0.9})
+    [('2', 1.0), ('1', 1.0), ('3', 0.9)]
+    """
+    from ..backbones.taps import address_key
+
+    finite = [v for v in scores.values() if np.isfinite(v)]
+    best = max(finite, default=0.0)
+
+    def key(kv: tuple[str, float]):
+        a, v = kv
+        if not np.isfinite(v):
+            return (1, 0, tuple(-k for k in address_key(a)))
+        # scores on a grid of TIE_TOLERANCE measured down from the best, so that near-equal scores tie
+        gap = int(np.floor((best - v) / TIE_TOLERANCE + 0.5))
+        return (0, gap, tuple(-k for k in address_key(a)))
+
+    return sorted(scores.items(), key=key)
+
+
+def tie_at_cut(ranking: list[tuple[str, float]], k: int, what: str) -> dict | None:
+    """When the ``k`` taken from ``ranking`` (best first, :func:`rank_by_validation`) end inside a
+    group of tied scores, the tie and how it was broken (``{"what", "score", "tied", "taken",
+    "rule"}``); None when the rule decided nothing."""
+    if not 0 < k < len(ranking):
+        return None
+    edge = ranking[k - 1][1]
+
+    def ties(v: float) -> bool:
+        return abs(v - edge) <= TIE_TOLERANCE if np.isfinite(edge) else not np.isfinite(v)
+
+    tied = [a for a, v in ranking if ties(v)]
+    taken = [a for a, _ in ranking[:k] if a in tied]
+    if len(taken) == len(tied):
+        return None
+    return {
+        "what": what,
+        "score": float(edge) if np.isfinite(edge) else None,
+        "tied": tied,
+        "taken": taken,
+        "rule": TIE_RULE,
+    }
+
+
+def describe_tie(tie: dict) -> str:
+    """A tie in words: ``block ends 1, 2, 3 tie at probe val AUPRC 1.000; taken: 3 (ties ...)``."""
+    at = "without a score" if tie["score"] is None else f"at {tie['score']:.3f}"
+    return f"{tie['what']} {', '.join(tie['tied'])} tie {at}; taken: {', '.join(tie['taken'])} ({tie['rule']})"
+
+
 def probe_ranking(probe_rows: list[dict], fraction: float, candidates: list[str]) -> list[tuple[str, float]]:
     """``candidates`` ranked by the probes' mean validation AUPRC at ``fraction`` (both models, all
-    seeds, no controls), best first."""
+    seeds, no controls), best first; ties go to the deeper cut point (:func:`rank_by_validation`)."""
     scores = {}
     for a in candidates:
         v = [
@@ -95,7 +160,7 @@ def probe_ranking(probe_rows: list[dict], fraction: float, candidates: list[str]
             if r["layer"] == a and r["fraction"] == fraction and r["control"] == "none" and np.isfinite(r["val_auprc"])
         ]
         scores[a] = float(np.mean(v)) if v else -np.inf
-    return sorted(scores.items(), key=lambda kv: -kv[1])
+    return rank_by_validation(scores)
 
 
 def run_val_auprc(run_dir: Path) -> float:

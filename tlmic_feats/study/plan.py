@@ -1,11 +1,14 @@
-"""The cost model of a study (measured seconds per image of every network), the budgets of its
-fractions, its plan, and the disk it writes."""
+"""The cost model of a study (measured on this machine: optimizer steps, evaluations, checkpoint
+writes and per-run fixed costs of every network, robust to a busy machine), the budgets of its
+fractions, its plan (what it will run, the minutes it will take and what dominates them, the small
+samples it rests on), and the disk it writes."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -47,81 +50,354 @@ def fraction_budgets(config: StudyConfig, manifest=None) -> dict[float, tuple[in
     return out
 
 
+# The cost model's version: bump it when what is measured, or how, changes, so that an older
+# calibration.json is measured again instead of trusted.
+CALIBRATION_VERSION = 2
+TIMED_STEPS = (3, 5)  # timed optimizer steps per network and batch size (after a warm-up step): at least, at most
+TIMED_SECONDS = 1.5  # a network's timed steps go on (up to the maximum) until they took this long
+MAC_BAND = 2.0  # a timed network's seconds may lie within this factor of the family's fit against MACs
+LATENCY_CALLS = 35  # compactness (seed 0): cpu_latency_ms's 5 warm-up and 30 timed calls, per network measured
+
+
 def calibrate(config: StudyConfig, backbone, out: Path, *, arms: list[str] | None = None, log=None) -> dict:
-    """Measured seconds per image of one training step and of one inference pass, and the bytes of
-    the weights, per network (every cut point's truncation, full, the baselines), on this machine;
-    kept in ``calibration.json`` so that reruns and reports share one cost model."""
-    import torch
+    """The study's cost model, measured on this machine and kept in ``calibration.json`` so that
+    reruns and reports share it. Per network (every distinct truncation, full, the baselines):
 
-    from ..backbones.cutpoints import full_depth_address, storage_groups
-    from ..finetune.losses import n_outputs_for
-    from ..finetune.setup import build_model
-    from ..runtime.devices import autocast, resolve_device, resolve_precision
+    - ``step_s``: seconds of one optimizer step (augmentation, forward, loss, backward, AdamW) at
+      the largest batch the study's runs use (and at the smallest, when under half of it), the
+      median of 3 to 5 steps after a warm-up step, so that one stall of the machine does not
+      become the estimate;
+    - ``infer_s_per_img``: seconds per image of an evaluation pass at the evaluation's batch size
+      (median of 3 passes);
+    - ``build_s``, ``macs``, ``latency_s`` (one image, median of 5 calls), ``flop_count_s``, and the
+      bytes and measured write seconds of ``best.pt`` and of the resume checkpoint ``last.pt``;
 
+    and ``_fixed``: what every run pays whatever its network (reading the data's manifest and the
+    backbone's weights, the validation metrics of each evaluation, the bootstrap CIs of its test
+    metrics, its curves figure). The block
+    ends, full and the baselines are timed; the unit-level truncations are built and their MACs
+    counted, and their times come from the timed ones by :func:`fit_family`, which also bounds
+    the timed ones against each other.
+
+    A calibration of another :data:`CALIBRATION_VERSION`, device, precision, input size or batch
+    sizes is measured again. The machine's load average at calibration is recorded with it."""
+    import os
+
+    from ..backbones.cutpoints import storage_groups
+    from ..data.readers import load_manifest
+    from ..runtime.devices import resolve_device, resolve_precision
+
+    manifest = load_manifest(config.data)
+    batches = [b.batch_size for _, b in fraction_budgets(config, manifest).values()]
+    device = resolve_device(config.device)
+    meta = {
+        "version": CALIBRATION_VERSION,
+        "device": device,
+        "precision": resolve_precision(config.training.precision, device, purpose="train"),
+        "input_size": backbone.preprocess.input_size,
+        "batches": sorted({max(batches)} | ({min(batches)} if 2 * min(batches) <= max(batches) else set())),
+    }
     path = out / "calibration.json"
     cal = json.loads(path.read_text()) if path.is_file() else {}
+    if {k: cal.get("_meta", {}).get(k) for k in meta} != meta:
+        cal = {}  # an older cost model, or one of other settings: measured again
     arms = arms or [*distinct_truncations(backbone), "full", *[b for b in config.baselines if b != "layerwise"]]
-    todo = [a for a in arms if "state_bytes" not in cal.get(a, {})]
-    if not todo:
+    todo = [a for a in arms if a not in cal]
+    ends = block_ends(backbone)
+    timed = {"full", *(f"t{storage_groups(backbone.cut_points)[a]}" for a in ends[:-1])}
+    if not todo and "_fixed" in cal:
         return cal
-    device = resolve_device(config.device)
-    precision = resolve_precision(config.training.precision, device, purpose="train")
-    size = backbone.preprocess.input_size
-    batch = max(2, min(4, config.training.batch_size))
-    x = torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8).to(device)
-    y = torch.randint(0, 2, (batch, 1)).float().to(device)
+    n_val, n_test = int((manifest.splits == "val").sum()), int((manifest.splits == "test").sum())
+    t0 = time.perf_counter()
     if log:
-        log(f"study: calibrating the cost of {len(todo)} networks ({batch} images per step)")
+        log(
+            f"study: calibrating the cost of {len(todo)} networks (repeated steps at batch "
+            f"{' and '.join(map(str, meta['batches']))})"
+        )
     for arm in todo:
-        run = Run("calibration", arm, 1.0, 0)
-        fc = finetune_config(config, run, out, backbone)
-        address = full_depth_address(backbone) if fc.truncate == "all" else fc.truncate
-        torch.manual_seed(0)
-        net = build_model(fc, backbone, address, n_outputs_for("binary", 2)).to(device)
-        opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
-        times = []
-        for step in range(2):  # a warm-up step, then the timed one
-            t = time.perf_counter()
-            with autocast(device, precision):
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x).float(), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if step:
-                times.append(time.perf_counter() - t)
-        net.eval()
-        with torch.inference_mode(), autocast(device, precision):
-            t = time.perf_counter()
-            net(x)
-            infer = time.perf_counter() - t
-        cal[arm] = {
-            "train_s_per_img": float(np.median(times)) / batch,
-            "infer_s_per_img": infer / batch,
-            "state_bytes": sum(t.numel() * t.element_size() for t in net.state_dict().values()),
-        }
-        del net, opt
-    cal["_meta"] = {"device": device, "precision": precision, "batch": batch, "input_size": size}
+        time_it = arm in timed or not arm.startswith("t")
+        cal[arm] = _measure_network(config, arm, backbone, out, meta, max(n_val, n_test, 1), timed=time_it)
+    if "_fixed" not in cal:
+        cal["_fixed"] = _measure_fixed(config, manifest, out)
+    cal["_meta"] = {
+        **meta,
+        "load_average": round(os.getloadavg()[0], 2),
+        "cores": os.cpu_count(),
+        "seconds": round(time.perf_counter() - t0 + cal.get("_meta", {}).get("seconds", 0.0), 1),
+    }
     cal["_alias"] = {f"t{a}": f"t{g}" for a, g in storage_groups(backbone.cut_points).items()}
+    cal["_family"] = [*distinct_truncations(backbone), "full"]  # shallow to deep
+    fit_family(cal)
     write_json(path, cal)
+    if log:
+        log(f"study: calibrated in {time.perf_counter() - t0:.0f} s (load average {cal['_meta']['load_average']})")
     return cal
 
 
-def estimate_seconds(cal: dict, arm: str, budget: StepBudget, n_val: int, n_test: int) -> float:
-    """Upper-bound cost of one run (no early stop): ``budget.steps`` training steps, a validation
-    every ``eval_every`` steps, and the final model evaluated once more on val and test."""
+def _repeated(fn, device: str, *, least: int, most: int, seconds: float = TIMED_SECONDS) -> tuple[float, float]:
+    """``(median seconds, max / min)`` of ``fn()`` over ``least`` to ``most`` timed calls after one
+    untimed warm-up call; calls go on past ``least`` while the timed ones took under ``seconds``."""
+    import torch
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    fn()
+    sync()
+    times: list[float] = []
+    while len(times) < least or (len(times) < most and sum(times) < seconds):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)), float(max(times) / max(min(times), 1e-9))
+
+
+def _measure_network(
+    config: StudyConfig, arm: str, backbone, out: Path, meta: dict, n_eval: int, *, timed: bool = True
+) -> dict:
+    """One network's measured costs (see :func:`calibrate`); without ``timed``, only what costs
+    little to measure (building it, its MACs and the bytes of its state)."""
+    import torch
+
+    from ..backbones.cutpoints import full_depth_address
+    from ..backbones.preprocess import center_crop
+    from ..finetune.augment import augment_batch
+    from ..finetune.compactness import count_macs
+    from ..finetune.losses import n_outputs_for
+    from ..finetune.setup import build_model
+    from ..runtime.devices import autocast
+    from ..runtime.files import save_torch
+
+    device, precision, size = meta["device"], meta["precision"], meta["input_size"]
+    resize = backbone.preprocess.resize_size
+    fc = finetune_config(config, Run("calibration", arm, 1.0, 0), out, backbone)
+    address = full_depth_address(backbone) if fc.truncate == "all" else fc.truncate
+    t = time.perf_counter()
+    torch.manual_seed(0)
+    net = build_model(fc, backbone, address, n_outputs_for("binary", 2)).to(device)
+    build_s = time.perf_counter() - t
+    c: dict = {"build_s": build_s, "timed": timed}
+    one = torch.rand(1, 1, size, size).mul(255).to(device)
+    net.eval()
+    t = time.perf_counter()
+    c["macs"] = count_macs(net, one)
+    c["flop_count_s"] = time.perf_counter() - t
+    state = net.state_dict()
+    c["state_bytes"] = sum(v.numel() * v.element_size() for v in state.values())
+    if not timed:
+        return c
+    with torch.inference_mode(), autocast(device, precision):
+        c["latency_s"], _ = _repeated(lambda: net(one), device, least=5, most=5)
+    net.train()
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    c["step_s"], c["step_spread"] = {}, {}
+    for batch in meta["batches"]:
+        x = torch.randint(0, 256, (batch, 1, resize, resize), dtype=torch.uint8).to(device)
+        y = torch.randint(0, 2, (batch, 1)).float().to(device)
+
+        def step(x=x, y=y):
+            xb = augment_batch(x, size, fc.augment, gen) if fc.augment else center_crop(x, size)
+            with autocast(device, precision):
+                logits = net(xb.contiguous(memory_format=torch.channels_last))
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        c["step_s"][str(batch)], c["step_spread"][str(batch)] = _repeated(
+            step, device, least=TIMED_STEPS[0], most=TIMED_STEPS[1]
+        )
+    net.eval()
+    n = max(1, min(max(config.training.batch_size, 64), n_eval))  # outputs.predict_logits' batch
+    xi = torch.randint(0, 256, (n, 1, resize, resize), dtype=torch.uint8).to(device)
+    with torch.inference_mode(), autocast(device, precision):
+        s, _ = _repeated(
+            lambda: net(center_crop(xi, size).contiguous(memory_format=torch.channels_last)), device, least=3, most=3
+        )
+    c["infer_s_per_img"] = s / n
+    tmp = out / ".calibration.pt"
+    t = time.perf_counter()
+    save_torch({"model": state}, tmp)
+    c["best_write_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    save_torch({"model": state, "optimizer": opt.state_dict(), "state": "{}"}, tmp)
+    c["last_write_s"] = time.perf_counter() - t
+    c["last_bytes"] = tmp.stat().st_size
+    tmp.unlink()
+    return c
+
+
+def _measure_fixed(config: StudyConfig, manifest, out: Path) -> dict:
+    """What every run pays whatever its network: its set-up (the data's manifest and the backbone
+    with its weights, read again by every run), the validation metrics of every evaluation, and its
+    outputs (the bootstrap CIs of the test metrics and the curves figure), timed on this study's
+    data."""
+    import warnings
+
+    from ..backbones.registry import build_backbone
+    from ..data.readers import load_manifest
+    from ..finetune.losses import n_outputs_for, scores_from_logits
+    from ..finetune.outputs import plot_curves
+    from ..metrics.scores import UndefinedMetricWarning, bootstrap, choose_thresholds, evaluate
+
+    t = time.perf_counter()
+    load_manifest(config.data)
+    build_backbone(config.backbone, config.weights, seed=0, input_size=config.input_size)
+    setup_s = time.perf_counter() - t
+    kind, names = manifest.label_kind, list(manifest.label_names)
+    width = n_outputs_for(kind, len(names))
+    rng = np.random.default_rng(0)
+    y_val = manifest.labels[manifest.splits == "val"]
+    metrics_s = 0.0
+    if len(y_val):  # every evaluation scores validation (loop._validate)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            s_val = scores_from_logits(kind, rng.normal(size=(len(y_val), width)))
+            metrics_s, _ = _repeated(lambda: evaluate(y_val, s_val, kind, label_names=names), "cpu", least=3, most=3)
+    y = manifest.labels[manifest.splits == "test"]
+    t = time.perf_counter()
+    if len(y):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            s = scores_from_logits(kind, rng.normal(size=(len(y), width)))
+            bootstrap(y, s, kind, thresholds=choose_thresholds(y, s, kind), n_resamples=config.bootstrap, seed=0)
+    history = [
+        {"step": i, "train_loss": 1.0, "val_loss": 1.0, "val_auroc": 0.5, "val_auprc": 0.5, "best": i == 3}
+        for i in range(1, 21)
+    ]
+    plot_curves(history, out / ".calibration.png", "auprc")
+    (out / ".calibration.png").unlink(missing_ok=True)
+    return {"setup_s": setup_s, "outputs_s": time.perf_counter() - t, "val_metrics_s": metrics_s}
+
+
+def fit_family(cal: dict) -> dict:
+    """The sanity bound across the backbone's networks (``_family``: its distinct truncations,
+    shallow to deep, then full), in place. Their step and inference seconds are fitted against
+    their MACs robustly (Theil-Sen: ``seconds = a + b * MACs``, the median of pairwise slopes, so
+    that a fixed cost per step is allowed for); a measured value is clipped to within
+    :data:`MAC_BAND` of the fit (a stall during one network's timing makes an outlier, not the
+    estimate); the sequence is made non-decreasing in depth (a truncated network computes a prefix
+    of every deeper one, so it cannot cost more: isotonic regression, pool adjacent violators); and
+    the networks that were not timed (unit-level cut points) are interpolated by their MACs between
+    the timed ones. Writes ``train_step_s``, ``infer_s``, ``latency_s`` and the write seconds of
+    the untimed networks; a network outside the family keeps its own measurement."""
+    for a, c in cal.items():
+        if not a.startswith("_") and c.get("timed"):
+            c["train_step_s"] = dict(c["step_s"])
+            c["infer_s"] = c["infer_s_per_img"]
+    family = [a for a in cal.get("_family", []) if a in cal]
+    timed = [a for a in family if cal[a].get("timed")]
+    if not timed:
+        return cal
+    x = np.array([cal[a]["macs"] for a in timed], float)
+    x_all = np.array([cal[a]["macs"] for a in family], float)
+
+    def spread(values: np.ndarray) -> np.ndarray:
+        """The bounded values of the timed networks interpolated to every network of the family."""
+        if len(values) >= 3:
+            fit = _theil_sen(x, values)
+            values = _isotonic(np.clip(values, fit / MAC_BAND, fit * MAC_BAND))
+        else:
+            values = _isotonic(values)
+        return np.interp(x_all, x, values)
+
+    for batch in cal[timed[-1]]["step_s"]:
+        for a, v in zip(family, spread(np.array([cal[a]["step_s"][batch] for a in timed])), strict=True):
+            cal[a].setdefault("train_step_s", {})[batch] = float(v)
+    for key, target in (("infer_s_per_img", "infer_s"), ("latency_s", "latency_s")):
+        for a, v in zip(family, spread(np.array([cal[a][key] for a in timed])), strict=True):
+            if target == "infer_s" or not cal[a].get("timed"):
+                cal[a][target] = float(v)
+    b, b_all = np.array([cal[a]["state_bytes"] for a in timed], float), [cal[a]["state_bytes"] for a in family]
+    for key in ("best_write_s", "last_write_s"):
+        values = np.array([cal[a][key] for a in timed])
+        for a, v in zip(family, np.interp(b_all, b[np.argsort(b)], values[np.argsort(b)]), strict=True):
+            cal[a].setdefault(key, float(v))
+    return cal
+
+
+def _theil_sen(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The Theil-Sen line through ``(x, y)`` evaluated at ``x`` (the median of pairwise slopes,
+    then the median intercept), floored at a tenth of the smallest ``y`` so that it stays positive."""
+    i, j = np.triu_indices(len(x), 1)
+    ok = x[j] != x[i]
+    slope = float(np.median((y[j] - y[i])[ok] / (x[j] - x[i])[ok])) if ok.any() else 0.0
+    intercept = float(np.median(y - slope * x))
+    return np.maximum(intercept + slope * x, 0.1 * y.min())
+
+
+def _isotonic(y: np.ndarray) -> np.ndarray:
+    """The least-squares non-decreasing sequence closest to ``y`` (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in y.astype(float):
+        blocks.append([v, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m1, n1), (m2, n2) = blocks.pop(-2), blocks.pop(-1)
+            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
+    return np.concatenate([np.full(int(n), m) for m, n in blocks])
+
+
+def _network(cal: dict, arm: str) -> dict | None:
+    """The calibration entry of the network ``arm`` trains (scratch and layer-wise: the full one)."""
     key = "full" if arm in ("scratch", "layerwise") else cal.get("_alias", {}).get(arm, arm)
-    c = cal.get(key)
-    if c is None:
-        return float("nan")
+    return cal.get(key)
+
+
+def step_seconds(c: dict, batch: int) -> float:
+    """Seconds of one optimizer step at ``batch``: a line through the measured batch sizes (a fixed
+    cost per step plus a cost per image), the cost per image alone when one size was measured."""
+    points = sorted((int(b), s) for b, s in c["train_step_s"].items())
+    (b0, s0), (b1, s1) = points[0], points[-1]
+    if b1 == b0:
+        return s1 * batch / b1
+    per_image = max(0.0, (s1 - s0) / (b1 - b0))
+    return max(0.0, s0 + per_image * (batch - b0))
+
+
+def estimate_parts(
+    cal: dict, arm: str, budget: StepBudget, n_val: int, n_test: int, *, compactness: bool = False
+) -> dict[str, float]:
+    """Seconds of one run (no early stop), by part: ``training`` (``budget.steps`` optimizer steps),
+    ``evaluations`` (a validation pass, ``last.pt`` and, at most, ``best.pt`` every ``eval_every``
+    steps), ``fixed`` (set-up: manifest, backbone weights, building the network; the final
+    validation and test pass, bootstrap CIs and curves) and ``compactness`` (seed 0: MACs and
+    CPU latency of the network and of the full one). NaN parts when ``arm``'s network was not
+    calibrated."""
+    c, full, fixed = _network(cal, arm), cal.get("full"), cal.get("_fixed")
+    if c is None or "train_step_s" not in c or fixed is None:
+        return dict.fromkeys(("training", "evaluations", "fixed", "compactness"), float("nan"))
     evaluations = -(-budget.steps // budget.eval_every)
-    train = budget.steps * budget.batch_size * c["train_s_per_img"]
-    return train + (evaluations * n_val + n_val + n_test) * c["infer_s_per_img"]
+    parts = {
+        "training": budget.steps * step_seconds(c, budget.batch_size),
+        "evaluations": evaluations
+        * (n_val * c["infer_s"] + fixed.get("val_metrics_s", 0.0) + c["last_write_s"] + c["best_write_s"]),
+        "fixed": fixed["setup_s"] + c["build_s"] + (n_val + n_test) * c["infer_s"] + fixed["outputs_s"],
+        "compactness": 0.0,
+    }
+    if compactness:
+
+        def measured(e: dict) -> float:
+            return LATENCY_CALLS * e["latency_s"] + e["flop_count_s"]
+
+        # compactness_pair measures the full network beside any other (outputs.compactness_pair)
+        also_full = full is not None and arm != "scratch" and (c is not full or arm == "layerwise")
+        parts["compactness"] = measured(c) + (full["build_s"] + measured(full) if also_full else 0.0)
+    return parts
+
+
+def estimate_seconds(
+    cal: dict, arm: str, budget: StepBudget, n_val: int, n_test: int, *, compactness: bool = False
+) -> float:
+    """Seconds of one run (no early stop): the sum of :func:`estimate_parts`."""
+    return float(sum(estimate_parts(cal, arm, budget, n_val, n_test, compactness=compactness).values()))
 
 
 def checkpoint_bytes(cal: dict, arm: str) -> int:
     """Bytes of one run's ``best.pt`` (its network's state), from the calibration."""
-    key = "full" if arm in ("scratch", "layerwise") else cal.get("_alias", {}).get(arm, arm)
-    return int(cal.get(key, {}).get("state_bytes", 0))
+    return int((_network(cal, arm) or {}).get("state_bytes", 0))
 
 
 def distinct_truncations(backbone) -> list[str]:
@@ -139,6 +415,7 @@ def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], Non
     measured short calibration; nothing is extracted, probed or finetuned. Returns the plan as text."""
     from ..backbones.registry import build_backbone
     from ..data.readers import load_manifest
+    from ..data.sample_size import small_sample_warnings
 
     config.validate()
     out = Path(config.out) if config.out else default_out(config)
@@ -159,27 +436,39 @@ def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], Non
         f"({', '.join(map(str, config.seed_list))})",
         "budget per run (every arm of a fraction alike): "
         + "; ".join(f"{f:g}: {n} images, {b.describe()}" for f, (n, b) in budgets.items()),
-        f"cost model: {cal['_meta']['device']} {cal['_meta']['precision']}, measured seconds per training image "
-        "(calibration.json); estimates assume no early stop",
+        describe_calibration(cal),
         "",
         "| stage | run | train images | steps | estimated s | status |",
         "| --- | --- | ---: | ---: | ---: | --- |",
     ]
-    total, planned = 0.0, []
+    total, total_early, planned = 0.0, 0.0, []
+    by_kind: dict[str, float] = {}
+    by_part: dict[str, float] = {}
     for stage, name, arm, f, s in planned_runs(config, state.get("choices", {})):
         rid = study_run_id(name, f, s)
         n, b = budgets[float(f)]
         # a choice not made yet is costed at the mean block end
-        est = (
-            estimate_seconds(cal, arm, b, n_val, n_test)
-            if arm
-            else float(np.nanmean([estimate_seconds(cal, t, b, n_val, n_test) for t in blocks]))
+        candidates = [arm] if arm else blocks
+        parts = {
+            k: float(np.nanmean([estimate_parts(cal, t, b, n_val, n_test, compactness=s == 0)[k] for t in candidates]))
+            for k in PARTS
+        }
+        est = sum(parts.values())
+        # the earliest early stop: patience + 1 evaluations without improvement after the first
+        earliest = replace(b, steps=min(b.steps, (config.training.patience + 1) * b.eval_every))
+        est_early = float(
+            np.nanmean([estimate_seconds(cal, t, earliest, n_val, n_test, compactness=s == 0) for t in candidates])
         )
         over = budget and len(done) + len(planned) >= budget  # the budget counts the study's runs, done ones included
         status = "done" if rid in done else ("over budget" if over else "to run")
         if status == "to run":
             total += est
+            total_early += est_early
             planned.append(arm or blocks[0])
+            kind = arm_kind(arm)
+            by_kind[kind] = by_kind.get(kind, 0.0) + est
+            for k, v in parts.items():
+                by_part[k] = by_part.get(k, 0.0) + v
         lines.append(f"| {stage} | {rid} | {n} | {b.steps} | {est:.0f} | {status} |")
     exhaustive = sum(
         estimate_seconds(cal, arm, budgets[float(f)][1], n_val, n_test) * len(config.seed_list)
@@ -189,16 +478,63 @@ def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], Non
     disk = estimate_disk(config, backbone, manifest, cal, planned, budgets)
     lines += [
         "",
-        f"to run: {len(planned)} finetuning runs, about {total / 60:.1f} min (block#/unit# are chosen after probing; "
-        f"costed at the mean block end). Candidates: block ends {', '.join(ends[:-1])}; the deepest ({ends[-1]}) is "
-        "full finetuning.",
+        f"to run: {len(planned)} finetuning runs, about {total / 60:.1f} min without early stopping, "
+        f"{total_early / 60:.1f} min if every run stopped at its first chance (patience {config.training.patience} "
+        "evaluations); extraction and probing come first and are not counted. By arm: "
+        + _shares(by_kind, total)
+        + "; by part: "
+        + _shares({PARTS[k]: v for k, v in by_part.items()}, total)
+        + ".",
+        "(block#/unit# are chosen after probing; costed at the mean block end). Candidates: block ends "
+        f"{', '.join(ends[:-1])}; the deepest ({ends[-1]}) is full finetuning.",
         f"exhaustive search instead (every block end and unit, every fraction and seed): about {exhaustive / 60:.1f} "
         "min of finetuning.",
         "disk it will write (upper bounds, before compression): "
         + ", ".join(f"{k} {human_bytes(v)}" for k, v in disk.items() if k != "total")
         + f"; {human_bytes(disk['total'])} in all",
     ]
+    warnings = small_sample_warnings(manifest, config.fractions, config.seed_list)
+    if warnings:
+        lines += ["", *warnings]
     return "\n".join(lines)
+
+
+PARTS = {
+    "training": "training steps",
+    "evaluations": "evaluations and checkpoints",
+    "fixed": "per-run set-up and final val/test pass",
+    "compactness": "compactness timing (seed 0)",
+}
+
+
+def arm_kind(arm: str | None) -> str:
+    """The kind of arm a plan groups a run under: truncated, full, scratch or baselines."""
+    if arm is None or arm.startswith("t"):
+        return "truncated"
+    return arm if arm in ("full", "scratch") else "baselines"
+
+
+def _shares(seconds: dict[str, float], total: float) -> str:
+    """``"baselines 62%, truncated 20%, ..."``, largest first."""
+    ranked = sorted(seconds.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in ranked) if total > 0 else "nothing"
+
+
+def describe_calibration(cal: dict) -> str:
+    """One line on the cost model: where and how it was measured, and how busy the machine was."""
+    meta = cal["_meta"]
+    load, cores = meta.get("load_average"), meta.get("cores") or 1
+    busy = (
+        f"; the machine was busy (load average {load} on {cores} cores): estimates hold for that load"
+        if load is not None and load > cores
+        else (f"; load average {load} on {cores} cores" if load is not None else "")
+    )
+    return (
+        f"cost model: {meta['device']} {meta['precision']} at {meta['input_size']} px, measured on this machine "
+        f"(calibration.json, version {meta.get('version', 1)}): per network the median of repeated optimizer steps "
+        f"at batch {' and '.join(map(str, meta.get('batches', [])))} after a warm-up, bounded across the networks by "
+        f"their MACs, plus the measured evaluations, checkpoint writes and per-run fixed costs{busy}"
+    )
 
 
 def planned_runs(config: StudyConfig, chosen: dict):

@@ -205,7 +205,7 @@ def summarize(
         truncated = [a for a in table if a["arm"].startswith("t")]
         paired = None
         if truncated and "full" in arms:
-            best_t = max(truncated, key=lambda a: a["val_auprc"])
+            best_t = best_truncated(truncated)
             full = next(a for a in table if a["arm"] == "full")
             paired = {"arm": best_t["arm"], "name": best_t["name"]}
             paired.update(_paired(y, scores, boot, label_kind, (best_t["arm"], best_t), ("full", full)))
@@ -233,7 +233,7 @@ def _verdicts(y, scores: dict, arms: dict, table: list[dict], label_kind: str, n
     truncated = [a for a in table if a["arm"].startswith("t")]
     if not truncated:
         return []
-    best = max(truncated, key=lambda a: a["val_auprc"])
+    best = best_truncated(truncated)
     seeds_of = {arm: [r["seed"] for r in sorted(rs, key=_seed)] for arm, rs in arms.items()}
     found = []
     others = [a for a in table if not a["arm"].startswith("t")]
@@ -254,6 +254,15 @@ def _verdicts(y, scores: dict, arms: dict, table: list[dict], label_kind: str, n
             n_resamples=n_resamples,
         ).values()
     return found
+
+
+def best_truncated(truncated: list[dict]) -> dict:
+    """The truncated arm with the best mean validation AUPRC; ties go to the deeper cut point
+    (:func:`~tlmic_feats.study.arms.rank_by_validation`)."""
+    from .arms import rank_by_validation
+
+    by_address = {a["arm"][1:]: a for a in truncated}
+    return by_address[rank_by_validation({k: a["val_auprc"] for k, a in by_address.items()})[0][0]]
 
 
 def primary_verdicts(summary: dict) -> dict:
@@ -433,6 +442,10 @@ def render_study_report(out: Path, config, backbone, calibration: dict, rows: li
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
     lines = _header(config, backbone, manifest)
+    small = state.get("small_samples") or []
+    if small:
+        lines += ["**Small samples** (the numbers below rest on few images):", "", *[f"- {w}" for w in small], ""]
+    small_test = next((w for w in small if w.startswith("small sample: test ")), "")
     if not rows:
         lines.append("No finished runs yet.")
     summary = summarize(out, rows, manifest.label_kind, n_resamples=config.bootstrap, rope=config.rope) if rows else {}
@@ -442,7 +455,7 @@ def render_study_report(out: Path, config, backbone, calibration: dict, rows: li
     if rows:
         lines += [f"Finetuning precision: {precision} (per run in results.csv; see --precision).", ""]
     for fraction, doc in summary.items():
-        lines += _fraction_section(doc, state.get("choices", {}).get(f"{fraction:g}", {}), fraction)
+        lines += _fraction_section(doc, state.get("choices", {}).get(f"{fraction:g}", {}), fraction, small_test)
         plot = _plot_fraction(out, rows, fraction, figures / f"probe-curve-f{fraction:g}.png", config)
         lines += ["", f"![probe curve and finetuned cut points at {fraction:g}]({plot.relative_to(out)})", ""]
     if rows:
@@ -501,8 +514,10 @@ def _header(config, backbone, manifest) -> list[str]:
     ]
 
 
-def _fraction_section(doc: dict, c: dict, fraction: float) -> list[str]:
-    """One fraction: the table of every arm, its budget, the winner, truncated vs full, the search."""
+def _fraction_section(doc: dict, c: dict, fraction: float, small_test: str = "") -> list[str]:
+    """One fraction: the table of every arm, its budget, the winner, truncated vs full, the search
+    (with the ties on validation the tie rule broke); ``small_test``: the warning that the test set
+    is small, repeated under the table whose intervals it concerns."""
     lines = [
         f"## {fraction:g} of the training set ({doc['table'][0]['n_train']} images)",
         "",
@@ -525,6 +540,8 @@ def _fraction_section(doc: dict, c: dict, fraction: float) -> list[str]:
             f"Budget: {StepBudget(**c['budget']).describe()}; steps (best), train s: steps run, the step "
             "kept and seconds of training, mean over seeds (a run stops early when its patience runs out).",
         ]
+    if small_test:
+        lines += ["", f"Small sample, for these intervals: {small_test.removeprefix('small sample: ')}."]
     p = doc["pick"]
     lines += [
         "",
@@ -561,6 +578,10 @@ def _fraction_section(doc: dict, c: dict, fraction: float) -> list[str]:
                 + ", ".join(f"{a}: {v:.3f}" for a, v in c["stage1_val_auprc"].items())
                 + f"); its units by probe val AUPRC: {units}; finetuned: {', '.join(c['units']) or 'none'}."
             )
+        if c.get("ties"):
+            from .arms import describe_tie
+
+            lines.append("Ties on validation: " + "; ".join(describe_tie(t) for t in c["ties"]) + ".")
     return lines
 
 
@@ -596,8 +617,8 @@ def _compute_section(comp: dict) -> list[str]:
         "",
         f"The probe-guided search finetuned {comp['search_runs']} truncated networks where an exhaustive search "
         f"would finetune {comp['exhaustive_runs']}: {saving:.1f}x less finetuning compute by the cost model "
-        "(seconds per training image measured on this machine for each network, `calibration.json`; no early "
-        f"stop assumed), for {comp['extract_seconds'] + comp['probe_seconds']:.0f} s of extraction and probing.",
+        "(seconds of an optimizer step, an evaluation and a run's fixed costs measured on this machine for each "
+        f"network, `calibration.json`; no early stop assumed), for {comp['extract_seconds'] + comp['probe_seconds']:.0f} s of extraction and probing.",
         "",
     ]
 

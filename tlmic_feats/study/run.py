@@ -15,7 +15,7 @@ Every choice reads validation data only; a finetuned model's test labels are rea
 final evaluation, and by the report. The study directory records everything::
 
     study.json        config, progress, the choices made and why, compute spent
-    calibration.json  measured seconds per training image of each network (the cost model)
+    calibration.json  the cost model: measured step, evaluation and fixed seconds of each network
     probes/           the probe run (tlmic probe's outputs)
     runs/<run>/       one finetuning run each (tlmic finetune's outputs)
     results.csv       one row per finished run: arm, fraction, seed, val and test metrics, cost
@@ -41,7 +41,7 @@ from ..runtime.errors import SubsetTooSmallError
 from ..runtime.files import write_json
 from ..runtime.progress import default_log
 from ..runtime.rundir import claim_run_dir
-from .arms import finetune_config, probe_ranking, run_val_auprc
+from .arms import describe_tie, finetune_config, probe_ranking, rank_by_validation, run_val_auprc, tie_at_cut
 from .config import Run, StudyConfig, StudyResult, default_out
 from .plan import calibrate, fraction_budgets
 
@@ -90,6 +90,7 @@ class _Study:
         self.state = json.loads(self.state_file.read_text())
         for key in ("compute", "runs", "choices"):
             self.state.setdefault(key, {})
+        self.warn_small_samples()
         self.save()
         t_start = time.perf_counter()
         store = self.extract()
@@ -109,6 +110,18 @@ class _Study:
         rows = collect_rows(out, config, probes.out)
         report = render_study_report(out, config, self.backbone, calibration, rows, self.state)
         return StudyResult(out, rows, self.state["choices"], self.not_run, report)
+
+    def warn_small_samples(self) -> None:
+        """Say, before anything runs, which fractions train on few images of a class and whether
+        validation or test hold few positives (:mod:`~tlmic_feats.data.sample_size`); the report
+        repeats it."""
+        from ..data.readers import load_manifest
+        from ..data.sample_size import small_sample_warnings
+
+        c = self.config
+        self.state["small_samples"] = small_sample_warnings(load_manifest(c.data), c.fractions, c.seed_list)
+        for w in self.state["small_samples"]:
+            self.log(f"study: {w}")
 
     def extract(self):
         """Every cut point, once (a store of the same inputs is reused)."""
@@ -180,6 +193,7 @@ class _Study:
                 "n_train": n_train,
                 "budget": asdict(steps),
             }
+            self._tie(fraction, tie_at_cut(ranking, config.top_blocks, "block ends by probe val AUPRC"))
             for seed in config.seed_list:
                 for arm in [f"t{a}" for a in top] + ["full"] + (["scratch"] if config.scratch else []):
                     self.execute(Run("stage1", arm, float(fraction), seed))
@@ -197,14 +211,26 @@ class _Study:
                 if config.top_units:
                     self.not_run.append(f"stage 2 at fraction {fraction:g} (stage 1 unfinished)")
                 continue
-            best = max(finetuned, key=finetuned.get)
+            blocks = rank_by_validation(finetuned)
+            best = blocks[0][0]
             ranking = probe_ranking(probe_rows, float(fraction), units_of(self.backbone, best))
             units = [a for a, _ in ranking[: config.top_units]]
             c.update(best_block=best, stage1_val_auprc=finetuned, stage2_ranking=ranking, units=units)
+            self._tie(fraction, tie_at_cut(blocks, 1, "finetuned blocks by val AUPRC"))
+            self._tie(fraction, tie_at_cut(ranking, config.top_units, "units by probe val AUPRC"))
             for seed in config.seed_list:
                 for a in units:
                     self.execute(Run("stage2", f"t{a}", float(fraction), seed))
         self.save()
+
+    def _tie(self, fraction: float, tie: dict | None) -> None:
+        """Record a tie the tie rule broke in the fraction's choices, and say so."""
+        if tie is None:
+            return
+        ties = self.state["choices"][f"{fraction:g}"].setdefault("ties", [])
+        if tie not in ties:
+            ties.append(tie)
+        self.log(f"study: at fraction {fraction:g}, {describe_tie(tie)}")
 
     def _finetuned_blocks(self, blocks: list[str], fraction: float) -> dict[str, float]:
         """Mean validation AUPRC of each stage-1 block whose every possible run has finished."""
