@@ -241,3 +241,40 @@ def test_the_full_depth_reference_is_measured_once_per_process(monkeypatch):
     assert measured == ["resnet18 truncated at 2", f"resnet18 full ({full})", "resnet18 truncated at 3"]
     assert first[1] == second[1]
     assert second[1].params == sum(p.numel() for p in build_network(b, full, 1, 0.0, "avg").parameters())
+
+
+def test_a_finished_extraction_or_finetune_rerun_answers_without_building_the_network(
+    phantom_dir, tmp_path, monkeypatch
+):
+    """A rerun's answer comes from the record (configuration, data fingerprint, weights file's sha)
+    without building the backbone; a changed data set is not mistaken for the finished one."""
+    import shutil
+
+    import tlmic_feats.backbones.registry as registry
+    from tlmic_feats import ExtractConfig, FinetuneConfig, TrainingConfig, extract_features, run_finetune
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom_dir, data)
+    ex = ExtractConfig(DataConfig(data), backbone="efficientnet_lite0", layers="blocks", input_size=64)
+    first = extract_features(ex, progress=False)
+    ft = FinetuneConfig(
+        DataConfig(data), truncate="3", input_size=64, training=TrainingConfig(steps=2, batch_size=8),
+        bootstrap=10, export_onnx=False, compactness=False,
+    )  # fmt: skip
+    trained = run_finetune(ft, progress=False)
+
+    def refuse(*a, **k):
+        raise AssertionError("the network was built")
+
+    monkeypatch.setattr(registry, "build_backbone", refuse)
+    again = extract_features(ex, progress=False)
+    assert again.already_complete and again.store.path == first.store.path
+    rerun = run_finetune(ft, progress=False)  # the default run directory, found by its record
+    assert rerun.already_complete and rerun.out == trained.out and rerun.metrics == trained.metrics
+    # another data set under the same path: the full check runs (and builds the network)
+    extra = next((data / "test").rglob("*.png"))
+    shutil.copy(extra, extra.with_name("copy-" + extra.name))
+    with pytest.raises(AssertionError, match="the network was built"):
+        extract_features(ex, progress=False)
+    with pytest.raises(AssertionError, match="the network was built"):
+        run_finetune(ft, progress=False)

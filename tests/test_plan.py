@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from tlmic_feats.runtime.options import from_flat
 from tlmic_feats.data.sample_size import small_sample_warnings
 from tlmic_feats.data.subsets import nested_subsets
 from tlmic_feats.finetune.budget import resolve_budget
@@ -139,7 +140,7 @@ def test_calibration_measures_every_network_and_replaces_an_older_version(phanto
     from tlmic_feats.study.config import StudyConfig
     from tlmic_feats.study.plan import CALIBRATION_VERSION, calibrate, distinct_truncations
 
-    config = StudyConfig(
+    config = from_flat(StudyConfig,
         data=DataConfig(str(phantom_dir)),
         backbone="resnet18",
         weights="random:3",
@@ -236,11 +237,11 @@ def test_enough_data_says_nothing():
 def test_finetuning_on_two_images_says_so(phantom_dir, tmp_path):
     from tlmic_feats.data.readers import DataConfig
     from tlmic_feats.finetune.config import FinetuneConfig
-    from tlmic_feats.finetune.trainer import finetune
+    from tlmic_feats.finetune.trainer import run_finetune
 
     logged = []
-    finetune(
-        FinetuneConfig(
+    run_finetune(
+        from_flat(FinetuneConfig,
             data=DataConfig(str(phantom_dir)),
             backbone="resnet18",
             weights="random:2",

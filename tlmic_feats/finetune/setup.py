@@ -150,6 +150,50 @@ def _record(config, manifest, backbone, address: str, precision: str, budget: St
     }
 
 
+def finished_run(config: FinetuneConfig) -> Path | None:
+    """The finished run directory of ``config``, found without building the network (a rerun's
+    stored result in a second instead of the time it takes to import torch and build it): the same
+    recorded configuration, data (the manifest's fingerprint), weights file and tlmic version. None
+    when that cannot be told without the network (random or downloaded weights) or inside a torchrun
+    group; :func:`set_up` then claims the directory with the full record, as before."""
+    import glob
+    import json
+    import os
+
+    from .. import __version__
+    from ..backbones.availability import weights_sha256_without_building
+
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        return None
+    sha = weights_sha256_without_building(config.backbone, config.weights)
+    if sha is None:
+        return None
+    if config.out:
+        candidates = [Path(config.out)]
+    else:  # the default directory's name holds the resolved cut point: any address, then the record decides
+        before, _, after = str(default_run_dir(config, "\0")).partition("\0")
+        candidates = [Path(p) for p in sorted(glob.glob(glob.escape(before) + "*" + glob.escape(after)))]
+    wanted = json.loads(json.dumps(asdict(config)))
+    ignored = {k.removeprefix("config.") for k in NOT_IDENTITY}
+    manifest_print = None
+    for out in candidates:
+        if not (out / "metrics.json").is_file() or not (out / "run.json").is_file():
+            continue
+        try:
+            record = json.loads((out / "run.json").read_text())
+        except ValueError:
+            continue
+        recorded = {k: v for k, v in record.get("config", {}).items() if k not in ignored}
+        if recorded != {k: v for k, v in wanted.items() if k not in ignored}:
+            continue
+        if record.get("weights_sha256") != sha or record.get("tlmic_version") != __version__:
+            continue
+        manifest_print = manifest_print or load_manifest(config.data).fingerprint()
+        if record.get("dataset") == manifest_print:
+            return out
+    return None
+
+
 def _claim(out: Path, record: dict, group, *, resume: bool, overwrite: bool) -> tuple[bool, bool, object]:
     """Rank 0 locks and claims the run directory; every rank learns whether it resumes a run, and
     whether that run had finished. Returns ``(resuming, complete, lock)``."""

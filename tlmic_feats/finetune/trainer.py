@@ -42,7 +42,7 @@ from ..runtime.progress import default_log
 from .config import FinetuneConfig, FinetuneResult
 from .loop import train
 from .outputs import completed_result, write_outputs
-from .setup import build_training, load_data, set_up
+from .setup import build_training, finished_run, load_data, set_up
 
 
 def run_finetune(
@@ -65,6 +65,10 @@ def run_finetune(
     from .ddp import join
 
     config.validate()
+    if resume and not overwrite:
+        finished = finished_run(config)
+        if finished is not None:
+            return completed_result(finished)
     group = join(config.device)
     if not group.is_main:  # rank 0 alone logs and shows progress
         log, progress = (lambda m: None), False
