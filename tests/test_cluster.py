@@ -185,7 +185,7 @@ def test_distributed_lightgbm_fit_learns_and_saves_loadable_probes(easy_store, t
     from tlmic_feats.probes.estimators import load_probe
     from tlmic_feats.probes.grid import run_probes
 
-    with pytest.raises(UsageError, match="--distributed-fit .* needs --cluster and --model lightgbm"):
+    with pytest.raises(UsageError, match="distributed_fit .* needs cluster and models lightgbm"):
         ProbeConfig(store=str(easy_store), distributed_fit=True).validate()
     run = run_probes(
         ProbeConfig(

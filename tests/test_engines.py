@@ -289,7 +289,7 @@ def test_the_study_extracts_with_its_engine_and_an_old_study_still_resumes(phant
     data = DataConfig(str(phantom_dir / "val"))
     assert from_flat(StudyConfig, data=data).results_key["engine"] == "torch"  # recorded: it decides the features
     assert from_flat(StudyConfig, data=data, engine="openvino").results_key["engine"] == "openvino"
-    with pytest.raises(UsageError, match="--engine 'tensorrt' is not valid"):
+    with pytest.raises(UsageError, match="^engine 'tensorrt' is not valid"):
         from_flat(StudyConfig, data=data, engine="tensorrt").validate()
 
     seen = []

@@ -150,8 +150,8 @@ PRESETS: dict[str, dict] = {
     # The paper's protocol: every block end and the units of the best, every shallow baseline and training
     # from scratch, the weights' own input size and a long budget (hours to days on a CPU; a GPU's).
     "paper": {
-        "top_blocks": 16,
-        "top_units": 16,
+        "top_blocks": 99,  # every block end (no backbone has more)
+        "top_units": 99,  # every unit of the best block
         "baselines": BASELINES,
         "scratch": True,
         "training": {"epochs": 200, "min_steps": 300, "patience": 10},

@@ -444,7 +444,10 @@ def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], Non
     total, total_early, planned = 0.0, 0.0, []
     by_kind: dict[str, float] = {}
     by_part: dict[str, float] = {}
-    for stage, name, arm, f, s in planned_runs(config, state.get("choices", {})):
+    units = [a for a in distinct_truncations(backbone) if "." in a]
+    per_block = [sum(u.split(".")[0] == f"t{e}".split(".")[0] for u in units) for e in ends[:-1]]
+    caps = {"max_blocks": len(blocks), "max_units": max(per_block, default=0)}
+    for stage, name, arm, f, s in planned_runs(config, state.get("choices", {}), **caps):
         rid = study_run_id(name, f, s)
         n, b = budgets[float(f)]
         # a choice not made yet is costed at the mean block end
@@ -537,10 +540,13 @@ def describe_calibration(cal: dict) -> str:
     )
 
 
-def planned_runs(config: StudyConfig, chosen: dict):
+def planned_runs(config: StudyConfig, chosen: dict, *, max_blocks: int | None = None, max_units: int | None = None):
     """``(stage, name, arm, fraction, seed)`` of every run a study makes, in its order; ``arm`` is
-    None where the choice is made after probing (``name``: ``block#1``, ``unit#1``...)."""
-    for stage, key, label, n in (("1", "blocks", "block", config.top_blocks), ("2", "units", "unit", config.top_units)):
+    None where the choice is made after probing (``name``: ``block#1``, ``unit#1``...). ``max_blocks``
+    and ``max_units``: the candidates there are (``top_blocks`` beyond them finetunes them all)."""
+    n_blocks = min(config.top_blocks, max_blocks) if max_blocks is not None else config.top_blocks
+    n_units = min(config.top_units, max_units) if max_units is not None else config.top_units
+    for stage, key, label, n in (("1", "blocks", "block", n_blocks), ("2", "units", "unit", n_units)):
         for f in config.fractions:
             picked = chosen.get(f"{f:g}", {}).get(key)  # known once the study has made its choice
             for s in config.seed_list:
