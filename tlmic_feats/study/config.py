@@ -173,6 +173,34 @@ class Run:
         return study_run_id(self.arm, self.fraction, self.seed)
 
 
+# The columns of results.csv: one row per finished finetuning run and per probe seed at its best layer.
+ROW_COLUMNS = (
+    "stage",
+    "arm",
+    "address",
+    "fraction",
+    "seed",
+    "n_train",
+    "val_auprc",
+    "auroc",
+    "auroc_lo",
+    "auroc_hi",
+    "auprc",
+    "auprc_lo",
+    "auprc_hi",
+    "params",
+    "macs",
+    "latency_ms",
+    "steps_run",
+    "best_step",
+    "pool",
+    "train_seconds",
+    "wall_seconds",
+    "predictions",
+    "precision",
+)
+
+
 @dataclass
 class StudyResult:
     """What :func:`~tlmic_feats.study.run.run_study` produced: the study directory, one row per
@@ -207,8 +235,6 @@ class StudyResult:
             if not path.is_file():
                 return pd.DataFrame(columns=list(VERDICT_COLUMNS))
             return pd.read_csv(path, dtype={"a": str, "b": str, "seeds": str}, keep_default_na=False, na_values=[""])
-        from .report import ROW_COLUMNS
-
         return pd.DataFrame([{k: r.get(k) for k in ROW_COLUMNS} for r in self.rows], columns=list(ROW_COLUMNS))
 
 

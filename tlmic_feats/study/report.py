@@ -37,33 +37,7 @@ from ..probes.report import aggregate, best_layers
 from ..runtime.files import atomic_path, save_figure, write_text
 from ..runtime.paths import human_bytes
 from ..runtime.rundir import layer_label
-
-ROW_COLUMNS = (
-    "stage",
-    "arm",
-    "address",
-    "fraction",
-    "seed",
-    "n_train",
-    "val_auprc",
-    "auroc",
-    "auroc_lo",
-    "auroc_hi",
-    "auprc",
-    "auprc_lo",
-    "auprc_hi",
-    "params",
-    "macs",
-    "latency_ms",
-    "steps_run",
-    "best_step",
-    "pool",
-    "train_seconds",
-    "wall_seconds",
-    "predictions",
-    "precision",
-)
-
+from .config import ROW_COLUMNS
 
 def collect_rows(out: Path, config, probe_dir: Path) -> list[dict]:
     """One row per finished finetuning run and per probe seed at its best layer; written to
