@@ -29,7 +29,7 @@ _LAZY = {
     "list_backbones": "backbones.registry",
     "available_backbones": "backbones.registry",
     "layer_table": "backbones.layers",
-    "available_backbones_offline": "backbones.availability",
+    "available_backbones_offline": "backbones.registry",
     # features: `tlmic extract`
     "ExtractConfig": "features.config",
     "ExtractReport": "features.extract",

@@ -103,7 +103,7 @@ def cache_usage(root=None) -> dict[str, int]:
 def diagnose() -> dict:
     import torch
 
-    from .backbones.availability import available_backbones_offline
+    from .backbones.registry import available_backbones_offline
     from .runtime.devices import cpu_flags, hardware_class, resolve_precision
 
     flags = cpu_flags()

