@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tlmic_feats import DataConfig
+from tlmic_feats.runtime.options import from_flat
 from tlmic_feats.backbones.layers import compute_table_entry, layer_table, table_entry
 from tlmic_feats.backbones.registry import list_backbones
 
@@ -108,6 +109,7 @@ def easy(tmp_path_factory):
 
 def _ft(data, out, **kw):
     from tlmic_feats.finetune.config import FinetuneConfig
+    from tlmic_feats.runtime.options import from_flat
 
     base = dict(
         data=DataConfig(str(data)),
@@ -125,22 +127,22 @@ def _ft(data, out, **kw):
         compactness=False,
         keep_checkpoints=True,
     )
-    return FinetuneConfig(**{**base, **kw})
+    return from_flat(FinetuneConfig, **{**base, **kw})
 
 
 def test_the_resume_state_is_written_at_the_cadence_and_at_the_end(easy, tmp_path, monkeypatch):
     from tlmic_feats.finetune import loop
-    from tlmic_feats.finetune.trainer import finetune
+    from tlmic_feats.finetune.trainer import run_finetune
 
     saved = []
     real = loop.save_torch
     monkeypatch.setattr(loop, "save_torch", lambda obj, path: (saved.append(path.name), real(obj, path)))
     monkeypatch.setattr(loop, "CHECKPOINT_SECONDS", 1e9)
-    r = finetune(_ft(easy, tmp_path / "rare"), progress=False)
+    r = run_finetune(_ft(easy, tmp_path / "rare"), progress=False)
     assert saved.count("last.pt") == 1 and saved.count("best.pt") == 1  # six evaluations, one write each
     monkeypatch.setattr(loop, "CHECKPOINT_SECONDS", 0.0)
     saved.clear()
-    every = finetune(_ft(easy, tmp_path / "every"), progress=False)
+    every = run_finetune(_ft(easy, tmp_path / "every"), progress=False)
     assert saved.count("last.pt") == 6 and saved.count("best.pt") == sum(h["best"] for h in every.history)
     import torch
 
@@ -156,24 +158,24 @@ def test_a_kill_between_checkpoints_resumes_to_the_same_weights(easy, tmp_path):
     the resumed run replays from step 0 to the history and weights of an uninterrupted run."""
     import torch
 
-    from tlmic_feats.finetune.trainer import finetune
+    from tlmic_feats.finetune.trainer import run_finetune
 
-    whole = finetune(_ft(easy, tmp_path / "whole"), progress=False)
+    whole = run_finetune(_ft(easy, tmp_path / "whole"), progress=False)
     code = textwrap.dedent(
         f"""
         import os
         from tests.test_fixed_costs import _ft
         from tlmic_feats.finetune import loop
-        from tlmic_feats.finetune.trainer import finetune
+        from tlmic_feats.finetune.trainer import run_finetune
         loop.CHECKPOINT_SECONDS = 1e9
         config = _ft({str(easy)!r}, {str(tmp_path / "killed")!r})
-        finetune(config, progress=False, on_eval=lambda step: step == 4 and os._exit(17))
+        run_finetune(config, progress=False, on_eval=lambda step: step == 4 and os._exit(17))
         """
     )
     killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert killed.returncode == 17, killed.stderr[-2000:]
     assert not (tmp_path / "killed" / "last.pt").exists()
-    resumed = finetune(_ft(easy, tmp_path / "killed"), resume=True, progress=False)
+    resumed = run_finetune(_ft(easy, tmp_path / "killed"), resume=True, progress=False)
     strip = lambda h: [{k: v for k, v in e.items() if k not in ("seconds", "eval_seconds")} for e in h]  # noqa: E731
     assert strip(resumed.history) == strip(whole.history)
     for name in ("best.pt", "last.pt"):
@@ -187,12 +189,12 @@ def test_a_kill_between_checkpoints_resumes_to_the_same_weights(easy, tmp_path):
 
 def test_progress_false_prints_nothing(easy, tmp_path, capfd):
     from tlmic_feats import ExtractConfig, ProbeConfig, extract_features, run_probes
-    from tlmic_feats.finetune.trainer import finetune
+    from tlmic_feats.finetune.trainer import run_finetune
     from tlmic_feats.study.config import StudyConfig
     from tlmic_feats.study.run import run_study
 
     capfd.readouterr()
-    finetune(_ft(easy, tmp_path / "ft", export_onnx=True, compactness=True, keep_checkpoints=False), progress=False)
+    run_finetune(_ft(easy, tmp_path / "ft", export_onnx=True, compactness=True, keep_checkpoints=False), progress=False)
     assert capfd.readouterr() == ("", ""), "finetune"
     report = extract_features(
         ExtractConfig(DataConfig(str(easy)), backbone="resnet18", weights="random", layers="blocks"), progress=False
@@ -200,7 +202,8 @@ def test_progress_false_prints_nothing(easy, tmp_path, capfd):
     assert capfd.readouterr() == ("", ""), "extract"
     run_probes(ProbeConfig(store=str(report.store.path), models=("logreg",), out=str(tmp_path / "p")), progress=False)
     assert capfd.readouterr() == ("", ""), "probes"
-    config = StudyConfig(
+    config = from_flat(
+        StudyConfig,
         data=DataConfig(str(easy), format="imagefolder"),
         backbone="resnet18",
         weights="random:3",
