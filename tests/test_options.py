@@ -127,11 +127,11 @@ def test_from_flat_and_replace_flat_reach_nested_fields():
 
 def test_presets_set_values_and_typed_options_win(monkeypatch, tmp_path):
     quick = StudyConfig.from_preset("quick", DataConfig("x"))
-    assert quick.fractions == PRESETS["quick"]["fractions"] and quick.training.epochs == 5
+    assert quick.fractions == PRESETS["quick"]["fractions"] and quick.training.epochs == 4
     assert quick.baselines == ()
     assert StudyConfig.from_preset("standard", DataConfig("x")) == StudyConfig(DataConfig("x"))
     mixed = StudyConfig.from_preset("quick", DataConfig("x"), seeds=5, lr=0.01, top_units=1)
-    assert (mixed.seeds, mixed.fractions, mixed.training.lr, mixed.training.epochs) == (5, quick.fractions, 0.01, 5)
+    assert (mixed.seeds, mixed.fractions, mixed.training.lr, mixed.training.epochs) == (5, quick.fractions, 0.01, 4)
     assert mixed.top_units == 1  # a typed value equal to the standard default still wins
     with pytest.raises(UsageError, match="preset 'fast' is not valid; valid: quick, standard, paper"):
         StudyConfig.from_preset("fast", DataConfig("x"))
@@ -146,6 +146,6 @@ def test_presets_set_values_and_typed_options_win(monkeypatch, tmp_path):
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
     c = seen[0]
-    assert (c.seeds, c.fractions, c.training.lr, c.training.epochs, c.top_units) == (2, (0.05, 1.0), 0.01, 5, 1)
+    assert (c.seeds, c.fractions, c.training.lr, c.training.epochs, c.top_units) == (2, (0.05, 1.0), 0.01, 4, 1)
     assert c == StudyConfig.from_preset("quick", c.data, seeds=2, lr=0.01, top_units=1)
     assert "next: " in r.output

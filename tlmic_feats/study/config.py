@@ -144,7 +144,7 @@ PRESETS: dict[str, dict] = {
         "scratch": False,
         "probe_models": ("logreg",),
         "input_size": 128,
-        "training": {"epochs": 5, "min_steps": 100},
+        "training": {"epochs": 4, "min_steps": 80},
     },
     "standard": {},
     # The paper's protocol: every block end and the units of the best, every shallow baseline and training
