@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--out", default="cache/bench-study-plan")
+    ap.add_argument("--seeds", default="", help="override the preset's seeds (e.g. 1 for a shorter check)")
     ap.add_argument("--busy", action="store_true")
     ap.add_argument("--plan-only", action="store_true")
     args = ap.parse_args()
@@ -46,7 +47,8 @@ def main() -> None:
         root / "data", PhantomConfig(n_train=n - n_val - n_test, n_val=n_val, n_test=n_test, size=256, nodule_px=(3.5, 6.5))
     )
     tag = f"{args.preset}-{n}-{'busy' if args.busy else 'quiet'}"
-    config = StudyConfig.from_preset(args.preset, DataConfig(data), backbone=args.backbone, out=root / tag)
+    extra = {"seeds": int(args.seeds)} if args.seeds else {}
+    config = StudyConfig.from_preset(args.preset, DataConfig(data), backbone=args.backbone, out=root / tag, **extra)
     burner = subprocess.Popen([sys.executable, "-c", BUSY], env={**os.environ, "OMP_NUM_THREADS": "1",
                               "OPENBLAS_NUM_THREADS": "1"}) if args.busy else None  # fmt: skip
     try:

@@ -64,5 +64,5 @@ def finetune(config, hflip, no_augment, resume, overwrite, quiet, nproc, max_res
     click.echo(f"run: {r.out}")
     click.echo(
         f"next: compare seeds and arms with `tlmic study --data {config.data.path} --backbone {config.backbone}`, "
-        f"or two runs' predictions with `tlmic compare {r.out}/predictions.csv --vs OTHER/predictions.csv`"
+        f"or this run against another on the same test images with `tlmic compare {r.out} OTHER_RUN`"
     )
