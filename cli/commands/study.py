@@ -53,11 +53,5 @@ def with_preset(ctx: click.Context, config: StudyConfig, preset: str) -> StudyCo
     """The study of ``preset`` with the options the user typed on top (typed options win)."""
     if preset == "standard":
         return config
-    typed = [p for p, _f in config_fields(StudyConfig) if p[0] != "data" and given(ctx, p[-1])]
-    return StudyConfig.from_preset(preset, config.data, **{p[-1]: getattr_path(config, p) for p in typed})
-
-
-def getattr_path(obj, path: tuple[str, ...]):
-    for name in path:
-        obj = getattr(obj, name)
-    return obj
+    names = [p[-1] for p, _f, _o in config_fields(StudyConfig) if p[0] != "data"]
+    return StudyConfig.from_preset(preset, config.data, **{n: ctx.params[n] for n in names if given(ctx, n)})

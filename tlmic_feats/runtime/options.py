@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import typing
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
@@ -84,8 +86,10 @@ def option(
 
 def option_meta(f: dataclasses.Field) -> dict:
     """The option metadata of a field (an undeclared field: empty help, no checks)."""
-    return f.metadata.get(_KEY, {"help": "", "choices": None, "ge": None, "gt": None, "le": None, "flag": None,
-                                 "aliases": (), "cli": True, "parse": None, "metavar": None})
+    return f.metadata.get(_KEY) or _UNDECLARED
+
+
+_UNDECLARED = option().metadata[_KEY]
 
 
 def flag_of(f: dataclasses.Field) -> str:
@@ -139,18 +143,13 @@ def check_fields(config: Any) -> None:
                     raise UsageError(f"{name_of(config, f.name)} {v!r} is out of range: must be {words} {bound:g}")
 
 
-def as_str(value: Any) -> Any:
-    """Paths (and other path-likes) as the strings a config records; other values unchanged."""
-    import os
-
-    return os.fspath(value) if isinstance(value, os.PathLike) else value
-
-
 def coerce_paths(config: Any, *names: str) -> None:
     """In a frozen dataclass's ``__post_init__``: store path-like values of ``names`` as strings, so
     that ``ProbeConfig(store=Path(...))`` records and compares like ``ProbeConfig(store="...")``."""
     for name in names:
-        object.__setattr__(config, name, as_str(getattr(config, name)))
+        value = getattr(config, name)
+        if isinstance(value, os.PathLike):
+            object.__setattr__(config, name, os.fspath(value))
 
 
 # Options several configs share, declared here once (their choices live in this package).
@@ -193,9 +192,8 @@ def name_list(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in str(text).split(",") if v.strip()) if str(text) not in ("", "none") else ()
 
 
-def _nested(cls: type) -> dict[str, type]:
-    import typing
-
+def nested_configs(cls: type) -> dict[str, type]:
+    """``{field: config class}`` of the fields of ``cls`` that are configs themselves."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints.get(f.name))}
 
@@ -210,7 +208,7 @@ def from_flat(cls: type, /, **values: Any) -> Any:
 def replace_flat(config: Any, cls: type | None = None, /, **values: Any) -> Any:
     """``config`` with fields at any depth replaced (``replace_flat(fc, steps=20, lr=1e-4)``)."""
     cls = cls or type(config)
-    nested = _nested(cls)
+    nested = nested_configs(cls)
     own = {f.name for f in dataclasses.fields(cls)}
     kw = {k: v for k, v in values.items() if k in own}
     rest = {k: v for k, v in values.items() if k not in own}
@@ -229,7 +227,7 @@ def replace_flat(config: Any, cls: type | None = None, /, **values: Any) -> Any:
 
 def flat_names(cls: type) -> list[str]:
     """Every field name of ``cls``, nested configs' included."""
-    nested = _nested(cls)
+    nested = nested_configs(cls)
     out = []
     for f in dataclasses.fields(cls):
         out += flat_names(nested[f.name]) if f.name in nested else [f.name]
