@@ -21,7 +21,7 @@ from ..backbones.cutpoints import select_cut_points, storage_groups
 from ..backbones.pooling import check_pool, describe_pooling, pooled_width
 from ..data.readers import load_manifest
 from ..runtime.devices import resolve_device
-from ..runtime.errors import BadImageError
+from ..runtime.errors import BadImageError, StoreError
 from ..runtime.locations import store_location
 from ..runtime.locks import StoreLock
 from ..runtime.paths import cache_root, slug
@@ -152,7 +152,7 @@ def store_fingerprint(config: ExtractConfig, backbone, selected, manifest, engin
     return fingerprint
 
 
-def finished_store(config: ExtractConfig) -> Path | None:
+def finished_store(config: ExtractConfig) -> FeatureStore | None:
     """The finished store this extraction would produce, found without building the backbone (a
     rerun's answer in a second instead of the time it takes to import torch and build the network):
     the same recorded configuration, the same data (by the manifest's fingerprint) and the same
@@ -168,14 +168,16 @@ def finished_store(config: ExtractConfig) -> Path | None:
     sha = weights_sha256_without_building(config.backbone, config.weights)
     if sha is None:
         return None
-    candidates = [Path(config.store)] if config.store else stores_for(config.data.path, backbone=config.backbone)
+    if config.store:
+        try:
+            candidates = [FeatureStore.open(config.store)]
+        except (StoreError, OSError, ValueError):  # absent, unfinished or foreign: the full path decides and explains
+            return None
+    else:
+        candidates = stores_for(config.data.path, backbone=config.backbone)
     wanted = json.loads(json.dumps(asdict(config)))
     manifest = None
-    for path in candidates:
-        try:
-            store = FeatureStore.open(path)
-        except Exception:  # absent, unfinished or foreign: the full path decides and explains
-            continue
+    for store in candidates:
         recorded = {k: v for k, v in store.config.items() if k not in ("store", "engine_choice")}
         fp = store.fingerprint
         if recorded != {k: v for k, v in wanted.items() if k != "store"} or fp.get("weights", {}).get("sha256") != sha:
@@ -184,7 +186,7 @@ def finished_store(config: ExtractConfig) -> Path | None:
             continue
         manifest = manifest or load_manifest(config.data)
         if fp.get("dataset") == manifest.fingerprint():
-            return path
+            return store
     return None
 
 
@@ -205,7 +207,7 @@ def extract_features(
     log = log or default_log(progress)
     finished = finished_store(config)
     if finished is not None:
-        return ExtractReport(FeatureStore.open(finished), already_complete=True)
+        return ExtractReport(finished, already_complete=True)
     from ..backbones.registry import build_backbone
 
     device = resolve_device("cpu" if config.engine == "openvino" and config.device == "auto" else config.device)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from ..runtime.errors import UsageError
+from ..runtime.errors import StoreError, UsageError
 from ..runtime.paths import cache_root, slug
+from .store import FeatureStore
 
 
-def stores_for(data_path: str | os.PathLike, *, backbone: str = "", root: Path | None = None) -> list[Path]:
+def stores_for(data_path: str | os.PathLike, *, backbone: str = "", root: Path | None = None) -> list[FeatureStore]:
     """Finished stores under the cache's ``stores/`` made from ``data_path`` (and ``backbone``, when
     given), newest first."""
     wanted = Path(data_path).expanduser().resolve()
@@ -18,17 +18,15 @@ def stores_for(data_path: str | os.PathLike, *, backbone: str = "", root: Path |
     found = []
     for path in base.glob("*/*.zarr") if base.is_dir() else ():
         try:
-            meta = json.loads((path / "zarr.json").read_text()).get("attributes", {}).get("tlmic") or {}
-        except (OSError, ValueError):
+            store = FeatureStore.open(path)
+        except (StoreError, OSError, ValueError):  # unfinished, foreign or unreadable: not a candidate
             continue
-        config = meta.get("config") or {}
-        recorded = (config.get("data") or {}).get("path")
-        if meta.get("status") != "complete" or recorded is None:
+        recorded = store.config.get("data", {}).get("path")
+        if recorded is None or Path(recorded).expanduser().resolve() != wanted:
             continue
-        if Path(recorded).expanduser().resolve() != wanted or (backbone and config.get("backbone") != backbone):
-            continue
-        found.append(path)
-    return sorted(found, key=lambda p: (p / "zarr.json").stat().st_mtime, reverse=True)
+        if not backbone or store.config.get("backbone") == backbone:
+            found.append(store)
+    return sorted(found, key=lambda st: (Path(st.path) / "zarr.json").stat().st_mtime, reverse=True)
 
 
 def find_store(data_path: str | os.PathLike, *, backbone: str = "") -> Path:
@@ -42,6 +40,6 @@ def find_store(data_path: str | os.PathLike, *, backbone: str = "") -> Path:
             f"make one with `tlmic extract --data {data_path}`"
         )
     if len(found) > 1:
-        names = ", ".join(str(p) for p in found[:4]) + (" ..." if len(found) > 4 else "")
+        names = ", ".join(str(st.path) for st in found[:4]) + (" ..." if len(found) > 4 else "")
         raise UsageError(f"{len(found)} feature stores for {which}: {names}; choose one with --store (or --backbone)")
-    return found[0]
+    return Path(found[0].path)
