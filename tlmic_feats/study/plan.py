@@ -320,24 +320,19 @@ def fit_family(cal: dict) -> dict:
 
 
 def _theil_sen(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """The Theil-Sen line through ``(x, y)`` evaluated at ``x`` (the median of pairwise slopes,
-    then the median intercept), floored at a tenth of the smallest ``y`` so that it stays positive."""
-    i, j = np.triu_indices(len(x), 1)
-    ok = x[j] != x[i]
-    slope = float(np.median((y[j] - y[i])[ok] / (x[j] - x[i])[ok])) if ok.any() else 0.0
-    intercept = float(np.median(y - slope * x))
+    """The Theil-Sen line through ``(x, y)`` (scipy's: the median of pairwise slopes, then the median
+    intercept) evaluated at ``x``, floored at a tenth of the smallest ``y`` so that it stays positive."""
+    from scipy.stats import theilslopes
+
+    slope, intercept, _, _ = theilslopes(y, x, method="joint") if len(set(x)) > 1 else (0.0, float(np.median(y)), 0, 0)
     return np.maximum(intercept + slope * x, 0.1 * y.min())
 
 
 def _isotonic(y: np.ndarray) -> np.ndarray:
-    """The least-squares non-decreasing sequence closest to ``y`` (pool adjacent violators)."""
-    blocks: list[list[float]] = []  # [mean, count]
-    for v in y.astype(float):
-        blocks.append([v, 1.0])
-        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-            (m1, n1), (m2, n2) = blocks.pop(-2), blocks.pop(-1)
-            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
-    return np.concatenate([np.full(int(n), m) for m, n in blocks])
+    """The least-squares non-decreasing sequence closest to ``y`` (scikit-learn's isotonic regression)."""
+    from sklearn.isotonic import IsotonicRegression
+
+    return IsotonicRegression().fit_transform(np.arange(len(y)), np.asarray(y, float))
 
 
 def _network(cal: dict, arm: str) -> dict | None:
