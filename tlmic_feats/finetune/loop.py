@@ -145,11 +145,10 @@ def evaluate_and_checkpoint(
     loss_seen,
     train_seconds: float,
     log,
-    checkpoints: Checkpoints | None = None,
+    checkpoints: Checkpoints,
 ) -> None:
     """Validate (rank 0), decide (best, early stop: every rank follows), log, and checkpoint when
-    ``checkpoints`` says it is due (always at the last evaluation; every evaluation without it)."""
-    checkpoints = checkpoints or Checkpoints(setup.out, every=0.0)
+    ``checkpoints`` says it is due (always at the last evaluation)."""
     config, group, budget = setup.config, setup.group, setup.budget
     total, seen = loss_seen
     group.sync_buffers(tr.net)
