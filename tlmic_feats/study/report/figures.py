@@ -1,0 +1,50 @@
+"""The report's figures: per fraction, the probe curves with the finetuned cut points overlaid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ...probes.report import aggregate
+from ...runtime.files import save_figure
+
+
+def plot_fraction(out: Path, rows: list[dict], fraction: float, path: Path, config) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ...backbones.cutpoints import address_key
+
+    probe_rows = json.loads((out / "probes" / "results.json").read_text())["rows"]
+    agg = [a for a in aggregate(probe_rows) if a["fraction"] == fraction and a["control"] == "none"]
+    layers = sorted({a["layer"] for a in agg}, key=address_key)
+    x = {a: i for i, a in enumerate(layers)}
+    fig, ax = plt.subplots(figsize=(max(7, len(layers) * 0.3), 3.8))
+    for model, style in (("logreg", "o-"), ("lightgbm", "s-")):
+        pts = sorted((x[a["layer"]], a["auprc"]) for a in agg if a["model"] == model)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, ms=3, alpha=0.8, label=f"probe: {model}")
+    ft = [r for r in rows if r["fraction"] == fraction and r["arm"].startswith("t")]
+    for arm in sorted({r["arm"] for r in ft}, key=lambda a: address_key(a[1:])):
+        v = [r["auprc"] for r in ft if r["arm"] == arm]
+        if arm[1:] in x:
+            ax.plot(x[arm[1:]], np.mean(v), "r*", ms=12)
+            ax.annotate(arm[1:], (x[arm[1:]], np.mean(v)), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    full = [r["auprc"] for r in rows if r["fraction"] == fraction and r["arm"] == "full"]
+    if full:
+        ax.axhline(np.mean(full), color="k", ls="--", lw=1, label="full finetuning")
+    ax.plot([], [], "r*", ms=10, label="truncated finetuning")
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels(layers, rotation=90, fontsize=6)
+    ax.set_xlabel("cut point (shallow to deep)")
+    ax.set_ylabel("test AUPRC (mean over seeds)")
+    ax.set_title(f"{config.backbone}, {fraction:g} of train: probes per cut point, finetuned cut points", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    save_figure(fig, path)
+    return path
