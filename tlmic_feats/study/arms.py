@@ -4,7 +4,7 @@ validation data only."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,22 @@ import numpy as np
 from ..backbones.cutpoints import block_ends
 from ..finetune.budget import StepBudget
 from ..runtime.errors import UsageError
-from .config import Run, StudyConfig
+from ..runtime.rundir import study_run_id
+from .config import StudyConfig
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finetuning run of the study."""
+
+    stage: str
+    arm: str  # "t<address>", "full", "scratch", a CBR name, "hybrid", "layerwise"
+    fraction: float
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return study_run_id(self.arm, self.fraction, self.seed)
 
 
 def finetune_config(config: StudyConfig, run: Run, out: Path, backbone=None, budget: StepBudget | None = None):

@@ -1,4 +1,4 @@
-"""A study's configuration (recorded in ``study.json``), its runs and its result."""
+"""A study's configuration (recorded in ``study.json``) and its result."""
 
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ from ..runtime.options import (
     seeds_option,
 )
 from ..runtime.paths import cache_root, slug
-from ..runtime.rundir import study_run_id
 from ..runtime.seeds import Seeds, check_seeds, seed_list
 
 BASELINES = ("cbr-tiny", "cbr-small", "cbr-larget", "cbr-largew", "hybrid", "layerwise")
@@ -157,20 +156,6 @@ PRESETS: dict[str, dict] = {
         "training": {"epochs": 200, "min_steps": 300, "patience": 10},
     },
 }
-
-
-@dataclass(frozen=True)
-class Run:
-    """One finetuning run of the study."""
-
-    stage: str
-    arm: str  # "t<address>", "full", "scratch", a CBR name, "hybrid", "layerwise"
-    fraction: float
-    seed: int
-
-    @property
-    def id(self) -> str:
-        return study_run_id(self.arm, self.fraction, self.seed)
 
 
 # The columns of results.csv: one row per finished finetuning run and per probe seed at its best layer.

@@ -18,8 +18,8 @@ from ..finetune.budget import StepBudget, resolve_budget
 from ..runtime.files import write_json
 from ..runtime.paths import cache_root, human_bytes, slug
 from ..runtime.rundir import study_run_id
-from .arms import finetune_config
-from .config import Run, StudyConfig, default_out
+from .arms import Run, finetune_config
+from .config import StudyConfig, default_out
 
 
 def fraction_budgets(config: StudyConfig, manifest=None) -> dict[float, tuple[int, StepBudget]]:

@@ -41,8 +41,8 @@ from ..runtime.errors import SubsetTooSmallError
 from ..runtime.files import write_json
 from ..runtime.progress import default_log
 from ..runtime.rundir import claim_run_dir
-from .arms import describe_tie, finetune_config, probe_ranking, rank_by_validation, run_val_auprc, tie_at_cut
-from .config import Run, StudyConfig, StudyResult, default_out
+from .arms import Run, describe_tie, finetune_config, probe_ranking, rank_by_validation, run_val_auprc, tie_at_cut
+from .config import StudyConfig, StudyResult, default_out
 from .plan import calibrate, fraction_budgets
 
 
