@@ -10,6 +10,7 @@ import pytest
 from tlmic_feats.metrics.paired import bootstrap_difference, delong_mean
 from tlmic_feats.metrics.predictions import write_predictions
 from tlmic_feats.metrics.scores import evaluate, paired_bootstrap
+from tlmic_feats.study.arms import Arm
 from tlmic_feats.study.report import summarize
 
 
@@ -78,11 +79,12 @@ def test_truncated_vs_full_and_best_layer_vs_head_are_paired_on_the_same_images(
         assert v.a == "truncated @ 3" and v.seeds == (0, 1)
         assert v.diff == pytest.approx(want[v.metric].diff) and v.ci95 == pytest.approx(want[v.metric].ci95)
     assert {v.b for v in doc["verdicts"]} == {"full finetuning", "probe: logreg @ 3"}
-    t3 = next(a for a in doc["table"] if a["arm"] == "t3")
+    t3 = next(a for a in doc["table"] if a["arm"] == Arm("truncated", "3"))
     assert t3["auroc_ci"] == pytest.approx(arm_interval(y, scores["t3"], n_resamples=300)["auroc"])
     d = doc["paired"]
     want = delong_mean(y, scores["t3"], scores["full"])
-    assert d["arm"] == "t3" and d["auroc"]["diff"] == pytest.approx(want["diff"]) and d["auroc"]["p"] == want["p"]
+    assert d["arm"] == Arm("truncated", "3")
+    assert d["auroc"]["diff"] == pytest.approx(want["diff"]) and d["auroc"]["p"] == want["p"]
     # AUPRC: the same resamples for every arm, so the study's bootstrap is the one computed here
     boot = paired_bootstrap(
         y,
@@ -91,7 +93,7 @@ def test_truncated_vs_full_and_best_layer_vs_head_are_paired_on_the_same_images(
         n_resamples=300,
         seed=0,
     )
-    table = {a["arm"]: a for a in doc["table"]}
+    table = {str(a["arm"]): a for a in doc["table"]}  # by name
     auprc = bootstrap_difference(
         table["t3"]["auprc"] - table["full"]["auprc"], boot["t3"]["auprc"] - boot["full"]["auprc"]
     )

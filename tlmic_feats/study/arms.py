@@ -1,33 +1,133 @@
-"""The arms of a study: the finetuning configuration of each run, and choosing among them on
-validation data only."""
+"""The arms of a study: what each run trains (:class:`Arm`, named on disk as ``t3.4``, ``full``...),
+the runs themselves, the finetuning configuration of each, and choosing among them on validation
+data only."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
 from ..backbones.cutpoints import block_ends
+from ..backbones.taps import address_key
 from ..finetune.budget import StepBudget
-from ..runtime.errors import UsageError
+from ..runtime.errors import UsageError, choices
 from ..runtime.rundir import study_run_id
-from .config import StudyConfig
+from .config import BASELINES, StudyConfig
+
+ArmKind = Literal["truncated", "full", "scratch", "baseline", "probe"]
+ARM_KINDS: tuple[str, ...] = get_args(ArmKind)
+
+# The report lists probes first, then the truncated arms shallow to deep, full, scratch, the baselines.
+_REPORT_ORDER = {"probe": 0, "truncated": 1, "full": 3, "scratch": 4, "baseline": 5}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """What a study run trains; ``str(arm)`` is its name on disk and :meth:`parse` reads it back.
+
+    ``kind`` is ``truncated`` (the pretrained network cut at the cut point ``address`` and
+    finetuned), ``full`` (finetuned whole), ``scratch`` (the full network from random weights),
+    ``baseline`` (``name``: one of :data:`~tlmic_feats.study.config.BASELINES`) or ``probe`` (the
+    probe model ``name`` on the frozen features of its best layer: a row of the report, not a run).
+
+    Run directories (``runs/t3.4-f0.1-s0``), ``study.json``, ``results.csv`` and
+    ``calibration.json`` write an arm by its name: ``t<address>``, ``full``, ``scratch``, the
+    baseline's name, ``probe-<model>``.
+
+    Examples
+    --------
+    >>> Arm.parse("t3.10")
+    Arm(kind='truncated', address='3.10', name='')
+    >>> [str(a) for a in (Arm("full"), Arm("baseline", name="cbr-tiny"), Arm("probe", name="logreg"))]
+    ['full', 'cbr-tiny', 'probe-logreg']
+    """
+
+    kind: ArmKind
+    address: str = ""
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ARM_KINDS:
+            raise UsageError(f"study arm kind {self.kind!r} is not valid; valid: {choices(ARM_KINDS)}")
+        if (self.kind == "truncated") != bool(self.address):
+            raise UsageError(f"a cut point address goes with truncated arms only: {self!r}")
+        if self.kind == "baseline" and self.name not in BASELINES:
+            raise UsageError(f"baseline {self.name!r} is not valid; valid: {choices(BASELINES)}")
+        if (self.kind in ("baseline", "probe")) != bool(self.name):
+            raise UsageError(f"a name goes with baseline and probe arms only: {self!r}")
+
+    def __str__(self) -> str:
+        if self.kind == "truncated":
+            return f"t{self.address}"
+        if self.kind == "probe":
+            return f"probe-{self.name}"
+        return self.name or self.kind
+
+    @classmethod
+    def parse(cls, name: str | Arm) -> Arm:
+        """The arm named ``name`` (as :func:`str` writes it; an :class:`Arm` is returned as it is)."""
+        if isinstance(name, Arm):
+            return name
+        if name in ("full", "scratch"):
+            return cls(name)
+        if name in BASELINES:
+            return cls("baseline", name=name)
+        if name.startswith("probe-") and len(name) > len("probe-"):
+            return cls("probe", name=name.removeprefix("probe-"))
+        if name.startswith("t") and _is_address(name[1:]):
+            return cls("truncated", address=name[1:])
+        valid = ["t<cut point> (t3, t3.4)", "full", "scratch", *BASELINES, "probe-<model>"]
+        raise UsageError(f"study arm {name!r} is not valid; valid: {', '.join(valid)}")
+
+    @property
+    def network(self) -> Arm:
+        """The arm whose network this one trains, as the cost model keys it: scratch and layer-wise
+        finetuning train the full network."""
+        return Arm("full") if self.kind == "scratch" or self.name == "layerwise" else self
+
+    def sort_key(self) -> tuple:
+        """The report's order: probes, truncated arms shallow to deep, full, scratch, baselines."""
+        depth = address_key(self.address) if self.kind == "truncated" else (0, 0)
+        return (_REPORT_ORDER[self.kind], depth, str(self))
+
+
+def _is_address(text: str) -> bool:
+    """Whether ``text`` is a cut point address (``3``, ``3.10``) by the registry's grammar."""
+    try:
+        address_key(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
 class Run:
-    """One finetuning run of the study."""
+    """One finetuning run of the study: ``arm`` trained on ``fraction`` of the training set with
+    ``seed``, in a ``stage`` of the search (``stage1``, ``stage2``, ``baseline``; ``calibration``
+    for the cost model's measurements)."""
 
     stage: str
-    arm: str  # "t<address>", "full", "scratch", a CBR name, "hybrid", "layerwise"
+    arm: Arm
     fraction: float
     seed: int
 
     @property
     def id(self) -> str:
-        return study_run_id(self.arm, self.fraction, self.seed)
+        """Its directory under ``runs/``: ``t3-f0.1-s0``."""
+        return study_run_id(str(self.arm), self.fraction, self.seed)
+
+    def record(self) -> dict:
+        """The run as ``study.json`` records it (the arm by its name)."""
+        return {"stage": self.stage, "arm": str(self.arm), "fraction": self.fraction, "seed": self.seed}
+
+    @classmethod
+    def from_record(cls, record: dict) -> Run:
+        """The run a ``study.json`` record (:meth:`record`) describes."""
+        return cls(record["stage"], Arm.parse(record["arm"]), float(record["fraction"]), int(record["seed"]))
 
 
 def finetune_config(config: StudyConfig, run: Run, out: Path, backbone=None, budget: StepBudget | None = None):
@@ -54,22 +154,23 @@ def finetune_config(config: StudyConfig, run: Run, out: Path, backbone=None, bud
         compactness=run.seed == 0,  # the same network for every seed: measured once per arm
     )
     arm = run.arm
-    if arm.startswith("t"):
-        return _lpft(replace(base, truncate=arm[1:]), config, out, arm[1:], config.lpft in ("truncated", "all"))
-    if arm == "full":
+    if arm.kind == "truncated":
+        lpft = config.lpft in ("truncated", "all")
+        return _lpft(replace(base, truncate=arm.address), config, out, arm.address, lpft)
+    if arm.kind == "full":
         return _lpft(replace(base, truncate="all"), config, out, full_address(backbone), config.lpft == "all")
-    if arm == "scratch":
+    if arm.kind == "scratch":
         return replace(base, truncate="all", weights="random")
-    if arm.startswith("cbr-"):
-        return replace(base, arch=arm, weights="random")
-    if arm == "hybrid":
+    if arm.name.startswith("cbr-"):
+        return replace(base, arch=arm.name, weights="random")
+    if arm.name == "hybrid":
         return replace(base, arch="hybrid")
-    if arm == "layerwise":
+    if arm.name == "layerwise":
         lw = replace(
             base, truncate="all", freeze_until=layerwise_freeze(backbone), backbone_lr_mult=config.layerwise_lr_mult
         )
         return _lpft(lw, config, out, full_address(backbone), config.lpft == "all")
-    raise UsageError(f"unknown study arm {arm!r}")
+    raise UsageError(f"study arm {arm} is not finetuned (a {arm.kind} arm)")
 
 
 def full_address(backbone) -> str | None:
@@ -118,8 +219,6 @@ def rank_by_validation(scores: dict[str, float]) -> list[tuple[str, float]]:
     >>> rank_by_validation({"1": 1.0, "2": 1.0, "3": 0.9})
     [('2', 1.0), ('1', 1.0), ('3', 0.9)]
     """
-    from ..backbones.taps import address_key
-
     finite = [v for v in scores.values() if np.isfinite(v)]
     best = max(finite, default=0.0)
 

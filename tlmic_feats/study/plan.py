@@ -18,7 +18,7 @@ from ..finetune.budget import StepBudget, resolve_budget
 from ..runtime.files import write_json
 from ..runtime.paths import cache_root, human_bytes, slug
 from ..runtime.rundir import study_run_id
-from .arms import Run, finetune_config
+from .arms import Arm, Run, finetune_config
 from .config import StudyConfig, default_out
 
 
@@ -59,9 +59,10 @@ MAC_BAND = 2.0  # a timed network's seconds may lie within this factor of the fa
 LATENCY_CALLS = 35  # compactness (seed 0): cpu_latency_ms's 5 warm-up and 30 timed calls, per network measured
 
 
-def calibrate(config: StudyConfig, backbone, out: Path, *, arms: list[str] | None = None, log=None) -> dict:
+def calibrate(config: StudyConfig, backbone, out: Path, *, arms: list[Arm | str] | None = None, log=None) -> dict:
     """The study's cost model, measured on this machine and kept in ``calibration.json`` so that
-    reruns and reports share it. Per network (every distinct truncation, full, the baselines):
+    reruns and reports share it, keyed by each network's arm name (``t3``, ``full``, ``cbr-small``...).
+    Per network (every distinct truncation, full, the baselines; ``arms``: only these):
 
     - ``step_s``: seconds of one optimizer step (augmentation, forward, loss, backward, AdamW) at
       the largest batch the study's runs use (and at the smallest, when under half of it), the
@@ -101,10 +102,14 @@ def calibrate(config: StudyConfig, backbone, out: Path, *, arms: list[str] | Non
     cal = json.loads(path.read_text()) if path.is_file() else {}
     if {k: cal.get("_meta", {}).get(k) for k in meta} != meta:
         cal = {}  # an older cost model, or one of other settings: measured again
-    arms = arms or [*distinct_truncations(backbone), "full", *[b for b in config.baselines if b != "layerwise"]]
-    todo = [a for a in arms if a not in cal]
-    ends = block_ends(backbone)
-    timed = {"full", *(f"t{storage_groups(backbone.cut_points)[a]}" for a in ends[:-1])}
+    groups = storage_groups(backbone.cut_points)
+    if arms:
+        networks = [Arm.parse(a) for a in arms]
+    else:  # every network the study can train, once (layer-wise finetuning trains the full one)
+        baselines = [Arm("baseline", name=b).network for b in config.baselines]
+        networks = list(dict.fromkeys([*map(Arm.parse, distinct_truncations(backbone)), Arm("full"), *baselines]))
+    todo = [a for a in networks if str(a) not in cal]
+    timed = {Arm("full"), *(Arm("truncated", groups[a]) for a in block_ends(backbone)[:-1])}
     if not todo and "_fixed" in cal:
         return cal
     n_val, n_test = int((manifest.splits == "val").sum()), int((manifest.splits == "test").sum())
@@ -115,8 +120,8 @@ def calibrate(config: StudyConfig, backbone, out: Path, *, arms: list[str] | Non
             f"{' and '.join(map(str, meta['batches']))})"
         )
     for arm in todo:
-        time_it = arm in timed or not arm.startswith("t")
-        cal[arm] = _measure_network(config, arm, backbone, out, meta, max(n_val, n_test, 1), timed=time_it)
+        time_it = arm in timed or arm.kind != "truncated"
+        cal[str(arm)] = _measure_network(config, arm, backbone, out, meta, max(n_val, n_test, 1), timed=time_it)
     if "_fixed" not in cal:
         cal["_fixed"] = _measure_fixed(config, manifest, out)
     cal["_meta"] = {
@@ -125,8 +130,8 @@ def calibrate(config: StudyConfig, backbone, out: Path, *, arms: list[str] | Non
         "cores": os.cpu_count(),
         "seconds": round(time.perf_counter() - t0 + cal.get("_meta", {}).get("seconds", 0.0), 1),
     }
-    cal["_alias"] = {f"t{a}": f"t{g}" for a, g in storage_groups(backbone.cut_points).items()}
-    cal["_family"] = [*distinct_truncations(backbone), "full"]  # shallow to deep
+    cal["_alias"] = {str(Arm("truncated", a)): str(Arm("truncated", g)) for a, g in groups.items()}
+    cal["_family"] = [*distinct_truncations(backbone), str(Arm("full"))]  # shallow to deep
     fit_family(cal)
     write_json(path, cal)
     if log:
@@ -155,7 +160,7 @@ def _repeated(fn, device: str, *, least: int, most: int, seconds: float = TIMED_
 
 
 def _measure_network(
-    config: StudyConfig, arm: str, backbone, out: Path, meta: dict, n_eval: int, *, timed: bool = True
+    config: StudyConfig, arm: Arm, backbone, out: Path, meta: dict, n_eval: int, *, timed: bool = True
 ) -> dict:
     """One network's measured costs (see :func:`calibrate`); without ``timed``, only what costs
     little to measure (building it, its MACs and the bytes of its state)."""
@@ -335,10 +340,11 @@ def _isotonic(y: np.ndarray) -> np.ndarray:
     return IsotonicRegression().fit_transform(np.arange(len(y)), np.asarray(y, float))
 
 
-def _network(cal: dict, arm: str) -> dict | None:
-    """The calibration entry of the network ``arm`` trains (scratch and layer-wise: the full one)."""
-    key = "full" if arm in ("scratch", "layerwise") else cal.get("_alias", {}).get(arm, arm)
-    return cal.get(key)
+def _network(cal: dict, arm: Arm | str) -> dict | None:
+    """The calibration entry of the network ``arm`` (or the arm so named) trains (scratch and
+    layer-wise: the full one)."""
+    name = str(Arm.parse(arm).network)
+    return cal.get(cal.get("_alias", {}).get(name, name))
 
 
 def step_seconds(c: dict, batch: int) -> float:
@@ -353,14 +359,15 @@ def step_seconds(c: dict, batch: int) -> float:
 
 
 def estimate_parts(
-    cal: dict, arm: str, budget: StepBudget, n_val: int, n_test: int, *, compactness: bool = False
+    cal: dict, arm: Arm | str, budget: StepBudget, n_val: int, n_test: int, *, compactness: bool = False
 ) -> dict[str, float]:
     """Seconds of one run (no early stop), by part: ``training`` (``budget.steps`` optimizer steps),
     ``evaluations`` (a validation pass, ``last.pt`` and, at most, ``best.pt`` every ``eval_every``
     steps), ``fixed`` (set-up: manifest, backbone weights, building the network; the final
     validation and test pass, bootstrap CIs and curves) and ``compactness`` (seed 0: MACs and
     CPU latency of the network and of the full one). NaN parts when ``arm``'s network was not
-    calibrated."""
+    calibrated; ``arm`` may be given by its name (``t3``, ``full``...)."""
+    arm = Arm.parse(arm)
     c, full, fixed = _network(cal, arm), cal.get("full"), cal.get("_fixed")
     if c is None or "train_step_s" not in c or fixed is None:
         return dict.fromkeys(("training", "evaluations", "fixed", "compactness"), float("nan"))
@@ -378,31 +385,31 @@ def estimate_parts(
             return LATENCY_CALLS * e["latency_s"] + e["flop_count_s"]
 
         # compactness_pair measures the full network beside any other (outputs.compactness_pair)
-        also_full = full is not None and arm != "scratch" and (c is not full or arm == "layerwise")
+        also_full = full is not None and arm.kind != "scratch" and (c is not full or arm.name == "layerwise")
         parts["compactness"] = measured(c) + (full["build_s"] + measured(full) if also_full else 0.0)
     return parts
 
 
 def estimate_seconds(
-    cal: dict, arm: str, budget: StepBudget, n_val: int, n_test: int, *, compactness: bool = False
+    cal: dict, arm: Arm | str, budget: StepBudget, n_val: int, n_test: int, *, compactness: bool = False
 ) -> float:
     """Seconds of one run (no early stop): the sum of :func:`estimate_parts`."""
     return float(sum(estimate_parts(cal, arm, budget, n_val, n_test, compactness=compactness).values()))
 
 
-def checkpoint_bytes(cal: dict, arm: str) -> int:
+def checkpoint_bytes(cal: dict, arm: Arm | str) -> int:
     """Bytes of one run's ``best.pt`` (its network's state), from the calibration."""
     return int((_network(cal, arm) or {}).get("state_bytes", 0))
 
 
 def distinct_truncations(backbone) -> list[str]:
-    """``t<address>`` of every distinct truncated network (aliases like ResNet's "2" = "2.4" once;
-    the deepest block end is full finetuning)."""
+    """The names (``t<address>``, as ``calibration.json`` keys them) of every distinct truncated
+    network: aliases like ResNet's "2" = "2.4" once; the deepest block end is full finetuning."""
     from ..backbones.cutpoints import full_depth_address, storage_groups
 
     groups = storage_groups(backbone.cut_points)
     full = groups[full_depth_address(backbone)]
-    return [f"t{a}" for a, g in groups.items() if g == a and a != full]
+    return [str(Arm("truncated", a)) for a, g in groups.items() if g == a and a != full]
 
 
 def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], None] | None = None) -> str:
@@ -424,7 +431,7 @@ def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], Non
     state = json.loads((out / "study.json").read_text()) if (out / "study.json").is_file() else {}
     done = {k for k, v in state.get("runs", {}).items() if v.get("status") == "done"}
     ends = block_ends(backbone)
-    blocks = [f"t{a}" for a in ends[:-1]]
+    blocks = [Arm("truncated", a) for a in ends[:-1]]
     lines = [
         f"study plan: {config.backbone} ({config.weights}) on {config.data.path}; {len(manifest)} images, "
         f"fractions {', '.join(f'{f:g}' for f in config.fractions)}, {len(config.seed_list)} seed(s) "
@@ -439,14 +446,14 @@ def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], Non
     total, total_early, planned = 0.0, 0.0, []
     by_kind: dict[str, float] = {}
     by_part: dict[str, float] = {}
-    units = [a for a in distinct_truncations(backbone) if "." in a]
-    per_block = [sum(u.split(".")[0] == f"t{e}".split(".")[0] for u in units) for e in ends[:-1]]
+    units = [a.address for a in map(Arm.parse, distinct_truncations(backbone)) if "." in a.address]
+    per_block = [sum(u.partition(".")[0] == e for u in units) for e in ends[:-1]]
     caps = {"max_blocks": len(blocks), "max_units": max(per_block, default=0)}
     for stage, name, arm, f, s in planned_runs(config, state.get("choices", {}), **caps):
         rid = study_run_id(name, f, s)
         n, b = budgets[float(f)]
         # a choice not made yet is costed at the mean block end
-        candidates = [arm] if arm else blocks
+        candidates = [arm] if arm is not None else blocks
         parts = {
             k: float(np.nanmean([estimate_parts(cal, t, b, n_val, n_test, compactness=s == 0)[k] for t in candidates]))
             for k in PARTS
@@ -462,7 +469,7 @@ def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], Non
         if status == "to run":
             total += est
             total_early += est_early
-            planned.append(arm or blocks[0])
+            planned.append(arm if arm is not None else blocks[0])
             kind = arm_kind(arm)
             by_kind[kind] = by_kind.get(kind, 0.0) + est
             for k, v in parts.items():
@@ -505,11 +512,12 @@ PARTS = {
 }
 
 
-def arm_kind(arm: str | None) -> str:
-    """The kind of arm a plan groups a run under: truncated, full, scratch or baselines."""
-    if arm is None or arm.startswith("t"):
+def arm_kind(arm: Arm | None) -> str:
+    """The kind of arm a plan groups a run under: truncated (a choice not made yet too), full,
+    scratch or baselines."""
+    if arm is None:
         return "truncated"
-    return arm if arm in ("full", "scratch") else "baselines"
+    return "baselines" if arm.kind == "baseline" else arm.kind
 
 
 def _shares(seconds: dict[str, float], total: float) -> str:
@@ -536,8 +544,9 @@ def describe_calibration(cal: dict) -> str:
 
 
 def planned_runs(config: StudyConfig, chosen: dict, *, max_blocks: int | None = None, max_units: int | None = None):
-    """``(stage, name, arm, fraction, seed)`` of every run a study makes, in its order; ``arm`` is
-    None where the choice is made after probing (``name``: ``block#1``, ``unit#1``...). ``max_blocks``
+    """``(stage, name, arm, fraction, seed)`` of every run a study makes, in its order; ``arm`` (an
+    :class:`~tlmic_feats.study.arms.Arm`, ``name`` its name) is None where the choice is made after
+    probing (``name``: ``block#1``, ``unit#1``...). ``max_blocks``
     and ``max_units``: the candidates there are (``top_blocks`` beyond them finetunes them all)."""
     n_blocks = min(config.top_blocks, max_blocks) if max_blocks is not None else config.top_blocks
     n_units = min(config.top_units, max_units) if max_units is not None else config.top_units
@@ -546,19 +555,19 @@ def planned_runs(config: StudyConfig, chosen: dict, *, max_blocks: int | None = 
             picked = chosen.get(f"{f:g}", {}).get(key)  # known once the study has made its choice
             for s in config.seed_list:
                 if picked is not None:
-                    yield from ((stage, f"t{a}", f"t{a}", f, s) for a in picked)
+                    yield from ((stage, str(arm), arm, f, s) for arm in (Arm("truncated", a) for a in picked))
                 else:
                     yield from ((stage, f"{label}#{i + 1}", None, f, s) for i in range(n))
                 if stage == "1":
-                    yield stage, "full", "full", f, s
+                    yield stage, "full", Arm("full"), f, s
                     if config.scratch:
-                        yield stage, "scratch", "scratch", f, s
+                        yield stage, "scratch", Arm("scratch"), f, s
     for f in config.fractions:
         for s in config.seed_list:
-            yield from (("baseline", b, b, f, s) for b in config.baselines)
+            yield from (("baseline", b, Arm("baseline", name=b), f, s) for b in config.baselines)
 
 
-def estimate_disk(config: StudyConfig, backbone, manifest, cal: dict, arms: list[str], budgets: dict) -> dict:
+def estimate_disk(config: StudyConfig, backbone, manifest, cal: dict, arms: list[Arm], budgets: dict) -> dict:
     """Bytes a study writes, as upper bounds (stores and caches compress): the feature store (float32
     features of every stored cut point for every image), the pixel cache (uint8 squares), the probe
     run (predictions and fitted probes of every cell) and the finetuning runs (``best.pt`` each, plus

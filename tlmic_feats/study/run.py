@@ -41,7 +41,7 @@ from ..runtime.errors import SubsetTooSmallError
 from ..runtime.files import write_json
 from ..runtime.progress import default_log
 from ..runtime.rundir import claim_run_dir
-from .arms import Run, describe_tie, finetune_config, probe_ranking, rank_by_validation, run_val_auprc, tie_at_cut
+from .arms import Arm, Run, describe_tie, finetune_config, probe_ranking, rank_by_validation, run_val_auprc, tie_at_cut
 from .config import StudyConfig, StudyResult, default_out
 from .plan import calibrate, fraction_budgets
 
@@ -104,7 +104,7 @@ class _Study:
         for fraction in config.fractions:
             for seed in config.seed_list:
                 for b in config.baselines:
-                    self.execute(Run("baseline", b, float(fraction), seed))
+                    self.execute(Run("baseline", Arm("baseline", name=b), float(fraction), seed))
         self.state["not_run"] = self.not_run
         self.save()
         rows = collect_rows(out, config, probes.out)
@@ -194,8 +194,9 @@ class _Study:
                 "budget": asdict(steps),
             }
             self._tie(fraction, tie_at_cut(ranking, config.top_blocks, "block ends by probe val AUPRC"))
+            arms = [Arm("truncated", a) for a in top] + [Arm("full")] + ([Arm("scratch")] if config.scratch else [])
             for seed in config.seed_list:
-                for arm in [f"t{a}" for a in top] + ["full"] + (["scratch"] if config.scratch else []):
+                for arm in arms:
                     self.execute(Run("stage1", arm, float(fraction), seed))
         self.save()
 
@@ -220,7 +221,7 @@ class _Study:
             self._tie(fraction, tie_at_cut(ranking, config.top_units, "units by probe val AUPRC"))
             for seed in config.seed_list:
                 for a in units:
-                    self.execute(Run("stage2", f"t{a}", float(fraction), seed))
+                    self.execute(Run("stage2", Arm("truncated", a), float(fraction), seed))
         self.save()
 
     def _tie(self, fraction: float, tie: dict | None) -> None:
@@ -236,7 +237,7 @@ class _Study:
         """Mean validation AUPRC of each stage-1 block whose every possible run has finished."""
         finetuned = {}
         for a in blocks:
-            ids = [Run("stage1", f"t{a}", fraction, s).id for s in self.config.seed_list]
+            ids = [Run("stage1", Arm("truncated", a), fraction, s).id for s in self.config.seed_list]
             possible = [i for i in ids if self.state["runs"].get(i, {}).get("status") != "impossible"]
             runs = self.out / "runs"
             vals = [run_val_auprc(runs / i) for i in possible if (runs / i / "metrics.json").is_file()]
@@ -289,5 +290,5 @@ class _Study:
         return ""
 
     def _record(self, run: Run, status: str, **extra) -> None:
-        self.state["runs"][run.id] = {**asdict(run), "status": status, **extra}
+        self.state["runs"][run.id] = {**run.record(), "status": status, **extra}
         self.save()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..arms import Arm
+
 
 def compute_summary(config, backbone, calibration: dict, rows: list[dict], state: dict, manifest, out: Path) -> dict:
     """What the probe-guided search spent against exhaustive finetuning of every cut point, and the
@@ -14,21 +16,22 @@ def compute_summary(config, backbone, calibration: dict, rows: list[dict], state
 
     n_val, n_test = int((manifest.splits == "val").sum()), int((manifest.splits == "test").sum())
     budgets = {float(f): StepBudget(**c["budget"]) for f, c in state.get("choices", {}).items() if "budget" in c}
-    runs = [r for r in rows if r["stage"] in ("stage1", "stage2") and r["arm"].startswith("t")]
-    ft_rows = [r for r in rows if r["stage"] != "probe"]
+    finetuned = [(Arm.parse(r["arm"]), r) for r in rows if r["stage"] != "probe"]
+    search = [(a, r) for a, r in finetuned if r["stage"] in ("stage1", "stage2") and a.kind == "truncated"]
+    runs, ft_rows = [r for _, r in search], [r for _, r in finetuned]
     fractions = sorted({r["fraction"] for r in ft_rows if r["fraction"] in budgets})
 
-    def est(arm: str, f: float) -> float:
+    def est(arm: Arm | str, f: float) -> float:
         return estimate_seconds(calibration, arm, budgets[f], n_val, n_test) if f in budgets else float("nan")
 
-    search_est = sum(est(r["arm"], r["fraction"]) for r in runs)
+    search_est = sum(est(a, r["fraction"]) for a, r in search)
     search_measured = sum(float(r["wall_seconds"] or 0) for r in runs)
     exhaustive_runs = [
         (f, arm) for f in fractions for arm in distinct_truncations(backbone) for _ in config.seed_list
     ]
     exhaustive_est = sum(est(arm, f) for f, arm in exhaustive_runs)
     compute = state.get("compute", {})
-    disk_est = estimate_disk(config, backbone, manifest, calibration, [r["arm"] for r in ft_rows], budgets)
+    disk_est = estimate_disk(config, backbone, manifest, calibration, [a for a, _ in finetuned], budgets)
     return {
         "search_runs": len(runs),
         "search_measured": search_measured,

@@ -9,6 +9,7 @@ import numpy as np
 
 from ...probes.report import aggregate
 from ...runtime.files import save_figure
+from ..arms import Arm
 
 
 def plot_fraction(out: Path, rows: list[dict], fraction: float, path: Path, config) -> Path:
@@ -28,13 +29,16 @@ def plot_fraction(out: Path, rows: list[dict], fraction: float, path: Path, conf
         pts = sorted((x[a["layer"]], a["auprc"]) for a in agg if a["model"] == model)
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, ms=3, alpha=0.8, label=f"probe: {model}")
-    ft = [r for r in rows if r["fraction"] == fraction and r["arm"].startswith("t")]
-    for arm in sorted({r["arm"] for r in ft}, key=lambda a: address_key(a[1:])):
-        v = [r["auprc"] for r in ft if r["arm"] == arm]
-        if arm[1:] in x:
-            ax.plot(x[arm[1:]], np.mean(v), "r*", ms=12)
-            ax.annotate(arm[1:], (x[arm[1:]], np.mean(v)), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    full = [r["auprc"] for r in rows if r["fraction"] == fraction and r["arm"] == "full"]
+    arms: dict[Arm, list[float]] = {}
+    for r in rows:
+        if r["fraction"] == fraction:
+            arms.setdefault(Arm.parse(r["arm"]), []).append(r["auprc"])
+    for arm in sorted((a for a in arms if a.kind == "truncated"), key=Arm.sort_key):
+        v, at = arms[arm], arm.address
+        if at in x:
+            ax.plot(x[at], np.mean(v), "r*", ms=12)
+            ax.annotate(at, (x[at], np.mean(v)), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    full = arms.get(Arm("full"), [])
     if full:
         ax.axhline(np.mean(full), color="k", ls="--", lw=1, label="full finetuning")
     ax.plot([], [], "r*", ms=10, label="truncated finetuning")

@@ -10,12 +10,14 @@ from pathlib import Path
 from ...probes.report import aggregate, best_layers
 from ...runtime.files import atomic_path
 from ...runtime.rundir import layer_label
+from ..arms import Arm, Run
 from ..config import ROW_COLUMNS
 
 
 def collect_rows(out: Path, config, probe_dir: Path) -> list[dict]:
     """One row per finished finetuning run and per probe seed at its best layer; written to
-    ``results.csv``."""
+    ``results.csv``. A row names its arm (``t3.4``, ``full``, ``probe-logreg``: ``str`` of an
+    :class:`~tlmic_feats.study.arms.Arm`, which :meth:`~tlmic_feats.study.arms.Arm.parse` reads back)."""
     from ..arms import run_val_auprc
 
     state = json.loads((out / "study.json").read_text())
@@ -24,16 +26,17 @@ def collect_rows(out: Path, config, probe_dir: Path) -> list[dict]:
         run_dir = out / "runs" / run_id
         if rec.get("status") != "done" or not (run_dir / "metrics.json").is_file():
             continue
+        run = Run.from_record(rec)
         m = json.loads((run_dir / "metrics.json").read_text())
         comp_file = run_dir / "compactness.json"
         comp = json.loads(comp_file.read_text())[0] if comp_file.is_file() else {}
         rows.append(
             {
-                "stage": rec["stage"],
-                "arm": rec["arm"],
+                "stage": run.stage,
+                "arm": str(run.arm),
                 "address": m["address"],
-                "fraction": float(rec["fraction"]),
-                "seed": int(rec["seed"]),
+                "fraction": run.fraction,
+                "seed": run.seed,
                 "n_train": m["n_train"],
                 "val_auprc": run_val_auprc(run_dir),
                 **{k: m[k] for k in ("auroc", "auroc_lo", "auroc_hi", "auprc", "auprc_lo", "auprc_hi")},
@@ -61,7 +64,7 @@ def collect_rows(out: Path, config, probe_dir: Path) -> list[dict]:
                 rows.append(
                     {
                         "stage": "probe",
-                        "arm": f"probe-{model}",
+                        "arm": str(Arm("probe", name=model)),
                         "address": r["layer"],
                         "fraction": float(fraction),
                         "seed": int(r["seed"]),

@@ -22,32 +22,24 @@ from ...metrics.verdicts import (
     verdict_row,
 )
 from ...runtime.files import atomic_path
+from ..arms import Arm
+
+# What the summary scores: the arms, and ("head", model) for each probe model at the deepest cut point.
+Scored = Arm | tuple[str, str]
 
 
-_ARM_ORDER = {"probe": 0, "stage1": 1, "stage2": 2, "baseline": 4}
-
-
-def _arm_sort(stage: str, arm: str) -> tuple:
-    from ...backbones.cutpoints import address_key
-
-    if arm in ("full", "scratch"):
-        return (3, 0 if arm == "full" else 1, (0, 0))
-    if arm.startswith("t"):
-        return (1, 0, address_key(arm[1:]))
-    return (_ARM_ORDER.get(stage, 5), 0, (0, 0), arm)
-
-
-def _describe(arm: str, stage: str, address: str) -> str:
-    if arm.startswith("probe-"):
-        return f"probe: {arm[6:]} @ {address}"
-    if arm.startswith("t"):
-        return f"truncated @ {arm[1:]}" + (" (stage 2)" if stage == "stage2" else "")
+def _describe(arm: Arm, stage: str, address: str) -> str:
+    """The arm as the report and ``verdicts.csv`` name it (``address``: the row's cut point)."""
+    if arm.kind == "probe":
+        return f"probe: {arm.name} @ {address}"
+    if arm.kind == "truncated":
+        return f"truncated @ {arm.address}" + (" (stage 2)" if stage == "stage2" else "")
+    if arm.kind in ("full", "scratch"):
+        return "full finetuning" if arm.kind == "full" else "from scratch (full depth)"
     return {
-        "full": "full finetuning",
-        "scratch": "from scratch (full depth)",
         "hybrid": f"hybrid (pretrained to {address} + slim block)",
         "layerwise": "layer-wise finetuning",
-    }.get(arm, f"{arm} (from scratch)")
+    }.get(arm.name, f"{arm.name} (from scratch)")
 
 
 def _seed(row: dict) -> int:
@@ -63,15 +55,21 @@ def summarize(
     full finetuning, Holm-corrected across fractions; the best truncated arm against every other arm,
     exploratory), and paired differences of these trained models on these test images (AUROC by
     DeLong's test, AUPRC by the paired bootstrap): the best truncated arm against full finetuning, and
-    each probe's best layer against the head (the deepest cut point)."""
+    each probe's best layer against the head (the deepest cut point).
+
+    ``rows`` name their arms (``results.csv``); the summary holds each as an
+    :class:`~tlmic_feats.study.arms.Arm`."""
     out_doc = {}
     head_runs = _head_probe_rows(out)
     for fraction in sorted({r["fraction"] for r in rows}):
-        arms: dict[str, list[dict]] = {}
+        arms: dict[Arm, list[dict]] = {}
         for r in rows:
             if r["fraction"] == fraction:
-                arms.setdefault(r["arm"], []).append(r)
-        heads = {f"head-{m}": rs for (m, f), rs in head_runs.items() if f == fraction and f"probe-{m}" in arms}
+                arms.setdefault(Arm.parse(r["arm"]), []).append(r)
+        # each probe model at the deepest cut point, scored beside the arms as ("head", model)
+        heads = {
+            ("head", m): rs for (m, f), rs in head_runs.items() if f == fraction and Arm("probe", name=m) in arms
+        }
         y, scores = _aligned_test_scores(out, {**arms, **heads}, label_kind)
         boot = paired_bootstrap(y, scores, label_kind, n_resamples=n_resamples, seed=0)
         table = [_arm_summary(arm, rs, boot[arm]) for arm, rs in arms.items()]
@@ -79,19 +77,21 @@ def summarize(
             if a["seeds"] > 1:  # the interval over training runs and test images
                 for m, ci in arm_interval(y, scores[a["arm"]], label_kind, n_resamples=n_resamples).items():
                     a[f"{m}_ci"] = ci
-        table.sort(key=lambda a: _arm_sort(a["stage"], a["arm"]))
+        table.sort(key=lambda a: a["arm"].sort_key())
         pick = max(table, key=lambda a: a["val_auprc"])
-        truncated = [a for a in table if a["arm"].startswith("t")]
+        truncated = [a for a in table if a["arm"].kind == "truncated"]
         paired = None
-        if truncated and "full" in arms:
+        full = Arm("full")
+        if truncated and full in arms:
             best_t = best_truncated(truncated)
-            full = next(a for a in table if a["arm"] == "full")
             paired = {"arm": best_t["arm"], "name": best_t["name"]}
-            paired.update(_paired(y, scores, boot, label_kind, (best_t["arm"], best_t), ("full", full)))
+            full_mean = next(a for a in table if a["arm"] == full)
+            paired.update(_paired(y, scores, boot, label_kind, (best_t["arm"], best_t), (full, full_mean)))
         versus_head = []
         for head, runs in sorted(heads.items()):
-            best = next(a for a in table if a["arm"] == f"probe-{head[5:]}")
-            entry = {"model": head[5:], "best": best["address"], "head": runs[0]["address"]}
+            model = head[1]
+            best = next(a for a in table if a["arm"] == Arm("probe", name=model))
+            entry = {"model": model, "best": best["address"], "head": runs[0]["address"]}
             if entry["best"] != entry["head"]:
                 head_mean = {m: float(np.nanmean([r[m] for r in runs])) for m in ("auroc", "auprc")}
                 entry.update(_paired(y, scores, boot, label_kind, (best["arm"], best), (head, head_mean)))
@@ -109,14 +109,14 @@ def summarize(
 def _verdicts(y, scores: dict, arms: dict, table: list[dict], label_kind: str, n_resamples: int, rope: float):
     """The best-on-validation truncated arm against full finetuning (primary) and against every other
     arm (exploratory), paired by seed on the seeds both ran: ``[Verdict]`` per metric."""
-    truncated = [a for a in table if a["arm"].startswith("t")]
+    truncated = [a for a in table if a["arm"].kind == "truncated"]
     if not truncated:
         return []
     best = best_truncated(truncated)
     seeds_of = {arm: [r["seed"] for r in sorted(rs, key=_seed)] for arm, rs in arms.items()}
     found = []
-    others = [a for a in table if not a["arm"].startswith("t")]
-    others.sort(key=lambda a: a["arm"] != "full")
+    others = [a for a in table if a["arm"].kind != "truncated"]
+    others.sort(key=lambda a: a["arm"].kind != "full")
     for other in others:
         common = sorted(set(seeds_of[best["arm"]]) & set(seeds_of[other["arm"]]))
         if not common:
@@ -136,11 +136,12 @@ def _verdicts(y, scores: dict, arms: dict, table: list[dict], label_kind: str, n
 
 
 def best_truncated(truncated: list[dict]) -> dict:
-    """The truncated arm with the best mean validation AUPRC; ties go to the deeper cut point
+    """The truncated arm (table rows, ``arm`` an :class:`~tlmic_feats.study.arms.Arm` or its name)
+    with the best mean validation AUPRC; ties go to the deeper cut point
     (:func:`~tlmic_feats.study.arms.rank_by_validation`)."""
     from ..arms import rank_by_validation
 
-    by_address = {a["arm"][1:]: a for a in truncated}
+    by_address = {Arm.parse(a["arm"]).address: a for a in truncated}
     return by_address[rank_by_validation({k: a["val_auprc"] for k, a in by_address.items()})[0][0]]
 
 
@@ -190,7 +191,7 @@ def _head_probe_rows(out: Path) -> dict[tuple[str, float], list[dict]]:
     return heads
 
 
-def _aligned_test_scores(out: Path, runs_of: dict[str, list[dict]], label_kind: str) -> tuple[np.ndarray, dict]:
+def _aligned_test_scores(out: Path, runs_of: dict[Scored, list[dict]], label_kind: str) -> tuple[np.ndarray, dict]:
     """Test labels and ``{arm: [scores per seed]}`` on the images every arm scored, in one order.
     Pairing needs the same test images in every arm: probes leave out images the extraction skipped
     as unreadable, finetuning does not."""
@@ -210,7 +211,7 @@ def _aligned_test_scores(out: Path, runs_of: dict[str, list[dict]], label_kind: 
     return y, scores
 
 
-def _arm_summary(arm: str, rs: list[dict], boot: dict[str, np.ndarray]) -> dict:
+def _arm_summary(arm: Arm, rs: list[dict], boot: dict[str, np.ndarray]) -> dict:
     """One arm's row of the table: means and sd over seeds, bootstrap CIs of the seed mean, costs."""
     a = {"arm": arm, "stage": rs[0]["stage"], "address": rs[0]["address"], "seeds": len(rs)}
     a["name"] = _describe(arm, a["stage"], a["address"])
@@ -229,7 +230,7 @@ def _arm_summary(arm: str, rs: list[dict], boot: dict[str, np.ndarray]) -> dict:
     return a
 
 
-def _paired(y, scores: dict, boot: dict, label_kind: str, a: tuple[str, dict], b: tuple[str, dict]) -> dict:
+def _paired(y, scores: dict, boot: dict, label_kind: str, a: tuple[Scored, dict], b: tuple[Scored, dict]) -> dict:
     """A minus B on the same test images: ``{"auroc": DeLong over the seed means, "auprc": paired
     bootstrap}``, each ``{"diff", "ci", "p"}``; AUPRC's difference is that of the table's means."""
     (arm_a, mean_a), (arm_b, mean_b) = a, b
