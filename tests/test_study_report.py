@@ -173,3 +173,30 @@ def test_compare_command_judges_groups_of_runs(tmp_path):
     assert r.exit_code == 2 and "--unpaired" in r.stderr and "Traceback" not in r.output
     r = CliRunner().invoke(cli, [*args[:3], "--vs", str(paths["B", 0]), "--unpaired", "--bootstrap", "100"])
     assert r.exit_code == 0 and "unpaired" in r.output
+
+
+def test_report_html_embeds_its_figures_and_renders_the_markdown_by_commonmark(tmp_path):
+    import base64
+    import re
+
+    from tlmic_feats.study.report import markdown_to_html
+
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))  # any bytes: embedded, not decoded
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "curve f1.png").write_bytes(png)
+    text = (
+        "# tlmic study\n\n| arm | test AUROC |\n| --- | ---: |\n| truncated @ 3.4 (stage 2) | 0.91 |\n\n"
+        "**Winner** on test; p < 0.001 & `calibration.json` <b>raw</b>\nSearch: block ends 3 0.8\n\n"
+        "![curve](figures/curve%20f1.png)\n\n## Not run\n\n- t3-f1-s0 (budget)\n- full-f1-s0 (budget)\n"
+    )
+    page = markdown_to_html(text, tmp_path)
+    (src,) = re.findall(r'<img src="data:image/png;base64,([^"]+)" alt="curve"', page)
+    assert base64.b64decode(src) == png
+    assert "<h1>tlmic study</h1>" in page and "<th>arm</th>" in page
+    assert "<td>truncated @ 3.4 (stage 2)</td>" in page and '<td style="text-align:right">0.91</td>' in page
+    # inline markup; raw HTML escaped; each line of a paragraph on its own line
+    assert (
+        "<p><strong>Winner</strong> on test; p &lt; 0.001 &amp; <code>calibration.json</code> &lt;b&gt;raw&lt;/b&gt;"
+        "<br />\nSearch: block ends 3 0.8</p>"
+    ) in page
+    assert "<h2>Not run</h2>\n<ul>\n<li>t3-f1-s0 (budget)</li>\n<li>full-f1-s0 (budget)</li>\n</ul>" in page
