@@ -36,6 +36,7 @@ from ..runtime.errors import (
 )
 from ..runtime.locations import StoreURL, location_exists, store_location
 from ..runtime.locks import StoreLock
+from ..runtime.rundir import address_from_label
 
 FORMAT_VERSION = 1
 # Fingerprint keys that may differ between a store and a request without changing its contents.
@@ -249,6 +250,24 @@ class FeatureStore:
             f"FeatureStore({str(self.path)!r}, n={len(self)}, layers={len(self._meta['layers'])}, "
             f"status={self.status!r})"
         )
+
+
+def resolve_store_layers(store: FeatureStore, spec: str) -> list[str]:
+    """The store's addresses that ``spec`` names (the registry's layer grammar: ``all``, ``blocks``,
+    ``units`` or a list such as ``"3,3.4"``, or ``"L3,L3.4"`` as results.csv writes them), in the
+    store's order."""
+    from ..backbones.cutpoints import select_addresses
+
+    def unknown(bad: str) -> str:
+        valid = choices(["all", "blocks", "units", *store.addresses])
+        return f"layer {bad} is not in the store {store.path}; stored: {valid}"
+
+    # addresses as results.csv writes them (L3.10) are accepted too
+    if isinstance(spec, str) and spec.strip().lower() not in ("all", "blocks", "units"):
+        spec = ",".join(address_from_label(s) for s in spec.split(","))
+    elif not isinstance(spec, str):
+        spec = [address_from_label(s) for s in spec]
+    return select_addresses(spec, store.addresses, unknown)
 
 
 # --- writing (used by extraction) ----------------------------------------------------------------
