@@ -111,10 +111,21 @@ class FeatureStore:
             f"layer {address} is not in the store {self.path}; stored: {choices(self.addresses)}"
         )
 
-    def features(self, address: str) -> np.ndarray:
-        """The ``(N, C)`` pooled features of one cut point (rows aligned with :attr:`ids`)."""
+    def features(self, address: str, *, rows: slice | np.ndarray | None = None) -> np.ndarray:
+        """The ``(N, C)`` pooled features of one cut point (rows aligned with :attr:`ids`), or only
+        ``rows`` of them (a slice, or ascending row numbers: only the chunks holding them are read)."""
         info = self.layer(address)
-        return np.asarray(self._group[f"features/{info.array}"][:])
+        array = self._group[f"features/{info.array}"]
+        if rows is None:
+            return np.asarray(array[:])
+        if isinstance(rows, slice):
+            return np.asarray(array[rows])
+        return np.asarray(array.oindex[np.asarray(rows, dtype=np.int64)])
+
+    @property
+    def chunk_rows(self) -> int:
+        """Rows per chunk: a read costs whole chunks."""
+        return int(self._meta["chunk_rows"])
 
     def _array(self, name: str) -> np.ndarray:
         if name not in self._cache:
