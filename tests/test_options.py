@@ -139,3 +139,15 @@ def test_presets_set_values_and_typed_options_win(monkeypatch, tmp_path):
     assert (c.seeds, c.fractions, c.training.lr, c.training.epochs, c.top_units) == (2, (0.05, 1.0), 0.01, 4, 1)
     assert c == StudyConfig.from_preset("quick", c.data, seeds=2, lr=0.01, top_units=1)
     assert "next: " in r.output
+
+
+def test_from_record_rebuilds_a_config_from_its_run_json():
+    from tlmic_feats.runtime.options import from_record
+
+    c = from_flat(FinetuneConfig, data=DataConfig("x", label_columns=("a", "b")), truncate="3", steps=7, lr=0.01)
+    for config in (c, dataclasses.replace(c, augment=None)):
+        recorded = json.loads(json.dumps(dataclasses.asdict(config)))  # as run.json holds it: tuples as lists
+        assert from_record(FinetuneConfig, recorded) == config
+    recorded["training"].pop("patience")  # a run recorded before a field existed: its default
+    recorded["retired_option"] = 1  # ... or after one was removed: ignored
+    assert from_record(FinetuneConfig, recorded).training.patience == TrainingConfig().patience
