@@ -334,3 +334,87 @@ def test_cli_writes_the_outputs_and_refuses_store_and_run_together(two_stores):
     ):
         r = CliRunner().invoke(cli, ["similarity", *args])
         assert r.exit_code == 2 and r.output.count("\n") == 1 and message in r.output, (args, r.output)
+
+
+# --- feature reuse of a finetuning run -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(phantom_dir, tmp_path_factory):
+    """Two steps of finetuning a randomly initialised ResNet-18 cut after block 2, on 32-px crops."""
+    from tlmic_feats import DataConfig
+    from tlmic_feats.finetune.config import FinetuneConfig
+    from tlmic_feats.finetune.trainer import run_finetune
+    from tlmic_feats.runtime.options import from_flat
+
+    config = from_flat(
+        FinetuneConfig, data=DataConfig(str(phantom_dir)), backbone="resnet18", weights="random:0", truncate="2",
+        input_size=32, out=str(tmp_path_factory.mktemp("reuse") / "run"), steps=2, eval_every=1, batch_size=8,
+        lr=0.01, precision="fp32", bootstrap=10, patience=10, export_onnx=False, compactness=False, pixel_cache=False,
+    )  # fmt: skip
+    return run_finetune(config, progress=False, log=lambda m: None).out
+
+
+def _features(run, address, *, trained):
+    """Pooled features of the test images at ``address`` by the network's own forward
+    (``build_network(...).features``), pretrained or with the run's trained weights."""
+    import json
+
+    import torch
+
+    from tlmic_feats import DataConfig, build_backbone, load_manifest
+    from tlmic_feats.backbones.networks import build_network
+    from tlmic_feats.backbones.preprocess import center_crop
+    from tlmic_feats.finetune.setup import load_pixels_for
+
+    backbone = build_backbone("resnet18", "random:0", seed=0, input_size=32)
+    if trained:  # the run's network shares its modules with the backbone: trained weights everywhere below the cut
+        net = build_network(backbone, "2", 1, 0.0)
+        net.load_state_dict(torch.load(run / "best.pt", weights_only=True)["model"])
+    manifest = load_manifest(DataConfig(json.loads((run / "run.json").read_text())["config"]["data"]["path"]))
+    rows = np.flatnonzero(manifest.splits == "test")
+    x = center_crop(torch.from_numpy(load_pixels_for(manifest, rows, backbone.preprocess, 0))[:, None], 32)
+    with torch.inference_mode():
+        return build_network(backbone, address, 1, 0.0).eval().features(x).double().numpy()
+
+
+def test_feature_reuse_equals_cka_of_each_networks_own_features(tiny_run):
+    from tlmic_feats import feature_reuse
+    from tlmic_feats.backbones.taps import address_key
+
+    reuse = feature_reuse(tiny_run)
+    assert reuse.split == "test" and reuse.n_images == 8 and reuse.method == "cka"
+    assert {"1", "2"} <= set(reuse.addresses)
+    assert [address_key(a) for a in reuse.addresses] == sorted(address_key(a) for a in reuse.addresses)
+    assert max(address_key(a) for a in reuse.addresses) == address_key("2")
+    for address, value in reuse.by_address().items():
+        reference = cka_ref(_features(tiny_run, address, trained=False), _features(tiny_run, address, trained=True))
+        assert value == pytest.approx(reference, abs=1e-5), address
+    assert min(reuse.values) < 0.999  # two steps of finetuning changed the features
+    rows = _read_csv(tiny_run / "feature_reuse.csv")
+    assert [r["address"] for r in rows] == [f"L{a}" for a in reuse.addresses]
+    assert reuse.plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_feature_reuse_at_step_0_is_1_at_every_cut_point_and_keeps_other_methods(tiny_run, tmp_path):
+    import shutil
+
+    import torch
+
+    from tlmic_feats import build_backbone, feature_reuse
+    from tlmic_feats.backbones.networks import build_network
+    from tlmic_feats.finetune.reuse import read_feature_reuse
+
+    run = tmp_path / "step0"
+    shutil.copytree(tiny_run, run)
+    untrained = build_network(build_backbone("resnet18", "random:0", seed=0, input_size=32), "2", 1, 0.2)
+    torch.save({"model": untrained.state_dict()}, run / "best.pt")  # the weights finetuning started from
+    r = CliRunner().invoke(cli, ["similarity", "--run", str(run), "--quiet"])
+    assert r.exit_code == 0, r.output
+    cka = read_feature_reuse(run)
+    assert len(cka.values) >= 3 and np.allclose(cka.values, 1.0, atol=1e-9)
+    debiased = feature_reuse(SimilarityConfig(run=run, method="cka-debiased"))
+    assert np.allclose(debiased.values, 1.0, atol=1e-9)
+    assert read_feature_reuse(run).values == cka.values  # the CKA rows are kept beside the debiased ones
+    with pytest.raises(UsageError, match="holds no svcca on test images; it holds cka on test, cka-debiased"):
+        read_feature_reuse(run, method="svcca")

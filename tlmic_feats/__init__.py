@@ -51,6 +51,8 @@ _LAZY = {
     "linear_cka": "features.similarity",
     "minibatch_cka": "features.similarity",
     "svcca": "features.similarity",
+    "feature_reuse": "finetune.reuse",
+    "FeatureReuse": "finetune.reuse",
     # finetuning: `tlmic finetune`
     "FinetuneConfig": "finetune.config",
     "TrainingConfig": "finetune.training",

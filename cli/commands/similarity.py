@@ -17,7 +17,13 @@ def similarity(config, quiet):
     images, or (--run) between a finetuned network and its pretrained backbone, per cut point."""
     config.validate()
     if config.run:
-        raise click.UsageError("--run: feature reuse of a finetuning run is not implemented yet")
+        from tlmic_feats.finetune.reuse import feature_reuse
+
+        reuse = feature_reuse(config, progress=not quiet)
+        values = ", ".join(f"{k} {v:.3f}" for k, v in zip(reuse.addresses, reuse.values, strict=True))
+        click.echo(f"{reuse.method}, pretrained vs finetuned, {reuse.n_images} {reuse.split} images: {values}")
+        click.echo(f"wrote {reuse.csv} and {reuse.plot}")
+        return
     from tlmic_feats.features.similarity_run import run_similarity, summarize
 
     result = run_similarity(config, progress=not quiet)
