@@ -325,7 +325,10 @@ def test_cli_writes_the_outputs_and_refuses_store_and_run_together(two_stores):
     r = CliRunner().invoke(cli, ["similarity", "--store", str(root / "pre.zarr"), "--out", str(root / "o"), "--quiet"])
     assert r.exit_code == 0, r.output
     assert (root / "o" / "similarity.csv").is_file() and (root / "o" / "similarity.png").is_file()
-    assert "adjacent cut points least alike: L1 -> L2" in r.output
+    assert "adjacent cut points least alike: L1 -> L2" in r.output and "note:" not in r.output
+    r = CliRunner().invoke(cli, ["similarity", "--store", str(root / "pre.zarr"), "--method", "svcca", "--out",
+                                 str(root / "s"), "--quiet"])  # fmt: skip
+    assert r.exit_code == 0 and "note: SVCCA on 36 images of layers up to 36 features wide" in r.output, r.output
     for args, message in (
         (["--store", str(root / "pre.zarr"), "--run", str(root)], "give --store (a feature store) or --run"),
         ([], "give --store (a feature store) or --run"),

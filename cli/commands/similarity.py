@@ -34,4 +34,6 @@ def similarity(config, quiet):
     )
     for line in summarize(result):
         click.echo(line)
+    for note in result.notes:
+        click.echo(f"note: {note}")
     click.echo(f"wrote {result.csv} and {result.plot}")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -161,6 +160,7 @@ class SimilarityResult:
     seconds: float
     addresses_a: list[str] = field(default_factory=list)
     addresses_b: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the numbers cannot be trusted for here
 
     @property
     def csv(self) -> Path:
@@ -264,9 +264,7 @@ def distinct_layers(store: FeatureStore, spec: str) -> list[str]:
     return [a for a in chosen if a in keep]
 
 
-def run_similarity(
-    config: SimilarityConfig, *, progress: bool = True, log: Callable[[str], None] | None = None
-) -> SimilarityResult:
+def run_similarity(config: SimilarityConfig, *, progress: bool = True) -> SimilarityResult:
     """Compute ``config.method`` between cut points of ``config.store`` (and ``config.vs``) and
     write ``similarity.csv``, ``similarity.png`` and ``similarity.json`` into ``config.out`` (see
     the module docstring).
@@ -278,8 +276,6 @@ def run_similarity(
         that request is :func:`~tlmic_feats.finetune.reuse.feature_reuse`'s).
     progress : bool
         Show a progress bar.
-    log : callable, optional
-        Where notes go (default: stderr).
 
     Returns
     -------
@@ -297,12 +293,11 @@ def run_similarity(
     >>> result.to_pandas().pivot(index="a", columns="b", values="value")                    # doctest: +SKIP
     """
     from ..runtime.files import write_json
-    from ..runtime.progress import default_log, progress_bar
+    from ..runtime.progress import progress_bar
 
     config.validate()
     if not config.store:
         raise UsageError(f"{name_of(config, 'run')} is a finetuning run: feature_reuse(config) measures it")
-    log = log or default_log(progress)
     split = config.split_for_store
     store_a = FeatureStore.open(config.store)
     store_b = FeatureStore.open(config.vs) if config.vs else None
@@ -326,10 +321,13 @@ def run_similarity(
     estimator = config.estimator
     if estimator == "auto":
         estimator = choose_estimator(n, widths, config.method, config.max_bytes)
-    if config.method == "svcca" and max(widths) >= n:
-        log(
-            f"note: SVCCA on {n} images with layers up to {max(widths)} features wide: the kept directions may "
-            "approach the number of images, where CCA finds high correlations by chance"
+    notes = []
+    wide = sorted(min(c, n) for c in widths)[-2:]
+    if config.method == "svcca" and sum(wide) >= n / 10:
+        notes.append(
+            f"SVCCA on {n} images of layers up to {wide[-1]} features wide: CCA correlates directions by chance "
+            "when the two layers' kept directions are not few against the images, so pairs of wide layers score "
+            "high whatever they hold; compare SVCCA values between layers of similar width, or use cka"
         )
     out = Path(config.out) if config.out else default_out(config)
     record = {
@@ -362,10 +360,14 @@ def run_similarity(
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
-    result = SimilarityResult(out, config.method, estimator, names_a, names_b, values, n, seconds, layers_a, layers_b)
+    result = SimilarityResult(
+        out, config.method, estimator, names_a, names_b, values, n, seconds, layers_a, layers_b, notes
+    )
     write_similarity_csv(result)
     plot_heatmap(result, title=_title(config, store_a, store_b, n, split))
-    write_json(out / "similarity.json", {**record, "estimator": estimator, "seconds": round(seconds, 3)})
+    write_json(
+        out / "similarity.json", {**record, "estimator": estimator, "seconds": round(seconds, 3), "notes": notes}
+    )
     return result
 
 
