@@ -25,6 +25,10 @@ COMMANDS = {
         "Finetune a backbone truncated at a cut point (or full depth).",
     ),
     "report": ("tlmic_cli.commands.probe:report", "Re-render a probe run's summary.md and layers.png."),
+    "similarity": (
+        "tlmic_cli.commands.similarity:similarity",
+        "Layer similarity (CKA, SVCCA): a store's cut points, two stores, or a finetuned run's feature reuse.",
+    ),
     "compare": (
         "tlmic_cli.commands.compare:compare",
         "Two predictions files on the same images: DeLong (AUROC), paired bootstrap (AUPRC).",

@@ -26,6 +26,7 @@ COMMAND_FUNCTIONS = {
     "probe": ["run_probes"],
     "finetune": ["run_finetune"],
     "report": ["render_report"],
+    "similarity": ["run_similarity", "feature_reuse"],  # --store (and --vs); --run
     "compare": ["compare_runs"],
     "doctor": ["diagnose"],
     "data": ["check_dataset"],  # data check

@@ -47,7 +47,7 @@ def test_help_does_not_import_torch():
         "import sys\n"
         "from tlmic_cli.main import cli\n"
         "for args in (['--help'], ['extract', '--help'], ['layers', '--help'], ['backbones', '--help'],\n"
-        "             ['study', '--help'],\n"
+        "             ['study', '--help'], ['similarity', '--help'],\n"
         "             ['probe', '--help'], ['finetune', '--help'], ['cache', '--help'], ['demo', '--help']):\n"
         "    try: cli(args, prog_name='tlmic')\n"
         "    except SystemExit as e: assert e.code == 0, e.code\n"

@@ -17,6 +17,7 @@ from tlmic_cli.options import config_fields
 
 from tlmic_feats import DataConfig
 from tlmic_feats.features.config import ExtractConfig
+from tlmic_feats.features.similarity_run import SimilarityConfig
 from tlmic_feats.finetune.config import FinetuneConfig
 from tlmic_feats.finetune.training import TrainingConfig
 from tlmic_feats.probes.config import ProbeConfig
@@ -29,7 +30,10 @@ COMMANDS = {
     "probe": ProbeConfig,
     "finetune": FinetuneConfig,
     "study": StudyConfig,
+    "similarity": SimilarityConfig,
 }
+# What each command needs typed to build its config, as field values
+REQUIRED = {"probe": {"store": "s.zarr"}, "similarity": {"store": "s.zarr"}}
 
 
 def command(name: str) -> click.Command:
@@ -52,10 +56,11 @@ def test_every_field_is_an_option_with_its_declared_flag_default_choices_and_hel
         if meta["choices"] is not None and meta["parse"] is None:
             assert tuple(p.type.choices) == tuple(str(c) for c in meta["choices"])
     # the command's defaults build the class's defaults (data and required fields aside)
-    required = ["--data", "cxr"] if name != "probe" else ["--store", "s.zarr"]
-    ctx = command(name).make_context(name, required)
+    required = REQUIRED.get(name, {"data": DataConfig("cxr")})
+    args = [a for k, v in required.items() for a in (f"--{k}", v.path if k == "data" else v)]
+    ctx = command(name).make_context(name, args)
     built = from_flat(cls, **{path[-1]: ctx.params[path[-1]] for path, _f, _o in fields})
-    reference = from_flat(cls, **({"data": DataConfig("cxr")} if name != "probe" else {"store": "s.zarr"}))
+    reference = from_flat(cls, **required)
     assert built == reference
 
 
@@ -139,3 +144,15 @@ def test_presets_set_values_and_typed_options_win(monkeypatch, tmp_path):
     assert (c.seeds, c.fractions, c.training.lr, c.training.epochs, c.top_units) == (2, (0.05, 1.0), 0.01, 4, 1)
     assert c == StudyConfig.from_preset("quick", c.data, seeds=2, lr=0.01, top_units=1)
     assert "next: " in r.output
+
+
+def test_from_record_rebuilds_a_config_from_its_run_json():
+    from tlmic_feats.runtime.options import from_record
+
+    c = from_flat(FinetuneConfig, data=DataConfig("x", label_columns=("a", "b")), truncate="3", steps=7, lr=0.01)
+    for config in (c, dataclasses.replace(c, augment=None)):
+        recorded = json.loads(json.dumps(dataclasses.asdict(config)))  # as run.json holds it: tuples as lists
+        assert from_record(FinetuneConfig, recorded) == config
+    recorded["training"].pop("patience")  # a run recorded before a field existed: its default
+    recorded["retired_option"] = 1  # ... or after one was removed: ignored
+    assert from_record(FinetuneConfig, recorded).training.patience == TrainingConfig().patience

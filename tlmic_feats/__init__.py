@@ -44,6 +44,15 @@ _LAZY = {
     "render_report": "probes.report",
     "LogisticProbe": "probes.estimators",
     "LightGBMProbe": "probes.estimators",
+    # layer similarity: `tlmic similarity` (--run: feature reuse of a finetuning run)
+    "SimilarityConfig": "features.similarity_run",
+    "SimilarityResult": "features.similarity_run",
+    "run_similarity": "features.similarity_run",
+    "linear_cka": "features.similarity",
+    "minibatch_cka": "features.similarity",
+    "svcca": "features.similarity",
+    "feature_reuse": "finetune.reuse",
+    "FeatureReuse": "finetune.reuse",
     # finetuning: `tlmic finetune`
     "FinetuneConfig": "finetune.config",
     "TrainingConfig": "finetune.training",

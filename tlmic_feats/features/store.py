@@ -36,6 +36,7 @@ from ..runtime.errors import (
 )
 from ..runtime.locations import StoreURL, location_exists, store_location
 from ..runtime.locks import StoreLock
+from ..runtime.rundir import address_from_label
 
 FORMAT_VERSION = 1
 # Fingerprint keys that may differ between a store and a request without changing its contents.
@@ -110,10 +111,21 @@ class FeatureStore:
             f"layer {address} is not in the store {self.path}; stored: {choices(self.addresses)}"
         )
 
-    def features(self, address: str) -> np.ndarray:
-        """The ``(N, C)`` pooled features of one cut point (rows aligned with :attr:`ids`)."""
+    def features(self, address: str, *, rows: slice | np.ndarray | None = None) -> np.ndarray:
+        """The ``(N, C)`` pooled features of one cut point (rows aligned with :attr:`ids`), or only
+        ``rows`` of them (a slice, or ascending row numbers: only the chunks holding them are read)."""
         info = self.layer(address)
-        return np.asarray(self._group[f"features/{info.array}"][:])
+        array = self._group[f"features/{info.array}"]
+        if rows is None:
+            return np.asarray(array[:])
+        if isinstance(rows, slice):
+            return np.asarray(array[rows])
+        return np.asarray(array.oindex[np.asarray(rows, dtype=np.int64)])
+
+    @property
+    def chunk_rows(self) -> int:
+        """Rows per chunk: a read costs whole chunks."""
+        return int(self._meta["chunk_rows"])
 
     def _array(self, name: str) -> np.ndarray:
         if name not in self._cache:
@@ -249,6 +261,24 @@ class FeatureStore:
             f"FeatureStore({str(self.path)!r}, n={len(self)}, layers={len(self._meta['layers'])}, "
             f"status={self.status!r})"
         )
+
+
+def resolve_store_layers(store: FeatureStore, spec: str) -> list[str]:
+    """The store's addresses that ``spec`` names (the registry's layer grammar: ``all``, ``blocks``,
+    ``units`` or a list such as ``"3,3.4"``, or ``"L3,L3.4"`` as results.csv writes them), in the
+    store's order."""
+    from ..backbones.cutpoints import select_addresses
+
+    def unknown(bad: str) -> str:
+        valid = choices(["all", "blocks", "units", *store.addresses])
+        return f"layer {bad} is not in the store {store.path}; stored: {valid}"
+
+    # addresses as results.csv writes them (L3.10) are accepted too
+    if isinstance(spec, str) and spec.strip().lower() not in ("all", "blocks", "units"):
+        spec = ",".join(address_from_label(s) for s in spec.split(","))
+    elif not isinstance(spec, str):
+        spec = [address_from_label(s) for s in spec]
+    return select_addresses(spec, store.addresses, unknown)
 
 
 # --- writing (used by extraction) ----------------------------------------------------------------

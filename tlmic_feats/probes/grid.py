@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from ..data.subsets import nested_subsets
-from ..features.store import FeatureStore
+from ..features.store import FeatureStore, resolve_store_layers
 from ..metrics.scores import METRICS
-from ..runtime.errors import UsageError, choices
+from ..runtime.errors import UsageError
 from ..runtime.files import atomic_path, write_json
 from ..runtime.limits import cpu_count, limit_malloc_arenas, one_thread_per_cell, release_freed_memory
 from ..runtime.paths import cache_root, slug
@@ -70,24 +70,6 @@ class ProbeRun:
         import pandas as pd
 
         return pd.DataFrame([{k: r.get(k) for k in RESULT_COLUMNS} for r in self.rows], columns=list(RESULT_COLUMNS))
-
-
-def resolve_store_layers(store: FeatureStore, spec: str) -> list[str]:
-    """The store's addresses that ``spec`` names (the registry's layer grammar: ``all``, ``blocks``,
-    ``units`` or a list such as ``"3,3.4"``, or ``"L3,L3.4"`` as results.csv writes them), in the
-    store's order."""
-    from ..backbones.cutpoints import select_addresses
-
-    def unknown(bad: str) -> str:
-        valid = choices(["all", "blocks", "units", *store.addresses])
-        return f"layer {bad} is not in the store {store.path}; stored: {valid}"
-
-    # addresses as results.csv writes them (L3.10) are accepted too
-    if isinstance(spec, str) and spec.strip().lower() not in ("all", "blocks", "units"):
-        spec = ",".join(address_from_label(s) for s in spec.split(","))
-    elif not isinstance(spec, str):
-        spec = [address_from_label(s) for s in spec]
-    return select_addresses(spec, store.addresses, unknown)
 
 
 def default_out(store: FeatureStore) -> Path:

@@ -232,3 +232,21 @@ def flat_names(cls: type) -> list[str]:
     for f in dataclasses.fields(cls):
         out += flat_names(nested[f.name]) if f.name in nested else [f.name]
     return out
+
+
+def from_record(cls: type, record: dict) -> Any:
+    """``cls`` from the JSON a run directory recorded of one (``dataclasses.asdict`` of the config,
+    as ``run.json`` holds it): nested configs rebuilt, lists back to tuples. A key ``cls`` has no
+    field for is ignored and a field the record lacks takes its default, so that a run recorded by
+    another version of tlmic still reads."""
+    hints = typing.get_type_hints(cls)
+
+    def value(kind, v):
+        if isinstance(v, dict):
+            inner = [t for t in (kind, *typing.get_args(kind)) if dataclasses.is_dataclass(t)]
+            if inner:
+                return from_record(inner[0], v)
+        return tuple(value(None, e) for e in v) if isinstance(v, list) else v
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: value(hints[k], v) for k, v in record.items() if k in names})
