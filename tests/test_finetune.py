@@ -284,6 +284,22 @@ def test_finetune_cli(easy_dir, tmp_path):
     assert r.exit_code == 2 and "layer 4.7 is not a cut point of resnet18" in r.stderr
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["steps_run"] == 2 and metrics["address"] == "1"
+    bare = [str(tmp_path / "bare") if a == str(tmp_path / "r") else a for a in args] + ["--no-compactness"]
+    r = CliRunner().invoke(cli, bare)  # no compactness.md to show: the summary says the rest, no traceback
+    assert r.exit_code == 0 and r.exception is None, r.output + r.stderr
+    assert "truncated at 1" in r.output and not (tmp_path / "bare" / "compactness.md").exists()
+
+
+def test_scores_from_logits_are_the_logistic_and_softmax_without_overflow():
+    from scipy.special import softmax
+
+    from tlmic_feats.finetune.losses import scores_from_logits
+
+    logits = np.array([[-800.0, 3.0], [0.0, 900.0], [2.0, -1.0]])
+    # torch's own sigmoid is the independent reference (float64: exact at these magnitudes)
+    np.testing.assert_allclose(scores_from_logits("binary", logits), torch.sigmoid(torch.from_numpy(logits[:, 0])).numpy())
+    np.testing.assert_allclose(scores_from_logits("multilabel", logits), torch.sigmoid(torch.from_numpy(logits)).numpy())
+    np.testing.assert_allclose(scores_from_logits("multiclass", logits), softmax(logits, axis=1))
 
 
 def test_a_finished_run_drops_its_resume_state_and_resuming_it_returns_its_result(easy_dir, easy_run):

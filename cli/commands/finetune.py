@@ -58,7 +58,9 @@ def finetune(config, hflip, no_augment, resume, overwrite, quiet, nproc, max_res
         f"AUROC {m['auroc']:.3f} [{m['auroc_lo']:.3f}, {m['auroc_hi']:.3f}], "
         f"AUPRC {m['auprc']:.3f} [{m['auprc_lo']:.3f}, {m['auprc_hi']:.3f}]"
     )
-    click.echo((r.out / "compactness.md").read_text().rstrip())
+    compactness = r.out / "compactness.md"
+    if compactness.is_file():  # absent with --no-compactness
+        click.echo(compactness.read_text().rstrip())
     if r.onnx:
         click.echo(f"model.onnx: max |onnxruntime - torch| = {r.onnx['max_abs_diff']:.1e}")
     click.echo(f"run: {r.out}")

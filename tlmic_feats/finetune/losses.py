@@ -40,10 +40,12 @@ def make_loss(kind: str, y_train: np.ndarray):
 
 def scores_from_logits(kind: str, logits: np.ndarray) -> np.ndarray:
     """Probabilities in the metrics module's layout."""
+    from scipy.special import expit  # no overflow warning for large logits, unlike 1 / (1 + exp(-x))
+
     if kind == "binary":
-        return 1 / (1 + np.exp(-logits[:, 0]))
+        return expit(logits[:, 0])
     if kind == "multiclass":
         z = logits - logits.max(1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(1, keepdims=True)
-    return 1 / (1 + np.exp(-logits))
+    return expit(logits)
