@@ -9,7 +9,7 @@ finished runs are not redone.
 
 from __future__ import annotations
 
-import time
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +26,8 @@ from ..runtime.paths import cache_root, slug
 from ..runtime.progress import default_log
 from .auto import choose_engine
 from .config import ExtractConfig
-from .job import _extract_here, _extract_on_cluster
+from .engines import EngineSpec
+from .job import DaskRunner, ExtractJob, LocalRunner, run_job
 from .store import FeatureStore, LayerInfo, open_for_writing
 
 
@@ -196,46 +197,46 @@ def extract_features(
         )
         if finished:
             return ExtractReport(FeatureStore.open(path), already_complete=True)
-        pending = writer.pending_shards()
-        # Aliased cut points (ResNet's "2" is "2.4") are computed once, under their array.
-        stored = tuple(cp for cp in selected if arrays[cp.address] == cp.address)
-        engine_key = {k: fingerprint[k] for k in ("backbone", "weights", "preprocess", "pool", "layers")}
-        t0 = time.perf_counter()
+        job = ExtractJob(
+            manifest=manifest,
+            preprocess=backbone.preprocess,
+            layers=tuple(layers),
+            engine=EngineSpec(
+                backbone=config.backbone,
+                weights=config.weights,
+                seed=config.seed,
+                input_size=config.input_size,
+                # Aliased cut points (ResNet's "2" is "2.4") are computed once, under their array.
+                addresses=tuple(cp.address for cp in selected if arrays[cp.address] == cp.address),
+                pool=config.pool,
+                engine=engine,
+                precision=precision,
+                device="cpu" if engine == "openvino" and config.device == "auto" else config.device,
+                compile=config.compile,
+                cache_dir=str(cache_root()),
+                key=json.dumps({k: fingerprint[k] for k in ENGINE_KEY}, sort_keys=True),
+            ),
+            store=str(writer.path),
+            dtype=config.dtype,
+            batch_size=config.batch_size,
+            on_bad_image=config.on_bad_image,
+        )
         if config.cluster:
-            n_todo, skipped_ids, waited = _extract_on_cluster(
-                config,
-                manifest,
-                backbone.preprocess,
-                writer,
-                pending,
-                stored,
-                layers,
-                engine,
-                precision,
-                engine_key,
-                log,
-                progress,
-                on_shard,
-            )
+            runner = DaskRunner(config.cluster, device=config.device, log=log)
         else:
-            n_todo, skipped_ids, waited = _extract_here(
-                config,
-                manifest,
-                backbone,
-                writer,
-                pending,
-                stored,
-                layers,
-                device,
-                engine,
-                precision,
-                engine_key,
-                log,
-                progress,
-                on_shard,
+            runner = LocalRunner(
+                workers=config.workers, pixel_cache=config.pixel_cache, progress=progress, backbone=backbone
             )
-        seconds = time.perf_counter() - t0
+        computed, skipped_ids, seconds = run_job(job, runner, writer, progress=progress, log=log, on_shard=on_shard)
         store = writer.finalize()
     return ExtractReport(
-        store, computed_images=n_todo, seconds=seconds, skipped_ids=skipped_ids, input_wait_seconds=waited
+        store,
+        computed_images=computed,
+        seconds=seconds,
+        skipped_ids=skipped_ids,
+        input_wait_seconds=runner.input_wait_seconds,
     )
+
+
+# The fingerprint's parts that define the network an engine runs (its graph's cache key).
+ENGINE_KEY = ("backbone", "weights", "preprocess", "pool", "layers")

@@ -43,6 +43,8 @@ def hardware_class(device: str) -> str:
 
 
 def resolve_device(device: str) -> str:
+    if device == "cpu":
+        return device  # (without importing torch: seconds on a small machine)
     import torch
 
     if device == "auto":
@@ -50,6 +52,20 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: CUDA is not available here; valid: auto, cpu")
     return device
+
+
+def cpu_threads() -> int:
+    """The CPU threads torch uses (or would: ``$OMP_NUM_THREADS`` when torch is not loaded); 0 when
+    neither says, for an engine's own default (one per physical core, as torch's)."""
+    import os
+    import sys
+
+    if "torch" in sys.modules:
+        return sys.modules["torch"].get_num_threads()
+    try:
+        return max(0, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return 0
 
 
 def resolve_precision(precision: str, device: str, *, purpose: str = "train") -> str:
