@@ -59,17 +59,20 @@ class TorchEngine:
         return [o.float().cpu().numpy() for o in outs]
 
 
-def graph_path(cache_dir: Path, engine: str, backbone, pool: str, key: dict, suffix: str) -> Path:
+GRAPH_SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}
+
+
+def graph_path(cache_dir: Path, engine: str, backbone: str, pool: str, key: dict) -> Path:
     """Where an engine keeps the graph of one fingerprint:
     ``<cache_dir>/<engine>/<backbone>-<pool>-<digest><suffix>``."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(cache_dir) / engine / f"{slug(backbone.name)}-{pool}-{digest}{suffix}"
+    return Path(cache_dir) / engine / f"{slug(backbone)}-{pool}-{digest}{GRAPH_SUFFIXES[engine]}"
 
 
 def onnx_graph(backbone, cut_points, pool: str, cache_dir: Path, key: dict) -> Path:
     """The tapping network exported to ONNX (one named output per cut point), exported on first use
     and cached under ``<cache_dir>/onnx/`` by ``key``."""
-    path = graph_path(cache_dir, "onnx", backbone, pool, key, ".onnx")
+    path = graph_path(cache_dir, "onnx", backbone.name, pool, key)
     if not path.is_file():
         import torch
 
@@ -143,7 +146,7 @@ class OpenVinoEngine:
                 f"--engine openvino --precision {precision}: this CPU's OpenVINO plugin offers "
                 f"{', '.join(offered)} (see `tlmic doctor`)"
             )
-        self.path = graph_path(cache_dir, "openvino", backbone, pool, key, ".xml")
+        self.path = graph_path(cache_dir, "openvino", backbone.name, pool, key)
         if not self.path.is_file():
             _save_openvino_ir(ov, onnx_graph(backbone, cut_points, pool, cache_dir, key), self.path)
         hint, _ = OPENVINO_PRECISIONS[precision]
@@ -246,13 +249,24 @@ class EngineSpec:
 
 
 def engine_from_spec(spec: EngineSpec, *, backbone=None, threads: int = 0):
-    """The engine ``spec`` describes. ``backbone``: the spec's backbone when the caller has built it
-    already; it is built here otherwise."""
+    """The engine ``spec`` describes. ``backbone``: the spec's backbone, built or described (see
+    :mod:`~tlmic_feats.backbones.described`), when the caller has it. The network is built only when
+    the engine needs it: torch always, onnx and openvino when their graph is not in the cache yet."""
+    from ..backbones.described import described_backbone, description
     from ..backbones.registry import build_backbone
     from ..runtime.devices import resolve_device
+    from ..runtime.paths import cache_root
 
     if backbone is None:
-        backbone = build_backbone(spec.backbone, spec.weights, seed=spec.seed, input_size=spec.input_size)
+        backbone = described_backbone(spec.backbone, spec.weights, seed=spec.seed, input_size=spec.input_size)
+    if backbone is None or (backbone.model is None and needs_network(spec)):
+        built = build_backbone(spec.backbone, spec.weights, seed=spec.seed, input_size=spec.input_size)
+        if backbone is not None and description(built) != description(backbone):
+            raise RunError(
+                f"{spec.backbone} built with --weights {spec.weights} differs from its description under "
+                f"{cache_root() / 'backbones'}; delete that folder and rerun"
+            )
+        backbone = built
     return make_engine(
         spec.engine,
         backbone,
@@ -265,6 +279,16 @@ def engine_from_spec(spec: EngineSpec, *, backbone=None, threads: int = 0):
         key=json.loads(spec.key),
         threads=threads,
     )
+
+
+def needs_network(spec: EngineSpec) -> bool:
+    """Whether ``spec``'s engine needs the backbone's network: torch always; onnx to export its graph,
+    openvino to export the ONNX graph it converts, when the cache holds neither yet."""
+    if spec.engine not in GRAPH_SUFFIXES:
+        return True
+    key = json.loads(spec.key)
+    graphs = ("onnx",) if spec.engine == "onnx" else ("openvino", "onnx")
+    return not any(graph_path(Path(spec.cache_dir), g, key["backbone"], spec.pool, key).is_file() for g in graphs)
 
 
 def worker_engine(spec: EngineSpec, threads: int = 0):

@@ -157,6 +157,7 @@ def extract_features(
     finished = finished_store(config)
     if finished is not None:
         return ExtractReport(finished, already_complete=True)
+    from ..backbones.described import described_backbone, remember_backbone
     from ..backbones.registry import build_backbone
 
     device = resolve_device("cpu" if config.engine == "openvino" and config.device == "auto" else config.device)
@@ -168,7 +169,12 @@ def extract_features(
             f"warning: the data's own split puts {manifest.meta['patients_straddling']} patient(s) in more than one "
             "split; metrics will be optimistic (`tlmic data check` lists them)"
         )
-    backbone = build_backbone(config.backbone, config.weights, seed=config.seed, input_size=config.input_size)
+    # Its description when a build was remembered (the engine builds the network only if it needs it:
+    # an onnx or openvino graph already cached runs without torch), else built and remembered.
+    backbone = described_backbone(config.backbone, config.weights, seed=config.seed, input_size=config.input_size)
+    if backbone is None:
+        backbone = build_backbone(config.backbone, config.weights, seed=config.seed, input_size=config.input_size)
+        remember_backbone(backbone, config.weights, seed=config.seed, input_size=config.input_size)
     choice = choose_engine(config.engine, config.precision, backbone.name, device, log=log)
     engine, precision = choice.engine, choice.precision
     selected = select_cut_points(backbone.cut_points, config.layers, backbone.name)

@@ -43,8 +43,9 @@ def hardware_class(device: str) -> str:
 
 
 def resolve_device(device: str) -> str:
-    if device == "cpu":
-        return device  # (without importing torch: seconds on a small machine)
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; an explicit device is checked."""
+    if device == "cpu" or (device == "auto" and no_gpu_here()):
+        return "cpu"  # told without importing torch (seconds on a small machine)
     import torch
 
     if device == "auto":
@@ -54,14 +55,22 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def cpu_threads() -> int:
-    """The CPU threads torch uses (or would: ``$OMP_NUM_THREADS`` when torch is not loaded); 0 when
-    neither says, for an engine's own default (one per physical core, as torch's)."""
-    import os
+def no_gpu_here() -> bool:
+    """True when this Linux machine has no device torch could compute on: no NVIDIA driver, no ROCm
+    or WSL GPU device. Then torch's ``cuda.is_available()`` is False, without importing torch."""
     import sys
 
-    if "torch" in sys.modules:
-        return sys.modules["torch"].get_num_threads()
+    if not sys.platform.startswith("linux"):
+        return False
+    nodes = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+    return not any(Path(n).exists() for n in nodes)
+
+
+def cpu_threads() -> int:
+    """The CPU threads ``$OMP_NUM_THREADS`` asks for (torch's own setting), or 0 when it is unset:
+    an engine's own default then, one per physical core as torch's."""
+    import os
+
     try:
         return max(0, int(os.environ.get("OMP_NUM_THREADS", "")))
     except ValueError:
