@@ -325,3 +325,38 @@ def test_the_measured_table_names_real_choices_and_auto_on_it_takes_only_validat
             if hardware_class(device) == hardware and engine_available(best.engine):
                 pick = choose_engine("auto", "auto", backbone, device)
                 assert (pick.engine, pick.precision) == (best.engine, best.precision)
+
+
+def test_a_remembered_backbone_description_is_the_built_one_and_a_stale_one_is_refused(tmp_path):
+    import json
+
+    import torch
+
+    from tlmic_feats.backbones.described import described_backbone, description, remember_backbone
+    from tlmic_feats.backbones.registry import build_backbone
+    from tlmic_feats.features.engines import EngineSpec, engine_from_spec
+    from tlmic_feats.runtime.errors import RunError
+
+    weights = tmp_path / "w.pt"
+    built = build_backbone("resnet18", "random:7", input_size=64)
+    torch.save(built.model.state_dict(), weights)
+    assert described_backbone("resnet18", "random:7", input_size=64) is None
+    for w in ("random:7", str(weights)):
+        remember_backbone(build_backbone("resnet18", w, input_size=64), w, input_size=64)
+        described = described_backbone("resnet18", w, input_size=64)
+        assert described.model is None
+        assert description(described) == description(build_backbone("resnet18", w, input_size=64))
+    assert described_backbone("resnet18", "random:8", input_size=64) is None  # other weights: not described
+    assert described_backbone("resnet18", "random:7", input_size=96) is None  # another input size
+    torch.save(build_backbone("resnet18", "random:8").model.state_dict(), weights)
+    assert described_backbone("resnet18", str(weights), input_size=64) is None  # the file's content changed
+
+    (entry,) = [p for p in (tmp_path / "cache" / "backbones").glob("*.json") if "random" in p.read_text()]
+    stale = json.loads(entry.read_text())
+    stale["backbone"]["cut_points"][0]["channels"] += 1
+    entry.write_text(json.dumps(stale))
+    spec = EngineSpec(
+        "resnet18", "random:7", 0, 64, ("1",), "avg", "torch", "fp32", "cpu", False, str(tmp_path / "cache"), "{}"
+    )
+    with pytest.raises(RunError, match="differs from its description under .*backbones; delete that folder"):
+        engine_from_spec(spec)

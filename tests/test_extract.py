@@ -343,3 +343,45 @@ def test_a_worker_killed_while_the_consumer_is_busy_is_reported_as_a_run_error()
                 for worker in mp.active_children():
                     os.kill(worker.pid, signal.SIGKILL)  # as the OOM killer would
                 time.sleep(5)  # busy in the consumer when the death is reported
+
+
+_CACHED_GRAPH_RUN = """
+import sys
+from tlmic_feats import DataConfig, ExtractConfig, extract_features
+for engine in {engines!r}:
+    report = extract_features(ExtractConfig(DataConfig({data!r}), engine=engine, **{base!r}), progress=False)
+    print(engine, report.store.path)
+print("torch" in sys.modules)
+"""
+
+
+def test_a_cached_graph_extracts_without_torch_the_same_store_as_a_build(phantom_dir, tmp_path):
+    """Once a backbone's graph is exported (from one dataset), extracting another dataset with onnx or
+    openvino imports no torch; the store equals the one made by building the network."""
+    import importlib.util
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    engines = ["onnx", *(["openvino"] if importlib.util.find_spec("openvino") else [])]
+    base = dict(backbone="resnet18", weights="random:3", layers="blocks", input_size=64)
+    for engine in engines:  # exports (and converts) the graph: builds the network
+        extract_features(ExtractConfig(DataConfig(str(phantom_dir / "val")), engine=engine, **base), progress=False)
+    data = str(phantom_dir / "test")
+    script = _CACHED_GRAPH_RUN.format(engines=engines, data=data, base=base)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=os.environ)
+    assert done.returncode == 0, done.stderr
+    *stores, torch_loaded = done.stdout.strip().splitlines()
+    assert torch_loaded == "False"
+    shutil.rmtree(tmp_path / "cache" / "backbones")  # no description kept: the network is built
+    for engine, path in (line.split(" ", 1) for line in stores):
+        free = FeatureStore.open(shutil.move(path, tmp_path / f"{engine}-without-torch.zarr"))
+        built = extract_features(ExtractConfig(DataConfig(data), engine=engine, **base), progress=False).store
+        assert str(built.path) == path  # the same default store: the same fingerprint
+        assert built.fingerprint == free.fingerprint and built.config == free.config
+        for a in built.addresses:
+            if engine == "onnx":
+                np.testing.assert_array_equal(free.features(a), built.features(a))  # the same graph and pixels
+            else:  # OpenVINO may split batches differently: the same graph, float-level differences
+                np.testing.assert_allclose(free.features(a), built.features(a), rtol=1e-5, atol=1e-6)

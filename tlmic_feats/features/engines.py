@@ -1,17 +1,18 @@
 """Extraction engines: the tapping network run by torch (eager or compiled), onnxruntime or OpenVINO.
 
 All run the same graph, :func:`~tlmic_feats.backbones.cutpoints.tap_network`: uint8 grayscale
-pixels in, one pooled ``(N, C)`` output per stored cut point out, normalization included.
+pixels in (a numpy array or a tensor, ``(N, 1, S, S)``), one pooled ``(N, C)`` output per stored cut
+point out, normalization included.
 
 * :class:`TorchEngine`: ``inference_mode``, channels_last, bf16/fp16 autocast where chosen,
-  pinned memory and non-blocking copies on GPU, optional ``torch.compile``.
+  non-blocking copies to the GPU, optional ``torch.compile``.
 * :class:`OnnxEngine`: the graph exported once (one named output per cut point) and cached under
   ``cache/onnx/`` by its fingerprint; run with onnxruntime. When CUDA is asked for, the session's
   providers are checked: onnxruntime falls back to the CPU silently otherwise.
 * :class:`OpenVinoEngine`: the ONNX engine's graph converted once by OpenVINO
   (``openvino.convert_model``) and cached as IR under ``cache/openvino/`` by the same fingerprint;
-  compiled for the CPU with the precision as its ``INFERENCE_PRECISION_HINT``, torch's thread
-  count, and the throughput hint (each batch split over the compiled model's parallel requests).
+  compiled for the CPU with the precision as its ``INFERENCE_PRECISION_HINT``, the thread count
+  torch would use, and the throughput hint (each batch split over the compiled model's parallel requests).
   An optional dependency: ``pip install tlmic[openvino]``.
 """
 
@@ -52,29 +53,32 @@ class TorchEngine:
     def __call__(self, pixels) -> list[np.ndarray]:
         import torch
 
-        x = pixels.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        x = torch.as_tensor(pixels).to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
             outs = self._run(x)
         return [o.float().cpu().numpy() for o in outs]
 
 
-def graph_path(cache_dir: Path, engine: str, backbone, pool: str, key: dict, suffix: str) -> Path:
+GRAPH_SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}
+
+
+def graph_path(cache_dir: Path, engine: str, backbone: str, pool: str, key: dict) -> Path:
     """Where an engine keeps the graph of one fingerprint:
     ``<cache_dir>/<engine>/<backbone>-<pool>-<digest><suffix>``."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(cache_dir) / engine / f"{slug(backbone.name)}-{pool}-{digest}{suffix}"
+    return Path(cache_dir) / engine / f"{slug(backbone)}-{pool}-{digest}{GRAPH_SUFFIXES[engine]}"
 
 
 def onnx_graph(backbone, cut_points, pool: str, cache_dir: Path, key: dict) -> Path:
     """The tapping network exported to ONNX (one named output per cut point), exported on first use
     and cached under ``<cache_dir>/onnx/`` by ``key``."""
-    import torch
-
-    from ..backbones.cutpoints import tap_network
-    from ..backbones.export import write_onnx
-
-    path = graph_path(cache_dir, "onnx", backbone, pool, key, ".onnx")
+    path = graph_path(cache_dir, "onnx", backbone.name, pool, key)
     if not path.is_file():
+        import torch
+
+        from ..backbones.cutpoints import tap_network
+        from ..backbones.export import write_onnx
+
         net = tap_network(backbone.family, backbone.model, cut_points, pool, backbone.preprocess).eval()
         size = backbone.preprocess.input_size
         example = torch.zeros(2, 1, size, size, dtype=torch.uint8)
@@ -104,7 +108,7 @@ class OnnxEngine:
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, pixels) -> list[np.ndarray]:
-        outs = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(pixels.numpy())})
+        outs = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(np.asarray(pixels))})
         return [np.asarray(o, dtype=np.float32) for o in outs]
 
 
@@ -129,8 +133,10 @@ def openvino_precisions(core=None) -> tuple[str, ...]:
 class OpenVinoEngine:
     name = "openvino"
 
-    def __init__(self, backbone, cut_points, pool: str, precision: str, cache_dir: Path, key: dict) -> None:
-        import torch
+    def __init__(
+        self, backbone, cut_points, pool: str, precision: str, cache_dir: Path, key: dict, threads: int = 0
+    ) -> None:
+        from ..runtime.devices import cpu_threads
 
         ov = import_openvino()
         core = ov.Core()
@@ -140,19 +146,15 @@ class OpenVinoEngine:
                 f"--engine openvino --precision {precision}: this CPU's OpenVINO plugin offers "
                 f"{', '.join(offered)} (see `tlmic doctor`)"
             )
-        self.path = graph_path(cache_dir, "openvino", backbone, pool, key, ".xml")
+        self.path = graph_path(cache_dir, "openvino", backbone.name, pool, key)
         if not self.path.is_file():
             _save_openvino_ir(ov, onnx_graph(backbone, cut_points, pool, cache_dir, key), self.path)
         hint, _ = OPENVINO_PRECISIONS[precision]
-        self.compiled = core.compile_model(
-            str(self.path),
-            "CPU",
-            {
-                "INFERENCE_PRECISION_HINT": hint,
-                "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-                "PERFORMANCE_HINT": "THROUGHPUT",
-            },
-        )
+        settings = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "THROUGHPUT"}
+        threads = threads or cpu_threads()
+        if threads:
+            settings["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = core.compile_model(str(self.path), "CPU", settings)
         # OpenVINO ignores a hint it cannot honour instead of failing: check what it compiled.
         got = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         if got != getattr(ov.Type, hint):
@@ -162,7 +164,7 @@ class OpenVinoEngine:
         self.outputs = list(self.compiled.outputs)
 
     def __call__(self, pixels) -> list[np.ndarray]:
-        x = np.ascontiguousarray(pixels.numpy() if hasattr(pixels, "numpy") else pixels)
+        x = np.ascontiguousarray(np.asarray(pixels))
         parts = np.array_split(x, min(self.n_requests, len(x)))
         results: list[list[np.ndarray] | None] = [None] * len(parts)
 
@@ -206,7 +208,10 @@ def make_engine(
     compile: bool = False,
     cache_dir: Path | None = None,
     key: dict | None = None,
+    threads: int = 0,
 ):
+    """The engine ``name`` running ``backbone`` tapped at ``cut_points``; onnx and openvino keep their
+    graph under ``cache_dir`` by ``key``; ``threads``: openvino's CPU threads (0: as torch would)."""
     if name == "torch":
         return TorchEngine(backbone, cut_points, pool, device, precision, compile)
     if name == "onnx":
@@ -216,24 +221,24 @@ def make_engine(
     if name == "openvino":
         if device != "cpu":
             raise UsageError(f"--engine openvino runs on the CPU; got --device {device} (use --device cpu)")
-        return OpenVinoEngine(backbone, cut_points, pool, precision, cache_dir, key or {})
+        return OpenVinoEngine(backbone, cut_points, pool, precision, cache_dir, key or {}, threads)
     raise UsageError(f"--engine {name!r} is not valid; valid: {', '.join(ENGINES)}")
 
 
-# --- built once per worker process (Dask) ---
+# --- from a spec: in this process, or once per worker process (Dask) ---
 
 _ENGINES: dict[str, object] = {}
 
 
 @dataclass(frozen=True)
 class EngineSpec:
-    """What a worker needs to build the extraction engine (once per process)."""
+    """Which engine runs which network: what builds an extraction's engine in any process."""
 
     backbone: str
     weights: str
     seed: int
     input_size: int
-    addresses: tuple[str, ...]
+    addresses: tuple[str, ...]  # the stored cut points, one output each
     pool: str
     engine: str
     precision: str
@@ -243,34 +248,58 @@ class EngineSpec:
     key: str  # JSON of the fingerprint parts that define the network (ONNX cache key)
 
 
-def worker_engine(spec: EngineSpec, threads: int = 0):
-    """The engine for ``spec``, built on first use in this process and kept for later tasks."""
-    import json
-    from pathlib import Path
-
-    import torch
-
+def engine_from_spec(spec: EngineSpec, *, backbone=None, threads: int = 0):
+    """The engine ``spec`` describes. ``backbone``: the spec's backbone, built or described (see
+    :mod:`~tlmic_feats.backbones.described`), when the caller has it. The network is built only when
+    the engine needs it: torch always, onnx and openvino when their graph is not in the cache yet."""
+    from ..backbones.described import described_backbone, description
     from ..backbones.registry import build_backbone
     from ..runtime.devices import resolve_device
-    from .engines import make_engine
+    from ..runtime.paths import cache_root
 
+    if backbone is None:
+        backbone = described_backbone(spec.backbone, spec.weights, seed=spec.seed, input_size=spec.input_size)
+    if backbone is None or (backbone.model is None and needs_network(spec)):
+        built = build_backbone(spec.backbone, spec.weights, seed=spec.seed, input_size=spec.input_size)
+        if backbone is not None and description(built) != description(backbone):
+            raise RunError(
+                f"{spec.backbone} built with --weights {spec.weights} differs from its description under "
+                f"{cache_root() / 'backbones'}; delete that folder and rerun"
+            )
+        backbone = built
+    return make_engine(
+        spec.engine,
+        backbone,
+        tuple(backbone.cut_point(a) for a in spec.addresses),
+        spec.pool,
+        resolve_device(spec.device),
+        spec.precision,
+        compile=spec.compile,
+        cache_dir=Path(spec.cache_dir),
+        key=json.loads(spec.key),
+        threads=threads,
+    )
+
+
+def needs_network(spec: EngineSpec) -> bool:
+    """Whether ``spec``'s engine needs the backbone's network: torch always; onnx to export its graph,
+    openvino to export the ONNX graph it converts, when the cache holds neither yet."""
+    if spec.engine not in GRAPH_SUFFIXES:
+        return True
+    key = json.loads(spec.key)
+    graphs = ("onnx",) if spec.engine == "onnx" else ("openvino", "onnx")
+    return not any(graph_path(Path(spec.cache_dir), g, key["backbone"], spec.pool, key).is_file() for g in graphs)
+
+
+def worker_engine(spec: EngineSpec, threads: int = 0):
+    """The engine for ``spec``, built on first use in this process and kept for later tasks;
+    ``threads``: this worker's share of the cores (0: torch's default)."""
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
     key = repr(spec)
     if key not in _ENGINES:
-        _ENGINES.clear()  # one backbone at a time per worker
-        backbone = build_backbone(spec.backbone, spec.weights, seed=spec.seed, input_size=spec.input_size)
-        stored = tuple(backbone.cut_point(a) for a in spec.addresses)
-        engine = make_engine(
-            spec.engine,
-            backbone,
-            stored,
-            spec.pool,
-            resolve_device(spec.device),
-            spec.precision,
-            compile=spec.compile,
-            cache_dir=Path(spec.cache_dir),
-            key=json.loads(spec.key),
-        )
-        _ENGINES[key] = (backbone, engine)
+        _ENGINES.clear()  # one network at a time per worker
+        _ENGINES[key] = engine_from_spec(spec, threads=threads)
     return _ENGINES[key]

@@ -43,6 +43,9 @@ def hardware_class(device: str) -> str:
 
 
 def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; an explicit device is checked."""
+    if device == "cpu" or (device == "auto" and no_gpu_here()):
+        return "cpu"  # told without importing torch (seconds on a small machine)
     import torch
 
     if device == "auto":
@@ -50,6 +53,28 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: CUDA is not available here; valid: auto, cpu")
     return device
+
+
+def no_gpu_here() -> bool:
+    """True when this Linux machine has no device torch could compute on: no NVIDIA driver, no ROCm
+    or WSL GPU device. Then torch's ``cuda.is_available()`` is False, without importing torch."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    nodes = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+    return not any(Path(n).exists() for n in nodes)
+
+
+def cpu_threads() -> int:
+    """The CPU threads ``$OMP_NUM_THREADS`` asks for (torch's own setting), or 0 when it is unset:
+    an engine's own default then, one per physical core as torch's."""
+    import os
+
+    try:
+        return max(0, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return 0
 
 
 def resolve_precision(precision: str, device: str, *, purpose: str = "train") -> str:
