@@ -7,20 +7,24 @@ BIN := $(VENV)/bin
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt --upgrade pip
 
-# Stamp files re-install only when pyproject.toml changes. --no-compile: byte-compiling every file of
-# torch costs more at install (about 35 s here) than compiling the modules actually imported, once.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --no-compile -e .
+# Stamp files re-install only when pyproject.toml or constraints.txt changes. -c constraints.txt: the
+# tested version of every package, whatever newer the registry offers. --no-compile: byte-compiling
+# every file of torch costs more at install (about 35 s here) than compiling the modules actually
+# imported, once.
+PIP_INSTALL := -m pip install --quiet --no-compile -c constraints.txt
+
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python $(PIP_INSTALL) -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --no-compile -e '.[test]'
+$(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python $(PIP_INSTALL) -e '.[test]'
 	touch $(VENV)/.installed $@
 
-$(VENV)/.installed-docs: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --no-compile -e '.[docs]'
+$(VENV)/.installed-docs: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python $(PIP_INSTALL) -e '.[docs]'
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed
