@@ -15,6 +15,9 @@ PACKAGES = (
     "matplotlib",
 )  # fmt: skip
 OPTIONAL = ("onnxruntime", "onnxruntime-gpu", "openvino")  # one of the first two is installed; openvino is an extra
+# The CPU onnxruntime (tlmic's base) and onnxruntime-gpu (`tlmic[gpu]`) install the same `onnxruntime`
+# module, each over the other's files: onnxruntime's own advice is to uninstall both and install one.
+ONNXRUNTIME_GPU_FIX = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
 CPU_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")
 
 
@@ -130,11 +133,27 @@ def diagnose() -> dict:
         "cache": {"root": str(cache_root().resolve()), "bytes": cache_usage()},
         "weights_offline": [name for name, _ in available_backbones_offline()],
     }
-    if info["packages"]["onnxruntime"] and info["packages"]["onnxruntime-gpu"]:
-        info["warnings"] = [
-            "both onnxruntime and onnxruntime-gpu are installed; they share one import name: uninstall one"
-        ]
+    warnings = onnxruntime_warnings(info["packages"], cuda, info["onnxruntime"]["providers"])
+    if warnings:
+        info["warnings"] = warnings
     return info
+
+
+def onnxruntime_warnings(packages: dict[str, str | None], cuda: bool, providers: dict[str, str]) -> list[str]:
+    """What is wrong with the installed onnxruntime packages, each with the command that fixes it:
+    both the CPU and the GPU build installed (they overwrite each other's files), or a GPU that
+    ``--engine onnx`` cannot use."""
+    if packages.get("onnxruntime") and packages.get("onnxruntime-gpu"):
+        return [
+            "both onnxruntime and onnxruntime-gpu are installed and share one module (whichever was installed last "
+            f"is imported); keep one: {ONNXRUNTIME_GPU_FIX} (GPU), or the same with onnxruntime (CPU only)"
+        ]
+    if cuda and "CUDAExecutionProvider" not in providers:
+        return [
+            "torch sees a GPU but onnxruntime has no CUDA provider: --engine onnx runs on the CPU; for the GPU "
+            f"install tlmic[gpu] and keep only onnxruntime-gpu: {ONNXRUNTIME_GPU_FIX}"
+        ]
+    return []
 
 
 def format_report(info: dict) -> str:

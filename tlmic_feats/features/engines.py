@@ -100,9 +100,10 @@ class OnnxEngine:
         self.session = ort.InferenceSession(str(path), providers=providers)
         if device.startswith("cuda") and "CUDAExecutionProvider" not in self.session.get_providers():
             raise RunError(
-                f"onnxruntime did not start its CUDA provider (it runs on {self.session.get_providers()}); check "
-                "that onnxruntime-gpu (not onnxruntime) is installed with CUDA and cuDNN libraries it can load "
-                "(`tlmic doctor`), or use --engine torch"
+                f"onnxruntime did not start its CUDA provider (it runs on {self.session.get_providers()}); it needs "
+                "onnxruntime-gpu installed alone (tlmic[gpu]; it shares one module with the CPU onnxruntime: pip "
+                "uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu) and CUDA and cuDNN libraries "
+                "it can load (`tlmic doctor` checks both), or use --engine torch"
             )
         self.path = path
         self.input_name = self.session.get_inputs()[0].name

@@ -111,3 +111,7 @@ class ProbeConfig:
                 f"{name_of(self, 'distributed_fit')} trains LightGBM across a Dask cluster: it needs cluster and "
                 f"models lightgbm (got cluster {self.cluster or '(none)'}, models {','.join(self.models)})"
             )
+        if self.distributed_fit:
+            from ..runtime.cluster import DISTRIBUTED_FIT_MODULES, require_cluster_packages
+
+            require_cluster_packages(name_of(self, "distributed_fit"), DISTRIBUTED_FIT_MODULES)

@@ -26,9 +26,27 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .errors import ClusterError, UsageError
+from .errors import ClusterError, MissingDependencyError, UsageError
 
 CLUSTER_FORMS = ("local:N", "local:gpus", "tcp://HOST:PORT", "tls://HOST:PORT")
+CLUSTER_EXTRA = "pip install 'tlmic[cluster]'"
+# What the extra installs and each feature imports: Dask's scheduler and client; lightgbm.dask also
+# imports dask.dataframe, which needs pyarrow.
+CLUSTER_MODULES = ("dask", "distributed")
+DISTRIBUTED_FIT_MODULES = (*CLUSTER_MODULES, "pyarrow")
+
+
+def require_cluster_packages(option: str = "--cluster", modules: tuple[str, ...] = CLUSTER_MODULES) -> None:
+    """Raise a one-line :class:`MissingDependencyError` naming the ``[cluster]`` extra unless every
+    one of ``modules`` is installed (checked without importing them: Dask is an optional dependency)."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingDependencyError(
+            f"{option} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed; "
+            f"{CLUSTER_EXTRA}"
+        )
 
 
 @dataclass(frozen=True)
@@ -40,7 +58,14 @@ class ClusterSpec:
 
 
 def parse_cluster(spec: str, *, device: str = "auto") -> ClusterSpec:
-    """Parse ``--cluster``; ``device`` decides whether local workers are pinned to GPUs."""
+    """Parse ``--cluster``; ``device`` decides whether local workers are pinned to GPUs. A valid
+    spec without Dask installed fails here, before any work (:func:`require_cluster_packages`)."""
+    parsed = _parse_cluster(spec, device)
+    require_cluster_packages()
+    return parsed
+
+
+def _parse_cluster(spec: str, device: str) -> ClusterSpec:
     text = spec.strip()
     m = re.fullmatch(r"local:(\d+|gpus)", text)
     if m:
@@ -70,10 +95,10 @@ def connect(spec: str, *, device: str = "auto", log: Callable[[str], None] | Non
     """A :class:`distributed.Client` for ``spec``; a local cluster is started and shut down here."""
     import logging
 
+    parsed = parse_cluster(spec, device=device)  # first: a missing Dask is one line, not an ImportError
     from distributed import Client, LocalCluster
 
     log = log or (lambda m: print(m, file=sys.stderr))
-    parsed = parse_cluster(spec, device=device)
     if parsed.kind == "remote":
         try:
             client = Client(parsed.address, timeout="20s")
