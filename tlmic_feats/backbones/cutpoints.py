@@ -256,10 +256,11 @@ FAMILIES = {
     "timm": Family(_timm_cut_points, _graph_truncate, _graph_tapper),
     "tv": Family(_tv_cut_points, _graph_truncate, _graph_tapper),
     "hf": Family(_lazy("hf", "hf_cut_points"), _lazy("hf", "hf_truncate"), _lazy("hf", "hf_tapper")),
+    "xrv_densenet": Family(*(_lazy("xrv", f"xrv_densenet_{f}") for f in ("cut_points", "truncate", "tapper"))),
 }
 CURATED_FAMILIES = ("resnet", "densenet", "efficientnet")
 GRAPH_FAMILIES = ("timm", "tv")  # taps from a traced graph; the others' are written out
-ANY_SIZE_FAMILIES = CURATED_FAMILIES  # convolutional: measured at 64 px
+ANY_SIZE_FAMILIES = (*CURATED_FAMILIES, "xrv_densenet")  # convolutional: measured at 64 px
 
 
 def tap_network(family: str, model, cut_points: tuple[CutPoint, ...], pool: str, preprocess=None):

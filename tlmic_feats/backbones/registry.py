@@ -177,6 +177,10 @@ def get_spec(name: str) -> BackboneSpec:
         from .hf import hf_spec
 
         return hf_spec(name.removeprefix("hf:"))
+    if name.startswith("xrv:"):
+        from .xrv import xrv_spec
+
+        return xrv_spec(name.removeprefix("xrv:"))
     try:
         return BACKBONES[name]
     except KeyError:
