@@ -494,3 +494,105 @@ def test_xrv_offline_error_and_both_arms(xrv_home, phantom_dir, tmp_path):
         log=lambda m: None,
     )
     assert run.metrics["steps_run"] == 2 and np.isfinite(run.metrics["auroc"])
+
+
+# --- openclip: open_clip image towers -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def openclip_dir(tmp_path_factory):
+    """A tiny open_clip CLIP (timm ViT-Tiny image tower, a one-layer text tower) in open_clip's local-dir
+    layout: its config and its state dict as open_clip_model.safetensors."""
+    open_clip = pytest.importorskip("open_clip")
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("openclip")
+    config = {
+        "model_cfg": {
+            "embed_dim": 16,
+            "vision_cfg": {
+                "timm_model_name": "vit_tiny_patch16_224",
+                "timm_model_pretrained": False,
+                "timm_pool": "",
+                "timm_proj": "linear",
+                "image_size": 224,
+            },
+            "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+        },
+        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},
+    }
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    model = open_clip.create_model(f"local-dir:{folder}")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    return folder
+
+
+def test_openclip_features_equal_its_trunk_blocks(openclip_dir):
+    """The tower as open_clip loads it (create_model_and_transforms): its trunk's blocks and final norm in its
+    own forward (encode_image), pooled here; tlmic builds only the image tower."""
+    import open_clip
+
+    ref, _, _ = open_clip.create_model_and_transforms(f"local-dir:{openclip_dir}")
+    ref.eval()
+    b = build_backbone(f"openclip:{openclip_dir}", "imagenet")
+    assert b.family == "timm" and len(b.cut_points) == 13 and b.cut_points[-1].module == "norm"
+    x = torch.randint(0, 256, (2, 1, 224, 224), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    from tlmic_feats.backbones.preprocess import device_normalize
+
+    hooked = {}
+    trunk = ref.visual.trunk
+    hooks = [
+        trunk.get_submodule(cp.taps[0].module).register_forward_hook(
+            lambda _m, _i, o, a=cp.address: hooked.setdefault(a, o)
+        )
+        for cp in b.cut_points
+    ]
+    with torch.inference_mode():
+        ref.encode_image(device_normalize(b.preprocess)(x))
+        got = tap_network(b.family, b.model, b.cut_points, "clsmean", b.preprocess)(x)
+    for h in hooks:
+        h.remove()
+    for cp, g in zip(b.cut_points, got, strict=True):
+        assert min_cosine(g, reference_pool(hooked[cp.address], 1, "clsmean")) >= FIDELITY, cp.address
+
+
+def test_openclip_preprocessing_equals_its_transform(openclip_dir, kermany_dir):
+    import open_clip
+
+    _, _, transform = open_clip.create_model_and_transforms(f"local-dir:{openclip_dir}")
+    from tlmic_feats.backbones.registry import get_spec
+
+    pre = get_spec(f"openclip:{openclip_dir}").preprocess("")
+    assert (pre.input_size, pre.resize_size, pre.interpolation) == (224, 224, "bicubic")
+    worst = max(float((host_and_device(im, pre) - transform(im)).abs().max()) for im in kermany_images(kermany_dir))
+    assert worst <= 1e-5
+
+
+def test_openclip_finetune_truncated(openclip_dir, phantom_dir, tmp_path):
+    from tlmic_feats import DataConfig
+    from tlmic_feats.finetune.config import FinetuneConfig
+    from tlmic_feats.finetune.trainer import run_finetune
+    from tlmic_feats.runtime.options import from_flat
+
+    run = run_finetune(
+        from_flat(
+            FinetuneConfig,
+            data=DataConfig(str(phantom_dir)),
+            backbone=f"openclip:{openclip_dir}",
+            truncate="3",
+            input_size=32,
+            pool="cls",
+            out=str(tmp_path / "ft"),
+            steps=2,
+            eval_every=1,
+            batch_size=8,
+            precision="fp32",
+            bootstrap=0,
+            export_onnx=False,
+            compactness=False,
+        ),
+        progress=False,
+        log=lambda m: None,
+    )
+    assert run.metrics["steps_run"] == 2 and np.isfinite(run.metrics["auroc"])

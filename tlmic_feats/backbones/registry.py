@@ -177,6 +177,10 @@ def get_spec(name: str) -> BackboneSpec:
         from .hf import hf_spec
 
         return hf_spec(name.removeprefix("hf:"))
+    if name.startswith("openclip:"):
+        from .openclip import openclip_spec
+
+        return openclip_spec(name.removeprefix("openclip:"))
     if name.startswith("xrv:"):
         from .xrv import xrv_spec
 
