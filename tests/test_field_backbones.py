@@ -137,15 +137,16 @@ def test_hf_random_weights_are_seeded_and_cut_points_listed(hf_dirs):
 
 
 def test_hf_preprocessing_equals_the_image_processor(kermany_dir, tmp_path):
-    """The transformers image processor (PIL backend) on real chest films: DINOv2's (256 -> 224, bicubic,
-    ImageNet statistics) and RAD-DINO's (518, its own statistics), pixel values within 1e-5."""
+    """The transformers image processor (PIL backend) on real chest films: DINOv2-small's as shipped with
+    tlmic (256 -> 224, bicubic, ImageNet statistics) and one at RAD-DINO's 518 px with grey statistics,
+    pixel values within 1e-5."""
     import transformers as tf
 
     from tlmic_feats.backbones.hf import SHIPPED, processor_preprocess
 
     configs = {
         "dinov2-small": SHIPPED["facebook/dinov2-small"]["preprocessor_config.json"],
-        "rad-dino": {
+        "518px-grey": {
             **SHIPPED["facebook/dinov2-small"]["preprocessor_config.json"],
             "size": {"shortest_edge": 518},
             "crop_size": {"height": 518, "width": 518},
@@ -160,7 +161,8 @@ def test_hf_preprocessing_equals_the_image_processor(kermany_dir, tmp_path):
         (folder / "preprocessor_config.json").write_text(json.dumps(cfg))
         (folder / "config.json").write_text(json.dumps({"model_type": "dinov2"}))
         pre = processor_preprocess(folder, name)
-        proc = tf.AutoImageProcessor.from_pretrained(str(folder), backend="pil")
+        pil = {"backend": "pil"} if int(tf.__version__.split(".")[0]) >= 5 else {"use_fast": False}
+        proc = tf.AutoImageProcessor.from_pretrained(str(folder), **pil)
         worst = 0.0
         for im in images:
             want = proc(images=im, return_tensors="pt")["pixel_values"][0]
@@ -578,6 +580,24 @@ def test_openclip_preprocessing_equals_its_transform(openclip_dir, kermany_dir):
     assert (pre.input_size, pre.resize_size, pre.interpolation) == (224, 224, "bicubic")
     worst = max(float((host_and_device(im, pre) - transform(im)).abs().max()) for im in kermany_images(kermany_dir))
     assert worst <= 1e-5
+
+
+def test_openclip_from_the_hf_cache_offline(openclip_dir, tmp_path, monkeypatch):
+    """openclip:hf-hub:ORG/NAME from the Hugging Face cache with HF_HUB_OFFLINE set; listed as available;
+    an uncached one is one line naming the cache."""
+    from tlmic_feats.backbones.registry import available_backbones_offline
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _fake_hf_repo(tmp_path / "hub", "org/tiny-clip", {f.name: f for f in openclip_dir.iterdir()})
+    a = build_backbone("openclip:hf-hub:org/tiny-clip")
+    b = build_backbone(f"openclip:{openclip_dir}")
+    assert a.weights.id == "hf-hub:org/tiny-clip/open_clip_model.safetensors" and a.weights.sha256 == b.weights.sha256
+    assert torch.equal(a.model.blocks[3].mlp.fc1.weight, b.model.blocks[3].mlp.fc1.weight)
+    assert "openclip:hf-hub:org/tiny-clip" in dict(available_backbones_offline())
+    with pytest.raises(WeightsUnavailableError, match="not in the Hugging Face cache .*hf download org/other") as e:
+        build_backbone("openclip:hf-hub:org/other")
+    assert "\n" not in str(e.value)
 
 
 def test_openclip_finetune_truncated(openclip_dir, phantom_dir, tmp_path):
