@@ -486,6 +486,7 @@ def test_xrv_offline_error_and_both_arms(xrv_home, phantom_dir, tmp_path):
     assert (
         store.fingerprint["preprocess"]["mean"] == [0.5] and store.fingerprint["preprocess"]["interpolation"] == "xrv"
     )
+    assert store.fingerprint["decode"]["color"] == "gray8"
     run = run_finetune(
         from_flat(
             FinetuneConfig,
