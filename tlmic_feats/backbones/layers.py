@@ -2,9 +2,9 @@
 
 Building a network to list its cut points costs seconds of imports (torch, timm, torchvision)
 for a table that never changes: the curated backbones' tables ship with tlmic
-(:mod:`.layer_tables`, checked against a fresh build by the tests), and a ``timm:``/``tv:``
-backbone's is computed once and kept under ``cache/tables/`` per name, input size and library
-versions. Neither path imports torch.
+(:mod:`.layer_tables`, checked against a fresh build by the tests), and any other backbone's is
+computed once and kept under ``cache/tables/`` per name (and its config, for ``hf:`` and
+``openclip:`` models), input size and library versions. Neither path imports torch.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def table_entry(backbone: str, input_size: int = 0) -> dict:
         if backbone in TABLES:
             return TABLES[backbone]
         return compute_table_entry(backbone)
-    path = _cache_file(spec.name, input_size)
+    path = _cache_file(spec.name + (f"-{spec.table_key}" if spec.table_key else ""), input_size)
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -114,6 +114,9 @@ def _cache_file(name: str, input_size: int) -> Path:
             return "none"
 
     versions = f"tlmic{__version__}-torch{v('torch')}-timm{v('timm')}-tv{v('torchvision')}"
+    for prefix, package in (("hf:", "transformers"), ("openclip:", "open_clip_torch"), ("xrv:", "torchxrayvision")):
+        if name.startswith(prefix):
+            versions += f"-{package}{v(package)}"
     return cache_root() / "tables" / f"{slug(name)}-{input_size}px-{slug(versions)}.json"
 
 

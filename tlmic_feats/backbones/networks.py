@@ -48,15 +48,15 @@ def build_hybrid(backbone, n_outputs: int, dropout: float, pool: str = "avg"):
     """TransFusion-style hybrid: pretrained bottom blocks (up to :func:`hybrid_address`), then one
     randomly initialised slim block (two 3x3 conv-BN-ReLU, stride 2, half the channels) in place of
     the top block, global pooling, dropout and a linear head. A transformer's patch tokens enter the
-    slim block as their grid (``(N, C, h, w)``); its class token does not (``cls`` pools by ``avg``)."""
+    slim block as their grid (``(N, C, h, w)``); its class token does not (``cls``, ``clsmean`` pool by ``avg``)."""
     import torch.nn as nn
 
-    from .pooling import check_pool, global_pool_module, tokens_to_map
+    from .pooling import CLASS_TOKEN_POOLS, check_pool, global_pool_module, tokens_to_map
     from .preprocess import device_normalize
 
     cut = backbone.cut_point(hybrid_address(backbone))
     check_pool(pool, (cut,), backbone.name)
-    pool = "avg" if pool == "cls" else pool  # the slim block's output is a map: no class token to take
+    pool = "avg" if pool in CLASS_TOKEN_POOLS else pool  # the slim block's output is a map: no class token
     width = max(8, cut.channels // 2)
 
     def cbr(cin: int, cout: int, stride: int) -> list:

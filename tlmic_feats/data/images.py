@@ -4,6 +4,10 @@ Images are decoded to 8-bit grayscale, the shorter side resized to ``resize_size
 cropped to ``input_size`` x ``input_size``, which is what torchvision's and timm's evaluation
 transforms do. The result stays uint8: copying to three channels and the backbone's
 normalization happen on the device, batched (see :mod:`tlmic_feats.backbones.preprocess`).
+
+Two other libraries' conventions are followed where their models are used: a transformers image
+processor (``hf-FILTER``) resizes with the same PIL filters but rounds its crop offsets down, and
+torchxrayvision (``xrv``) takes the image's centre square, then resizes it with scikit-image.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ import numpy as np
 
 from ..runtime.errors import BadImageError
 
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+# A PIL filter with torchvision's crop offsets (Resize + CenterCrop), the same filter with a transformers
+# image processor's offsets (rounded down), or torchxrayvision's XRayCenterCrop + XRayResizer.
+FILTERS = ("nearest", "bilinear", "bicubic")
+INTERPOLATIONS = (*FILTERS, *(f"hf-{f}" for f in FILTERS), "xrv")
 
 
 def open_image(path: str, *, what: str = "", min_side: int | None = None, dicom_frame: int | None = None):
@@ -78,16 +85,21 @@ def resize_center_crop(im, *, resize_size: int, input_size: int, interpolation: 
 
     Matches ``torchvision.transforms.Resize(resize_size)`` + ``CenterCrop(input_size)`` on a PIL
     image (PIL's antialiased filters, torchvision's rounding of the long side and crop offsets).
+    ``hf-FILTER``: a transformers image processor's ``resize`` (shortest edge) and ``center_crop``
+    (the PIL backend), whose crop offsets round down. ``xrv``: see :func:`xrv_resize`.
     """
     from PIL import Image
 
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation {interpolation!r}; valid: {', '.join(INTERPOLATIONS)}")
+    if interpolation == "xrv":
+        return center_square(xrv_resize(im, resize_size), input_size, floor=False)
+    filt = interpolation.removeprefix("hf-")
     resample = {
         "nearest": Image.NEAREST,
         "bilinear": Image.BILINEAR,
         "bicubic": Image.BICUBIC,
-    }[interpolation]
+    }[filt]
     w, h = im.size
     if w <= h:
         nw, nh = resize_size, int(resize_size * h / w)
@@ -95,8 +107,49 @@ def resize_center_crop(im, *, resize_size: int, input_size: int, interpolation: 
         nh, nw = resize_size, int(resize_size * w / h)
     if (nw, nh) != (w, h):
         im = im.resize((nw, nh), resample)
-    top = int(round((nh - input_size) / 2.0))
-    left = int(round((nw - input_size) / 2.0))
+    if filt != interpolation:  # transformers: (h - crop) // 2
+        top, left = (nh - input_size) // 2, (nw - input_size) // 2
+    else:
+        top, left = int(round((nh - input_size) / 2.0)), int(round((nw - input_size) / 2.0))
     if top < 0 or left < 0:
         raise ValueError(f"resize_size {resize_size} is smaller than input_size {input_size}")
     return np.asarray(im.crop((left, top, left + input_size, top + input_size)), dtype=np.uint8)
+
+
+def center_square(a: np.ndarray, size: int, *, floor: bool) -> np.ndarray:
+    """The centre ``size`` x ``size`` of a square array (offsets rounded down, or as torchvision does)."""
+    s = a.shape[-1]
+    if size == s:
+        return a
+    o = (s - size) // 2 if floor else int(round((s - size) / 2.0))
+    return a[o : o + size, o : o + size]
+
+
+def xrv_resize(im, size: int) -> np.ndarray:
+    """torchxrayvision's evaluation geometry on an 8-bit grey image: ``XRayCenterCrop`` (the centre
+    square of the shorter side, its offsets as torchxrayvision computes them), then ``XRayResizer(size)``
+    (``skimage.transform.resize``: Gaussian anti-aliasing, bilinear, outside the image = 0 of its
+    [-1024, 1024] scale); uint8 ``(size, size)``.
+
+    torchxrayvision resizes after mapping grey levels to [-1024, 1024]; the resize is affine-equivariant,
+    so resizing the grey levels with outside = 127.5 (its 0) and mapping afterwards gives the same
+    values. They are rounded to 8 bits here (the pixel cache's format): at most half a grey level
+    (4.0 of torchxrayvision's 2,048) from its float result.
+    """
+    try:
+        from skimage.transform import resize
+    except ImportError as e:  # scikit-image comes with torchxrayvision
+        from ..runtime.errors import MissingDependencyError
+
+        raise MissingDependencyError(
+            f"torchxrayvision's preprocessing needs scikit-image ({e}); pip install 'tlmic[xrv]'"
+        ) from None
+    a = np.asarray(im, dtype=np.float32)
+    h, w = a.shape
+    c = min(h, w)
+    top, left = h // 2 - c // 2, w // 2 - c // 2
+    square = a[None, top : top + c, left : left + c]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # as XRayResizer does
+        r = resize(square, (1, size, size), mode="constant", cval=127.5, preserve_range=True)[0]
+    return np.clip(np.rint(r), 0, 255).astype(np.uint8)

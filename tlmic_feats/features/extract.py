@@ -83,7 +83,8 @@ def store_fingerprint(config: ExtractConfig, backbone, selected, manifest, engin
         "backbone": backbone.name,
         "weights": {"kind": backbone.weights.kind, "id": backbone.weights.id, "sha256": backbone.weights.sha256},
         "preprocess": asdict(backbone.preprocess),
-        "decode": {"color": "gray8-to-3ch", "jpeg_draft": True},
+        # a single-channel network (torchxrayvision's) sees the grey image itself
+        "decode": {"color": "gray8-to-3ch" if backbone.preprocess.channels == 3 else "gray8", "jpeg_draft": True},
         "pool": config.pool,
         "dtype": config.dtype,
         "layers": [cp.address for cp in selected],
