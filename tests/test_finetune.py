@@ -277,6 +277,7 @@ def test_finetune_cli(easy_dir, tmp_path):
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output + r.stderr
     assert "truncated at 1" in r.output and "resnet18 full (4)" in r.output and "model.onnx" in r.output
+    assert "--backbone resnet18 --weights random`" in r.output  # the next command keeps the run's weights
     r = CliRunner().invoke(cli, args)  # a rerun of a finished run: its stored result, as extract/probe/study do
     assert r.exit_code == 0 and f"run {tmp_path / 'r'} is complete: its stored result" in r.output, r.output
     assert "truncated at 1" in r.output

@@ -65,6 +65,7 @@ def finetune(config, hflip, no_augment, resume, overwrite, quiet, nproc, max_res
         click.echo(f"model.onnx: max |onnxruntime - torch| = {r.onnx['max_abs_diff']:.1e}")
     click.echo(f"run: {r.out}")
     click.echo(
-        f"next: compare seeds and arms with `tlmic study --data {config.data.path} --backbone {config.backbone}`, "
+        f"next: compare seeds and arms with `tlmic study --data {config.data.path} --backbone {config.backbone}"
+        f"{'' if config.weights == FinetuneConfig.weights else f' --weights {config.weights}'}`, "
         f"or this run against another on the same test images with `tlmic compare {r.out} OTHER_RUN`"
     )
