@@ -27,6 +27,14 @@ def phantom_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def disk_dir(tmp_path_factory) -> Path:
+    """64-px images a few finetuning steps separate (a bright disk or not): 24 train, 12 val, 12 test."""
+    from tlmic_feats.testing.datasets import disk_dataset
+
+    return disk_dataset(tmp_path_factory.mktemp("disk"))
+
+
+@pytest.fixture(scope="session")
 def kermany_dir() -> Path:
     if not KERMANY.is_dir():
         pytest.skip(f"shared real images not present at {KERMANY}")

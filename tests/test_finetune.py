@@ -18,26 +18,13 @@ from tlmic_feats.finetune.config import FinetuneConfig
 from tlmic_feats.finetune.lpft import head_from_probe
 from tlmic_feats.finetune.trainer import run_finetune
 from tlmic_feats.runtime.errors import UnknownCutPointError, UsageError
+from tlmic_feats.testing.datasets import disk_dataset
 
 
 @pytest.fixture(scope="module")
 def easy_dir(tmp_path_factory):
     """Trivially separable radiograph-sized images: class 'disk' has a bright disk, 'plain' not."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("easy")
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:256, 0:256]
-    for split, n in (("train", 32), ("val", 16), ("test", 16)):
-        for i in range(n):
-            cls = ("plain", "disk")[i % 2]
-            img = rng.normal(90, 20, (256, 256))
-            if cls == "disk":
-                cy, cx = rng.integers(80, 176, 2)
-                img[(yy - cy) ** 2 + (xx - cx) ** 2 < 35**2] += 110
-            (root / split / cls).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / split / cls / f"{split}{i:02d}.png")
-    return root
+    return disk_dataset(tmp_path_factory.mktemp("easy"), size=256, counts=(32, 16, 16), radius=35)
 
 
 def cfg(data, out, **kw):
