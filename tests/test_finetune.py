@@ -23,8 +23,8 @@ from tlmic_feats.testing.datasets import disk_dataset
 
 @pytest.fixture(scope="module")
 def easy_dir(tmp_path_factory):
-    """Trivially separable radiograph-sized images: class 'disk' has a bright disk, 'plain' not."""
-    return disk_dataset(tmp_path_factory.mktemp("easy"), size=256, counts=(32, 16, 16), radius=35)
+    """Trivially separable images: class 'disk' has a bright disk, 'plain' not."""
+    return disk_dataset(tmp_path_factory.mktemp("easy"), counts=(32, 16, 16))
 
 
 def cfg(data, out, **kw):
@@ -33,6 +33,7 @@ def cfg(data, out, **kw):
         backbone="resnet18",
         weights="random:0",
         truncate="2",
+        input_size=64,  # the images' own size (resized to 73, cropped to 64)
         out=str(out),
         steps=6,
         eval_every=2,
@@ -84,7 +85,7 @@ def test_metrics_recompute_from_predictions_and_onnx_matches(easy_run, easy_dir)
 
     m = load_manifest(DataConfig(str(easy_dir)))
     index = {i: k for k, i in enumerate(m.ids)}
-    x = np.stack([resize_center_crop(m.source.load(index[t["id"]]), resize_size=256, input_size=224) for t in test])
+    x = np.stack([resize_center_crop(m.source.load(index[t["id"]]), resize_size=73, input_size=64) for t in test])
     sess = ort.InferenceSession(str(r.out / "model.onnx"), providers=["CPUExecutionProvider"])
     logits = sess.run(None, {sess.get_inputs()[0].name: x[:, None]})[0]
     np.testing.assert_allclose(1 / (1 + np.exp(-logits[:, 0])), s, atol=1e-4)
@@ -249,6 +250,8 @@ def test_finetune_cli(easy_dir, tmp_path):
         "random",
         "--truncate",
         "1",
+        "--input-size",
+        "64",
         "--steps",
         "2",
         "--lr",
@@ -289,8 +292,8 @@ def test_a_finished_run_drops_its_resume_state_and_resuming_it_returns_its_resul
 def test_pooling_and_input_size_are_part_of_a_runs_identity(easy_dir, easy_run):
     with pytest.raises(UsageError, match=r"config\.pool \('avg' -> 'avgmax'\)"):
         run_finetune(cfg(easy_dir, easy_run.out, pool="avgmax"), resume=True, progress=False, log=lambda m: None)
-    with pytest.raises(UsageError, match=r"config\.input_size \(0 -> 64\)"):
-        run_finetune(cfg(easy_dir, easy_run.out, input_size=64), resume=True, progress=False, log=lambda m: None)
+    with pytest.raises(UsageError, match=r"config\.input_size \(64 -> 96\)"):
+        run_finetune(cfg(easy_dir, easy_run.out, input_size=96), resume=True, progress=False, log=lambda m: None)
 
 
 def test_input_size_sets_the_crop_and_the_resize_keeps_the_weights_ratio(easy_dir, tmp_path):
