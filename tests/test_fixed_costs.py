@@ -93,6 +93,7 @@ def _ft(data, out, **kw):
         backbone="resnet18",
         weights="random:0",
         truncate="2",
+        input_size=64,  # the images' own size: the cadence and the resume do not depend on it
         out=str(out),
         steps=6,
         eval_every=1,
@@ -175,7 +176,8 @@ def test_progress_false_prints_nothing(disk_dir, tmp_path, capfd):
     run_finetune(ft, progress=False)
     assert capfd.readouterr() == ("", ""), "finetune"
     report = extract_features(
-        ExtractConfig(DataConfig(str(disk_dir)), backbone="resnet18", weights="random", layers="blocks"), progress=False
+        ExtractConfig(DataConfig(str(disk_dir)), backbone="resnet18", weights="random", layers="blocks", input_size=64),
+        progress=False,
     )
     assert capfd.readouterr() == ("", ""), "extract"
     run_probes(ProbeConfig(store=str(report.store.path), models=("logreg",), out=str(tmp_path / "p")), progress=False)
@@ -185,6 +187,7 @@ def test_progress_false_prints_nothing(disk_dir, tmp_path, capfd):
         data=DataConfig(str(disk_dir), format="imagefolder"),
         backbone="resnet18",
         weights="random:3",
+        input_size=64,
         fractions=(1.0,),
         seeds=1,
         top_blocks=1,
