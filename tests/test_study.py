@@ -30,6 +30,7 @@ def _config(data: Path, out: Path, store: Path, **kw) -> StudyConfig:
         data=DataConfig(str(data), format="imagefolder"),
         backbone="resnet18",
         weights="random:3",
+        input_size=64,  # the images' own size
         fractions=(1.0,),
         seeds=1,
         top_blocks=1,
@@ -135,8 +136,9 @@ def test_killed_study_finishes_only_the_remaining_runs_and_gives_the_same_report
     config, reference = small_study
     out = tmp_path / "study"
     args = ["study", "--data", str(disk_dir), "--format", "imagefolder", "--backbone", "resnet18"]
-    args += ["--weights", "random:3", "--fractions", "1.0", "--seeds", "1", "--top-blocks", "1", "--top-units", "1"]
-    args += ["--baselines", "none", "--steps", "3", "--eval-every", "3", "--batch-size", "8", "--bootstrap", "100", "--scratch"]
+    args += ["--weights", "random:3", "--input-size", "64", "--fractions", "1.0", "--seeds", "1"]
+    args += ["--top-blocks", "1", "--top-units", "1", "--baselines", "none", "--steps", "3", "--eval-every", "3"]
+    args += ["--batch-size", "8", "--bootstrap", "100", "--scratch"]
     args += ["--out", str(out), "--store", config.store, "--quiet"]
     env = {**os.environ, "TLMIC_CACHE": str(tmp_path / "cache")}
     proc = subprocess.Popen([*CLI, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
