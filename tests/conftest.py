@@ -11,6 +11,15 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 KERMANY = SHARED_DATA / "kermany-val"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """Module- and session-scoped fixtures are built before the per-test cache below is set: theirs is
+    this one (one per xdist worker), never the repo's cache/."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TLMIC_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     """Every test writes its default stores under its own tmp dir, never the repo's cache/."""
