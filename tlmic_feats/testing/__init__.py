@@ -5,4 +5,25 @@
 ``fuzz``: hypothesis strategies for hard inputs to the image decoders and manifest readers (needs
 ``hypothesis``). tlmic's own tests and benchmarks import them from here; the library never imports
 this package.
+
+>>> from tlmic_feats.testing import disk_dataset, planted_store  # doctest: +SKIP
+>>> data = disk_dataset("easy/")  # train/ val/ test/, a class folder each  # doctest: +SKIP
+>>> store = planted_store("s.zarr", signal_layer="2")  # layer 2 carries the label  # doctest: +SKIP
 """
+
+# name -> submodule that defines it, imported on first use (as the top-level package does)
+_LAZY = {"disk_dataset": "datasets", "write_images": "datasets", "planted_store": "stores"}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    from ..runtime.lazy import lazy_attributes
+
+    return lazy_attributes(__name__, _LAZY)(name)
+
+
+def __dir__() -> list[str]:
+    from ..runtime.lazy import lazy_dir
+
+    return lazy_dir(__name__, _LAZY)()

@@ -8,7 +8,8 @@ import numpy as np
 
 
 def write_images(folder: Path, n: int, *, seed: int = 0, size=(96, 80), mode="L") -> list[Path]:
-    """``n`` random images saved as PNG under ``folder``; returns their paths."""
+    """``n`` images of uniform random pixels, ``size`` (width, height) in ``mode`` ``"L"`` or
+    ``"RGB"``, saved as PNG under ``folder`` (created); returns their paths."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)

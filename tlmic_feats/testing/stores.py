@@ -7,10 +7,18 @@ import numpy as np
 from tlmic_feats.features.store import FeatureStore
 
 SPLITS = np.array(["train"] * 300 + ["val"] * 100 + ["test"] * 100)
+"""The split of each row of a :func:`planted_store`."""
 
 
 def planted_store(path, *, signal_layer="2", n_layers=4, width=12, seed=0, kind="binary"):
-    """Layers of pure noise except ``signal_layer``, whose first column carries the label."""
+    """A feature store of ``n_layers`` layers (named "1", "2", ...) of ``width`` columns of pure noise,
+    except ``signal_layer``, whose first column carries the label: a probe grid must pick that layer.
+
+    500 rows in the splits of :data:`SPLITS` (300 train, 100 val, 100 test), two rows per patient.
+    ``kind="binary"``: about 30% positives; ``kind="multilabel"``: labels ``a`` (the one the signal
+    carries) and ``b``, which has no positive in test, and about 5% of the labels missing (NaN).
+    Returns the :class:`~tlmic_feats.features.store.FeatureStore` written at ``path``.
+    """
     rng = np.random.default_rng(seed)
     n = len(SPLITS)
     if kind == "binary":
