@@ -5,7 +5,7 @@ Counts every case's outcome by kind (decoded / refused with a tlmic error); any 
 label policy) stops the run with the case.
 
     python benchmarks/fuzz.py [--images 5500] [--csv 2500] [--chest 2500] [--npz 1000]
-    (npz has 35 distinct cases; chest: CheXpert and NIH label folders, see tests/fuzz_inputs.py)
+    (npz has 35 distinct cases; chest: CheXpert and NIH label folders, see tlmic_feats/testing/fuzz.py)
 """
 
 from __future__ import annotations
@@ -13,15 +13,13 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.fuzz_inputs import (
+from tlmic_feats.testing.fuzz import (
     check_chest_case,
     check_csv_case,
     check_image_case,

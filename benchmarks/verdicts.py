@@ -1,6 +1,6 @@
 """Are the verdicts calibrated? Coverage and A/A on a two-level model with a known difference.
 
-Simulated studies (``tests/verdict_sim.py``): training runs scored on shared test images, a seed
+Simulated studies (``tlmic_feats/testing/simulation.py``): training runs scored on shared test images, a seed
 effect shared by the arms of a seed, a run effect of each run, and an image effect shared by all.
 For several regimes (seed variance dominant, image variance dominant, few test images, 5 seeds):
 
@@ -16,11 +16,7 @@ For several regimes (seed variance dominant, image variance dominant, few test i
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 REGIMES = {
     "seed-dominated": dict(tau_seed=0.5, tau_run=0.1, rho=0.2, n_test=100),
@@ -32,9 +28,9 @@ REGIMES = {
 def main() -> None:
     import numpy as np
 
-    from tests.verdict_sim import TwoLevel, simulate
     from tlmic_feats.metrics.paired import delong_mean
     from tlmic_feats.metrics.verdicts import compare_runs
+    from tlmic_feats.testing.simulation import TwoLevel, simulate
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--studies", type=int, default=1000)

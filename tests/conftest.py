@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 KERMANY = SHARED_DATA / "kermany-val"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """Module- and session-scoped fixtures are built before the per-test cache below is set: theirs is
+    this one (one per xdist worker), never the repo's cache/."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TLMIC_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -28,22 +36,15 @@ def phantom_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def disk_dir(tmp_path_factory) -> Path:
+    """64-px images a few finetuning steps separate (a bright disk or not): 24 train, 12 val, 12 test."""
+    from tlmic_feats.testing.datasets import disk_dataset
+
+    return disk_dataset(tmp_path_factory.mktemp("disk"))
+
+
+@pytest.fixture(scope="session")
 def kermany_dir() -> Path:
     if not KERMANY.is_dir():
         pytest.skip(f"shared real images not present at {KERMANY}")
     return KERMANY
-
-
-def write_images(folder: Path, n: int, *, seed: int = 0, size=(96, 80), mode="L") -> list[Path]:
-    """``n`` random images saved as PNG under ``folder``; returns their paths."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        arr = rng.integers(0, 256, size=(size[1], size[0]) + ((3,) if mode == "RGB" else ()), dtype=np.uint8)
-        p = folder / f"img_{seed}_{i:03d}.png"
-        Image.fromarray(arr, mode=None).save(p)
-        paths.append(p)
-    return paths

@@ -7,9 +7,9 @@ import csv
 import numpy as np
 import pytest
 
-from tests.conftest import write_images
 from tlmic_feats.data import DataConfig, load_manifest, make_splits, patients_straddling
 from tlmic_feats.runtime.errors import DataFormatError, MissingColumnError
+from tlmic_feats.testing.datasets import write_images
 
 
 def _write_csv(path, header, rows):

@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 from tlmic_cli.main import cli
 
-from tests.conftest import write_images
 from tlmic_feats.data import DataConfig, load_manifest, patients_straddling
 from tlmic_feats.data.chestxray import CHEXPERT_LABELS, NIH_LABELS
 from tlmic_feats.runtime.errors import DataFormatError, MissingColumnError
+from tlmic_feats.testing.datasets import write_images
 
 
 @pytest.fixture

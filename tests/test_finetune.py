@@ -18,26 +18,13 @@ from tlmic_feats.finetune.config import FinetuneConfig
 from tlmic_feats.finetune.lpft import head_from_probe
 from tlmic_feats.finetune.trainer import run_finetune
 from tlmic_feats.runtime.errors import UnknownCutPointError, UsageError
+from tlmic_feats.testing.datasets import disk_dataset
 
 
 @pytest.fixture(scope="module")
 def easy_dir(tmp_path_factory):
-    """Trivially separable radiograph-sized images: class 'disk' has a bright disk, 'plain' not."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("easy")
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:256, 0:256]
-    for split, n in (("train", 32), ("val", 16), ("test", 16)):
-        for i in range(n):
-            cls = ("plain", "disk")[i % 2]
-            img = rng.normal(90, 20, (256, 256))
-            if cls == "disk":
-                cy, cx = rng.integers(80, 176, 2)
-                img[(yy - cy) ** 2 + (xx - cx) ** 2 < 35**2] += 110
-            (root / split / cls).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / split / cls / f"{split}{i:02d}.png")
-    return root
+    """Trivially separable images: class 'disk' has a bright disk, 'plain' not."""
+    return disk_dataset(tmp_path_factory.mktemp("easy"), counts=(32, 16, 16))
 
 
 def cfg(data, out, **kw):
@@ -46,6 +33,7 @@ def cfg(data, out, **kw):
         backbone="resnet18",
         weights="random:0",
         truncate="2",
+        input_size=64,  # the images' own size (resized to 73, cropped to 64)
         out=str(out),
         steps=6,
         eval_every=2,
@@ -97,7 +85,7 @@ def test_metrics_recompute_from_predictions_and_onnx_matches(easy_run, easy_dir)
 
     m = load_manifest(DataConfig(str(easy_dir)))
     index = {i: k for k, i in enumerate(m.ids)}
-    x = np.stack([resize_center_crop(m.source.load(index[t["id"]]), resize_size=256, input_size=224) for t in test])
+    x = np.stack([resize_center_crop(m.source.load(index[t["id"]]), resize_size=73, input_size=64) for t in test])
     sess = ort.InferenceSession(str(r.out / "model.onnx"), providers=["CPUExecutionProvider"])
     logits = sess.run(None, {sess.get_inputs()[0].name: x[:, None]})[0]
     np.testing.assert_allclose(1 / (1 + np.exp(-logits[:, 0])), s, atol=1e-4)
@@ -262,6 +250,8 @@ def test_finetune_cli(easy_dir, tmp_path):
         "random",
         "--truncate",
         "1",
+        "--input-size",
+        "64",
         "--steps",
         "2",
         "--lr",
@@ -319,8 +309,8 @@ def test_a_finished_run_drops_its_resume_state_and_resuming_it_returns_its_resul
 def test_pooling_and_input_size_are_part_of_a_runs_identity(easy_dir, easy_run):
     with pytest.raises(UsageError, match=r"config\.pool \('avg' -> 'avgmax'\)"):
         run_finetune(cfg(easy_dir, easy_run.out, pool="avgmax"), resume=True, progress=False, log=lambda m: None)
-    with pytest.raises(UsageError, match=r"config\.input_size \(0 -> 64\)"):
-        run_finetune(cfg(easy_dir, easy_run.out, input_size=64), resume=True, progress=False, log=lambda m: None)
+    with pytest.raises(UsageError, match=r"config\.input_size \(64 -> 96\)"):
+        run_finetune(cfg(easy_dir, easy_run.out, input_size=96), resume=True, progress=False, log=lambda m: None)
 
 
 def test_input_size_sets_the_crop_and_the_resize_keeps_the_weights_ratio(easy_dir, tmp_path):

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
 from tlmic_feats import DataConfig
@@ -85,28 +84,6 @@ def test_a_derived_backbones_table_is_computed_once_then_read(tmp_path):
 # --- the resume state at a cadence -----------------------------------------------------------------
 
 
-def _easy(root):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:64, 0:64]
-    for split, n in (("train", 24), ("val", 12), ("test", 12)):
-        for i in range(n):
-            cls = ("plain", "disk")[i % 2]
-            img = rng.normal(90, 20, (64, 64))
-            if cls == "disk":
-                cy, cx = rng.integers(20, 44, 2)
-                img[(yy - cy) ** 2 + (xx - cx) ** 2 < 81] += 110
-            (root / split / cls).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / split / cls / f"{split}{i:02d}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def easy(tmp_path_factory):
-    return _easy(tmp_path_factory.mktemp("easy"))
-
-
 def _ft(data, out, **kw):
     from tlmic_feats.finetune.config import FinetuneConfig
     from tlmic_feats.runtime.options import from_flat
@@ -116,6 +93,7 @@ def _ft(data, out, **kw):
         backbone="resnet18",
         weights="random:0",
         truncate="2",
+        input_size=64,  # the images' own size: the cadence and the resume do not depend on it
         out=str(out),
         steps=6,
         eval_every=1,
@@ -130,7 +108,7 @@ def _ft(data, out, **kw):
     return from_flat(FinetuneConfig, **{**base, **kw})
 
 
-def test_the_resume_state_is_written_at_the_cadence_and_at_the_end(easy, tmp_path, monkeypatch):
+def test_the_resume_state_is_written_at_the_cadence_and_at_the_end(disk_dir, tmp_path, monkeypatch):
     from tlmic_feats.finetune import loop
     from tlmic_feats.finetune.trainer import run_finetune
 
@@ -138,11 +116,11 @@ def test_the_resume_state_is_written_at_the_cadence_and_at_the_end(easy, tmp_pat
     real = loop.save_torch
     monkeypatch.setattr(loop, "save_torch", lambda obj, path: (saved.append(path.name), real(obj, path)))
     monkeypatch.setattr(loop, "CHECKPOINT_SECONDS", 1e9)
-    r = run_finetune(_ft(easy, tmp_path / "rare"), progress=False)
+    r = run_finetune(_ft(disk_dir, tmp_path / "rare"), progress=False)
     assert saved.count("last.pt") == 1 and saved.count("best.pt") == 1  # six evaluations, one write each
     monkeypatch.setattr(loop, "CHECKPOINT_SECONDS", 0.0)
     saved.clear()
-    every = run_finetune(_ft(easy, tmp_path / "every"), progress=False)
+    every = run_finetune(_ft(disk_dir, tmp_path / "every"), progress=False)
     assert saved.count("last.pt") == 6 and saved.count("best.pt") == sum(h["best"] for h in every.history)
     import torch
 
@@ -153,14 +131,14 @@ def test_the_resume_state_is_written_at_the_cadence_and_at_the_end(easy, tmp_pat
     assert r.metrics["auroc"] == every.metrics["auroc"]
 
 
-def test_a_kill_between_checkpoints_resumes_to_the_same_weights(easy, tmp_path):
+def test_a_kill_between_checkpoints_resumes_to_the_same_weights(disk_dir, tmp_path):
     """Killed (os._exit) after the evaluation at step 4 with no checkpoint written since the start:
     the resumed run replays from step 0 to the history and weights of an uninterrupted run."""
     import torch
 
     from tlmic_feats.finetune.trainer import run_finetune
 
-    whole = run_finetune(_ft(easy, tmp_path / "whole"), progress=False)
+    whole = run_finetune(_ft(disk_dir, tmp_path / "whole"), progress=False)
     code = textwrap.dedent(
         f"""
         import os
@@ -168,14 +146,14 @@ def test_a_kill_between_checkpoints_resumes_to_the_same_weights(easy, tmp_path):
         from tlmic_feats.finetune import loop
         from tlmic_feats.finetune.trainer import run_finetune
         loop.CHECKPOINT_SECONDS = 1e9
-        config = _ft({str(easy)!r}, {str(tmp_path / "killed")!r})
+        config = _ft({str(disk_dir)!r}, {str(tmp_path / "killed")!r})
         run_finetune(config, progress=False, on_eval=lambda step: step == 4 and os._exit(17))
         """
     )
     killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert killed.returncode == 17, killed.stderr[-2000:]
     assert not (tmp_path / "killed" / "last.pt").exists()
-    resumed = run_finetune(_ft(easy, tmp_path / "killed"), resume=True, progress=False)
+    resumed = run_finetune(_ft(disk_dir, tmp_path / "killed"), resume=True, progress=False)
     strip = lambda h: [{k: v for k, v in e.items() if k not in ("seconds", "eval_seconds")} for e in h]  # noqa: E731
     assert strip(resumed.history) == strip(whole.history)
     for name in ("best.pt", "last.pt"):
@@ -187,26 +165,29 @@ def test_a_kill_between_checkpoints_resumes_to_the_same_weights(easy, tmp_path):
 # --- progress=False prints nothing -------------------------------------------------------------------
 
 
-def test_progress_false_prints_nothing(easy, tmp_path, capfd):
+def test_progress_false_prints_nothing(disk_dir, tmp_path, capfd):
     from tlmic_feats import ExtractConfig, ProbeConfig, extract_features, run_probes
     from tlmic_feats.finetune.trainer import run_finetune
     from tlmic_feats.study.config import StudyConfig
     from tlmic_feats.study.run import run_study
 
     capfd.readouterr()
-    run_finetune(_ft(easy, tmp_path / "ft", export_onnx=True, compactness=True, keep_checkpoints=False), progress=False)
+    ft = _ft(disk_dir, tmp_path / "ft", export_onnx=True, compactness=True, keep_checkpoints=False)
+    run_finetune(ft, progress=False)
     assert capfd.readouterr() == ("", ""), "finetune"
     report = extract_features(
-        ExtractConfig(DataConfig(str(easy)), backbone="resnet18", weights="random", layers="blocks"), progress=False
+        ExtractConfig(DataConfig(str(disk_dir)), backbone="resnet18", weights="random", layers="blocks", input_size=64),
+        progress=False,
     )
     assert capfd.readouterr() == ("", ""), "extract"
     run_probes(ProbeConfig(store=str(report.store.path), models=("logreg",), out=str(tmp_path / "p")), progress=False)
     assert capfd.readouterr() == ("", ""), "probes"
     config = from_flat(
         StudyConfig,
-        data=DataConfig(str(easy), format="imagefolder"),
+        data=DataConfig(str(disk_dir), format="imagefolder"),
         backbone="resnet18",
         weights="random:3",
+        input_size=64,
         fractions=(1.0,),
         seeds=1,
         top_blocks=1,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 
-from tests.fuzz_inputs import (
+from tlmic_feats.testing.fuzz import (
     check_chest_case,
     check_csv_case,
     check_image_case,

@@ -17,38 +17,7 @@ from tlmic_feats.probes.config import ProbeConfig
 from tlmic_feats.probes.estimators import LightGBMProbe, LogisticProbe, load_probe
 from tlmic_feats.probes.grid import run_probes
 from tlmic_feats.runtime.errors import StoreIncompleteError, UnknownCutPointError, UsageError
-
-SPLITS = np.array(["train"] * 300 + ["val"] * 100 + ["test"] * 100)
-
-
-def planted_store(path, *, signal_layer="2", n_layers=4, width=12, seed=0, kind="binary"):
-    """Layers of pure noise except ``signal_layer``, whose first column carries the label."""
-    rng = np.random.default_rng(seed)
-    n = len(SPLITS)
-    if kind == "binary":
-        y = (rng.random(n) < 0.3).astype(float)
-        names = ["neg", "pos"]
-    else:  # multilabel: label 'b' has no positives in test
-        y = (rng.random((n, 2)) < [0.3, 0.4]).astype(float)
-        y[SPLITS == "test", 1] = 0
-        y[rng.random((n, 2)) < 0.05] = np.nan
-        names = ["a", "b"]
-    feats = {}
-    for k in range(1, n_layers + 1):
-        x = rng.normal(size=(n, width)).astype(np.float32)
-        if str(k) == signal_layer:
-            target = np.nan_to_num(y if y.ndim == 1 else y[:, 0])
-            x[:, 0] += 3.0 * target
-        feats[str(k)] = x
-    return FeatureStore.from_arrays(
-        path,
-        feats,
-        labels=y,
-        label_kind=kind,
-        label_names=names,
-        splits=SPLITS,
-        patient_ids=np.array([f"p{i // 2}" for i in range(n)]),
-    )
+from tlmic_feats.testing.stores import SPLITS, planted_store
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tlmic_feats.runtime.options import from_flat
@@ -19,38 +18,11 @@ from tlmic_feats.data.readers import DataConfig
 from tlmic_feats.study.config import StudyConfig
 from tlmic_feats.study.plan import plan_study
 from tlmic_feats.study.run import run_study
+from tlmic_feats.testing.datasets import disk_dataset
 
 pytestmark = pytest.mark.slow
 
 CLI = [sys.executable, "-c", "from tlmic_cli.main import main; main()"]
-
-
-def _easy_dataset(root: Path, *, permute_test: bool = False, seed: int = 0) -> Path:
-    """Class folders under train/val/test; 'pos' images hold a bright disk, 'neg' ones do not."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    counts = {"train": 24, "val": 12, "test": 12}
-    yy, xx = np.mgrid[:64, :64]
-    for split, n in counts.items():
-        labels = np.array([i % 2 for i in range(n)])
-        for i, y in enumerate(labels):
-            img = rng.normal(100, 20, (64, 64))
-            if y:
-                cy, cx = rng.integers(20, 44, 2)
-                img += 90 * (((yy - cy) ** 2 + (xx - cx) ** 2) < 81)
-            folder = root / split / ("pos" if y else "neg")
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{split}_{i:03d}.png")
-    if permute_test:  # the same images, test labels shuffled (class counts kept)
-        files = sorted((root / "test").rglob("*.png"))
-        for f in files:
-            f.rename(root / "test" / f.name)
-        classes = np.array(["pos", "neg"] * (len(files) // 2))
-        rng.shuffle(classes)
-        for f, c in zip(files, classes, strict=True):
-            (root / "test" / f.name).rename(root / "test" / c / f.name)
-    return root
 
 
 def _config(data: Path, out: Path, store: Path, **kw) -> StudyConfig:
@@ -58,6 +30,7 @@ def _config(data: Path, out: Path, store: Path, **kw) -> StudyConfig:
         data=DataConfig(str(data), format="imagefolder"),
         backbone="resnet18",
         weights="random:3",
+        input_size=64,  # the images' own size
         fractions=(1.0,),
         seeds=1,
         top_blocks=1,
@@ -76,23 +49,18 @@ def _config(data: Path, out: Path, store: Path, **kw) -> StudyConfig:
 
 
 @pytest.fixture(scope="module")
-def easy(tmp_path_factory):
-    return _easy_dataset(tmp_path_factory.mktemp("easy"))
-
-
-@pytest.fixture(scope="module")
-def small_study(easy, tmp_path_factory):
+def small_study(disk_dir, tmp_path_factory):
     """The 4-run study (best block, full, scratch, best unit) that other tests compare against."""
     root = tmp_path_factory.mktemp("small")
-    config = _config(easy, root / "study", root / "store.zarr")
+    config = _config(disk_dir, root / "study", root / "store.zarr")
     with pytest.MonkeyPatch.context() as mp:  # module scope: the per-test cache fixture is not active yet
         mp.setenv("TLMIC_CACHE", str(root / "cache"))
         return config, run_study(config, progress=False)
 
 
-def test_tiny_study_end_to_end_with_every_arm_gives_verdicts(easy, tmp_path):
+def test_tiny_study_end_to_end_with_every_arm_gives_verdicts(disk_dir, tmp_path):
     config = _config(
-        easy,
+        disk_dir,
         tmp_path / "study",
         tmp_path / "store.zarr",
         seeds=2,
@@ -142,7 +110,7 @@ def test_tiny_study_end_to_end_with_every_arm_gives_verdicts(easy, tmp_path):
 
 def test_selection_never_reads_test_labels(small_study, tmp_path):
     config, original = small_study
-    permuted = _easy_dataset(tmp_path / "permuted", permute_test=True)
+    permuted = disk_dataset(tmp_path / "permuted", shuffle_test_labels=True)
     other = run_study(
         _config(permuted, tmp_path / "study", tmp_path / "store.zarr"),
         progress=False,
@@ -164,12 +132,13 @@ def _stable(report: str) -> str:
     return "\n".join(lines)
 
 
-def test_killed_study_finishes_only_the_remaining_runs_and_gives_the_same_report(easy, small_study, tmp_path):
+def test_killed_study_finishes_only_the_remaining_runs_and_gives_the_same_report(disk_dir, small_study, tmp_path):
     config, reference = small_study
     out = tmp_path / "study"
-    args = ["study", "--data", str(easy), "--format", "imagefolder", "--backbone", "resnet18"]
-    args += ["--weights", "random:3", "--fractions", "1.0", "--seeds", "1", "--top-blocks", "1", "--top-units", "1"]
-    args += ["--baselines", "none", "--steps", "3", "--eval-every", "3", "--batch-size", "8", "--bootstrap", "100", "--scratch"]
+    args = ["study", "--data", str(disk_dir), "--format", "imagefolder", "--backbone", "resnet18"]
+    args += ["--weights", "random:3", "--input-size", "64", "--fractions", "1.0", "--seeds", "1"]
+    args += ["--top-blocks", "1", "--top-units", "1", "--baselines", "none", "--steps", "3", "--eval-every", "3"]
+    args += ["--batch-size", "8", "--bootstrap", "100", "--scratch"]
     args += ["--out", str(out), "--store", config.store, "--quiet"]
     env = {**os.environ, "TLMIC_CACHE": str(tmp_path / "cache")}
     proc = subprocess.Popen([*CLI, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -199,7 +168,7 @@ def replace_out(config: StudyConfig, out: Path) -> StudyConfig:
     return replace(config, out=str(out))
 
 
-def test_plan_lists_runs_and_costs_without_running_any(easy, small_study, tmp_path):
+def test_plan_lists_runs_and_costs_without_running_any(disk_dir, small_study, tmp_path):
     config, _ = small_study
     fresh = replace_out(config, tmp_path / "fresh")
     text = plan_study(fresh)

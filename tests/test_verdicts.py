@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from tests.verdict_sim import TwoLevel, simulate
 from tlmic_feats.metrics.paired import delong_mean
 from tlmic_feats.metrics.scores import image_strata
 from tlmic_feats.metrics.verdicts import (
@@ -23,6 +22,7 @@ from tlmic_feats.metrics.verdicts import (
     weighted_auroc,
     weighted_average_precision,
 )
+from tlmic_feats.testing.simulation import TwoLevel, simulate
 
 
 def test_weighted_metrics_equal_sklearn_on_resamples():
