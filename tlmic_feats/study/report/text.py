@@ -119,20 +119,49 @@ def fraction_section(doc: dict, c: dict, fraction: float, small_test: str = "") 
         ]
         lines.append(f"Best probe layer vs the head (the deepest cut point), same test images: {'; '.join(parts)}.")
     if c:
-        ranking = ", ".join(f"{a} {v:.3f}" for a, v in c.get("stage1_ranking", []))
-        lines.append(f"Search: block ends by probe val AUPRC: {ranking}; finetuned: {', '.join(c['blocks'])}.")
+        lines.append(_search_line(c))
         if c.get("best_block"):
             units = ", ".join(f"{a} {v:.3f}" for a, v in c.get("stage2_ranking", [])) or "none"
             lines.append(
                 f"Best finetuned block {c['best_block']} (val AUPRC "
                 + ", ".join(f"{a}: {v:.3f}" for a, v in c["stage1_val_auprc"].items())
-                + f"); its units by probe val AUPRC: {units}; finetuned: {', '.join(c['units']) or 'none'}."
+                + f"); its units by {_unit_signal(c.get('search', 'probe'))}: {units}; finetuned: "
+                f"{', '.join(c['units']) or 'none'}."
             )
         if c.get("ties"):
             from ..arms import describe_tie
 
             lines.append("Ties on validation: " + "; ".join(describe_tie(t) for t in c["ties"]) + ".")
     return lines
+
+
+def _unit_signal(search: str) -> str:
+    from ..search import SIGNALS
+
+    return SIGNALS["similarity"] if search == "similarity" else "probe val AUPRC" + (
+        " (successive halving chose)" if search == "halving" else ""
+    )
+
+
+def _search_line(c: dict) -> str:
+    """What the fraction's search ranked and finetuned, in one line."""
+    from ..search import SIGNALS
+
+    search = c.get("search", "probe")
+
+    def ranked(pairs) -> str:
+        return ", ".join(f"{a} {v:.3f}" for a, v in pairs)
+
+    finetuned = f"finetuned: {', '.join(c.get('blocks', [])) or 'none yet'}."
+    if search == "halving":
+        rungs = "; ".join(
+            f"at step {r['steps']} {ranked(r['ranking'])}, kept {', '.join(r['kept'])}" for r in c.get("stage1_halving", [])
+        )
+        return f"Search (successive halving, block ends by {SIGNALS['exhaustive']}): {rungs or 'one rung'}; {finetuned}"
+    if search == "similarity":
+        return f"Search: block ends by {SIGNALS['similarity']}: {ranked(c.get('stage1_similarity', []))}; {finetuned}"
+    line = f"Search: block ends by probe val AUPRC: {ranked(c.get('stage1_ranking', []))}; {finetuned}"
+    return line.replace("Search:", "Search (exhaustive, every block end finetuned):") if search == "exhaustive" else line
 
 
 def _difference(d: dict) -> str:
