@@ -91,8 +91,10 @@ def main() -> None:
                 for search in ("probe", "similarity", "halving", "exhaustive"):
                     a, p = by[(search, "auroc")], by[(search, "auprc")]
                     table.append(dict(task=task, fraction=fraction, top=k, search=search, auroc=a, auprc=p))
-    print("| task | fraction | top | search | finetuned | chosen (best) | regret AUROC [95% CI] | regret AUPRC [95% CI] "
-          "| rho AUROC | tau AUROC | seconds | exhaustive / search |")
+    print(
+        "| task | fraction | top | search | finetuned | chosen (best) | regret AUROC [95% CI] | regret AUPRC [95% CI] "
+        "| rho AUROC | tau AUROC | seconds | exhaustive / search |"
+    )
     print("| --- | ---: | ---: | --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: |")
     for t in table:
         a, p = t["auroc"], t["auprc"]

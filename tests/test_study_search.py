@@ -50,7 +50,10 @@ def test_halving_rungs_sit_on_evaluations_and_a_pool_no_larger_than_keep_trains_
 
 def _h(*values):
     """A history with evaluations every 10 steps, every one an improvement."""
-    return [{"step": 10 * (i + 1), "val_auprc": v, "best": True, "seconds": 1.0, "eval_seconds": 0.5} for i, v in enumerate(values)]
+    return [
+        {"step": 10 * (i + 1), "val_auprc": v, "best": True, "seconds": 1.0, "eval_seconds": 0.5}
+        for i, v in enumerate(values)
+    ]
 
 
 def test_halving_replays_rung_by_rung_with_seed_means_and_ties_to_the_deeper():
@@ -152,7 +155,9 @@ def _synthetic_study(out):
         write_feature_reuse(FeatureReuse(d, "cka", "val", 20, tuple(jitter), tuple(jitter.values())))
     (out / "probes").mkdir()
     probe_rows = [
-        {"layer": a, "fraction": 1.0, "control": "none", "val_auprc": v + 0.02 * (s - 1)} for a, v in PROBE.items() for s in SEEDS
+        {"layer": a, "fraction": 1.0, "control": "none", "val_auprc": v + 0.02 * (s - 1)}
+        for a, v in PROBE.items()
+        for s in SEEDS
     ]
     import json
 
@@ -163,8 +168,8 @@ def _synthetic_study(out):
 def test_each_search_chooses_as_computed_by_hand_and_its_regret_is_the_seed_mean_with_the_verdicts_interval(tmp_path):
     y, rows = _synthetic_study(tmp_path)
     judged = judge_fraction(
-        tmp_path, rows, 1.0, ENDS, SEEDS, BUDGET, "binary", top_blocks=1, signal_seconds={"probe": 2.0, "similarity": 3.0},
-        n_resamples=300,
+        tmp_path, rows, 1.0, ENDS, SEEDS, BUDGET, "binary",
+        top_blocks=1, signal_seconds={"probe": 2.0, "similarity": 3.0}, n_resamples=300,
     )  # fmt: skip
     by = {(r["search"], r["metric"]): r for r in judged}
     # by hand: probe finetunes 1 (val 0.70 < full's 0.75: full is handed over); similarity 2 (drop 0.35);

@@ -202,7 +202,7 @@ ROW_COLUMNS = (
 @dataclass
 class StudyResult:
     """What :func:`~tlmic_feats.study.run.run_study` produced: the study directory, one row per
-    finished run (``results.csv``), the choices of the probe-guided search, the runs not started and
+    finished run (``results.csv``), the choices of its search, the runs not started and
     the report."""
 
     out: Path

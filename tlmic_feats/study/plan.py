@@ -452,13 +452,14 @@ def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], Non
     resolved = {f: b for f, (_, b) in budgets.items()}
     runs = planned_runs(config, state.get("choices", {}), **caps, candidates=ends[:-1], budgets=resolved)
     for p in runs:
-        rid, arm, f, s = p.id, p.arm, p.fraction, p.seed
+        rid, arm, f = p.id, p.arm, p.fraction
         n, b = budgets[float(f)]
         b = replace(b, steps=p.steps) if p.steps else b
         parts, est_early = _estimate(cal, config, p, b, blocks, n_val, n_test)
         est = sum(parts.values())
         new = not p.resumed and rid not in planned_ids
-        over = budget and new and len(done) + len(planned) >= budget  # the budget counts the study's runs, done ones too
+        # the budget counts the study's runs, done ones too
+        over = budget and new and len(done) + len(planned) >= budget
         status = "done" if rid in done else ("over budget" if over else "to run")
         if status == "to run":
             total += est
@@ -493,11 +494,13 @@ def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], Non
         + ".",
         "(block#/unit# are chosen by the search; costed at the mean block end). Candidates: block ends "
         f"{', '.join(ends[:-1])}; the deepest ({ends[-1]}) is full finetuning.",
-        f"exhaustive search instead (every block end and unit, every fraction and seed): about {exhaustive / 60:.1f} "
-        "min of finetuning.",
+        f"every truncation instead (every block end and every unit, every fraction and seed): about "
+        f"{exhaustive / 60:.1f} min of finetuning.",
         "the searches (--search; stage 1 and 2 with full finetuning, the similarity search's short runs, halving's "
         "rungs; no early stop): "
-        + ", ".join(f"{k} {v / 60:.1f} min" + (" (this study)" if k == config.search else "") for k, v in searches.items())
+        + ", ".join(
+            f"{k} {v / 60:.1f} min" + (" (this study)" if k == config.search else "") for k, v in searches.items()
+        )
         + ".",
         "disk it will write (upper bounds, before compression): "
         + ", ".join(f"{k} {human_bytes(v)}" for k, v in disk.items() if k != "total")

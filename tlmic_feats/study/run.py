@@ -269,8 +269,8 @@ class _Study:
         network finetuned for :func:`~tlmic_feats.study.search.short_steps` at every seed, its
         feature reuse per cut point on the validation images (mean over seeds), and each cut point
         scored by the drop to the next (:func:`~tlmic_feats.study.search.reuse_drop_scores`)."""
-        from ..finetune.reuse import feature_reuse, read_feature_reuse
         from ..features.similarity_run import SimilarityConfig
+        from ..finetune.reuse import feature_reuse, read_feature_reuse
 
         budget = self.budgets[fraction][1]
         steps = short_steps(budget.steps, budget.eval_every)
@@ -288,7 +288,9 @@ class _Study:
                 seconds = self.state["compute"].setdefault("similarity_seconds", {})
                 seconds[f"{fraction:g}"] = round(seconds.get(f"{fraction:g}", 0.0) + time.perf_counter() - t, 2)
             per_seed.append(reuse.by_address())
-        mean = {a: float(np.mean([r[a] for r in per_seed if a in r])) for a in sequence if any(a in r for r in per_seed)}
+        mean = {
+            a: float(np.mean([r[a] for r in per_seed if a in r])) for a in sequence if any(a in r for r in per_seed)
+        }
         return rank_by_validation(reuse_drop_scores(mean, sequence))
 
     def halving(self, stage: str, candidates: list[str], keep: int, fraction: float) -> tuple[list[str], list[dict]]:

@@ -35,11 +35,14 @@ Ties in any ranking go to the deeper cut point (:func:`~tlmic_feats.study.arms.r
 
 from __future__ import annotations
 
+import itertools
 import math
+
 import numpy as np
 
 from .arms import rank_by_validation
-from .config import SEARCHES as SEARCHES, Search as Search  # declared with the study's options
+from .config import SEARCHES as SEARCHES  # declared with the study's options
+from .config import Search as Search
 
 GUIDED: tuple[str, ...] = ("probe", "similarity", "halving")
 
@@ -143,7 +146,7 @@ def halving_choice(
     """
     alive = list(histories)
     rungs = []
-    for (steps, _), (_, n_next) in zip(schedule[:-1], schedule[1:], strict=True):
+    for (steps, _), (_, n_next) in itertools.pairwise(schedule):
         rung = halving_rung({a: histories[a] for a in alive}, steps, n_next)
         alive = rung["kept"]
         rungs.append(rung)
@@ -160,7 +163,7 @@ def reuse_drop_scores(reuse: dict[str, float], sequence: list[str]) -> dict[str,
     {'1': 0.02, '2': 0.37, '3': 0.1}
     """
     out = {}
-    for a, b in zip(sequence[:-1], sequence[1:], strict=True):
+    for a, b in itertools.pairwise(sequence):
         d = reuse.get(a, np.nan) - reuse.get(b, np.nan)
         out[a] = round(float(d), 12) if np.isfinite(d) else float("nan")
     return out

@@ -7,7 +7,7 @@ AUPRC that selection used, parameters, MACs and CPU latency per image. Then the 
 the arm validation would pick; paired differences on the same test images (AUROC by DeLong's test,
 AUPRC by a paired bootstrap, each with its 95% CI and p-value) of the best truncated arm (chosen on
 validation) against full finetuning and of each probe's best layer against the head; the probe
-curves with the finetuned cut points overlaid; and the compute the probe-guided search spent
+curves with the finetuned cut points overlaid; and the compute the study's search spent
 against finetuning every block end and unit. With exhaustive results (every block end finetuned at
 every seed), every search judged on them: rank correlations, regret with its interval and measured
 compute (``search.csv``, :mod:`.search`).
@@ -31,8 +31,8 @@ __all__ = [
     "ROW_COLUMNS",
     "best_truncated",
     "collect_rows",
-    "judge_searches",
     "compute_summary",
+    "judge_searches",
     "markdown_to_html",
     "measured_disk",
     "primary_verdicts",

@@ -114,7 +114,9 @@ def judge_fraction(
     full, candidates = ends[-1], ends[:-1]
     arm_of = {a: Arm("truncated", a) for a in candidates} | {full: Arm("full")}
     mine = [r for r in rows if r["fraction"] == fraction and r["stage"] != "probe" and r["seed"] in seeds]
-    runs_of = {a: sorted((r for r in mine if r["arm"] == str(arm)), key=lambda r: r["seed"]) for a, arm in arm_of.items()}
+    runs_of = {
+        a: sorted((r for r in mine if r["arm"] == str(arm)), key=lambda r: r["seed"]) for a, arm in arm_of.items()
+    }
     val = {a: float(np.mean([r["val_auprc"] for r in rs])) for a, rs in runs_of.items()}
     test = {m: {a: float(np.mean([r[m] for r in rs])) for a, rs in runs_of.items()} for m in METRICS}
     histories = {a: [run_history((out / r["predictions"]).parent) for r in rs] for a, rs in runs_of.items()}
@@ -222,7 +224,12 @@ def rho_tau(signal: dict[str, float], test: dict[str, float], candidates: list[s
         return {"rho": nan, "rho_p": nan, "tau": nan, "tau_p": nan}
     rho = spearmanr(x[ok], t[ok])
     tau = kendalltau(x[ok], t[ok])
-    return {"rho": float(rho.statistic), "rho_p": float(rho.pvalue), "tau": float(tau.statistic), "tau_p": float(tau.pvalue)}
+    return {
+        "rho": float(rho.statistic),
+        "rho_p": float(rho.pvalue),
+        "tau": float(tau.statistic),
+        "tau_p": float(tau.pvalue),
+    }
 
 
 def judge_searches(out: Path, config, backbone, rows: list[dict], state: dict, label_kind: str, *, top_blocks=None):
@@ -301,7 +308,8 @@ def search_section(judged: dict, top_blocks: int) -> list[str]:
             f"Best block end on test: {best['auroc']['best']} (AUROC {best['auroc']['best_test']:.3f}), "
             f"{best['auprc']['best']} (AUPRC {best['auprc']['best_test']:.3f}).",
             "",
-            "| search | signal | finetuned | chosen | regret AUROC | regret AUPRC | rho / tau (AUROC) | steps | seconds | "
+            "| search | signal | finetuned | chosen | regret AUROC | regret AUPRC | rho / tau (AUROC) | steps "
+            "| seconds | "
             "exhaustive / search |",
             "| --- | --- | --- | --- | --- | --- | --- | ---: | ---: | ---: |",
         ]
@@ -324,4 +332,3 @@ def _regret(r: dict) -> str:
 
 def _num(v) -> str:
     return "n/a" if v == "" or not np.isfinite(v) else f"{v:+.2f}"
-
