@@ -227,7 +227,10 @@ def test_a_halving_study_extended_to_exhaustive_judges_every_search_on_the_same_
             out=str(tmp_path / "study"), store=str(tmp_path / "store.zarr"),
         )  # fmt: skip
 
-    halving = run_study(config("halving"), progress=False)
+    stopped = run_study(config("halving"), budget=2, progress=False)  # the first rung cannot finish
+    assert any(x.startswith("successive halving at fraction 1") for x in stopped.not_run)
+    assert not [r for r in stopped.rows if r["stage"] != "probe"]  # nothing finished: no choice made blind
+    halving = run_study(config("halving"), progress=False)  # a rerun continues it
     c = halving.choices["1"]
     assert [r["steps"] for r in c["stage1_halving"]] == [1, 2]  # 3 block ends: rungs at 1, 2, then 4 steps
     paused = {k for k, v in halving_state(halving.out)["runs"].items() if v["status"] == "paused"}

@@ -238,7 +238,7 @@ class _Study:
             f = float(fraction)
             c = self.state["choices"][f"{fraction:g}"]
             finetuned = self._finetuned_blocks(c["blocks"], f)
-            if len(finetuned) < len(c["blocks"]) or not config.top_units:
+            if not finetuned or len(finetuned) < len(c["blocks"]) or not config.top_units:
                 c["stage2"] = None if config.top_units else "skipped (--top-units 0)"
                 if config.top_units:
                     self.not_run.append(f"stage 2 at fraction {fraction:g} (stage 1 unfinished)")
@@ -297,7 +297,7 @@ class _Study:
         """Successive halving of ``candidates`` down to ``keep`` (:func:`~tlmic_feats.study.search.halving_schedule`):
         every seed's run of each candidate still in trains to the rung's step and pauses there;
         the better ones on validation resume. Returns the candidates that trained the full budget
-        and the rungs (their rankings), or those known so far when budget or time stopped it."""
+        and the rungs (their rankings); none when budget or time stopped it before the end."""
         budget = self.budgets[fraction][1]
         schedule = halving_schedule(len(candidates), keep, budget.steps, budget.eval_every)
         alive, rungs = list(candidates), []
@@ -305,7 +305,10 @@ class _Study:
             runs = {a: [Run(stage, Arm("truncated", a), fraction, s) for s in self.config.seed_list] for a in alive}
             until = steps if steps < budget.steps else 0
             ran = [self.execute(r, until=until) for rs in runs.values() for r in rs]
-            if not all(ran) or j == len(schedule) - 1:
+            if not all(ran):  # budget or time (listed as not run): a rerun continues where it stopped
+                self.not_run.append(f"successive halving at fraction {fraction:g} ({stage}, rung at step {steps})")
+                return [], rungs
+            if j == len(schedule) - 1:
                 break
             histories = {a: [run_history(self.out / "runs" / r.id) for r in rs] for a, rs in runs.items()}
             rung = halving_rung(histories, steps, schedule[j + 1][1])
