@@ -40,7 +40,7 @@ COMMANDS = {
     "data": ("tlmic_cli.commands.data:data", "Inspect a dataset: `tlmic data check --data D`."),
     "study": (
         "tlmic_cli.commands.study:study",
-        "The paper's experiment: probes, probe-guided truncation search, baselines, report.",
+        "The paper's experiment: probes, a truncation search (probe, similarity, halving...), baselines, report.",
     ),
     "demo": ("tlmic_cli.commands.demo:demo", "A miniature study on the embedded phantom chest X-ray data."),
     "cache": ("tlmic_cli.commands.cache:cache", "What the cache folder holds (info, list) and reclaiming it (clean)."),

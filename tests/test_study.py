@@ -173,7 +173,7 @@ def test_plan_lists_runs_and_costs_without_running_any(disk_dir, small_study, tm
     fresh = replace_out(config, tmp_path / "fresh")
     text = plan_study(fresh)
     assert "block#1-f1-s0" in text and "unit#1-f1-s0" in text and "full-f1-s0" in text
-    assert "to run: 4 finetuning runs" in text and "exhaustive search instead" in text
+    assert "to run: 4 finetuning runs" in text and "every truncation instead" in text
     assert "budget per run (every arm of a fraction alike): 1: 24 images, 3 steps" in text
     assert "disk it will write (upper bounds, before compression): feature store" in text
     assert not (tmp_path / "fresh").exists()  # nothing made in the study directory

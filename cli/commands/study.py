@@ -27,7 +27,7 @@ from ..options import config_fields, config_options, given
 @click.option("--quiet", is_flag=True)
 @click.pass_context
 def study(ctx, config, preset, budget, max_minutes, plan, quiet):
-    """The paper's experiment: extract, probe every layer, probe-guided truncation search, baselines, report."""
+    """The paper's experiment: extract, probe every layer, truncation search (--search), baselines, report."""
     from tlmic_feats.study.plan import plan_study
     from tlmic_feats.study.run import run_study
 

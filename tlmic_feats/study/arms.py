@@ -107,27 +107,37 @@ def _is_address(text: str) -> bool:
 @dataclass(frozen=True)
 class Run:
     """One finetuning run of the study: ``arm`` trained on ``fraction`` of the training set with
-    ``seed``, in a ``stage`` of the search (``stage1``, ``stage2``, ``baseline``; ``calibration``
-    for the cost model's measurements)."""
+    ``seed``, in a ``stage`` of the search (``stage1``, ``stage2``, ``baseline``; ``similarity``
+    for the similarity search's short finetunes; ``calibration`` for the cost model's
+    measurements). ``steps``: a run shorter than its fraction's budget (the short finetunes; 0: the
+    budget)."""
 
     stage: str
     arm: Arm
     fraction: float
     seed: int
+    steps: int = 0
 
     @property
     def id(self) -> str:
-        """Its directory under ``runs/``: ``t3-f0.1-s0``."""
-        return study_run_id(str(self.arm), self.fraction, self.seed)
+        """Its directory under ``runs/``: ``t3-f0.1-s0``; a short run ``full-f0.1-s0-b15``."""
+        return study_run_id(str(self.arm), self.fraction, self.seed) + (f"-b{self.steps}" if self.steps else "")
 
     def record(self) -> dict:
         """The run as ``study.json`` records it (the arm by its name)."""
-        return {"stage": self.stage, "arm": str(self.arm), "fraction": self.fraction, "seed": self.seed}
+        record = {"stage": self.stage, "arm": str(self.arm), "fraction": self.fraction, "seed": self.seed}
+        return {**record, "steps": self.steps} if self.steps else record
 
     @classmethod
     def from_record(cls, record: dict) -> Run:
         """The run a ``study.json`` record (:meth:`record`) describes."""
-        return cls(record["stage"], Arm.parse(record["arm"]), float(record["fraction"]), int(record["seed"]))
+        return cls(
+            record["stage"],
+            Arm.parse(record["arm"]),
+            float(record["fraction"]),
+            int(record["seed"]),
+            int(record.get("steps", 0)),
+        )
 
 
 def finetune_config(config: StudyConfig, run: Run, out: Path, backbone=None, budget: StepBudget | None = None):
@@ -137,6 +147,8 @@ def finetune_config(config: StudyConfig, run: Run, out: Path, backbone=None, bud
     training = config.training
     if budget is not None:  # every arm of a fraction gets the same resolved budget
         training = replace(training, steps=budget.steps, eval_every=budget.eval_every)
+    if run.steps:  # a short run: its own steps, at the budget's cadence
+        training = replace(training, steps=run.steps, eval_every=min(training.eval_every or run.steps, run.steps))
     base = FinetuneConfig(
         data=config.data,
         backbone=config.backbone,
@@ -151,7 +163,7 @@ def finetune_config(config: StudyConfig, run: Run, out: Path, backbone=None, bud
         device=config.device,
         export_onnx=False,
         out=str(out / "runs" / run.id),
-        compactness=run.seed == 0,  # the same network for every seed: measured once per arm
+        compactness=run.seed == 0 and not run.steps,  # the same network for every seed: measured once per arm
     )
     arm = run.arm
     if arm.kind == "truncated":
@@ -285,3 +297,18 @@ def run_val_auprc(run_dir: Path) -> float:
     history = read_history(run_dir / "history.csv")
     kept = [h for h in history if h["step"] == int(metrics["best_step"])] or history[-1:]
     return float(kept[0]["val_auprc"])
+
+
+def run_history(run_dir: Path) -> list[dict]:
+    """A run's evaluations so far: ``history.csv`` once it finished, else the history its resume state
+    (``last.pt``) holds (a run paused by successive halving); empty when it has not evaluated."""
+    from ..finetune.outputs import read_history
+
+    if (run_dir / "history.csv").is_file():
+        return read_history(run_dir / "history.csv")
+    if not (run_dir / "last.pt").is_file():
+        return []
+    import torch
+
+    state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["state"]
+    return json.loads(state)["history"]

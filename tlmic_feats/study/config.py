@@ -38,6 +38,10 @@ BASELINES = ("cbr-tiny", "cbr-small", "cbr-larget", "cbr-largew", "hybrid", "lay
 Lpft = Literal["truncated", "all", "none"]
 LPFT_ARMS: tuple[str, ...] = get_args(Lpft)
 
+# The truncation searches (tlmic_feats.study.search describes each).
+Search = Literal["probe", "similarity", "halving", "exhaustive"]
+SEARCHES: tuple[str, ...] = get_args(Search)
+
 Preset = Literal["quick", "standard", "paper"]
 PRESET_NAMES: tuple[str, ...] = get_args(Preset)
 
@@ -65,6 +69,14 @@ class StudyConfig:
     out: str = option("", "Study directory (default: under cache/studies).")
     top_blocks: int = option(2, "Stage 1: block ends finetuned (best by probes on validation).", ge=1)
     top_units: int = option(1, "Stage 2: units of the best block finetuned (0: no stage 2).", ge=0)
+    search: Search = option(
+        "probe",
+        "How the cut points finetuned are chosen: probe (probe val AUPRC), similarity (where a short finetune "
+        "stops reusing pretrained features), halving (successive halving of the finetuned runs), exhaustive "
+        "(every block end and every unit of the best block; judges the others). A study can be rerun with "
+        "another search: its finished runs are kept.",
+        choices=SEARCHES,
+    )
     baselines: tuple[str, ...] = option(
         ("cbr-small", "hybrid"), "Other arms (comma-separated, or none).", choices=BASELINES, parse=name_list
     )
@@ -128,6 +140,7 @@ class StudyConfig:
         record.pop("cluster")  # the same results wherever it runs (tested); store and device are recorded by runs
         record.pop("keep_checkpoints")  # what is kept, not what is computed
         record.pop("rope")  # how the report judges, not what is computed
+        record.pop("search")  # which runs are made, not what a run computes: a study can add another search's
         return record
 
 
@@ -189,7 +202,7 @@ ROW_COLUMNS = (
 @dataclass
 class StudyResult:
     """What :func:`~tlmic_feats.study.run.run_study` produced: the study directory, one row per
-    finished run (``results.csv``), the choices of the probe-guided search, the runs not started and
+    finished run (``results.csv``), the choices of its search, the runs not started and
     the report."""
 
     out: Path

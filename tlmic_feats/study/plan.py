@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from ..runtime.files import write_json
 from ..runtime.paths import cache_root, human_bytes, slug
 from ..runtime.rundir import study_run_id
 from .arms import Arm, Run, finetune_config
-from .config import StudyConfig, default_out
+from .config import SEARCHES, StudyConfig, default_out
 
 
 def fraction_budgets(config: StudyConfig, manifest=None) -> dict[float, tuple[int, StepBudget]]:
@@ -443,43 +443,45 @@ def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], Non
         "| stage | run | train images | steps | estimated s | status |",
         "| --- | --- | ---: | ---: | ---: | --- |",
     ]
-    total, total_early, planned = 0.0, 0.0, []
+    total, total_early, planned, planned_ids = 0.0, 0.0, [], set()
     by_kind: dict[str, float] = {}
     by_part: dict[str, float] = {}
     units = [a.address for a in map(Arm.parse, distinct_truncations(backbone)) if "." in a.address]
     per_block = [sum(u.partition(".")[0] == e for u in units) for e in ends[:-1]]
     caps = {"max_blocks": len(blocks), "max_units": max(per_block, default=0)}
-    for stage, name, arm, f, s in planned_runs(config, state.get("choices", {}), **caps):
-        rid = study_run_id(name, f, s)
+    resolved = {f: b for f, (_, b) in budgets.items()}
+    runs = planned_runs(config, state.get("choices", {}), **caps, candidates=ends[:-1], budgets=resolved)
+    for p in runs:
+        rid, arm, f = p.id, p.arm, p.fraction
         n, b = budgets[float(f)]
-        # a choice not made yet is costed at the mean block end
-        candidates = [arm] if arm is not None else blocks
-        parts = {
-            k: float(np.nanmean([estimate_parts(cal, t, b, n_val, n_test, compactness=s == 0)[k] for t in candidates]))
-            for k in PARTS
-        }
+        b = replace(b, steps=p.steps) if p.steps else b
+        parts, est_early = _estimate(cal, config, p, b, blocks, n_val, n_test)
         est = sum(parts.values())
-        # the earliest early stop: patience + 1 evaluations without improvement after the first
-        earliest = replace(b, steps=min(b.steps, (config.training.patience + 1) * b.eval_every))
-        est_early = float(
-            np.nanmean([estimate_seconds(cal, t, earliest, n_val, n_test, compactness=s == 0) for t in candidates])
-        )
-        over = budget and len(done) + len(planned) >= budget  # the budget counts the study's runs, done ones included
+        new = not p.resumed and rid not in planned_ids
+        # the budget counts the study's runs, done ones too
+        over = budget and new and len(done) + len(planned) >= budget
         status = "done" if rid in done else ("over budget" if over else "to run")
         if status == "to run":
             total += est
             total_early += est_early
-            planned.append(arm if arm is not None else blocks[0])
-            kind = arm_kind(arm)
+            if new:
+                planned.append(arm if arm is not None else blocks[0])
+                planned_ids.add(rid)
+            kind = "similarity (short runs)" if p.stage == "similarity" else arm_kind(arm)
             by_kind[kind] = by_kind.get(kind, 0.0) + est
             for k, v in parts.items():
                 by_part[k] = by_part.get(k, 0.0) + v
-        lines.append(f"| {stage} | {rid} | {n} | {b.steps} | {est:.0f} | {status} |")
+        steps = f"{b.steps}" + (" more" if p.resumed else "")
+        lines.append(f"| {p.stage} | {rid} | {n} | {steps} | {est:.0f} | {status} |")
     exhaustive = sum(
         estimate_seconds(cal, arm, budgets[float(f)][1], n_val, n_test) * len(config.seed_list)
         for f in config.fractions
         for arm in distinct_truncations(backbone)
     )
+    searches = {
+        name: _search_seconds(replace(config, search=name), cal, budgets, blocks, caps, ends, n_val, n_test)
+        for name in SEARCHES
+    }
     disk = estimate_disk(config, backbone, manifest, cal, planned, budgets)
     lines += [
         "",
@@ -490,10 +492,16 @@ def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], Non
         + "; by part: "
         + _shares({PARTS[k]: v for k, v in by_part.items()}, total)
         + ".",
-        "(block#/unit# are chosen after probing; costed at the mean block end). Candidates: block ends "
+        "(block#/unit# are chosen by the search; costed at the mean block end). Candidates: block ends "
         f"{', '.join(ends[:-1])}; the deepest ({ends[-1]}) is full finetuning.",
-        f"exhaustive search instead (every block end and unit, every fraction and seed): about {exhaustive / 60:.1f} "
-        "min of finetuning.",
+        f"every truncation instead (every block end and every unit, every fraction and seed): about "
+        f"{exhaustive / 60:.1f} min of finetuning.",
+        "the searches (--search; stage 1 and 2 with full finetuning, the similarity search's short runs, halving's "
+        "rungs; no early stop): "
+        + ", ".join(
+            f"{k} {v / 60:.1f} min" + (" (this study)" if k == config.search else "") for k, v in searches.items()
+        )
+        + ".",
         "disk it will write (upper bounds, before compression): "
         + ", ".join(f"{k} {human_bytes(v)}" for k, v in disk.items() if k != "total")
         + f"; {human_bytes(disk['total'])} in all",
@@ -502,6 +510,37 @@ def plan_study(config: StudyConfig, *, budget: int = 0, log: Callable[[str], Non
     if warnings:
         lines += ["", *warnings]
     return "\n".join(lines)
+
+
+def _estimate(cal: dict, config: StudyConfig, p: Planned, b: StepBudget, blocks: list[Arm], n_val: int, n_test: int):
+    """A planned run's estimated seconds by part, and if it stopped at its first chance; a choice not
+    made yet is costed at the mean block end."""
+    candidates = [p.arm] if p.arm is not None else blocks
+    compactness = p.seed == 0 and p.stage != "similarity" and not p.resumed
+    parts = {
+        k: float(np.nanmean([estimate_parts(cal, t, b, n_val, n_test, compactness=compactness)[k] for t in candidates]))
+        for k in PARTS
+    }
+    # the earliest early stop: patience + 1 evaluations without improvement after the first
+    earliest = replace(b, steps=min(b.steps, (config.training.patience + 1) * b.eval_every))
+    early = float(
+        np.nanmean([estimate_seconds(cal, t, earliest, n_val, n_test, compactness=compactness) for t in candidates])
+    )
+    return parts, early
+
+
+def _search_seconds(config: StudyConfig, cal, budgets, blocks, caps, ends, n_val, n_test) -> float:
+    """Estimated seconds of a search's finetuning (stages 1 and 2 with full finetuning and scratch,
+    the similarity search's short runs; no baselines, no early stop), none of it done yet."""
+    resolved = {f: b for f, (_, b) in budgets.items()}
+    total = 0.0
+    for p in planned_runs(config, {}, **caps, candidates=ends[:-1], budgets=resolved):
+        if p.stage == "baseline":
+            continue
+        b = budgets[float(p.fraction)][1]
+        parts, _ = _estimate(cal, config, p, replace(b, steps=p.steps) if p.steps else b, blocks, n_val, n_test)
+        total += sum(parts.values())
+    return total
 
 
 PARTS = {
@@ -543,28 +582,87 @@ def describe_calibration(cal: dict) -> str:
     )
 
 
-def planned_runs(config: StudyConfig, chosen: dict, *, max_blocks: int | None = None, max_units: int | None = None):
-    """``(stage, name, arm, fraction, seed)`` of every run a study makes, in its order; ``arm`` (an
-    :class:`~tlmic_feats.study.arms.Arm`, ``name`` its name) is None where the choice is made after
-    probing (``name``: ``block#1``, ``unit#1``...). ``max_blocks``
-    and ``max_units``: the candidates there are (``top_blocks`` beyond them finetunes them all)."""
+@dataclass(frozen=True)
+class Planned:
+    """One row of a study's plan: a run (``arm`` None where the search chooses it later; ``name``
+    then says which: ``block#1``, ``unit#1``...), or a segment of one: ``steps`` (0: the fraction's
+    budget) and ``resumed`` (a halving run continued from its previous rung)."""
+
+    stage: str
+    name: str
+    arm: Arm | None
+    fraction: float
+    seed: int
+    steps: int = 0
+    resumed: bool = False
+
+    @property
+    def id(self) -> str:
+        return study_run_id(self.name, self.fraction, self.seed) + (
+            f"-b{self.steps}" if self.stage == "similarity" else ""
+        )
+
+
+def planned_runs(
+    config: StudyConfig,
+    chosen: dict,
+    *,
+    max_blocks: int | None = None,
+    max_units: int | None = None,
+    candidates: list[str] | None = None,
+    budgets: dict | None = None,
+):
+    """Every :class:`Planned` run (or halving segment) a study makes, in its order. ``chosen``: the
+    choices a study recorded (``study.json``); ``max_blocks`` and ``max_units``: the candidates
+    there are (``top_blocks`` beyond them finetunes them all); ``candidates``: the block ends but
+    the deepest (exhaustive and halving name them); ``budgets``: ``{fraction: StepBudget}``
+    (halving's rungs and the similarity search's short runs need them)."""
+    from .search import halving_schedule, short_steps
+
+    search = config.search
     n_blocks = min(config.top_blocks, max_blocks) if max_blocks is not None else config.top_blocks
     n_units = min(config.top_units, max_units) if max_units is not None else config.top_units
+    if search == "exhaustive":
+        n_blocks, n_units = (max_blocks or n_blocks), (max_units if config.top_units else 0) or n_units
+    blocks = list(candidates or [])
+    for f in config.fractions:
+        budget = (budgets or {}).get(float(f))
+        if search in ("similarity", "exhaustive") and budget is not None:
+            short = short_steps(budget.steps, budget.eval_every)
+            for s in config.seed_list:
+                yield Planned("similarity", "full", Arm("full"), f, s, short)
     for stage, key, label, n in (("1", "blocks", "block", n_blocks), ("2", "units", "unit", n_units)):
         for f in config.fractions:
             picked = chosen.get(f"{f:g}", {}).get(key)  # known once the study has made its choice
+            budget = (budgets or {}).get(float(f))
+            halving = search == "halving" and picked is None and budget is not None
+            schedule = []
+            if halving:
+                pool = len(blocks) if stage == "1" and blocks else (max_units or n) if stage == "2" else n
+                schedule = halving_schedule(max(pool, 1), n, budget.steps, budget.eval_every) if n else []
             for s in config.seed_list:
                 if picked is not None:
-                    yield from ((stage, str(arm), arm, f, s) for arm in (Arm("truncated", a) for a in picked))
+                    yield from (Planned(stage, str(a), a, f, s) for a in (Arm("truncated", x) for x in picked))
+                elif schedule:
+                    before = 0
+                    for j, (steps, count) in enumerate(schedule):
+                        for i in range(count):
+                            known = stage == "1" and j == 0 and i < len(blocks)
+                            arm = Arm("truncated", blocks[i]) if known else None
+                            name = str(arm) if known else f"{label}#{i + 1}"
+                            yield Planned(stage, name, arm, f, s, steps - before, resumed=j > 0)
+                        before = steps
+                elif search == "exhaustive" and stage == "1" and blocks:
+                    yield from (Planned(stage, f"t{a}", Arm("truncated", a), f, s) for a in blocks)
                 else:
-                    yield from ((stage, f"{label}#{i + 1}", None, f, s) for i in range(n))
+                    yield from (Planned(stage, f"{label}#{i + 1}", None, f, s) for i in range(n))
                 if stage == "1":
-                    yield stage, "full", Arm("full"), f, s
+                    yield Planned(stage, "full", Arm("full"), f, s)
                     if config.scratch:
-                        yield stage, "scratch", Arm("scratch"), f, s
+                        yield Planned(stage, "scratch", Arm("scratch"), f, s)
     for f in config.fractions:
         for s in config.seed_list:
-            yield from (("baseline", b, Arm("baseline", name=b), f, s) for b in config.baselines)
+            yield from (Planned("baseline", b, Arm("baseline", name=b), f, s) for b in config.baselines)
 
 
 def estimate_disk(config: StudyConfig, backbone, manifest, cal: dict, arms: list[Arm], budgets: dict) -> dict:

@@ -7,8 +7,10 @@ AUPRC that selection used, parameters, MACs and CPU latency per image. Then the 
 the arm validation would pick; paired differences on the same test images (AUROC by DeLong's test,
 AUPRC by a paired bootstrap, each with its 95% CI and p-value) of the best truncated arm (chosen on
 validation) against full finetuning and of each probe's best layer against the head; the probe
-curves with the finetuned cut points overlaid; and the compute the probe-guided search spent
-against finetuning every block end and unit.
+curves with the finetuned cut points overlaid; and the compute the study's search spent
+against finetuning every block end and unit. With exhaustive results (every block end finetuned at
+every seed), every search judged on them: rank correlations, regret with its interval and measured
+compute (``search.csv``, :mod:`.search`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .compute import compute_summary, measured_disk
 from .figures import plot_fraction
 from .html import markdown_to_html
 from .results import collect_rows, training_precision, write_results_csv
+from .search import judge_searches, search_section, write_search_csv
 from .summary import best_truncated, primary_verdicts, summarize, write_verdicts_csv
 from .text import compute_section, fraction_section, header
 
@@ -29,6 +32,7 @@ __all__ = [
     "best_truncated",
     "collect_rows",
     "compute_summary",
+    "judge_searches",
     "markdown_to_html",
     "measured_disk",
     "primary_verdicts",
@@ -36,6 +40,7 @@ __all__ = [
     "summarize",
     "training_precision",
     "write_results_csv",
+    "write_search_csv",
     "write_verdicts_csv",
 ]
 
@@ -64,6 +69,10 @@ def render_study_report(out: Path, config, backbone, calibration: dict, rows: li
         lines += fraction_section(doc, state.get("choices", {}).get(f"{fraction:g}", {}), fraction, small_test)
         plot = plot_fraction(out, rows, fraction, figures / f"probe-curve-f{fraction:g}.png", config)
         lines += ["", f"![probe curve and finetuned cut points at {fraction:g}]({plot.relative_to(out)})", ""]
+    judged = judge_searches(out, config, backbone, rows, state, manifest.label_kind) if rows else {}
+    if judged:
+        write_search_csv(out / "search.csv", judged)
+        lines += search_section(judged, config.top_blocks)
     if rows:
         lines += compute_section(compute_summary(config, backbone, calibration, rows, state, manifest, out))
     if state.get("not_run"):

@@ -1,5 +1,5 @@
-"""What the study spent: the probe-guided search's finetuning against an exhaustive search, and the
-disk it wrote against the plan's estimate."""
+"""What the study spent: its search's finetuning against an exhaustive search, and the disk it wrote
+against the plan's estimate."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from ..arms import Arm
 
 
 def compute_summary(config, backbone, calibration: dict, rows: list[dict], state: dict, manifest, out: Path) -> dict:
-    """What the probe-guided search spent against exhaustive finetuning of every cut point, and the
-    disk the study wrote against the plan's estimate."""
+    """What the study's search spent against exhaustive finetuning of every cut point (halving's
+    stopped runs included), and the disk the study wrote against the plan's estimate."""
     from ...finetune.budget import StepBudget
     from ..plan import distinct_truncations, estimate_disk, estimate_seconds
 
@@ -26,13 +26,15 @@ def compute_summary(config, backbone, calibration: dict, rows: list[dict], state
 
     search_est = sum(est(a, r["fraction"]) for a, r in search)
     search_measured = sum(float(r["wall_seconds"] or 0) for r in runs)
-    exhaustive_runs = [
-        (f, arm) for f in fractions for arm in distinct_truncations(backbone) for _ in config.seed_list
-    ]
+    paused = [r for r in state.get("runs", {}).values() if r.get("status") == "paused"]  # halving stopped them
+    search_measured += sum(float(r.get("seconds") or 0) for r in paused)
+    exhaustive_runs = [(f, arm) for f in fractions for arm in distinct_truncations(backbone) for _ in config.seed_list]
     exhaustive_est = sum(est(arm, f) for f, arm in exhaustive_runs)
     compute = state.get("compute", {})
     disk_est = estimate_disk(config, backbone, manifest, calibration, [a for a, _ in finetuned], budgets)
     return {
+        "search": getattr(config, "search", "probe"),
+        "stopped_runs": len(paused),
         "search_runs": len(runs),
         "search_measured": search_measured,
         "search_estimate": search_est,

@@ -24,8 +24,8 @@ def collect_rows(out: Path, config, probe_dir: Path) -> list[dict]:
     rows = []
     for run_id, rec in sorted(state["runs"].items()):
         run_dir = out / "runs" / run_id
-        if rec.get("status") != "done" or not (run_dir / "metrics.json").is_file():
-            continue
+        if rec.get("status") != "done" or not (run_dir / "metrics.json").is_file() or rec.get("steps"):
+            continue  # unfinished, or a short run (the similarity search's signal, not an arm)
         run = Run.from_record(rec)
         m = json.loads((run_dir / "metrics.json").read_text())
         comp_file = run_dir / "compactness.json"

@@ -70,7 +70,7 @@ def summarize(
         heads = {
             ("head", m): rs for (m, f), rs in head_runs.items() if f == fraction and Arm("probe", name=m) in arms
         }
-        y, scores = _aligned_test_scores(out, {**arms, **heads}, label_kind)
+        y, scores = aligned_test_scores(out, {**arms, **heads}, label_kind)
         boot = paired_bootstrap(y, scores, label_kind, n_resamples=n_resamples, seed=0)
         table = [_arm_summary(arm, rs, boot[arm]) for arm, rs in arms.items()]
         for a in table:
@@ -191,7 +191,7 @@ def _head_probe_rows(out: Path) -> dict[tuple[str, float], list[dict]]:
     return heads
 
 
-def _aligned_test_scores(out: Path, runs_of: dict[Scored, list[dict]], label_kind: str) -> tuple[np.ndarray, dict]:
+def aligned_test_scores(out: Path, runs_of: dict[Scored, list[dict]], label_kind: str) -> tuple[np.ndarray, dict]:
     """Test labels and ``{arm: [scores per seed]}`` on the images every arm scored, in one order.
     Pairing needs the same test images in every arm: probes leave out images the extraction skipped
     as unreadable, finetuning does not."""

@@ -119,20 +119,54 @@ def fraction_section(doc: dict, c: dict, fraction: float, small_test: str = "") 
         ]
         lines.append(f"Best probe layer vs the head (the deepest cut point), same test images: {'; '.join(parts)}.")
     if c:
-        ranking = ", ".join(f"{a} {v:.3f}" for a, v in c.get("stage1_ranking", []))
-        lines.append(f"Search: block ends by probe val AUPRC: {ranking}; finetuned: {', '.join(c['blocks'])}.")
+        lines.append(_search_line(c))
         if c.get("best_block"):
             units = ", ".join(f"{a} {v:.3f}" for a, v in c.get("stage2_ranking", [])) or "none"
             lines.append(
                 f"Best finetuned block {c['best_block']} (val AUPRC "
                 + ", ".join(f"{a}: {v:.3f}" for a, v in c["stage1_val_auprc"].items())
-                + f"); its units by probe val AUPRC: {units}; finetuned: {', '.join(c['units']) or 'none'}."
+                + f"); its units by {_unit_signal(c.get('search', 'probe'))}: {units}; finetuned: "
+                f"{', '.join(c['units']) or 'none'}."
             )
         if c.get("ties"):
             from ..arms import describe_tie
 
             lines.append("Ties on validation: " + "; ".join(describe_tie(t) for t in c["ties"]) + ".")
     return lines
+
+
+def _unit_signal(search: str) -> str:
+    from ..search import SIGNALS
+
+    return (
+        SIGNALS["similarity"]
+        if search == "similarity"
+        else "probe val AUPRC" + (" (successive halving chose)" if search == "halving" else "")
+    )
+
+
+def _search_line(c: dict) -> str:
+    """What the fraction's search ranked and finetuned, in one line."""
+    from ..search import SIGNALS
+
+    search = c.get("search", "probe")
+
+    def ranked(pairs) -> str:
+        return ", ".join(f"{a} {v:.3f}" for a, v in pairs)
+
+    finetuned = f"finetuned: {', '.join(c.get('blocks', [])) or 'none yet'}."
+    if search == "halving":
+        rungs = "; ".join(
+            f"at step {r['steps']} {ranked(r['ranking'])}, kept {', '.join(r['kept'])}"
+            for r in c.get("stage1_halving", [])
+        )
+        return f"Search (successive halving, block ends by {SIGNALS['exhaustive']}): {rungs or 'one rung'}; {finetuned}"
+    if search == "similarity":
+        return f"Search: block ends by {SIGNALS['similarity']}: {ranked(c.get('stage1_similarity', []))}; {finetuned}"
+    line = f"Search: block ends by probe val AUPRC: {ranked(c.get('stage1_ranking', []))}; {finetuned}"
+    return (
+        line.replace("Search:", "Search (exhaustive, every block end finetuned):") if search == "exhaustive" else line
+    )
 
 
 def _difference(d: dict) -> str:
@@ -148,6 +182,7 @@ def compute_section(comp: dict) -> list[str]:
     """What the search spent against an exhaustive one, and the disk against the plan's estimate."""
     disk_est, disk_now = comp["disk_estimate"], comp["disk_measured"]
     saving = comp["exhaustive_estimate"] / comp["search_estimate"] if comp["search_estimate"] else float("nan")
+    stopped = f"; halving also stopped {comp['stopped_runs']} early" if comp.get("stopped_runs") else ""
     return [
         "## Compute",
         "",
@@ -155,9 +190,9 @@ def compute_section(comp: dict) -> list[str]:
         "| --- | ---: | ---: | ---: |",
         f"| extraction (every cut point, once) | | {comp['extract_seconds']:.0f} | |",
         f"| probes (every cut point, both models) | | {comp['probe_seconds']:.0f} | |",
-        f"| probe-guided search: truncated finetunes (stages 1 and 2) | {comp['search_runs']} | "
+        f"| {comp['search']} search: truncated finetunes (stages 1 and 2{stopped}) | {comp['search_runs']} | "
         f"{comp['search_measured']:.0f} | {comp['search_estimate']:.0f} |",
-        f"| exhaustive search: every block end and unit | {comp['exhaustive_runs']} | | "
+        f"| every truncation: every block end and every unit | {comp['exhaustive_runs']} | | "
         f"{comp['exhaustive_estimate']:.0f} |",
         f"| other arms (full, scratch, baselines) | {comp['other_runs']} | {comp['other_measured']:.0f} | |",
         "",
@@ -165,8 +200,8 @@ def compute_section(comp: dict) -> list[str]:
         "| --- | ---: | ---: |",
         *[f"| {k} | {human_bytes(disk_now[k])} | {human_bytes(disk_est[k])} |" for k in disk_now],
         "",
-        f"The probe-guided search finetuned {comp['search_runs']} truncated networks where an exhaustive search "
-        f"would finetune {comp['exhaustive_runs']}: {saving:.1f}x less finetuning compute by the cost model "
+        f"The {comp['search']} search finetuned {comp['search_runs']} truncated networks where finetuning every "
+        f"truncation would take {comp['exhaustive_runs']}: {saving:.1f}x less finetuning compute by the cost model "
         "(seconds of an optimizer step, an evaluation and a run's fixed costs measured on this machine for each "
         f"network, `calibration.json`; no early stop assumed), for {comp['extract_seconds'] + comp['probe_seconds']:.0f} s of extraction and probing.",
         "",
