@@ -37,12 +37,8 @@ install-docs: $(VENV)/.installed-docs
 demo: $(VENV)/.installed
 	$(BIN)/tlmic demo
 
-# OPENBLAS_NUM_THREADS at OpenBLAS's own default (the core count), set before Python starts: with
-# OpenBLAS 0.3.30/0.3.31 (numpy 2.4's and scipy 1.17's wheels) a thread count lowered in one thread
-# and raised back from another stays lowered unless it came from the environment, which the
-# overlapping-cells limit test then reports (the library issue itself is noted for planning).
 test: $(VENV)/.installed-test
-	OPENBLAS_NUM_THREADS=$${OPENBLAS_NUM_THREADS:-$$(nproc)} $(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q
 
 # The oldest end of pyproject's torch range, in a venv of its own: torch 2.13.0 and torchvision 0.28.0,
 # everything else as constraints.txt pins it. It runs the tests whose subject is what torch, torchvision
@@ -83,7 +79,7 @@ $(OLDEST)/.installed-test: pyproject.toml constraints.txt .ci/torchvision_withou
 
 test-oldest: $(OLDEST)/.installed-test
 	$(OLDEST)/bin/python -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'
-	OPENBLAS_NUM_THREADS=$${OPENBLAS_NUM_THREADS:-$$(nproc)} $(OLDEST)/bin/python -m pytest -q $(OLDEST_TESTS)
+	$(OLDEST)/bin/python -m pytest -q $(OLDEST_TESTS)
 
 # The site into site/ (git-ignored); --strict turns every warning (a broken link, a docstring griffe
 # cannot parse, a CLI command mkdocs-click cannot render) into a failure. mkdocstrings 1.x: 0.30 fails

@@ -97,7 +97,22 @@ def one_thread_per_cell():
             _cell_limits[0] -= 1
             if _cell_limits[0] == 0:
                 stack, _cell_limits[1] = _cell_limits[1], None
+                _take_openblas_control()
                 stack.close()
+
+
+def _take_openblas_control() -> None:
+    """Let this thread restore OpenBLAS's thread count. threadpoolctl (3.6 and newer) lets only the
+    first thread that set a pthreads OpenBLAS's count change it while that thread lives, and others
+    silently do nothing; the last cell out restores the count the first cell in lowered, from
+    another thread when they overlap (a Dask worker's pool threads live on), so without this BLAS
+    stayed at one thread for the rest of the process. Safe: no other cell is inside (the caller
+    holds the lock and was the last)."""
+    import threadpoolctl
+
+    controller = getattr(threadpoolctl, "OpenBLASController", None)
+    if controller is not None and hasattr(controller, "clear_controlling_thread"):
+        controller.clear_controlling_thread(force=True)
 
 
 def limit_malloc_arenas(n: int = 2) -> None:
