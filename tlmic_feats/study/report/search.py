@@ -87,7 +87,7 @@ def exhaustive_complete(rows: list[dict], ends: list[str], fraction: float, seed
     finetuning) finetuned at every seed at ``fraction``."""
     have = {(r["arm"], r["seed"]) for r in rows if r["fraction"] == fraction and r["stage"] != "probe"}
     names = [str(Arm("truncated", a)) for a in ends[:-1]] + [str(Arm("full"))]
-    return all((n, s) for n in names for s in seeds) and all((n, s) in have for n in names for s in seeds)
+    return bool(seeds) and all((n, s) in have for n in names for s in seeds)
 
 
 def judge_fraction(
