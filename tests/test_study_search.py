@@ -262,3 +262,38 @@ def halving_state(out):
     import json
 
     return json.loads((out / "study.json").read_text())
+
+
+@pytest.mark.parametrize("search", ["probe", "exhaustive", "halving", "similarity"])
+def test_the_plan_lists_every_run_each_search_makes(tmp_path, search):
+    """The plan's runs per search, counted by hand: 4 block ends but the deepest, 2 seeds, one
+    fraction, 120 steps evaluated every 15, the top block end finetuned to the end."""
+    from tlmic_feats.data.readers import DataConfig
+    from tlmic_feats.study.config import StudyConfig
+    from tlmic_feats.study.plan import planned_runs
+
+    config = StudyConfig(
+        data=DataConfig(str(tmp_path)), search=search, fractions=(1.0,), seeds=2, top_blocks=1, top_units=0,
+        baselines=(), scratch=False,
+    )  # fmt: skip
+    budget = StepBudget(steps=120, eval_every=15, warmup_steps=0, batch_size=8, steps_per_epoch=10.0, policy="steps")
+    blocks = ["1", "2", "3", "4"]
+    runs = list(planned_runs(config, {}, max_blocks=4, max_units=3, candidates=blocks, budgets={1.0: budget}))
+    stage1 = [r for r in runs if r.stage == "1"]
+    short = [r for r in runs if r.stage == "similarity"]
+    assert sum(r.name == "full" for r in stage1) == 2 and not [r for r in runs if r.stage == "2"]
+    assert len(short) == (2 if search in ("similarity", "exhaustive") else 0)
+    assert all(r.steps == short_steps(120, 15) and r.arm == Arm("full") for r in short)
+    truncated = [r for r in stage1 if r.name != "full"]
+    if search == "exhaustive":
+        assert sorted((str(r.arm), r.seed) for r in truncated) == sorted(
+            (str(Arm("truncated", b)), s) for b in blocks for s in (0, 1)
+        )
+    elif search == "halving":
+        schedule = halving_schedule(4, 1, 120, 15)
+        assert sum(r.steps for r in truncated) == 2 * sum(
+            (steps - before) * count for (steps, count), before in zip(schedule, [0] + [s for s, _ in schedule])
+        )
+        assert {r.arm for r in truncated if not r.resumed} == {Arm("truncated", b) for b in blocks}
+    else:  # probe and similarity: the chosen block end, not known before the study chooses it
+        assert [(r.name, r.arm, r.steps) for r in truncated] == [("block#1", None, 0)] * 2
