@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-oldest docs install install-test install-docs clean-cache
+.PHONY: demo test test-slow test-oldest docs install install-test install-docs clean-cache
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,14 @@ install-docs: $(VENV)/.installed-docs
 demo: $(VENV)/.installed
 	$(BIN)/tlmic demo
 
+# make test: every test but those marked slow (each covers what no faster test does: kill-and-resume
+# of extraction, Dask and torchrun, whole studies, the demo, the default budget's learning); CI runs
+# them too, with make test-slow.
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q -m slow
 
 # The oldest end of pyproject's torch range, in a venv of its own: torch 2.13.0 and torchvision 0.28.0,
 # everything else as constraints.txt pins it. It runs the tests whose subject is what torch, torchvision

@@ -18,7 +18,6 @@ import pytest
 from tlmic_feats import DataConfig, ExtractConfig, FeatureStore, extract_features
 from tlmic_feats.runtime.errors import ClusterError, UsageError
 
-pytestmark = pytest.mark.slow
 
 CLI = [sys.executable, "-c", "from tlmic_cli.main import main; main()"]
 SMALL = dict(backbone="resnet18", weights="random:5", layers="all", chunk_rows=4, batch_size=2)
@@ -52,6 +51,7 @@ def test_cluster_spec_is_parsed_or_refused():
         parse_cluster("local:0")
 
 
+@pytest.mark.slow
 def test_cluster_store_equals_single_process_store(phantom_dir, tmp_path):
     data = DataConfig(str(phantom_dir / "train"))
     single = extract_features(ExtractConfig(data=data, **SMALL, store=str(tmp_path / "a.zarr")), progress=False)
@@ -64,6 +64,7 @@ def test_cluster_store_equals_single_process_store(phantom_dir, tmp_path):
     assert spread.store.fingerprint == single.store.fingerprint  # where it ran is not what it holds
 
 
+@pytest.mark.slow
 def test_worker_killed_then_client_killed_then_rerun_gives_the_identical_store(phantom200, tmp_path):
     import psutil
 
@@ -162,6 +163,7 @@ def _rows(path):
         return [{k: v for k, v in r.items() if k != "fit_seconds"} for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_probe_grid_on_the_cluster_equals_the_local_run(easy_store, tmp_path):
     from tlmic_feats.probes.config import ProbeConfig
     from tlmic_feats.probes.grid import run_probes
@@ -180,6 +182,7 @@ def test_probe_grid_on_the_cluster_equals_the_local_run(easy_store, tmp_path):
     assert before == {p.name: p.stat().st_mtime_ns for p in (there.out / "cells").iterdir()}
 
 
+@pytest.mark.slow
 def test_distributed_lightgbm_fit_learns_and_saves_loadable_probes(easy_store, tmp_path):
     from tlmic_feats.probes.config import ProbeConfig
     from tlmic_feats.probes.estimators import load_probe
@@ -247,6 +250,7 @@ def _finetune_args(data, out, steps):
     ]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_checkpoint_loads_alone_and_restart_resumes(phantom_dir, tmp_path):
     import torch
 

@@ -20,7 +20,6 @@ from tlmic_feats.study.plan import plan_study
 from tlmic_feats.study.run import run_study
 from tlmic_feats.testing.datasets import disk_dataset
 
-pytestmark = pytest.mark.slow
 
 CLI = [sys.executable, "-c", "from tlmic_cli.main import main; main()"]
 
@@ -58,6 +57,7 @@ def small_study(disk_dir, tmp_path_factory):
         return config, run_study(config, progress=False)
 
 
+@pytest.mark.slow
 def test_tiny_study_end_to_end_with_every_arm_gives_verdicts(disk_dir, tmp_path):
     config = _config(
         disk_dir,
@@ -108,6 +108,7 @@ def test_tiny_study_end_to_end_with_every_arm_gives_verdicts(disk_dir, tmp_path)
     assert best["auroc"] > 0.8
 
 
+@pytest.mark.slow
 def test_selection_never_reads_test_labels(small_study, tmp_path):
     config, original = small_study
     permuted = disk_dataset(tmp_path / "permuted", shuffle_test_labels=True)
@@ -132,6 +133,7 @@ def _stable(report: str) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.slow
 def test_killed_study_finishes_only_the_remaining_runs_and_gives_the_same_report(disk_dir, small_study, tmp_path):
     config, reference = small_study
     out = tmp_path / "study"
@@ -168,6 +170,7 @@ def replace_out(config: StudyConfig, out: Path) -> StudyConfig:
     return replace(config, out=str(out))
 
 
+@pytest.mark.slow
 def test_plan_lists_runs_and_costs_without_running_any(disk_dir, small_study, tmp_path):
     config, _ = small_study
     fresh = replace_out(config, tmp_path / "fresh")
@@ -180,6 +183,7 @@ def test_plan_lists_runs_and_costs_without_running_any(disk_dir, small_study, tm
     assert "| done |" in plan_study(config)  # the finished study's runs are known as done
 
 
+@pytest.mark.slow
 def test_study_refuses_another_configuration_in_its_directory(small_study):
     from tlmic_feats.runtime.errors import UsageError
     from tlmic_feats.runtime.options import replace_flat
