@@ -297,3 +297,17 @@ def test_the_plan_lists_every_run_each_search_makes(tmp_path, search):
         assert {r.arm for r in truncated if not r.resumed} == {Arm("truncated", b) for b in blocks}
     else:  # probe and similarity: the chosen block end, not known before the study chooses it
         assert [(r.name, r.arm, r.steps) for r in truncated] == [("block#1", None, 0)] * 2
+
+
+def test_the_compute_section_states_a_saving_only_when_truncated_networks_were_finetuned():
+    from tlmic_feats.study.report.text import compute_section
+
+    comp = dict(
+        disk_estimate={"total": 10}, disk_measured={"total": 5}, search="probe", extract_seconds=3.0,
+        probe_seconds=2.0, search_runs=0, search_measured=0.0, search_estimate=0.0, exhaustive_runs=21,
+        exhaustive_estimate=420.0, other_runs=3, other_measured=60.0,
+    )  # fmt: skip
+    text = "\n".join(compute_section(comp))
+    assert "nan" not in text and "finetuned no truncated network yet" in text and "21 runs" in text
+    text = "\n".join(compute_section(comp | dict(search_runs=3, search_measured=55.0, search_estimate=60.0)))
+    assert "7.0x less finetuning compute" in text

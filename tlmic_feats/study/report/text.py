@@ -181,7 +181,20 @@ def _difference(d: dict) -> str:
 def compute_section(comp: dict) -> list[str]:
     """What the search spent against an exhaustive one, and the disk against the plan's estimate."""
     disk_est, disk_now = comp["disk_estimate"], comp["disk_measured"]
-    saving = comp["exhaustive_estimate"] / comp["search_estimate"] if comp["search_estimate"] else float("nan")
+    probing = comp["extract_seconds"] + comp["probe_seconds"]
+    if comp["search_runs"] and comp["search_estimate"]:
+        saving = comp["exhaustive_estimate"] / comp["search_estimate"]
+        verdict = (
+            f"The {comp['search']} search finetuned {comp['search_runs']} truncated networks where finetuning every "
+            f"truncation would take {comp['exhaustive_runs']}: {saving:.1f}x less finetuning compute by the cost model "
+            "(seconds of an optimizer step, an evaluation and a run's fixed costs measured on this machine for each "
+            f"network, `calibration.json`; no early stop assumed), for {probing:.0f} s of extraction and probing."
+        )
+    else:  # nothing truncated finetuned (yet): no ratio to state
+        verdict = (
+            f"The {comp['search']} search has finetuned no truncated network yet; finetuning every truncation would "
+            f"take {comp['exhaustive_runs']} runs."
+        )
     stopped = f"; halving also stopped {comp['stopped_runs']} early" if comp.get("stopped_runs") else ""
     return [
         "## Compute",
@@ -200,9 +213,6 @@ def compute_section(comp: dict) -> list[str]:
         "| --- | ---: | ---: |",
         *[f"| {k} | {human_bytes(disk_now[k])} | {human_bytes(disk_est[k])} |" for k in disk_now],
         "",
-        f"The {comp['search']} search finetuned {comp['search_runs']} truncated networks where finetuning every "
-        f"truncation would take {comp['exhaustive_runs']}: {saving:.1f}x less finetuning compute by the cost model "
-        "(seconds of an optimizer step, an evaluation and a run's fixed costs measured on this machine for each "
-        f"network, `calibration.json`; no early stop assumed), for {comp['extract_seconds'] + comp['probe_seconds']:.0f} s of extraction and probing.",
+        verdict,
         "",
     ]
