@@ -11,10 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tlmic_feats.runtime.options import from_flat
 from tlmic_feats.data.readers import DataConfig
+from tlmic_feats.finetune.reuse import read_feature_reuse
+from tlmic_feats.study.arms import TIE_TOLERANCE
 from tlmic_feats.study.config import StudyConfig
 from tlmic_feats.study.plan import plan_study
 from tlmic_feats.study.run import run_study
@@ -34,6 +37,7 @@ def _config(data: Path, out: Path, store: Path, **kw) -> StudyConfig:
         seeds=1,
         top_blocks=1,
         top_units=1,
+        search="probe",
         baselines=(),
         scratch=True,
         steps=3,
@@ -91,6 +95,18 @@ def test_tiny_study_end_to_end_with_every_arm_gives_verdicts(disk_dir, tmp_path)
     assert "Budget: 3 steps (given; 1.0 epochs at batch 8), validation every 3" in report
     assert "Pooling: avg for the probes' features and for every finetuned network's head" in report
     assert "| disk | measured | estimated (plan, upper bound) |" in report
+    # feature reuse: full finetuning and the best truncated arm (here the probes' block and its unit,
+    # picked on validation), seed 0, each run's CKA per cut point on the test images, plotted
+    assert "![feature reuse of full finetuning and the best truncated arm at 1](figures/feature-reuse-f1.png)" in report
+    assert (result.out / "figures" / "feature-reuse-f1.png").is_file()
+    compared = [r for r in finetuned if (result.out / r["predictions"]).parent.joinpath("feature_reuse.csv").is_file()]
+    assert len(compared) == 2 and all(r["seed"] == 0 for r in compared)
+    (arm,) = {r["arm"] for r in compared} - {"full"}
+    val = {a: np.mean([r["val_auprc"] for r in finetuned if r["arm"] == a]) for a in {"t" + c["blocks"][0], "t" + c["units"][0]}}
+    assert arm in val and val[arm] >= max(val.values()) - TIE_TOLERANCE
+    for r in compared:
+        reuse = read_feature_reuse((result.out / r["predictions"]).parent)
+        assert reuse.split == "test" and reuse.method == "cka" and all(-1e-9 <= v <= 1 + 1e-9 for v in reuse.values)
     # finished runs keep their best weights, not their resume state
     runs = [p for p in (result.out / "runs").iterdir() if p.is_dir()]
     assert runs and all((p / "best.pt").is_file() and not (p / "last.pt").exists() for p in runs)
@@ -139,7 +155,8 @@ def test_killed_study_finishes_only_the_remaining_runs_and_gives_the_same_report
     out = tmp_path / "study"
     args = ["study", "--data", str(disk_dir), "--format", "imagefolder", "--backbone", "resnet18"]
     args += ["--weights", "random:3", "--input-size", "64", "--fractions", "1.0", "--seeds", "1"]
-    args += ["--top-blocks", "1", "--top-units", "1", "--baselines", "none", "--steps", "3", "--eval-every", "3"]
+    args += ["--top-blocks", "1", "--top-units", "1", "--search", "probe", "--baselines", "none", "--steps", "3"]
+    args += ["--eval-every", "3"]
     args += ["--batch-size", "8", "--bootstrap", "100", "--scratch"]
     args += ["--out", str(out), "--store", config.store, "--quiet"]
     env = {**os.environ, "TLMIC_CACHE": str(tmp_path / "cache")}

@@ -20,7 +20,7 @@ from pathlib import Path
 from ...runtime.files import write_text
 from ..config import ROW_COLUMNS
 from .compute import compute_summary, measured_disk
-from .figures import plot_fraction
+from .figures import plot_fraction, plot_reuse_fraction
 from .html import markdown_to_html
 from .results import collect_rows, training_precision, write_results_csv
 from .search import judge_searches, search_section, write_search_csv
@@ -69,6 +69,15 @@ def render_study_report(out: Path, config, backbone, calibration: dict, rows: li
         lines += fraction_section(doc, state.get("choices", {}).get(f"{fraction:g}", {}), fraction, small_test)
         plot = plot_fraction(out, rows, fraction, figures / f"probe-curve-f{fraction:g}.png", config)
         lines += ["", f"![probe curve and finetuned cut points at {fraction:g}]({plot.relative_to(out)})", ""]
+        reuse = plot_reuse_fraction(out, rows, fraction, figures / f"feature-reuse-f{fraction:g}.png")
+        if reuse is not None:
+            lines += [
+                "Feature reuse: linear CKA per cut point between the pretrained backbone and each finetuned "
+                "network on the test images (near 1: features finetuning kept).",
+                "",
+                f"![feature reuse of full finetuning and the best truncated arm at {fraction:g}]({reuse.relative_to(out)})",
+                "",
+            ]
     judged = judge_searches(out, config, backbone, rows, state, manifest.label_kind) if rows else {}
     if judged:
         write_search_csv(out / "search.csv", judged)
