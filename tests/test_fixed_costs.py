@@ -192,6 +192,7 @@ def test_progress_false_prints_nothing(disk_dir, tmp_path, capfd):
         seeds=1,
         top_blocks=1,
         top_units=0,
+        search="probe",
         baselines=(),
         scratch=False,
         steps=2,

@@ -133,6 +133,7 @@ def test_calibration_measures_every_network_and_replaces_an_older_version(phanto
         input_size=32,
         fractions=(0.25, 1.0),
         seeds=1,
+        search="probe",
         baselines=("cbr-tiny",),
         steps=4,
         batch_size=16,

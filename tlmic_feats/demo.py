@@ -83,6 +83,7 @@ def demo_config(
         out=str(root / ("study" if own else f"study-{name}")),
         top_blocks=1,
         top_units=0,
+        search="probe",  # the probe-guided search the demo's report was sized and written for
         baselines=DEMO_BASELINES,
         scratch=False,
         probe_models=DEMO_PROBES,

@@ -67,14 +67,14 @@ class StudyConfig:
     )
     seeds: Seeds = seeds_option("Seeds per fraction and arm, paired across arms: a count (3: seeds 0, 1, 2) or a list (3,4,5).")
     out: str = option("", "Study directory (default: under cache/studies).")
-    top_blocks: int = option(2, "Stage 1: block ends finetuned (best by probes on validation).", ge=1)
+    top_blocks: int = option(2, "Stage 1: block ends finetuned with the full budget (the search's best).", ge=1)
     top_units: int = option(1, "Stage 2: units of the best block finetuned (0: no stage 2).", ge=0)
     search: Search = option(
-        "probe",
-        "How the cut points finetuned are chosen: probe (probe val AUPRC), similarity (where a short finetune "
-        "stops reusing pretrained features), halving (successive halving of the finetuned runs), exhaustive "
-        "(every block end and every unit of the best block; judges the others). A study can be rerun with "
-        "another search: its finished runs are kept.",
+        "halving",
+        "How the cut points finetuned are chosen: halving (successive halving of the finetuned runs; the "
+        "lowest regret on the tested tasks), probe (probe val AUPRC; cheaper), similarity (where a short "
+        "finetune stops reusing pretrained features), exhaustive (every block end and every unit of the best "
+        "block; judges the others). A study can be rerun with another search: its finished runs are kept.",
         choices=SEARCHES,
     )
     baselines: tuple[str, ...] = option(
@@ -155,6 +155,7 @@ PRESETS: dict[str, dict] = {
         "baselines": (),
         "scratch": False,
         "probe_models": ("logreg",),
+        "search": "probe",  # the cheapest search that fits the preset's 15 minutes (see docs/guide/search.md)
         "input_size": 128,
         "training": {"epochs": 4, "min_steps": 80},
     },
