@@ -15,6 +15,11 @@ $(BIN)/python:
 # imported, once.
 PIP_INSTALL := -m pip install --quiet --no-compile -c constraints.txt
 
+# Python may write the byte code of what it imports (into __pycache__, git-ignored) even where the
+# environment says not to (PYTHONDONTWRITEBYTECODE, set on some CI hosts): otherwise every process
+# compiles torch's, timm's and tlmic's modules again, about 7 s each time here (the suite starts many).
+RUN := PYTHONDONTWRITEBYTECODE=
+
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python $(PIP_INSTALL) -e .
 	touch $@
@@ -35,16 +40,16 @@ install-test: $(VENV)/.installed-test
 install-docs: $(VENV)/.installed-docs
 
 demo: $(VENV)/.installed
-	$(BIN)/tlmic demo
+	$(RUN) $(BIN)/tlmic demo
 
 # make test: every test but those marked slow (each covers what no faster test does: kill-and-resume
 # of extraction, Dask and torchrun, whole studies, the demo, the default budget's learning); CI runs
 # them too, with make test-slow.
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(RUN) $(BIN)/python -m pytest -q -m "not slow"
 
 test-slow: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q -m slow
+	$(RUN) $(BIN)/python -m pytest -q -m slow
 
 # The oldest end of pyproject's torch range, in a venv of its own: torch 2.13.0 and torchvision 0.28.0,
 # everything else as constraints.txt pins it. It runs the tests whose subject is what torch, torchvision
@@ -85,7 +90,7 @@ $(OLDEST)/.installed-test: pyproject.toml constraints.txt .ci/torchvision_withou
 
 test-oldest: $(OLDEST)/.installed-test
 	$(OLDEST)/bin/python -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'
-	$(OLDEST)/bin/python -m pytest -q $(OLDEST_TESTS)
+	$(RUN) $(OLDEST)/bin/python -m pytest -q $(OLDEST_TESTS)
 
 # The site into site/ (git-ignored); --strict turns every warning (a broken link, a docstring griffe
 # cannot parse, a CLI command mkdocs-click cannot render) into a failure. mkdocstrings 1.x: 0.30 fails
