@@ -238,6 +238,36 @@ def _fake_hf_repo(cache, repo: str, files: dict):
     return snap
 
 
+@pytest.mark.parametrize("family", ["hf", "openclip"])
+def test_an_unreachable_hub_gives_the_offline_error_without_trying_to_download(tmp_path, monkeypatch, family):
+    """Without HF_HUB_OFFLINE, a hub that cannot be reached (here an endpoint nothing listens on) is not
+    asked: huggingface_hub would retry it with backoff before the same one-line error."""
+    import socket
+
+    import huggingface_hub
+
+    from tlmic_feats.backbones.weights import hf_hub_reachable
+
+    with socket.socket() as s:  # a port nothing listens on once this closes
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: calls.append(a) or 1 / 0)
+    assert not hf_hub_reachable()
+    name = "hf:microsoft/rad-dino" if family == "hf" else "openclip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+    with pytest.raises(WeightsUnavailableError) as e:
+        build_backbone(name)
+    assert calls == [] and "\n" not in str(e.value) and "hf download microsoft/" in str(e.value)
+    with socket.socket() as server:  # a listening endpoint is reachable
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert hf_hub_reachable()
+
+
 def test_hf_offline_cache_and_errors(hf_dirs, tmp_path, monkeypatch):
     """A hub id resolves from the Hugging Face cache, offline; an uncached one fails in one line that names
     the cache and how to fill it (exit 1 at the command line); doctor and --available list cached ones."""

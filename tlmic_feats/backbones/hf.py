@@ -33,7 +33,7 @@ from ..runtime.errors import BackboneStructureError, UsageError, WeightsUnavaila
 from .preprocess import Preprocess
 from .spec import BackboneSpec
 from .taps import CutPoint, Tap
-from .weights import first_error_line, hf_cache_dir, hf_cached_file, hf_offline
+from .weights import first_error_line, hf_cache_dir, hf_cached_file, hf_hub_reachable, hf_offline
 
 # model_type -> nothing more: the layouts below find each part by name; these are the ones tested.
 MODEL_TYPES = ("dinov2", "dinov2_with_registers", "vit")
@@ -216,6 +216,8 @@ def _download(ref: str) -> None:
     left to the caller, which reports what is still missing)."""
     from huggingface_hub import hf_hub_download
 
+    if not hf_hub_reachable():  # no network: the caller reports what is missing, at once
+        return
     for filename in ("config.json", "preprocessor_config.json", *WEIGHT_FILES):
         try:
             hf_hub_download(ref, filename, cache_dir=str(hf_cache_dir()))

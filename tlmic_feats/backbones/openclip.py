@@ -25,7 +25,7 @@ from pathlib import Path
 from ..runtime.errors import BackboneStructureError, UsageError, WeightsUnavailableError
 from .preprocess import Preprocess
 from .spec import BackboneSpec
-from .weights import first_error_line, hf_cache_dir, hf_cached_file, hf_offline, read_state_dict
+from .weights import first_error_line, hf_cache_dir, hf_cached_file, hf_hub_reachable, hf_offline, read_state_dict
 
 CONFIG = "open_clip_config.json"
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -175,6 +175,8 @@ def not_cached_message(ref: str, folder: Path | None) -> str:
 def _download(repo: str) -> None:
     from huggingface_hub import hf_hub_download
 
+    if not hf_hub_reachable():  # no network: the caller reports what is missing, at once
+        return
     for filename in (CONFIG, *WEIGHT_FILES):
         try:
             hf_hub_download(repo, filename, cache_dir=str(hf_cache_dir()))

@@ -111,6 +111,22 @@ def hf_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def hf_hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``, else huggingface.co) answers a TCP connection
+    within ``timeout`` seconds. Asked before a download: without it huggingface_hub retries an
+    unresolvable host five times with backoff (23 s here) before the offline error can be given."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "").strip() or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def hf_cached_file(repo_id: str, filenames: tuple[str, ...]) -> Path | None:
     """The first of ``filenames`` of Hugging Face model repo ``repo_id`` present in the local cache."""
     from huggingface_hub import try_to_load_from_cache
