@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TASKS = {
     "demo": {"nodule_px": (3.5, 6.5)},  # the demo's phantoms (tlmic_feats.demo.DEMO_PHANTOM)
