@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,6 +267,18 @@ def read_feature_reuse(run_dir: str | Path, *, method: str = "cka", split: str =
         have = ", ".join(f"{m} on {s}" for m, s in found)
         raise UsageError(f"{Path(run_dir) / REUSE_FILE} holds no {method} on {split} images; it holds {have}")
     return found[(method, split)]
+
+
+def stored_feature_reuse(run_dir: str | Path, *, method: str = "cka", split: str = "test") -> tuple[FeatureReuse, float]:
+    """The :class:`FeatureReuse` of ``method`` on ``split`` a run holds, computed by
+    :func:`feature_reuse` (and written into the run) when it holds none; with the seconds spent
+    computing it (0.0 when it was read)."""
+    try:
+        return read_feature_reuse(run_dir, method=method, split=split), 0.0
+    except UsageError:
+        start = time.perf_counter()
+        reuse = feature_reuse(SimilarityConfig(run=str(run_dir), method=method, split=split))
+        return reuse, time.perf_counter() - start
 
 
 def plot_feature_reuse(curves: Mapping[str, FeatureReuse], path: str | Path, *, title: str = "feature reuse") -> Path:

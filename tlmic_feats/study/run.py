@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backbones.cutpoints import block_ends, units_of
-from ..runtime.errors import SubsetTooSmallError, UsageError
+from ..runtime.errors import SubsetTooSmallError
 from ..runtime.files import write_json
 from ..runtime.progress import default_log
 from ..runtime.rundir import claim_run_dir
@@ -269,8 +269,7 @@ class _Study:
         network finetuned for :func:`~tlmic_feats.study.search.short_steps` at every seed, its
         feature reuse per cut point on the validation images (mean over seeds), and each cut point
         scored by the drop to the next (:func:`~tlmic_feats.study.search.reuse_drop_scores`)."""
-        from ..features.similarity_run import SimilarityConfig
-        from ..finetune.reuse import feature_reuse, read_feature_reuse
+        from ..finetune.reuse import stored_feature_reuse
 
         budget = self.budgets[fraction][1]
         steps = short_steps(budget.steps, budget.eval_every)
@@ -280,13 +279,10 @@ class _Study:
             run_dir = self.out / "runs" / run.id
             if not self.execute(run) or not (run_dir / "metrics.json").is_file():
                 continue
-            try:
-                reuse = read_feature_reuse(run_dir, method=REUSE_METHOD, split=REUSE_SPLIT)
-            except UsageError:
-                t = time.perf_counter()
-                reuse = feature_reuse(SimilarityConfig(run=str(run_dir), method=REUSE_METHOD, split=REUSE_SPLIT))
+            reuse, spent = stored_feature_reuse(run_dir, method=REUSE_METHOD, split=REUSE_SPLIT)
+            if spent:
                 seconds = self.state["compute"].setdefault("similarity_seconds", {})
-                seconds[f"{fraction:g}"] = round(seconds.get(f"{fraction:g}", 0.0) + time.perf_counter() - t, 2)
+                seconds[f"{fraction:g}"] = round(seconds.get(f"{fraction:g}", 0.0) + spent, 2)
             per_seed.append(reuse.by_address())
         mean = {
             a: float(np.mean([r[a] for r in per_seed if a in r])) for a in sequence if any(a in r for r in per_seed)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...runtime.errors import TlmicError
 from ...runtime.files import write_text
 from ..config import ROW_COLUMNS
 from .compute import compute_summary, measured_disk
@@ -69,7 +70,14 @@ def render_study_report(out: Path, config, backbone, calibration: dict, rows: li
         lines += fraction_section(doc, state.get("choices", {}).get(f"{fraction:g}", {}), fraction, small_test)
         plot = plot_fraction(out, rows, fraction, figures / f"probe-curve-f{fraction:g}.png", config)
         lines += ["", f"![probe curve and finetuned cut points at {fraction:g}]({plot.relative_to(out)})", ""]
-        reuse = plot_reuse_fraction(out, rows, fraction, figures / f"feature-reuse-f{fraction:g}.png")
+        reuse = None
+        if doc["paired"] is not None:  # the best truncated arm and full finetuning both ran
+            try:
+                reuse = plot_reuse_fraction(
+                    out, rows, fraction, doc["paired"]["arm"], figures / f"feature-reuse-f{fraction:g}.png"
+                )
+            except TlmicError as e:
+                lines += [f"Feature reuse not shown: {e}", ""]
         if reuse is not None:
             lines += [
                 "Feature reuse: linear CKA per cut point between the pretrained backbone and each finetuned "

@@ -55,41 +55,25 @@ def plot_fraction(out: Path, rows: list[dict], fraction: float, path: Path, conf
     return path
 
 
-def plot_reuse_fraction(out: Path, rows: list[dict], fraction: float, path: Path, log=None) -> Path | None:
+def plot_reuse_fraction(out: Path, rows: list[dict], fraction: float, best: Arm, path: Path) -> Path | None:
     """Feature reuse at ``fraction``: linear CKA per cut point between the pretrained backbone and the
-    finetuned network on the test images (:func:`~tlmic_feats.finetune.reuse.feature_reuse`), for
-    full finetuning and for the truncated arm with the best mean validation AUPRC, both at their
-    first common seed. Each run's ``feature_reuse.csv`` is computed once and read after. None when
-    the fraction lacks either arm or a run cannot be compared (the reason goes to ``log``)."""
-    from ...runtime.errors import TlmicError
-    from ...features.similarity_run import SimilarityConfig
-    from ...finetune.reuse import feature_reuse, plot_feature_reuse, read_feature_reuse
-    from ..arms import rank_by_validation
+    finetuned network on the test images (:func:`~tlmic_feats.finetune.reuse.feature_reuse`, computed
+    once per run and read after), for full finetuning and for ``best`` (the truncated arm the
+    summary's verdicts pair with it), at their first common seed. None when either has no run at
+    ``fraction``; a run that cannot be compared raises its :class:`~tlmic_feats.runtime.errors.TlmicError`."""
+    from ...finetune.reuse import plot_feature_reuse, stored_feature_reuse
 
-    finished = [r for r in rows if r["fraction"] == fraction and r["stage"] in ("stage1", "stage2")]
-    by_arm: dict[Arm, dict[int, dict]] = {}
-    for r in finished:
-        by_arm.setdefault(Arm.parse(r["arm"]), {})[int(r["seed"])] = r
-    truncated = {a.address: a for a in by_arm if a.kind == "truncated"}
-    full = by_arm.get(Arm("full"))
-    if not truncated or not full:
-        return None
-    val = {k: float(np.mean([r["val_auprc"] for r in by_arm[a].values()])) for k, a in truncated.items()}
-    best = truncated[rank_by_validation(val)[0][0]]
-    seeds = sorted(set(full) & set(by_arm[best]))
+    runs: dict[Arm, dict[int, dict]] = {}
+    for r in rows:
+        if r["fraction"] == fraction and r["stage"] in ("stage1", "stage2"):
+            runs.setdefault(Arm.parse(r["arm"]), {})[int(r["seed"])] = r
+    full = Arm("full")
+    seeds = sorted(set(runs.get(full, {})) & set(runs.get(best, {})))
     if not seeds:
         return None
     seed = seeds[0]
-    curves = {}
-    for label, arm in ((f"full finetuning (seed {seed})", Arm("full")), (f"truncated at {best.address} (seed {seed})", best)):
-        run = (out / by_arm[arm][seed]["predictions"]).parent
-        try:
-            try:
-                curves[label] = read_feature_reuse(run, method="cka", split="test")
-            except TlmicError:
-                curves[label] = feature_reuse(SimilarityConfig(run=str(run), method="cka", split="test"))
-        except TlmicError as e:
-            if log is not None:
-                log(f"feature reuse at {fraction:g}: {run.name} not compared: {e}")
-            return None
+    curves = {
+        label: stored_feature_reuse((out / runs[arm][seed]["predictions"]).parent, method="cka", split="test")[0]
+        for label, arm in ((f"full finetuning (seed {seed})", full), (f"truncated at {best.address} (seed {seed})", best))
+    }
     return plot_feature_reuse(curves, path, title=f"feature reuse at {fraction:g} of train: CKA, pretrained vs finetuned")
