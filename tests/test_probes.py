@@ -497,9 +497,8 @@ def test_lightgbm_thread_cap_holds_until_the_last_overlapping_holder_leaves():
 
 def test_overlapping_cells_keep_blas_and_lightgbm_at_one_thread_until_the_last_leaves():
     # Cells on a multi-threaded Dask worker: A enters, B enters, A leaves while B still fits. A's
-    # thread lives on after its cell, as a worker's pool thread does: a thread that exits while
-    # another restores the counts can leave OpenBLAS 0.3.30/0.3.31 at one thread (a race in the
-    # library, seen in about a third of runs when A's thread ended right after its cell).
+    # thread lives on after its cell, as a worker's pool thread does: while it lives, threadpoolctl
+    # ignores B's restore of OpenBLAS's count unless B is handed control (it stayed at one thread).
     import threading
 
     from threadpoolctl import threadpool_info
