@@ -199,7 +199,7 @@ def bench_xrv(images, name: str) -> list[dict]:
         want = torch.from_numpy(transform(xrv.datasets.normalize(np.asarray(im), 255)[None]))
         diffs.append(float((device_normalize(b.preprocess)(host(im, b.preprocess)[None])[0] - want).abs().max()))
     return [{"name": f"xrv:{name} (random)", "cut_points": len(b.cut_points), "min_cosine": fid,
-             "preprocess_max_abs_diff": max(diffs), "note": "8-bit host image: half a grey level is 1024/255 = 4.016",
+             "preprocess_max_abs_diff": max(diffs), "note": "of its 2,048 range; float32 host pixels (8-bit ones were up to 1024/255 = 4.016 off)",
              "speed": relative(b)}]  # fmt: skip
 
 

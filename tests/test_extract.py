@@ -284,6 +284,40 @@ def test_pixel_cache_built_by_worker_processes_equals_in_process(phantom_dir, tm
     np.testing.assert_array_equal(a.read(rows[::3]), load_pixels(m.source, rows[::3], 64, "bilinear"))
 
 
+def test_torchxrayvision_pixels_stay_float_in_the_cache_and_an_8bit_cache_is_rebuilt(phantom_dir, tmp_path):
+    """``xrv`` pixels are float32 everywhere (cache built in process or by a worker, or decoded without
+    it): the same values, not rounded to grey levels; a cache of the same images and size written with
+    8-bit pixels (as tlmic did before) is rebuilt, not read."""
+    pytest.importorskip("skimage")
+    import json
+
+    from tlmic_feats.data import load_manifest
+    from tlmic_feats.features.pixels import build_pixel_cache, load_pixels
+
+    m = load_manifest(DataConfig(str(phantom_dir / "test")))
+    rows = np.arange(len(m))
+    direct = load_pixels(m.source, rows, 64, "xrv")
+    assert direct.dtype == np.float32 and (direct != np.round(direct)).mean() > 0.5
+    a = build_pixel_cache(m, 64, "xrv", tmp_path / "a", workers=0)
+    b = build_pixel_cache(m, 64, "xrv", tmp_path / "b", workers=1)
+    np.testing.assert_array_equal(a.read(rows), direct)
+    np.testing.assert_array_equal(b.read(rows[::3]), direct[::3])
+    # the same cache as an 8-bit one: its pixels rounded and its record without a dtype
+    import zarr
+
+    group = zarr.open_group(str(a.path), mode="r+")
+    old = np.round(direct).astype(np.uint8)
+    del group["pixels"]
+    group.create_array("pixels", shape=old.shape, chunks=(64, 64, 64), dtype="uint8", fill_value=0)
+    group["pixels"][:] = old
+    meta = dict(group.attrs["tlmic_pixels"])
+    del meta["dtype"]
+    group.attrs["tlmic_pixels"] = meta
+    assert json.loads((a.path / "zarr.json").read_text())["attributes"]["tlmic_pixels"].get("dtype") is None
+    again = build_pixel_cache(m, 64, "xrv", tmp_path / "a", workers=0)
+    np.testing.assert_array_equal(again.read(rows), direct)
+
+
 # A user's script calling tlmic at top level, without an `if __name__ == "__main__":` guard: each
 # spawned decode worker re-runs it and dies. With a source larger than a pipe's buffer (64 KiB,
 # here 360 long paths) the parent used to block forever sending it to the dead worker.

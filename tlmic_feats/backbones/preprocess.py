@@ -1,6 +1,6 @@
 """Preprocessing configuration derived from a backbone's weights, and its on-device half.
 
-The host side (decode, resize, center crop; uint8) lives in :mod:`tlmic_feats.data.images`; the
+The host side (decode, resize, center crop; uint8, or float32 for torchxrayvision) lives in :mod:`tlmic_feats.data.images`; the
 device side (float, the network's channels, normalization) is :class:`DeviceNormalize`, applied to
 whole batches where it is cheapest. Both read one :class:`Preprocess`, which is derived from the
 weights' own config (torchvision's weight enums, timm's pretrained config, a transformers image
@@ -29,6 +29,13 @@ class Preprocess:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: str  # where these values came from, for the record
+
+    @property
+    def pixel_dtype(self):
+        """The numpy dtype of the host's pixels (:func:`tlmic_feats.data.images.pixel_dtype`)."""
+        from ..data.images import pixel_dtype
+
+        return pixel_dtype(self.interpolation)
 
     @property
     def channels(self) -> int:
@@ -91,7 +98,7 @@ def center_crop(x, size: int):
 
 
 def device_normalize(preprocess: Preprocess):
-    """A module mapping uint8 ``(N, 1|3, H, W)`` to the normalized float ``(N, C, H, W)`` input, ``C``
+    """A module mapping pixels ``(N, 1|3, H, W)`` (uint8, or float in 0..255) to the normalized float ``(N, C, H, W)`` input, ``C``
     being :attr:`Preprocess.channels` (a grey image is copied to three channels)."""
     import torch
 

@@ -11,8 +11,8 @@
 * Preprocessing, torchxrayvision's: one grey channel mapped to [-1024, 1024]
   (``xrv.utils.normalize(img, 255)``), the centre square (``XRayCenterCrop``), resized to the
   weights' resolution (``XRayResizer``: 224 px, or 512 for the ResNet) by scikit-image
-  (:func:`tlmic_feats.data.images.xrv_resize`; kept at 8 bits on the host: at most half a grey level
-  from torchxrayvision's float values).
+  (:func:`tlmic_feats.data.images.xrv_resize`; its pixels stay float32 on the host and in the pixel
+  cache, as torchxrayvision's transform leaves them: within 3e-7 of its scale on real chest films).
 * Weights: ``imagenet`` is the named checkpoint (trained on chest radiographs), read from
   torchxrayvision's cache directory (``~/.torchxrayvision/models_data/``) by torchxrayvision itself
   (its DenseNet files are pickled models, which it unpickles); tlmic never downloads them. ``random``

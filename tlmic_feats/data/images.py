@@ -7,7 +7,8 @@ normalization happen on the device, batched (see :mod:`tlmic_feats.backbones.pre
 
 Two other libraries' conventions are followed where their models are used: a transformers image
 processor (``hf-FILTER``) resizes with the same PIL filters but rounds its crop offsets down, and
-torchxrayvision (``xrv``) takes the image's centre square, then resizes it with scikit-image.
+torchxrayvision (``xrv``) takes the image's centre square, then resizes it with scikit-image, in
+float: its pixels stay float32 (:func:`pixel_dtype`), as torchxrayvision's own transform leaves them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ from ..runtime.errors import BadImageError
 # image processor's offsets (rounded down), or torchxrayvision's XRayCenterCrop + XRayResizer.
 FILTERS = ("nearest", "bilinear", "bicubic")
 INTERPOLATIONS = (*FILTERS, *(f"hf-{f}" for f in FILTERS), "xrv")
+
+
+def pixel_dtype(interpolation: str) -> np.dtype:
+    """The dtype of the host's resized pixels (0..255) for ``interpolation``: uint8, or float32 for
+    torchxrayvision (``xrv``), whose resize works in float: rounding its result to 8 bits would move a
+    pixel by up to half a grey level (4.0 of its 2,048)."""
+    return np.dtype(np.float32 if interpolation == "xrv" else np.uint8)
 
 
 def open_image(path: str, *, what: str = "", min_side: int | None = None, dicom_frame: int | None = None):
@@ -81,7 +89,8 @@ def to_gray8(im):
 
 
 def resize_center_crop(im, *, resize_size: int, input_size: int, interpolation: str = "bilinear") -> np.ndarray:
-    """Resize the shorter side to ``resize_size``, center-crop ``input_size``; uint8 (S, S).
+    """Resize the shorter side to ``resize_size``, center-crop ``input_size``; ``(S, S)`` of
+    :func:`pixel_dtype` (uint8; float32 for ``xrv``).
 
     Matches ``torchvision.transforms.Resize(resize_size)`` + ``CenterCrop(input_size)`` on a PIL
     image (PIL's antialiased filters, torchvision's rounding of the long side and crop offsets).
@@ -129,12 +138,11 @@ def xrv_resize(im, size: int) -> np.ndarray:
     """torchxrayvision's evaluation geometry on an 8-bit grey image: ``XRayCenterCrop`` (the centre
     square of the shorter side, its offsets as torchxrayvision computes them), then ``XRayResizer(size)``
     (``skimage.transform.resize``: Gaussian anti-aliasing, bilinear, outside the image = 0 of its
-    [-1024, 1024] scale); uint8 ``(size, size)``.
+    [-1024, 1024] scale); float32 ``(size, size)`` in 0..255, not rounded.
 
     torchxrayvision resizes after mapping grey levels to [-1024, 1024]; the resize is affine-equivariant,
-    so resizing the grey levels with outside = 127.5 (its 0) and mapping afterwards gives the same
-    values. They are rounded to 8 bits here (the pixel cache's format): at most half a grey level
-    (4.0 of torchxrayvision's 2,048) from its float result.
+    so resizing the grey levels with outside = 127.5 (its 0) and mapping afterwards on the device gives
+    the same values up to float32 rounding (within 3e-7 of its 1,024 on real chest films).
     """
     try:
         from skimage.transform import resize
@@ -152,4 +160,4 @@ def xrv_resize(im, size: int) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # as XRayResizer does
         r = resize(square, (1, size, size), mode="constant", cval=127.5, preserve_range=True)[0]
-    return np.clip(np.rint(r), 0, 255).astype(np.uint8)
+    return r.astype(np.float32)

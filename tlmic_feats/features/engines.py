@@ -81,7 +81,7 @@ def onnx_graph(backbone, cut_points, pool: str, cache_dir: Path, key: dict) -> P
 
         net = tap_network(backbone.family, backbone.model, cut_points, pool, backbone.preprocess).eval()
         size = backbone.preprocess.input_size
-        example = torch.zeros(2, 1, size, size, dtype=torch.uint8)
+        example = torch.from_numpy(np.zeros((2, 1, size, size), backbone.preprocess.pixel_dtype))
         write_onnx(net, example, path, output_names=[f"layer_{cp.address}" for cp in cut_points])
     return path
 

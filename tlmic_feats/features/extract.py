@@ -79,12 +79,15 @@ def default_store_path(config: ExtractConfig, fingerprint: dict) -> Path:
 
 def store_fingerprint(config: ExtractConfig, backbone, selected, manifest, engine: str, precision: str) -> dict:
     """What defines a store's contents (its root attrs; a rerun with other values is refused)."""
+    decode = {"color": "gray8-to-3ch" if backbone.preprocess.channels == 3 else "gray8", "jpeg_draft": True}
+    if backbone.preprocess.pixel_dtype != "uint8":  # recorded only where pixels are not 8-bit (torchxrayvision)
+        decode["pixels"] = str(backbone.preprocess.pixel_dtype)
     fingerprint = {
         "backbone": backbone.name,
         "weights": {"kind": backbone.weights.kind, "id": backbone.weights.id, "sha256": backbone.weights.sha256},
         "preprocess": asdict(backbone.preprocess),
         # a single-channel network (torchxrayvision's) sees the grey image itself
-        "decode": {"color": "gray8-to-3ch" if backbone.preprocess.channels == 3 else "gray8", "jpeg_draft": True},
+        "decode": decode,
         "pool": config.pool,
         "dtype": config.dtype,
         "layers": [cp.address for cp in selected],

@@ -116,7 +116,7 @@ class ShardBuffer:
 
 
 class PixelDataset:
-    """Decoded, resized, center-cropped uint8 images ``(1, S, S)``; a row that fails to decode is
+    """Decoded, resized, center-cropped images ``(1, S, S)`` (:attr:`Preprocess.pixel_dtype`); a row that fails to decode is
     returned with its error message instead of raising inside a worker (the main process decides)."""
 
     def __init__(self, source, preprocess) -> None:
@@ -137,17 +137,17 @@ class PixelDataset:
             )
             return i, np.ascontiguousarray(arr)[None], ""
         except BadImageError as e:
-            return i, np.zeros((1, p.input_size, p.input_size), np.uint8), str(e)
+            return i, np.zeros((1, p.input_size, p.input_size), p.pixel_dtype), str(e)
 
 
 def decode_batch(dataset: PixelDataset, rows: list[int]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``(rows, uint8 (N, 1, S, S), errors)`` of ``rows``, decoded in this process."""
+    """``(rows, pixels (N, 1, S, S), errors)`` of ``rows``, decoded in this process."""
     items = [dataset[i] for i in rows]
     return np.asarray(rows), np.stack([p for _, p, _ in items]), [e for _, _, e in items]
 
 
 def _cached_batches(cache, batches: list[list[int]], input_size: int) -> Iterator[tuple]:
-    """(rows, uint8 (N, 1, s, s), errors) per batch from the pixel cache, read one batch ahead in a
+    """(rows, pixels (N, 1, s, s), errors) per batch from the pixel cache, read one batch ahead in a
     thread so that reading overlaps the forward pass."""
     from concurrent.futures import ThreadPoolExecutor
 

@@ -1,8 +1,9 @@
-"""Decode once: every image decoded, resized and center-cropped to a uint8 square, kept in Zarr.
+"""Decode once: every image decoded, resized and center-cropped to a square, kept in Zarr.
 
 Chest radiographs are large (often 2,000 px a side) and decoding them can cost more than the
 network; the paper's protocol decodes every image again for every backbone and every finetuning
-epoch. The pixel cache decodes each image once, to ``(N, S, S)`` uint8 at working size ``S`` (the
+epoch. The pixel cache decodes each image once, to ``(N, S, S)`` at working size ``S`` (uint8, or
+float32 where the interpolation resizes in float: :func:`tlmic_feats.data.images.pixel_dtype`; the
 shorter side resized to S, center square; JPEGs decoded at reduced scale where that loses
 nothing), in a Zarr array keyed by the dataset fingerprint, S and the interpolation. Extraction
 for every backbone with that preprocessing and every finetuning epoch read from it: the
@@ -65,15 +66,19 @@ def build_pixel_cache(
 
     from ..runtime.locks import StoreLock
 
+    from ..data.images import pixel_dtype
+
     path = pixel_cache_path(root, manifest.fingerprint(), size, interpolation)
+    dtype = str(pixel_dtype(interpolation))
     n = len(manifest)
     n_chunks = max(1, -(-n // CHUNK))
     with StoreLock(path):
         meta = _meta(path)
-        if meta is None or meta.get("n") != n:
+        # a cache of another pixel format (torchxrayvision's, 8-bit until its float path) is rebuilt
+        if meta is None or meta.get("n") != n or meta.get("dtype", "uint8") != dtype:
             group = zarr.open_group(str(path), mode="w")
             group.create_array(
-                "pixels", shape=(n, size, size), chunks=(min(CHUNK, n), size, size), dtype="uint8", fill_value=0
+                "pixels", shape=(n, size, size), chunks=(min(CHUNK, n), size, size), dtype=dtype, fill_value=0
             )
             group.create_array("bad", shape=(n,), chunks=(min(CHUNK, n),), dtype="bool", fill_value=False)
             group.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False)
@@ -81,6 +86,7 @@ def build_pixel_cache(
                 "n": n,
                 "size": size,
                 "interpolation": interpolation,
+                "dtype": dtype,
                 "dataset": manifest.fingerprint(),
                 "status": "in_progress",
                 "errors": "{}",
@@ -141,11 +147,11 @@ class _ChunkDecoder:
         return len(self.chunks)
 
     def __getitem__(self, i: int):
-        from ..data.images import resize_center_crop
+        from ..data.images import pixel_dtype, resize_center_crop
 
         start = self.chunks[i] * CHUNK
         rows = range(start, min(self.n, start + CHUNK))
-        out = np.zeros((len(rows), self.size, self.size), np.uint8)
+        out = np.zeros((len(rows), self.size, self.size), pixel_dtype(self.interpolation))
         errors = {}
         for k, r in enumerate(rows):
             try:
@@ -159,10 +165,10 @@ class _ChunkDecoder:
 
 
 def load_pixels(source, rows: np.ndarray, size: int, interpolation: str) -> np.ndarray:
-    """Decode ``rows`` of an image source to ``(len(rows), size, size)`` uint8, without a cache."""
-    from ..data.images import resize_center_crop
+    """Decode ``rows`` of an image source to ``(len(rows), size, size)`` (:func:`pixel_dtype`), without a cache."""
+    from ..data.images import pixel_dtype, resize_center_crop
 
-    out = np.empty((len(rows), size, size), dtype=np.uint8)
+    out = np.empty((len(rows), size, size), dtype=pixel_dtype(interpolation))
     for k, i in enumerate(np.asarray(rows).tolist()):
         out[k] = resize_center_crop(
             source.load(i, min_side=size), resize_size=size, input_size=size, interpolation=interpolation
