@@ -46,7 +46,7 @@ GRANULARITIES = ("all", "blocks", "units")  # every cut point, block ends, units
 # --- family definitions ---------------------------------------------------------------------------
 
 
-def _resnet_cut_points(model, name: str = "") -> list[CutPoint]:
+def resnet_cut_points(model, name: str = "") -> list[CutPoint]:
     out = []
     for k in range(1, 5):
         layer = getattr(model, f"layer{k}")
@@ -248,7 +248,7 @@ def _lazy(module: str, attr: str):
 
 
 FAMILIES = {
-    "resnet": Family(_resnet_cut_points, _resnet_truncate, _forward_tapper(_resnet_tap_forward)),
+    "resnet": Family(resnet_cut_points, _resnet_truncate, _forward_tapper(_resnet_tap_forward)),
     "densenet": Family(_densenet_cut_points, _densenet_truncate, _forward_tapper(_densenet_tap_forward)),
     "efficientnet": Family(
         _efficientnet_cut_points, _efficientnet_truncate, _forward_tapper(_efficientnet_tap_forward)
