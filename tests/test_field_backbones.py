@@ -138,13 +138,14 @@ def test_hf_random_weights_are_seeded_and_cut_points_listed(hf_dirs):
 
 def test_hf_preprocessing_equals_the_image_processor(kermany_dir, tmp_path):
     """The transformers image processor (PIL backend) on real chest films: DINOv2-small's as shipped with
-    tlmic (256 -> 224, bicubic, ImageNet statistics) and one at RAD-DINO's 518 px with grey statistics,
-    pixel values within 1e-5."""
+    tlmic (256 -> 224, bicubic, ImageNet statistics), one at RAD-DINO's 518 px with grey statistics and
+    ConvNeXt's (crop_pct: 256 -> 224; also ResNet's and RegNet's on the hub), pixel values within 1e-5."""
     import transformers as tf
 
     from tlmic_feats.backbones.hf import SHIPPED, processor_preprocess
 
     configs = {
+        "convnext-224": CONVNEXT_PROCESSOR,  # shortest edge 224 / crop_pct 0.875 = 256, centre 224
         "dinov2-small": SHIPPED["facebook/dinov2-small"]["preprocessor_config.json"],
         "518px-grey": {
             **SHIPPED["facebook/dinov2-small"]["preprocessor_config.json"],
@@ -165,7 +166,7 @@ def test_hf_preprocessing_equals_the_image_processor(kermany_dir, tmp_path):
         proc = tf.AutoImageProcessor.from_pretrained(str(folder), **pil)
         worst = 0.0
         for im in images:
-            want = proc(images=im, return_tensors="pt")["pixel_values"][0]
+            want = proc(images=im.convert("RGB"), return_tensors="pt")["pixel_values"][0]  # not all convert
             worst = max(worst, float((host_and_device(im, pre) - want).abs().max()))
         assert worst <= 1e-5, (name, worst)
 
@@ -222,6 +223,118 @@ def test_hf_both_arms(hf_dirs, phantom_dir, tmp_path):
         log=lambda m: None,
     )
     assert run.metrics["steps_run"] == 2 and np.isfinite(run.metrics["auroc"])
+
+
+# transformers CNNs: tiny random configurations of each model type tlmic cuts (family hf_cnn)
+HF_CNN_KINDS = ("resnet", "convnext", "convnextv2", "regnet")
+CONVNEXT_PROCESSOR = {  # facebook/convnext-tiny-224's and microsoft/resnet-50's processor as published
+    "crop_pct": 0.875,
+    "do_normalize": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_processor_type": "ConvNextImageProcessor",
+    "image_std": [0.229, 0.224, 0.225],
+    "resample": 3,
+    "rescale_factor": 0.00392156862745098,
+    "size": {"shortest_edge": 224},
+}
+
+
+def _save_hf_cnn(folder, kind: str, seed: int = 0):
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    small = {"hidden_sizes": [8, 16, 24, 32], "depths": [1, 3, 2, 1]}
+    config = {
+        "resnet": lambda: tf.ResNetConfig(embedding_size=8, layer_type="bottleneck", **small),
+        "convnext": lambda: tf.ConvNextConfig(**small),
+        "convnextv2": lambda: tf.ConvNextV2Config(**small),
+        "regnet": lambda: tf.RegNetConfig(embedding_size=8, groups_width=8, **small),
+    }[kind]()
+    model = tf.AutoModel.from_config(config).eval()
+    for m in model.modules():  # batch-norm statistics away from the identity, as trained ones are
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    model.save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps(CONVNEXT_PROCESSOR))
+    return model
+
+
+@pytest.fixture(scope="module")
+def hf_cnn_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf_cnn")
+    return {kind: (root / kind, _save_hf_cnn(root / kind, kind)) for kind in HF_CNN_KINDS}
+
+
+@pytest.mark.parametrize("kind", HF_CNN_KINDS)
+def test_hf_cnn_features_equal_hidden_states_and_layer_outputs(kind, hf_cnn_dirs):
+    """A transformers CNN: address k is its hidden_states[k] (stage k's output), k.u the output of layer u
+    of stage k (read by forward hooks during transformers' own forward), pooled avg and max; the truncated
+    network gives the same maps; the weights are those saved."""
+    folder, ref = hf_cnn_dirs[kind]
+    b = build_backbone(f"hf:{folder}", "imagenet")
+    assert b.family == "hf_cnn" and (b.preprocess.resize_size, b.preprocess.input_size) == (256, 224)
+    state, want = b.model.state_dict(), ref.state_dict()
+    assert state.keys() == want.keys() and all(torch.equal(state[k], want[k]) for k in state)
+    assert [cp.address for cp in b.cut_points] == ["1", "2.1", "2.2", "2.3", "2", "3.1", "3.2", "3", "4"]
+    assert [cp.channels for cp in b.cut_points if cp.is_block] == [8, 16, 24, 32]
+    x = torch.randn(3, 1, 64, 64, generator=torch.Generator().manual_seed(1)).mul(60).add(128).clamp(0, 255)
+    x = x.to(torch.uint8)
+    from tlmic_feats.backbones.preprocess import device_normalize
+
+    layers = {f"{k}.{u}": ref.encoder.stages[k - 1].layers[u - 1] for k, u in ((2, 1), (2, 2), (2, 3), (3, 1), (3, 2))}
+    hooked = {}
+    hooks = [m.register_forward_hook(lambda _m, _i, o, a=a: hooked.setdefault(a, o)) for a, m in layers.items()]
+    with torch.inference_mode():
+        xn = device_normalize(b.preprocess)(x)
+        hidden = ref(xn, output_hidden_states=True).hidden_states
+        for h in hooks:
+            h.remove()
+        want = {cp.address: hidden[cp.block] if cp.is_block else hooked[cp.address] for cp in b.cut_points}
+        for pool, reduce in (("avg", lambda m: m.mean((2, 3))), ("max", lambda m: m.amax((2, 3)))):
+            got = tap_network(b.family, b.model, b.cut_points, pool, b.preprocess)(x)
+            for cp, g in zip(b.cut_points, got, strict=True):
+                assert min_cosine(g, reduce(want[cp.address])) >= FIDELITY, (kind, pool, cp.address)
+        for address in ("2.2", "3", "4"):
+            assert torch.allclose(b.truncated(address)(xn), want[address], atol=1e-5), (kind, address)
+
+
+def test_hf_cnn_both_arms_and_an_uncuttable_model(hf_cnn_dirs, phantom_dir, tmp_path):
+    """extract (every cut point) and finetune truncated inside a stage (2.2) for a transformers CNN; a hub
+    model of a type tlmic does not cut is one line naming the types it does."""
+    import transformers as tf
+
+    from tlmic_feats import DataConfig, ExtractConfig, extract_features
+    from tlmic_feats.finetune.config import FinetuneConfig
+    from tlmic_feats.finetune.trainer import run_finetune
+    from tlmic_feats.runtime.errors import BackboneStructureError
+    from tlmic_feats.runtime.options import from_flat
+
+    folder, _ = hf_cnn_dirs["convnext"]
+    name = f"hf:{folder}"
+    store = extract_features(
+        ExtractConfig(data=DataConfig(str(phantom_dir)), backbone=name, layers="all", input_size=64,
+                      store=str(tmp_path / "s.zarr")),
+        progress=False,
+    ).store  # fmt: skip
+    assert store.addresses == ["1", "2.1", "2.2", "2.3", "2", "3.1", "3.2", "3", "4"]
+    np.testing.assert_array_equal(store.features("2.3"), store.features("2"))  # one tensor, stored once
+    assert store.features("4").shape == (36, 32) and store.fingerprint["preprocess"]["resize_size"] == 73
+    run = run_finetune(
+        from_flat(FinetuneConfig, data=DataConfig(str(phantom_dir)), backbone=name, truncate="2.2", input_size=64,
+                  out=str(tmp_path / "ft"), steps=2, eval_every=1, batch_size=8, precision="fp32", bootstrap=0,
+                  export_onnx=False, compactness=False),
+        progress=False,
+        log=lambda m: None,
+    )  # fmt: skip
+    assert run.metrics["steps_run"] == 2 and np.isfinite(run.metrics["auroc"])
+    swin = tmp_path / "swin"
+    tf.SwinModel(tf.SwinConfig(embed_dim=8, depths=[1, 1], num_heads=[1, 1], image_size=32)).save_pretrained(swin)
+    with pytest.raises(BackboneStructureError) as e:
+        build_backbone(f"hf:{swin}", "imagenet")
+    assert "\n" not in str(e.value) and "is a swin" in str(e.value) and "convnext" in str(e.value)
 
 
 def _fake_hf_repo(cache, repo: str, files: dict):

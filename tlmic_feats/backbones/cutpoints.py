@@ -24,7 +24,9 @@ truncations from its traced graph (:mod:`.graph`): families ``timm`` and ``tv``.
 
 The other libraries' models are families of their own, written out by hand in their modules:
 ``hf`` (a transformers vision transformer: ``k`` = ``hidden_states[k]``, the output of encoder
-block ``k``; ``N + 1`` = its final norm; :mod:`.hf`) and ``xrv_densenet`` (torchxrayvision's
+block ``k``; ``N + 1`` = its final norm; :mod:`.hf`), ``hf_cnn`` (a transformers CNN: ``k`` = the
+output of stage ``k``, ``hidden_states[k]``; ``k.u`` = its layer ``u``; :mod:`.hf_cnn`) and
+``xrv_densenet`` (torchxrayvision's
 DenseNet, whose dense layers return the concatenated map; the curated DenseNet's addresses;
 :mod:`.xrv`). torchxrayvision's ResNet is torchvision's (``resnet``); an open_clip image tower with
 a timm trunk is that timm model (``timm``).
@@ -256,11 +258,12 @@ FAMILIES = {
     "timm": Family(_timm_cut_points, _graph_truncate, _graph_tapper),
     "tv": Family(_tv_cut_points, _graph_truncate, _graph_tapper),
     "hf": Family(_lazy("hf", "hf_cut_points"), _lazy("hf", "hf_truncate"), _lazy("hf", "hf_tapper")),
+    "hf_cnn": Family(*(_lazy("hf_cnn", f"hf_cnn_{f}") for f in ("cut_points", "truncate", "tapper"))),
     "xrv_densenet": Family(*(_lazy("xrv", f"xrv_densenet_{f}") for f in ("cut_points", "truncate", "tapper"))),
 }
 CURATED_FAMILIES = ("resnet", "densenet", "efficientnet")
 GRAPH_FAMILIES = ("timm", "tv")  # taps from a traced graph; the others' are written out
-ANY_SIZE_FAMILIES = (*CURATED_FAMILIES, "xrv_densenet")  # convolutional: measured at 64 px
+ANY_SIZE_FAMILIES = (*CURATED_FAMILIES, "hf_cnn", "xrv_densenet")  # convolutional: measured at 64 px
 
 
 def tap_network(family: str, model, cut_points: tuple[CutPoint, ...], pool: str, preprocess=None):

