@@ -768,3 +768,130 @@ def test_openclip_finetune_truncated(openclip_dir, phantom_dir, tmp_path):
         log=lambda m: None,
     )
     assert run.metrics["steps_run"] == 2 and np.isfinite(run.metrics["auroc"])
+
+
+# open_clip's own towers: a VisionTransformer (OpenAI's and LAION's ViTs) and a ModifiedResNet (OpenAI's RN50)
+OPENCLIP_NATIVE = {
+    "vit": {"image_size": 32, "layers": 3, "width": 32, "patch_size": 8, "head_width": 16},
+    "resnet": {"image_size": 64, "layers": [1, 2, 1, 1], "width": 16, "head_width": 16},
+}
+
+
+@pytest.fixture(scope="module")
+def openclip_native_dirs(tmp_path_factory):
+    """Tiny open_clip CLIPs with open_clip's own image towers, saved as the timm one above."""
+    open_clip = pytest.importorskip("open_clip")
+    from safetensors.torch import save_file
+
+    out = {}
+    for kind, vision in OPENCLIP_NATIVE.items():
+        folder = tmp_path_factory.mktemp(f"openclip-{kind}")
+        text = {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}
+        config = {"model_cfg": {"embed_dim": 16, "vision_cfg": vision, "text_cfg": text}, "preprocess_cfg": {}}
+        (folder / "open_clip_config.json").write_text(json.dumps(config))
+        torch.manual_seed(0)
+        model = open_clip.create_model(f"local-dir:{folder}")
+        for m in model.modules():  # batch-norm statistics away from the identity, as trained ones are
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(folder / "open_clip_model.safetensors"))
+        out[kind] = folder
+    return out
+
+
+def _open_clip_taps(folder, b, x, **create):
+    """The tower's tapped modules' outputs in open_clip's own encode_image of the model it loads itself."""
+    import open_clip
+
+    ref = open_clip.create_model(f"local-dir:{folder}", **create).eval()
+    hooked = {}
+    modules = {t.module for cp in b.cut_points for t in cp.taps}
+    hooks = [
+        ref.visual.get_submodule(m).register_forward_hook(lambda _m, _i, o, a=m: hooked.setdefault(a, o)) for m in modules
+    ]
+    from tlmic_feats.backbones.preprocess import device_normalize
+
+    with torch.inference_mode():
+        ref.encode_image(device_normalize(b.preprocess)(x))
+    for h in hooks:
+        h.remove()
+    return hooked
+
+
+@pytest.mark.parametrize("kind", list(OPENCLIP_NATIVE))
+def test_openclip_native_towers_equal_open_clips_forward(kind, openclip_native_dirs):
+    """open_clip's VisionTransformer (k = resblock k, N + 1 = ln_post on every token; pooled cls and mean) and
+    ModifiedResNet (torchvision ResNet's addresses after its own stem; pooled avg and max): every cut point
+    against the module outputs of open_clip's own encode_image; the truncated network gives the same map."""
+    folder = openclip_native_dirs[kind]
+    b = build_backbone(f"openclip:{folder}", "imagenet")
+    size = OPENCLIP_NATIVE[kind]["image_size"]
+    assert b.family == f"openclip_{kind}" and b.preprocess.input_size == size
+    if kind == "vit":
+        assert [(cp.address, cp.module) for cp in b.cut_points][-1] == ("4", "ln_post (final norm)")
+        assert all(cp.layout == "tokens" and cp.prefix == 1 for cp in b.cut_points)
+    else:
+        assert [cp.address for cp in b.cut_points] == ["1.1", "1", "2.1", "2.2", "2", "3.1", "3", "4.1", "4"]
+    x = torch.randint(0, 256, (3, 1, size, size), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    hooked = _open_clip_taps(folder, b, x)
+    pools = ("cls", "avg") if kind == "vit" else ("avg", "max")
+    from tlmic_feats.backbones.preprocess import device_normalize
+
+    with torch.inference_mode():
+        for pool in pools:
+            got = tap_network(b.family, b.model, b.cut_points, pool, b.preprocess)(x)
+            for cp, g in zip(b.cut_points, got, strict=True):
+                h = hooked[cp.taps[0].module]
+                want = reference_pool(h, 1, pool) if kind == "vit" else (h.mean((2, 3)) if pool == "avg" else h.amax((2, 3)))
+                assert min_cosine(g, want) >= FIDELITY, (kind, pool, cp.address)
+        xn = device_normalize(b.preprocess)(x)
+        for cp in b.cut_points:
+            assert torch.allclose(b.truncated(cp.address)(xn), hooked[cp.taps[0].module], atol=1e-5), cp.address
+
+
+def test_openclip_vit_at_another_input_size_equals_open_clips_resize(openclip_native_dirs):
+    """--input-size 64 on a 32-px open_clip ViT: the position embeddings resampled as open_clip itself does
+    when it loads the checkpoint into a tower of that size (create_model's force_image_size)."""
+    folder = openclip_native_dirs["vit"]
+    b = build_backbone(f"openclip:{folder}", "imagenet", input_size=64)
+    assert b.preprocess.input_size == 64 and b.model.positional_embedding.shape[0] == 1 + 8 * 8
+    x = torch.randint(0, 256, (2, 1, 64, 64), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    hooked = _open_clip_taps(folder, b, x, force_image_size=64)
+    with torch.inference_mode():
+        got = tap_network(b.family, b.model, b.cut_points, "clsmean", b.preprocess)(x)
+    for cp, g in zip(b.cut_points, got, strict=True):
+        assert min_cosine(g, reference_pool(hooked[cp.taps[0].module], 1, "clsmean")) >= FIDELITY, cp.address
+
+
+def test_openclip_native_preprocessing_and_both_arms(openclip_native_dirs, kermany_dir, phantom_dir, tmp_path):
+    """open_clip's own transform for a 32-px tower (its size is the tower's) on real chest films, within
+    1e-5; extract and finetune (truncated inside a stage, 2.1) for the ModifiedResNet, finetune at 2 for the ViT."""
+    import open_clip
+
+    from tlmic_feats import DataConfig, ExtractConfig, extract_features
+    from tlmic_feats.finetune.config import FinetuneConfig
+    from tlmic_feats.finetune.trainer import run_finetune
+    from tlmic_feats.runtime.options import from_flat
+
+    _, _, transform = open_clip.create_model_and_transforms(f"local-dir:{openclip_native_dirs['vit']}")
+    pre = build_backbone(f"openclip:{openclip_native_dirs['vit']}", "random:0").preprocess
+    assert (pre.input_size, pre.resize_size) == (32, 32)
+    worst = max(float((host_and_device(im, pre) - transform(im)).abs().max()) for im in kermany_images(kermany_dir))
+    assert worst <= 1e-5
+    name = f"openclip:{openclip_native_dirs['resnet']}"
+    store = extract_features(
+        ExtractConfig(data=DataConfig(str(phantom_dir)), backbone=name, layers="blocks", store=str(tmp_path / "s.zarr")),
+        progress=False,
+    ).store
+    assert store.addresses == ["1", "2", "3", "4"] and store.features("4").shape == (36, 512)
+    for kind, truncate in (("resnet", "2.1"), ("vit", "2")):
+        run = run_finetune(
+            from_flat(FinetuneConfig, data=DataConfig(str(phantom_dir)), backbone=f"openclip:{openclip_native_dirs[kind]}",
+                      truncate=truncate, out=str(tmp_path / f"ft-{kind}"), steps=2, eval_every=1, batch_size=8,
+                      precision="fp32", bootstrap=0, export_onnx=False, compactness=False),
+            progress=False,
+            log=lambda m: None,
+        )  # fmt: skip
+        assert run.metrics["steps_run"] == 2 and np.isfinite(run.metrics["auroc"]), kind

@@ -28,8 +28,10 @@ block ``k``; ``N + 1`` = its final norm; :mod:`.hf`), ``hf_cnn`` (a transformers
 output of stage ``k``, ``hidden_states[k]``; ``k.u`` = its layer ``u``; :mod:`.hf_cnn`) and
 ``xrv_densenet`` (torchxrayvision's
 DenseNet, whose dense layers return the concatenated map; the curated DenseNet's addresses;
-:mod:`.xrv`). torchxrayvision's ResNet is torchvision's (``resnet``); an open_clip image tower with
-a timm trunk is that timm model (``timm``).
+:mod:`.xrv`), ``openclip_vit`` and ``openclip_resnet`` (open_clip's own ViT and ModifiedResNet towers:
+``k`` = ``transformer.resblocks[k-1]``, ``N + 1`` = ``ln_post``; torchvision ResNet's addresses after
+its three-convolution stem; :mod:`.openclip`). torchxrayvision's ResNet is torchvision's (``resnet``);
+an open_clip image tower with a timm trunk is that timm model (``timm``).
 """
 
 from __future__ import annotations
@@ -259,11 +261,16 @@ FAMILIES = {
     "tv": Family(_tv_cut_points, _graph_truncate, _graph_tapper),
     "hf": Family(_lazy("hf", "hf_cut_points"), _lazy("hf", "hf_truncate"), _lazy("hf", "hf_tapper")),
     "hf_cnn": Family(*(_lazy("hf_cnn", f"hf_cnn_{f}") for f in ("cut_points", "truncate", "tapper"))),
+    "openclip_vit": Family(*(_lazy("openclip", f"openclip_vit_{f}") for f in ("cut_points", "truncate", "tapper"))),
+    # torchvision ResNet's addresses (layer{k}, its bottlenecks); open_clip's own stem in its tapper and truncation
+    "openclip_resnet": Family(
+        resnet_cut_points, _lazy("openclip", "openclip_resnet_truncate"), _lazy("openclip", "openclip_resnet_tapper")
+    ),
     "xrv_densenet": Family(*(_lazy("xrv", f"xrv_densenet_{f}") for f in ("cut_points", "truncate", "tapper"))),
 }
 CURATED_FAMILIES = ("resnet", "densenet", "efficientnet")
 GRAPH_FAMILIES = ("timm", "tv")  # taps from a traced graph; the others' are written out
-ANY_SIZE_FAMILIES = (*CURATED_FAMILIES, "hf_cnn", "xrv_densenet")  # convolutional: measured at 64 px
+ANY_SIZE_FAMILIES = (*CURATED_FAMILIES, "hf_cnn", "openclip_resnet", "xrv_densenet")  # convolutional: measured at 64 px
 
 
 def tap_network(family: str, model, cut_points: tuple[CutPoint, ...], pool: str, preprocess=None):

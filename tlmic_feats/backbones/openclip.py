@@ -7,10 +7,19 @@
   downloaded when ``HF_HUB_OFFLINE`` is set. ``openclip:DIR`` (or ``openclip:local-dir:DIR``) -- a
   directory holding the same files, as open_clip's ``local-dir:`` schema reads it.
 * Only the image tower is built (open_clip's own ``_build_vision_tower`` from the config's
-  ``vision_cfg``; the text tower and its tokenizer are never needed). Towers with a timm trunk are
-  supported (BiomedCLIP's is timm's ``vit_base_patch16_224``): the trunk is the backbone, with timm's
-  cut points (family ``timm``: each transformer block, then its final norm); the tower's projection
-  head is not part of it.
+  ``vision_cfg``; the text tower and its tokenizer are never needed). The tower's projection head is
+  never part of the backbone. Three kinds of tower:
+
+  - a timm trunk (BiomedCLIP's is timm's ``vit_base_patch16_224``): the trunk is the backbone, with
+    timm's cut points (family ``timm``: each transformer block, then its final norm);
+  - open_clip's own ``VisionTransformer`` (OpenAI's and LAION's ViT-B/32, ViT-B/16, ViT-L/14, and the
+    models fine-tuned from them), family ``openclip_vit``: address ``k`` is the output of
+    ``transformer.resblocks[k-1]`` (tokens: the class token, then the patch grid), ``N + 1`` its
+    ``ln_post`` applied to every token (the final norm, what the tower pools); another
+    ``--input-size`` resamples the position embeddings as open_clip's ``resize_pos_embed`` does;
+  - open_clip's ``ModifiedResNet`` (OpenAI's RN50, RN101, ...), family ``openclip_resnet``: the
+    addresses of torchvision's ResNet (``k`` = ``layer{k}``, ``k.u`` its bottleneck ``u``) after its
+    three-convolution stem; the attention pool is not part of it.
 * Preprocessing: open_clip's own evaluation transform for the config's ``preprocess_cfg``
   (``image_transform_v2``): its resize, centre crop, mean and std, read off the transform.
 * Weights: ``imagenet`` is the repository's checkpoint (its ``visual.`` tensors, loaded strictly,
@@ -25,6 +34,7 @@ from pathlib import Path
 from ..runtime.errors import BackboneStructureError, UsageError, WeightsUnavailableError
 from .preprocess import Preprocess
 from .spec import BackboneSpec
+from .taps import CutPoint, Tap
 from .weights import first_error_line, hf_cache_dir, hf_cached_file, hf_hub_reachable, hf_offline, read_state_dict
 
 CONFIG = "open_clip_config.json"
@@ -46,17 +56,21 @@ def openclip_spec(ref: str) -> BackboneSpec:
     model_cfg = config.get("model_cfg", config)
     vision_cfg = dict(model_cfg.get("vision_cfg", {}))
     timm_name = vision_cfg.get("timm_model_name")
-    if not timm_name:
+    kind = "timm" if timm_name else "resnet" if isinstance(vision_cfg.get("layers"), (list, tuple)) else "vit"
+    if kind == "vit" and vision_cfg.get("attentional_pool"):
         raise BackboneStructureError(
-            f"{name}: its image tower is open_clip's own transformer; tlmic cuts open_clip towers with a timm trunk "
-            "(e.g. BiomedCLIP)"
+            f"{name}: its image tower ends in an attentional pooler (CoCa); tlmic cuts open_clip towers with a "
+            "timm trunk, a VisionTransformer or a ModifiedResNet"
         )
     vision_cfg["timm_model_pretrained"] = False  # the checkpoint holds the trunk; nothing else is fetched
+    native = vision_cfg.get("image_size", 224)
+    native = int(native if isinstance(native, int) else native[0])
 
-    def tower():
+    def tower(size: int = 0):
         from open_clip.model import _build_vision_tower
 
-        return _build_vision_tower(model_cfg["embed_dim"], vision_cfg, model_cfg.get("quick_gelu", False))
+        cfg = {**vision_cfg, "image_size": size} if size and kind == "vit" else vision_cfg
+        return _build_vision_tower(model_cfg["embed_dim"], cfg, model_cfg.get("quick_gelu", False))
 
     def at_size(trunk, size: int):
         native = tuple(trunk.patch_embed.img_size) if hasattr(trunk, "patch_embed") else None
@@ -67,14 +81,15 @@ def openclip_spec(ref: str) -> BackboneSpec:
         return trunk
 
     def build(size: int = 0):
-        return at_size(tower().trunk, size)
+        return at_size(tower().trunk, size) if kind == "timm" else tower(size)
 
     def preprocess(variant: str) -> Preprocess:
         if variant:
             raise UsageError(f"{name} has one checkpoint; use --weights imagenet, not imagenet:{variant}")
         from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
-        cfg = PreprocessCfg(**merge_preprocess_dict(PreprocessCfg(), config.get("preprocess_cfg", {})))
+        merged = merge_preprocess_dict(PreprocessCfg(), config.get("preprocess_cfg", {}))
+        cfg = PreprocessCfg(**{**merged, "size": native})  # open_clip sets it to the tower's image size
         if cfg.resize_mode != "shortest":
             raise UsageError(f"{name}: open_clip resize_mode {cfg.resize_mode!r} is not supported; valid: shortest")
         return transform_preprocess(image_transform_v2(cfg, is_train=False), f"open_clip transform of {name}")
@@ -88,7 +103,11 @@ def openclip_spec(ref: str) -> BackboneSpec:
             model.load_state_dict(visual, strict=True)
         except RuntimeError as e:
             raise WeightsUnavailableError(f"{what} does not fit {name}'s image tower: {first_error_line(e)}") from e
-        return at_size(model.trunk, size)
+        if kind == "timm":
+            return at_size(model.trunk, size)
+        if kind == "vit" and size and size != native:
+            return vit_at_size(model, tower(size))
+        return model
 
     def load_imagenet(variant: str, size: int):
         preprocess(variant)
@@ -101,14 +120,19 @@ def openclip_spec(ref: str) -> BackboneSpec:
 
     import hashlib
 
+    trunk = {
+        "timm": f"timm {timm_name} trunk",
+        "vit": f"open_clip VisionTransformer, {vision_cfg.get('layers')} blocks, patch {vision_cfg.get('patch_size')}",
+        "resnet": f"open_clip ModifiedResNet {vision_cfg.get('layers')}",
+    }[kind]
     return BackboneSpec(
         name,
-        "timm",
+        {"timm": "timm", "vit": "openclip_vit", "resnet": "openclip_resnet"}[kind],
         build,
         preprocess,
         load_imagenet,
         from_state,
-        f"open_clip image tower, timm {timm_name} trunk ({where})",
+        f"open_clip image tower, {trunk} ({where})",
         table_key=hashlib.sha256(text.encode()).hexdigest()[:12],
     )
 
@@ -199,3 +223,115 @@ def cached_openclip_models() -> list[tuple[str, str]]:
                 out.append(("openclip:hf-hub:" + repo.name.removeprefix("models--").replace("--", "/", 1), str(snap)))
                 break
     return out
+
+
+# --- families "openclip_vit" and "openclip_resnet": open_clip's own image towers -------------------------
+
+
+def vit_at_size(tower, resized):
+    """``tower``'s weights in ``resized`` (the same tower built for another input size), its position
+    embeddings resampled by open_clip's own ``resize_pos_embed`` (bicubic, antialiased)."""
+    from types import SimpleNamespace
+
+    from open_clip.model import resize_pos_embed
+
+    state = {f"visual.{k}": v for k, v in tower.state_dict().items()}
+    resize_pos_embed(state, SimpleNamespace(visual=resized))
+    resized.load_state_dict({k.removeprefix("visual."): v for k, v in state.items()}, strict=True)
+    return resized
+
+
+def _lnd(tower) -> bool:
+    """open_clip's transformer runs sequence-first (L, N, D) unless ``batch_first``."""
+    return not getattr(tower.transformer, "batch_first", True)
+
+
+def openclip_vit_cut_points(model, name: str = "") -> list[CutPoint]:
+    tokens = {"layout": "tokens", "prefix": 1, "class_token": True}
+    n = len(model.transformer.resblocks)
+    out = [
+        CutPoint(f"{k}", f"transformer.resblocks.{k - 1}", (Tap(f"transformer.resblocks.{k - 1}", **tokens),))
+        for k in range(1, n + 1)
+    ]
+    out.append(CutPoint(f"{n + 1}", "ln_post (final norm)", (Tap("ln_post", **tokens),)))
+    return out
+
+
+def openclip_vit_tapper(model, modules):
+    lnd = _lnd(model)
+
+    def taps(held, x):
+        h = held._embeds(x)  # open_clip's own: patches, class token, position embeddings, ln_pre
+        h = h.transpose(0, 1) if lnd else h
+        for i, block in enumerate(held.transformer.resblocks):
+            h = block(h)
+            yield f"transformer.resblocks.{i}", h.transpose(0, 1) if lnd else h
+        yield "ln_post", held.ln_post(h.transpose(0, 1) if lnd else h)
+
+    return model, taps
+
+
+def openclip_vit_truncate(model, cp: CutPoint):
+    """The tower's embedding (open_clip's ``_embeds`` on its own parameters), its first ``k`` blocks, and for
+    the last address ``ln_post``: tokens ``(N, L, C)``."""
+    import torch.nn as nn
+
+    blocks = model.transformer.resblocks
+    k, lnd = cp.block, _lnd(model)
+
+    class Embeddings(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            for part in ("conv1", "class_embedding", "positional_embedding", "patch_dropout", "ln_pre"):
+                setattr(self, part, getattr(model, part))  # the tower's own modules and parameters
+
+        def forward(self, x):
+            return type(model)._embeds(self, x)
+
+    class TruncatedTower(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embeddings = Embeddings()
+            self.blocks = nn.ModuleList(list(blocks)[: min(k, len(blocks))])
+            self.norm = model.ln_post if k > len(blocks) else None
+
+        def forward(self, x):
+            h = self.embeddings(x)
+            h = h.transpose(0, 1) if lnd else h
+            for block in self.blocks:
+                h = block(h)
+            h = h.transpose(0, 1) if lnd else h
+            return self.norm(h) if self.norm is not None else h
+
+    return TruncatedTower()
+
+
+def openclip_resnet_tapper(model, modules):
+    def taps(held, x):
+        x = held.stem(x)  # open_clip's own: three convolutions and an average pool
+        for k in range(1, 5):
+            for u, block in enumerate(getattr(held, f"layer{k}")):
+                x = block(x)
+                yield f"layer{k}.{u}", x
+
+    return model, taps
+
+
+def openclip_resnet_truncate(model, cp: CutPoint):
+    """The tower's stem (open_clip's ``stem`` on its own modules), ``layer1`` .. ``layer{k}`` (its first ``u``
+    bottlenecks for ``k.u``): a map ``(N, C, H, W)``."""
+    import torch.nn as nn
+
+    class Stem(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            for part in ("conv1", "bn1", "act1", "conv2", "bn2", "act2", "conv3", "bn3", "act3", "avgpool"):
+                setattr(self, part, getattr(model, part))
+
+        def forward(self, x):
+            return type(model).stem(self, x)
+
+    layers = [getattr(model, f"layer{k}") for k in range(1, cp.block + 1)]
+    if cp.unit is not None:
+        layers[-1] = layers[-1][: cp.unit]
+    return nn.Sequential(Stem(), *layers)
