@@ -301,9 +301,10 @@ def test_hf_cnn_features_equal_hidden_states_and_layer_outputs(kind, hf_cnn_dirs
             assert torch.allclose(b.truncated(address)(xn), want[address], atol=1e-5), (kind, address)
 
 
-def test_hf_cnn_both_arms_and_an_uncuttable_model(hf_cnn_dirs, phantom_dir, tmp_path):
-    """extract (every cut point) and finetune truncated inside a stage (2.2) for a transformers CNN; a hub
-    model of a type tlmic does not cut is one line naming the types it does."""
+def test_hf_cnn_both_arms_and_an_uncuttable_model(hf_cnn_dirs, phantom_dir, tmp_path, monkeypatch):
+    """extract (every cut point) and finetune truncated inside a stage (2.2) for a transformers CNN; one in
+    the Hugging Face cache is listed as available and loads offline; a hub model of a type tlmic does not
+    cut is one line naming the types it does."""
     import transformers as tf
 
     from tlmic_feats import DataConfig, ExtractConfig, extract_features
@@ -330,6 +331,13 @@ def test_hf_cnn_both_arms_and_an_uncuttable_model(hf_cnn_dirs, phantom_dir, tmp_
         log=lambda m: None,
     )  # fmt: skip
     assert run.metrics["steps_run"] == 2 and np.isfinite(run.metrics["auroc"])
+    from tlmic_feats.backbones.registry import available_backbones_offline
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _fake_hf_repo(tmp_path / "hub", "org/tiny-convnext", {f.name: f for f in folder.iterdir()})
+    assert "hf:org/tiny-convnext" in dict(available_backbones_offline())
+    assert build_backbone("hf:org/tiny-convnext").family == "hf_cnn"
     swin = tmp_path / "swin"
     tf.SwinModel(tf.SwinConfig(embed_dim=8, depths=[1, 1], num_heads=[1, 1], image_size=32)).save_pretrained(swin)
     with pytest.raises(BackboneStructureError) as e:
@@ -809,7 +817,8 @@ def _open_clip_taps(folder, b, x, **create):
     hooked = {}
     modules = {t.module for cp in b.cut_points for t in cp.taps}
     hooks = [
-        ref.visual.get_submodule(m).register_forward_hook(lambda _m, _i, o, a=m: hooked.setdefault(a, o)) for m in modules
+        ref.visual.get_submodule(m).register_forward_hook(lambda _m, _i, o, a=m: hooked.setdefault(a, o))
+        for m in modules
     ]
     from tlmic_feats.backbones.preprocess import device_normalize
 
@@ -844,7 +853,10 @@ def test_openclip_native_towers_equal_open_clips_forward(kind, openclip_native_d
             got = tap_network(b.family, b.model, b.cut_points, pool, b.preprocess)(x)
             for cp, g in zip(b.cut_points, got, strict=True):
                 h = hooked[cp.taps[0].module]
-                want = reference_pool(h, 1, pool) if kind == "vit" else (h.mean((2, 3)) if pool == "avg" else h.amax((2, 3)))
+                if kind == "vit":
+                    want = reference_pool(h, 1, pool)
+                else:
+                    want = h.mean((2, 3)) if pool == "avg" else h.amax((2, 3))
                 assert min_cosine(g, want) >= FIDELITY, (kind, pool, cp.address)
         xn = device_normalize(b.preprocess)(x)
         for cp in b.cut_points:
@@ -882,15 +894,18 @@ def test_openclip_native_preprocessing_and_both_arms(openclip_native_dirs, kerma
     assert worst <= 1e-5
     name = f"openclip:{openclip_native_dirs['resnet']}"
     store = extract_features(
-        ExtractConfig(data=DataConfig(str(phantom_dir)), backbone=name, layers="blocks", store=str(tmp_path / "s.zarr")),
+        ExtractConfig(
+            data=DataConfig(str(phantom_dir)), backbone=name, layers="blocks", store=str(tmp_path / "s.zarr")
+        ),
         progress=False,
     ).store
     assert store.addresses == ["1", "2", "3", "4"] and store.features("4").shape == (36, 512)
     for kind, truncate in (("resnet", "2.1"), ("vit", "2")):
         run = run_finetune(
-            from_flat(FinetuneConfig, data=DataConfig(str(phantom_dir)), backbone=f"openclip:{openclip_native_dirs[kind]}",
-                      truncate=truncate, out=str(tmp_path / f"ft-{kind}"), steps=2, eval_every=1, batch_size=8,
-                      precision="fp32", bootstrap=0, export_onnx=False, compactness=False),
+            from_flat(FinetuneConfig, data=DataConfig(str(phantom_dir)),
+                      backbone=f"openclip:{openclip_native_dirs[kind]}", truncate=truncate,
+                      out=str(tmp_path / f"ft-{kind}"), steps=2, eval_every=1, batch_size=8, precision="fp32",
+                      bootstrap=0, export_onnx=False, compactness=False),
             progress=False,
             log=lambda m: None,
         )  # fmt: skip
