@@ -100,7 +100,8 @@ def hf_cnn_tapper(model, modules):
 
 
 def hf_cnn_truncate(model, cp: CutPoint):
-    """The embedder, stages before ``k`` and stage ``k`` (its first ``u`` layers for ``k.u``): a map ``(N, C, H, W)``."""
+    """The embedder, the stages before ``k`` and stage ``k`` (its first ``u`` layers for ``k.u``): a map
+    ``(N, C, H, W)``."""
     import torch.nn as nn
 
     lay = cnn_layout(model)

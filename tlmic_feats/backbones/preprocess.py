@@ -1,10 +1,11 @@
 """Preprocessing configuration derived from a backbone's weights, and its on-device half.
 
-The host side (decode, resize, center crop; uint8, or float32 for torchxrayvision) lives in :mod:`tlmic_feats.data.images`; the
-device side (float, the network's channels, normalization) is :class:`DeviceNormalize`, applied to
-whole batches where it is cheapest. Both read one :class:`Preprocess`, which is derived from the
-weights' own config (torchvision's weight enums, timm's pretrained config, a transformers image
-processor, open_clip's transform, torchxrayvision's convention) and never re-typed.
+The host side (decode, resize, center crop; uint8, or float32 for torchxrayvision) lives in
+:mod:`tlmic_feats.data.images`; the device side (float, the network's channels, normalization) is
+:class:`DeviceNormalize`, applied to whole batches where it is cheapest. Both read one
+:class:`Preprocess`, which is derived from the weights' own config (torchvision's weight enums, timm's
+pretrained config, a transformers image processor, open_clip's transform, torchxrayvision's
+convention) and never re-typed.
 """
 
 from __future__ import annotations
@@ -98,8 +99,9 @@ def center_crop(x, size: int):
 
 
 def device_normalize(preprocess: Preprocess):
-    """A module mapping pixels ``(N, 1|3, H, W)`` (uint8, or float in 0..255) to the normalized float ``(N, C, H, W)`` input, ``C``
-    being :attr:`Preprocess.channels` (a grey image is copied to three channels)."""
+    """A module mapping pixels ``(N, 1|3, H, W)`` (uint8, or float in 0..255) to the normalized float
+    ``(N, C, H, W)`` input, ``C`` being :attr:`Preprocess.channels` (a grey image is copied to three
+    channels)."""
     import torch
 
     c = preprocess.channels

@@ -116,8 +116,9 @@ class ShardBuffer:
 
 
 class PixelDataset:
-    """Decoded, resized, center-cropped images ``(1, S, S)`` (:attr:`Preprocess.pixel_dtype`); a row that fails to decode is
-    returned with its error message instead of raising inside a worker (the main process decides)."""
+    """Decoded, resized, center-cropped images ``(1, S, S)`` (:attr:`Preprocess.pixel_dtype`); a row that
+    fails to decode is returned with its error message instead of raising inside a worker (the main
+    process decides)."""
 
     def __init__(self, source, preprocess) -> None:
         self.source = source

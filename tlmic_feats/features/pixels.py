@@ -64,9 +64,8 @@ def build_pixel_cache(
     """Open the cache for ``manifest`` at ``size`` (building what is missing) and return it."""
     import zarr
 
-    from ..runtime.locks import StoreLock
-
     from ..data.images import pixel_dtype
+    from ..runtime.locks import StoreLock
 
     path = pixel_cache_path(root, manifest.fingerprint(), size, interpolation)
     dtype = str(pixel_dtype(interpolation))
