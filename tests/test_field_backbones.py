@@ -658,6 +658,49 @@ def test_xrv_offline_error_and_both_arms(xrv_home, phantom_dir, tmp_path):
     assert run.metrics["steps_run"] == 2 and np.isfinite(run.metrics["auroc"])
 
 
+def test_xrv_float_pixels_in_the_onnx_engine_the_rerun_shortcut_and_the_disk_estimate(phantom_dir, tmp_path):
+    """torchxrayvision's float32 pixels reach the ONNX engine (its graph's cache key names them: a graph
+    of the same network cached for 8-bit input is another file; 8-bit backbones keep their keys), a store
+    made from 8-bit pixels (as before) is not a rerun's answer, and the study's disk estimate counts 4 bytes
+    a pixel for its pixel cache."""
+    pytest.importorskip("torchxrayvision")
+    import zarr
+
+    from tlmic_feats import DataConfig, ExtractConfig, extract_features
+    from tlmic_feats.data import load_manifest
+    from tlmic_feats.features.extract import ENGINE_KEY, engine_key, finished_store
+    from tlmic_feats.runtime.options import from_flat
+    from tlmic_feats.study.config import StudyConfig
+    from tlmic_feats.study.plan import estimate_disk
+
+    name = "xrv:densenet121-res224-all"
+    torch.save(build_backbone(name, "random:1").model.state_dict(), tmp_path / "w.pth")
+    base = dict(data=DataConfig(str(phantom_dir)), backbone=name, weights=str(tmp_path / "w.pth"), layers="blocks",
+                input_size=64)  # fmt: skip
+    configs = {e: ExtractConfig(**base, engine=e, store=str(tmp_path / f"{e}.zarr")) for e in ("torch", "onnx")}
+    stores = {e: extract_features(c, progress=False).store for e, c in configs.items()}
+    for a in stores["torch"].addresses:
+        got, want = stores["onnx"].features(a), stores["torch"].features(a)
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max(), a  # features of the order of 1,000
+    fp = stores["onnx"].fingerprint
+    assert fp["decode"]["pixels"] == "float32" and json.loads(engine_key(fp))["pixels"] == "float32"
+    eight_bit = {**fp, "decode": {k: v for k, v in fp["decode"].items() if k != "pixels"}}
+    assert engine_key(eight_bit) == json.dumps({k: fp[k] for k in ENGINE_KEY}, sort_keys=True)
+    assert finished_store(configs["torch"]).path == stores["torch"].path  # a rerun answers from the record
+    group = zarr.open_group(str(stores["torch"].path), mode="r+")
+    meta = dict(group.attrs["tlmic"])
+    meta["fingerprint"] = {**meta["fingerprint"], "decode": eight_bit["decode"]}
+    group.attrs["tlmic"] = meta
+    assert finished_store(configs["torch"]) is None
+    study = from_flat(StudyConfig, data=DataConfig(str(phantom_dir)), backbone=name, input_size=64)
+    manifest = load_manifest(DataConfig(str(phantom_dir)))
+    disk = {
+        b: estimate_disk(study, build_backbone(b, "random:1", input_size=64), manifest, {}, [], {})["pixel cache"]
+        for b in (name, "resnet18")
+    }
+    assert disk == {name: 36 * 64 * 64 * 4, "resnet18": 36 * 73 * 73}
+
+
 # --- openclip: open_clip image towers -------------------------------------------------------------------------
 
 

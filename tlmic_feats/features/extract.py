@@ -114,6 +114,7 @@ def finished_store(config: ExtractConfig) -> FeatureStore | None:
     import json
 
     from ..backbones.availability import weights_sha256_without_building
+    from ..data.images import pixel_dtype
     from .locate import stores_for
 
     if config.overwrite or config.cluster or "auto" in (config.engine, config.precision):
@@ -137,6 +138,9 @@ def finished_store(config: ExtractConfig) -> FeatureStore | None:
             continue
         if fp.get("tlmic_version") != __version__:
             continue
+        made_from = fp.get("decode", {}).get("pixels", "uint8")
+        if made_from != str(pixel_dtype(fp.get("preprocess", {}).get("interpolation", ""))):
+            continue  # made from pixels of another format (torchxrayvision's were 8-bit): extract again
         manifest = manifest or load_manifest(config.data)
         if fp.get("dataset") == manifest.fingerprint():
             return store
@@ -224,7 +228,7 @@ def extract_features(
                 device="cpu" if engine == "openvino" and config.device == "auto" else config.device,
                 compile=config.compile,
                 cache_dir=str(cache_root()),
-                key=json.dumps({k: fingerprint[k] for k in ENGINE_KEY}, sort_keys=True),
+                key=engine_key(fingerprint),
             ),
             store=str(writer.path),
             dtype=config.dtype,
@@ -250,3 +254,13 @@ def extract_features(
 
 # The fingerprint's parts that define the network an engine runs (its graph's cache key).
 ENGINE_KEY = ("backbone", "weights", "preprocess", "pool", "layers")
+
+
+def engine_key(fingerprint: dict) -> str:
+    """The cache key of the graph an engine runs for ``fingerprint``: :data:`ENGINE_KEY`'s parts, and the
+    pixels' dtype where it is not 8-bit (torchxrayvision's float32: a graph exported for uint8 input
+    cannot take them; 8-bit backbones keep the keys of graphs already cached)."""
+    key = {k: fingerprint[k] for k in ENGINE_KEY}
+    if "pixels" in fingerprint.get("decode", {}):
+        key["pixels"] = fingerprint["decode"]["pixels"]
+    return json.dumps(key, sort_keys=True)

@@ -667,7 +667,8 @@ def planned_runs(
 
 def estimate_disk(config: StudyConfig, backbone, manifest, cal: dict, arms: list[Arm], budgets: dict) -> dict:
     """Bytes a study writes, as upper bounds (stores and caches compress): the feature store (float32
-    features of every stored cut point for every image), the pixel cache (uint8 squares), the probe
+    features of every stored cut point for every image), the pixel cache (squares of uint8, or float32 for
+    torchxrayvision's pixels), the probe
     run (predictions and fitted probes of every cell) and the finetuning runs (``best.pt`` each, plus
     the resume state of the one in progress: weights and AdamW's two moments; every run keeps it
     with ``keep_checkpoints``), with predictions and logs."""
@@ -688,7 +689,7 @@ def estimate_disk(config: StudyConfig, backbone, manifest, cal: dict, arms: list
     resume = sum(3 * w for w in weights) if config.keep_checkpoints else 3 * max(weights, default=0)
     disk = {
         "feature store": n * widths * 4,
-        "pixel cache": n * pre.resize_size**2,
+        "pixel cache": n * pre.resize_size**2 * pre.pixel_dtype.itemsize,
         "probes": cells * (n_scored * 40 + widest * 8 * 2 + 20_000),
         "finetuning runs": sum(weights) + resume + len(arms) * per_run_files,
     }
