@@ -164,3 +164,38 @@ def test_preprocessing_matches_torchvision_transforms(kermany_dir):
         ref = w.transforms()(Image.open(f).convert("RGB"))
         assert x.shape == ref.shape == (3, 224, 224)
         assert (x - ref).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "hf-bicubic", "xrv"])
+def test_the_pixel_caches_squares_crop_to_exactly_the_evaluation_view(interpolation, kermany_dir):
+    """The pixel cache keeps resized squares and crops the evaluation view from them later: on real (non-square)
+    chest films, at the weights' size and at reduced input sizes (146 -> 128, 109 -> 96, 91 -> 80), the two
+    crops give exactly the one crop of the direct path, with torchvision's offsets (half to even) or a
+    transformers processor's (rounded down). Rounding each of two offsets on its own put half the films a
+    pixel off at 128 px."""
+    import torch
+    from PIL import Image
+
+    from tlmic_feats.backbones.preprocess import center_crop
+    from tlmic_feats.data.images import resize_center_crop
+
+    if interpolation == "xrv":
+        pytest.importorskip("skimage")
+    films = []
+    for f in sorted(kermany_dir.rglob("*.jpeg"))[:16]:
+        with Image.open(f) as im:
+            films.append(im.convert("L"))
+    assert sum(im.size[0] != im.size[1] for im in films) >= 12  # the case that matters: not square
+    naive = 0
+    for size, crop in ((256, 224), (146, 128), (109, 96), (91, 80)):
+        for im in films:
+            direct = resize_center_crop(im, resize_size=size, input_size=crop, interpolation=interpolation)
+            square = resize_center_crop(im, resize_size=size, input_size=size, interpolation=interpolation,
+                                        then_crop=crop)  # fmt: skip
+            assert square.shape == (size, size)
+            view = center_crop(torch.from_numpy(square.copy())[None], crop, interpolation)[0].numpy()
+            np.testing.assert_array_equal(view, direct, err_msg=f"{interpolation} {size}->{crop}")
+            plain = resize_center_crop(im, resize_size=size, input_size=size, interpolation=interpolation)
+            plain_view = center_crop(torch.from_numpy(plain.copy())[None], crop, interpolation)[0].numpy()
+            naive += not np.array_equal(plain_view, direct)
+    assert naive > 0 or interpolation == "xrv"  # the plain centre squares (before) were a pixel off for some

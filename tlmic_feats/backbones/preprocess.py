@@ -91,10 +91,13 @@ def at_input_size(preprocess: Preprocess, size: int) -> Preprocess:
     return replace(preprocess, input_size=size, resize_size=resize, source=source)
 
 
-def center_crop(x, size: int):
-    """Center crop of a batch ``(N, C, S, S)`` to ``size`` (the evaluation view)."""
-    s = x.shape[-1]
-    o = int(round((s - size) / 2.0))
+def center_crop(x, size: int, interpolation: str = ""):
+    """Center crop of a batch ``(N, C, S, S)`` to ``size`` (the evaluation view), its offsets as the
+    host's for ``interpolation`` (:func:`tlmic_feats.data.images.crop_offset`: rounded down for a
+    transformers image processor, else half to even as torchvision's)."""
+    from ..data.images import crop_offset
+
+    o = crop_offset(x.shape[-1] - size, interpolation)
     return x[..., o : o + size, o : o + size]
 
 

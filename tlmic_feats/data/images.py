@@ -88,7 +88,15 @@ def to_gray8(im):
     return im.convert("L")
 
 
-def resize_center_crop(im, *, resize_size: int, input_size: int, interpolation: str = "bilinear") -> np.ndarray:
+def crop_offset(excess: int, interpolation: str) -> int:
+    """Where a centre crop starts when ``excess`` pixels of a side are left over: rounded down by a
+    transformers image processor (``hf-*``), half to even by torchvision's ``CenterCrop`` (the others)."""
+    return excess // 2 if interpolation.startswith("hf-") else int(round(excess / 2.0))
+
+
+def resize_center_crop(
+    im, *, resize_size: int, input_size: int, interpolation: str = "bilinear", then_crop: int = 0
+) -> np.ndarray:
     """Resize the shorter side to ``resize_size``, center-crop ``input_size``; ``(S, S)`` of
     :func:`pixel_dtype` (uint8; float32 for ``xrv``).
 
@@ -96,13 +104,27 @@ def resize_center_crop(im, *, resize_size: int, input_size: int, interpolation: 
     image (PIL's antialiased filters, torchvision's rounding of the long side and crop offsets).
     ``hf-FILTER``: a transformers image processor's ``resize`` (shortest edge) and ``center_crop``
     (the PIL backend), whose crop offsets round down. ``xrv``: see :func:`xrv_resize`.
+
+    ``then_crop``: this square will be centre-cropped again to ``then_crop`` (by
+    :func:`tlmic_feats.backbones.preprocess.center_crop`), as the pixel cache's squares are for the
+    evaluation view; its offsets are then chosen so that the two crops give exactly the one crop of
+    ``then_crop`` from the resized image (two offsets each rounded would be a pixel off it for half of
+    the non-square films at reduced input sizes).
     """
     from PIL import Image
 
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation {interpolation!r}; valid: {', '.join(INTERPOLATIONS)}")
+
+    def offset(side: int) -> int:
+        if then_crop and then_crop < input_size:
+            return crop_offset(side - then_crop, interpolation) - crop_offset(input_size - then_crop, interpolation)
+        return crop_offset(side - input_size, interpolation)
+
     if interpolation == "xrv":
-        return center_square(xrv_resize(im, resize_size), input_size, floor=False)
+        a = xrv_resize(im, resize_size)
+        o = offset(a.shape[-1])
+        return a[o : o + input_size, o : o + input_size]
     filt = interpolation.removeprefix("hf-")
     resample = {
         "nearest": Image.NEAREST,
@@ -116,22 +138,10 @@ def resize_center_crop(im, *, resize_size: int, input_size: int, interpolation: 
         nh, nw = resize_size, int(resize_size * w / h)
     if (nw, nh) != (w, h):
         im = im.resize((nw, nh), resample)
-    if filt != interpolation:  # transformers: (h - crop) // 2
-        top, left = (nh - input_size) // 2, (nw - input_size) // 2
-    else:
-        top, left = int(round((nh - input_size) / 2.0)), int(round((nw - input_size) / 2.0))
+    top, left = offset(nh), offset(nw)
     if top < 0 or left < 0:
         raise ValueError(f"resize_size {resize_size} is smaller than input_size {input_size}")
     return np.asarray(im.crop((left, top, left + input_size, top + input_size)), dtype=np.uint8)
-
-
-def center_square(a: np.ndarray, size: int, *, floor: bool) -> np.ndarray:
-    """The centre ``size`` x ``size`` of a square array (offsets rounded down, or as torchvision does)."""
-    s = a.shape[-1]
-    if size == s:
-        return a
-    o = (s - size) // 2 if floor else int(round((s - size) / 2.0))
-    return a[o : o + size, o : o + size]
 
 
 def xrv_resize(im, size: int) -> np.ndarray:

@@ -147,7 +147,7 @@ def decode_batch(dataset: PixelDataset, rows: list[int]) -> tuple[np.ndarray, np
     return np.asarray(rows), np.stack([p for _, p, _ in items]), [e for _, _, e in items]
 
 
-def _cached_batches(cache, batches: list[list[int]], input_size: int) -> Iterator[tuple]:
+def _cached_batches(cache, batches: list[list[int]], pre) -> Iterator[tuple]:
     """(rows, pixels (N, 1, s, s), errors) per batch from the pixel cache, read one batch ahead in a
     thread so that reading overlaps the forward pass."""
     from concurrent.futures import ThreadPoolExecutor
@@ -157,7 +157,7 @@ def _cached_batches(cache, batches: list[list[int]], input_size: int) -> Iterato
     def read(rows):
         px = cache.read(np.asarray(rows))[:, None]
         errors = [cache.errors.get(r, "") if cache.bad[r] else "" for r in rows]
-        return np.asarray(rows), np.ascontiguousarray(center_crop(px, input_size)), errors
+        return np.asarray(rows), np.ascontiguousarray(center_crop(px, pre.input_size, pre.interpolation)), errors
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         future = pool.submit(read, batches[0]) if batches else None
@@ -260,10 +260,10 @@ class LocalRunner:
         workers = self.workers if self.workers >= 0 else _auto_workers(n_todo, manifest.source)
         if self.pixel_cache and n_todo:
             cache = build_pixel_cache(
-                manifest, pre.resize_size, pre.interpolation, cache_root() / "pixels", workers=workers,
-                progress=self.progress,
+                manifest, pre.resize_size, pre.interpolation, cache_root() / "pixels", crop=pre.input_size,
+                workers=workers, progress=self.progress,
             )  # fmt: skip
-            return _cached_batches(cache, batches, pre.input_size)
+            return _cached_batches(cache, batches, pre)
         dataset = PixelDataset(manifest.source, pre)
         if workers > 0:
             return spawned_loader(dataset, workers, batch_sampler=batches)

@@ -29,8 +29,10 @@ from .workers import dead_workers_reported, spawned_loader
 CHUNK = 64
 
 
-def pixel_cache_path(root: Path, dataset_fingerprint: str, size: int, interpolation: str) -> Path:
-    return Path(root) / f"{dataset_fingerprint[:20]}-{size}px-{interpolation}.zarr"
+def pixel_cache_path(root: Path, dataset_fingerprint: str, size: int, interpolation: str, crop: int = 0) -> Path:
+    """Where the squares of ``size`` px for an evaluation view of ``crop`` px (0: the whole square) are."""
+    aligned = f"-for{crop}" if crop and crop < size else ""
+    return Path(root) / f"{dataset_fingerprint[:20]}-{size}px{aligned}-{interpolation}.zarr"
 
 
 class PixelCache:
@@ -59,15 +61,17 @@ class PixelCache:
 
 
 def build_pixel_cache(
-    manifest, size: int, interpolation: str, root: Path, *, workers: int = 0, progress: bool = False
+    manifest, size: int, interpolation: str, root: Path, *, crop: int = 0, workers: int = 0, progress: bool = False
 ) -> PixelCache:
-    """Open the cache for ``manifest`` at ``size`` (building what is missing) and return it."""
+    """Open the cache for ``manifest`` at ``size`` (building what is missing) and return it. ``crop``: the
+    evaluation view that will be centre-cropped from its squares (see ``then_crop`` of
+    :func:`tlmic_feats.data.images.resize_center_crop`); 0 for the plain centre squares."""
     import zarr
 
     from ..data.images import pixel_dtype
     from ..runtime.locks import StoreLock
 
-    path = pixel_cache_path(root, manifest.fingerprint(), size, interpolation)
+    path = pixel_cache_path(root, manifest.fingerprint(), size, interpolation, crop)
     dtype = str(pixel_dtype(interpolation))
     n = len(manifest)
     n_chunks = max(1, -(-n // CHUNK))
@@ -96,7 +100,8 @@ def build_pixel_cache(
         if todo:
             errors = json.loads(group.attrs["tlmic_pixels"]["errors"])
             bar = progress_bar(len(todo) * CHUNK, "decode once (pixel cache)", "img", progress)
-            chunks = contextlib.closing(_decode_chunks(manifest.source, n, todo, size, interpolation, workers))
+            decoder = _ChunkDecoder(manifest.source, n, todo, size, interpolation, crop)
+            chunks = contextlib.closing(_decode_chunks(decoder, workers))
             with dead_workers_reported(), chunks as decoded:  # a worker's death may surface mid-loop
                 for chunk, (pixels, errs) in decoded:
                     start = chunk * CHUNK
@@ -125,22 +130,22 @@ def _meta(path: Path) -> dict | None:
         return None
 
 
-def _decode_chunks(source, n: int, chunks: list[int], size: int, interpolation: str, workers: int):
-    """Yield ``(chunk, (pixels, {offset: error}))`` for each chunk, decoded in worker processes
-    (spawned: Zarr and fork do not mix) when ``workers > 0``."""
+def _decode_chunks(ds: _ChunkDecoder, workers: int):
+    """Yield ``(chunk, (pixels, {offset: error}))`` for each of ``ds``'s chunks, decoded in worker
+    processes (spawned: Zarr and fork do not mix) when ``workers > 0``."""
     if workers > 0:
-        ds = _ChunkDecoder(source, n, chunks, size, interpolation)
-        for chunk, (pixels, errors) in zip(chunks, spawned_loader(ds, workers, batch_size=None), strict=True):
+        loader = spawned_loader(ds, workers, batch_size=None)
+        for chunk, (pixels, errors) in zip(ds.chunks, loader, strict=True):
             yield chunk, (np.asarray(pixels), {int(k): v for k, v in errors.items()})  # the loader made tensors
         return
-    ds = _ChunkDecoder(source, n, chunks, size, interpolation)
-    for i, chunk in enumerate(chunks):
+    for i, chunk in enumerate(ds.chunks):
         yield chunk, ds[i]
 
 
 class _ChunkDecoder:
-    def __init__(self, source, n, chunks, size, interpolation) -> None:
-        self.source, self.n, self.chunks, self.size, self.interpolation = source, n, chunks, size, interpolation
+    def __init__(self, source, n, chunks, size, interpolation, crop) -> None:
+        self.source, self.n, self.chunks, self.size = source, n, chunks, size
+        self.interpolation, self.crop = interpolation, crop
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -156,20 +161,21 @@ class _ChunkDecoder:
             try:
                 im = self.source.load(r, min_side=self.size)
                 out[k] = resize_center_crop(
-                    im, resize_size=self.size, input_size=self.size, interpolation=self.interpolation
-                )
+                    im, resize_size=self.size, input_size=self.size, interpolation=self.interpolation,
+                    then_crop=self.crop,
+                )  # fmt: skip
             except BadImageError as e:
                 errors[k] = str(e)
         return out, errors
 
 
-def load_pixels(source, rows: np.ndarray, size: int, interpolation: str) -> np.ndarray:
-    """Decode ``rows`` of an image source to ``(len(rows), size, size)`` (:func:`pixel_dtype`), without a cache."""
+def load_pixels(source, rows: np.ndarray, size: int, interpolation: str, crop: int = 0) -> np.ndarray:
+    """Decode ``rows`` of an image source to ``(len(rows), size, size)`` (:func:`pixel_dtype`), without a
+    cache: the cache's squares (``crop`` as for :func:`build_pixel_cache`)."""
     from ..data.images import pixel_dtype, resize_center_crop
 
     out = np.empty((len(rows), size, size), dtype=pixel_dtype(interpolation))
     for k, i in enumerate(np.asarray(rows).tolist()):
-        out[k] = resize_center_crop(
-            source.load(i, min_side=size), resize_size=size, input_size=size, interpolation=interpolation
-        )
+        im = source.load(i, min_side=size)
+        out[k] = resize_center_crop(im, resize_size=size, input_size=size, interpolation=interpolation, then_crop=crop)
     return out

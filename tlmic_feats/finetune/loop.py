@@ -81,7 +81,7 @@ def train(setup: RunSetup, tr: Training, *, progress: bool, log, on_eval: Callab
         torch.manual_seed(seed)  # dropout
         idx = stream.rows(step)
         x = setup.pixels["train"][idx].to(device)
-        x = augment_batch(x, size, config.augment, gen) if config.augment else center_crop(x, size)
+        x = augment_batch(x, size, config.augment, gen) if config.augment else center_crop(x, size, setup.interpolation)
         y = setup.labels["train"][idx].to(device)
         with amp:
             logits = tr.model(x.contiguous(memory_format=torch.channels_last))

@@ -38,7 +38,7 @@ def predict_logits(net, pixels, setup: RunSetup, batch_size: int) -> np.ndarray:
     out = []
     with torch.inference_mode(), autocast(setup.device, setup.precision):
         for start in range(0, len(pixels), batch):
-            x = center_crop(pixels[start : start + batch], setup.input_size).to(setup.device)
+            x = center_crop(pixels[start : start + batch], setup.input_size, setup.interpolation).to(setup.device)
             out.append(net(x.contiguous(memory_format=torch.channels_last)).float().cpu())
     return torch.cat(out).numpy().astype(np.float64)
 
@@ -122,7 +122,8 @@ def _export_and_measure(setup: RunSetup, net) -> tuple[dict | None, list]:
     """The ONNX export with its parity check, and compactness against the full-depth network."""
     config, out = setup.config, setup.out
     net_cpu = net.float().to("cpu").eval()
-    example = center_crop(setup.pixels["val"][: min(4, len(setup.pixels["val"]))], setup.input_size).contiguous()
+    example = setup.pixels["val"][: min(4, len(setup.pixels["val"]))]
+    example = center_crop(example, setup.input_size, setup.interpolation).contiguous()
     onnx = None
     if config.export_onnx:
         from ..backbones.export import export_onnx

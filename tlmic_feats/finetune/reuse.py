@@ -156,7 +156,7 @@ def feature_reuse(
     bar = progress_bar(len(rows), "feature reuse", "img", progress, leave=False)
     with torch.inference_mode():
         for start in range(0, len(rows), batch):
-            x = center_crop(pixels[start : start + batch, None], size).to(device)
+            x = center_crop(pixels[start : start + batch, None], size, finetuned.preprocess.interpolation).to(device)
             for side, tap in zip(feats, taps, strict=True):
                 for kept, out in zip(side, tap(x), strict=True):
                     kept.append(out.float().cpu().numpy())

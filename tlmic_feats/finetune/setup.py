@@ -58,6 +58,11 @@ class RunSetup:
     def input_size(self) -> int:
         return self.backbone.preprocess.input_size
 
+    @property
+    def interpolation(self) -> str:
+        """How the host resized and cropped (the evaluation view's crop offsets follow it)."""
+        return self.backbone.preprocess.interpolation
+
 
 def default_run_dir(config: FinetuneConfig, address: str) -> Path:
     name = finetune_run_name(
@@ -256,8 +261,10 @@ def load_pixels_for(manifest, rows, pre, workers: int, *, use_cache: bool = True
     from ..features.pixels import build_pixel_cache, load_pixels
 
     if not use_cache:
-        return load_pixels(manifest.source, rows, pre.resize_size, pre.interpolation)
-    cache = build_pixel_cache(manifest, pre.resize_size, pre.interpolation, cache_root() / "pixels", workers=workers)
+        return load_pixels(manifest.source, rows, pre.resize_size, pre.interpolation, crop=pre.input_size)
+    cache = build_pixel_cache(
+        manifest, pre.resize_size, pre.interpolation, cache_root() / "pixels", crop=pre.input_size, workers=workers
+    )
     bad = [int(r) for r in rows if cache.bad[r]]
     if bad:
         raise BadImageError(f"{cache.errors[bad[0]]}; {len(bad)} unreadable image(s) among the rows to train on")

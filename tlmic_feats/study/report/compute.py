@@ -58,7 +58,9 @@ def measured_disk(out: Path, state: dict, manifest, backbone) -> dict:
     parts = {
         "feature store": disk_usage(state["store"]) if state.get("store") else 0,
         "pixel cache": disk_usage(
-            pixel_cache_path(cache_root() / "pixels", manifest.fingerprint(), pre.resize_size, pre.interpolation)
+            pixel_cache_path(
+                cache_root() / "pixels", manifest.fingerprint(), pre.resize_size, pre.interpolation, pre.input_size
+            )
         ),
         "probes": disk_usage(out / "probes"),
         "finetuning runs": disk_usage(out / "runs"),
