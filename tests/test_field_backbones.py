@@ -169,6 +169,14 @@ def test_hf_preprocessing_equals_the_image_processor(kermany_dir, tmp_path):
             want = proc(images=im.convert("RGB"), return_tensors="pt")["pixel_values"][0]  # not all convert
             worst = max(worst, float((host_and_device(im, pre) - want).abs().max()))
         assert worst <= 1e-5, (name, worst)
+    both = tmp_path / "crop_pct-and-crop"  # transformers would crop twice: refused in one line, not approximated
+    both.mkdir()
+    (both / "preprocessor_config.json").write_text(
+        json.dumps({**CONVNEXT_PROCESSOR, "do_center_crop": True, "crop_size": {"height": 200, "width": 200}})
+    )
+    (both / "config.json").write_text(json.dumps({"model_type": "convnext"}))
+    with pytest.raises(UsageError, match=r"crop_pct 0.875 with do_center_crop .* valid: crop_pct alone"):
+        processor_preprocess(both, "both")
 
 
 def test_hf_both_arms(hf_dirs, phantom_dir, tmp_path):

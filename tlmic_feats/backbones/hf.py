@@ -330,7 +330,12 @@ def preprocess_of(proc, channels: int, source: str) -> Preprocess:
     if not getattr(proc, "do_resize", True):
         raise UsageError(f"{source} does not resize; tlmic needs a fixed input size")
     crop_pct = getattr(proc, "crop_pct", None)
-    if "shortest_edge" in size and crop_pct and not getattr(proc, "do_center_crop", False):
+    if "shortest_edge" in size and crop_pct and getattr(proc, "do_center_crop", False):
+        raise UsageError(
+            f"{source}: crop_pct {crop_pct} with do_center_crop (crop_size {dict(proc.crop_size)}) is not supported; "
+            "valid: crop_pct alone (ConvNeXt's processor), or do_center_crop alone"
+        )
+    if "shortest_edge" in size and crop_pct:
         # ConvNeXt's processor: below 384 px, resize to shortest_edge / crop_pct and crop shortest_edge;
         # from 384 px on, warp to a square (no crop)
         edge = int(size["shortest_edge"])

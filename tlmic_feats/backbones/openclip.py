@@ -15,7 +15,9 @@
   - open_clip's own ``VisionTransformer`` (OpenAI's and LAION's ViT-B/32, ViT-B/16, ViT-L/14, and the
     models fine-tuned from them), family ``openclip_vit``: address ``k`` is the output of
     ``transformer.resblocks[k-1]`` (tokens: the class token, then the patch grid), ``N + 1`` its
-    ``ln_post`` applied to every token (the final norm, what the tower pools); another
+    ``ln_post`` applied to every token (the final norm, what the tower pools; a config with
+    ``final_ln_after_pool`` norms the pooled token instead, which tlmic's pooling then does not
+    reproduce for ``avg``); another
     ``--input-size`` resamples the position embeddings as open_clip's ``resize_pos_embed`` does;
   - open_clip's ``ModifiedResNet`` (OpenAI's RN50, RN101, ...), family ``openclip_resnet``: the
     addresses of torchvision's ResNet (``k`` = ``layer{k}``, ``k.u`` its bottleneck ``u``) after its
@@ -63,6 +65,8 @@ def openclip_spec(ref: str) -> BackboneSpec:
             "timm trunk, a VisionTransformer or a ModifiedResNet"
         )
     vision_cfg["timm_model_pretrained"] = False  # the checkpoint holds the trunk; nothing else is fetched
+    # patch dropout regularizes CLIP's pretraining; tlmic finetunes no family with it (it drops tokens)
+    vision_cfg["patch_dropout"] = 0.0
     native = vision_cfg.get("image_size", 224)
     native = int(native if isinstance(native, int) else native[0])
 
@@ -242,7 +246,8 @@ def vit_at_size(tower, resized):
 
 
 def _lnd(tower) -> bool:
-    """open_clip's transformer runs sequence-first (L, N, D) unless ``batch_first``."""
+    """open_clip's transformer runs sequence-first (L, N, D) unless ``batch_first`` (open_clip before 2.32;
+    not exercised by the tests, which run open_clip 3)."""
     return not getattr(tower.transformer, "batch_first", True)
 
 

@@ -7,8 +7,9 @@ Names: the curated backbones below (the paper's exact cut points), ``timm:NAME``
 and ``tv:NAME`` for any torchvision classification model (:mod:`.catalog`; their cut points are
 derived from their structure, :mod:`.structure`). ``tlmic backbones PATTERN`` lists them. The
 models the field publishes elsewhere, each library an optional extra: ``hf:ORG/NAME`` or ``hf:DIR``
-(transformers vision transformers: DINOv2, RAD-DINO; :mod:`.hf`), ``openclip:hf-hub:ORG/NAME`` or
-``openclip:DIR`` (an open_clip image tower: BiomedCLIP; :mod:`.openclip`) and ``xrv:WEIGHTS``
+(transformers vision transformers: DINOv2, RAD-DINO; and its CNNs: ResNet, ConvNeXt, RegNet; :mod:`.hf`),
+``openclip:hf-hub:ORG/NAME`` or ``openclip:DIR`` (an open_clip image tower: BiomedCLIP's timm trunk,
+open_clip's own ViTs and ModifiedResNets; :mod:`.openclip`) and ``xrv:WEIGHTS``
 (torchxrayvision's chest X-ray DenseNet-121 / ResNet-50; :mod:`.xrv`).
 
 Weights (``--weights``):
