@@ -44,8 +44,8 @@ def layers(backbone, granularity, input_size, list_only, available):
         for name in list_backbones():
             click.echo(f"{name:20s} {BACKBONES[name].description}")
         click.echo("timm:NAME, tv:NAME   any timm / torchvision classification model (`tlmic backbones PATTERN`)")
-        click.echo("hf:ORG/NAME, hf:DIR  a transformers ViT (DINOv2, RAD-DINO) or CNN (ResNet, ConvNeXt) from the HF cache")
-        click.echo("openclip:hf-hub:ORG/NAME, openclip:DIR  an open_clip image tower (BiomedCLIP's, a CLIP ViT or RN50)")
+        click.echo("hf:ORG/NAME, hf:DIR  a transformers ViT (DINOv2, RAD-DINO) or CNN (ResNet, ConvNeXt), HF cache")
+        click.echo("openclip:hf-hub:ORG/NAME, openclip:DIR  an open_clip image tower (BiomedCLIP's, CLIP's ViT, RN50)")
         click.echo("xrv:WEIGHTS          torchxrayvision's chest X-ray DenseNet-121 / ResNet-50 (e.g. -res224-all)")
         return
     get_spec(backbone)  # unknown names fail before the model is built
