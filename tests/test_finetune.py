@@ -151,10 +151,18 @@ def test_resume_mid_run_continues_to_the_same_weights(easy_dir, tmp_path):
     assert resumed.metrics["auroc"] == whole.metrics["auroc"]
 
 
-def test_run_directory_rules(easy_dir, easy_run, tmp_path):
+def test_run_directory_rules(easy_dir, easy_run, tmp_path, monkeypatch):
+    import os
+
     with pytest.raises(UsageError, match="holds a finetuning run; pass --resume"):
         run_finetune(cfg(easy_dir, easy_run.out), resume=False, progress=False, log=lambda m: None)
     again = run_finetune(cfg(easy_dir, easy_run.out), progress=False, log=lambda m: None)  # a rerun: the stored result
+    assert again.already_complete and again.metrics == easy_run.metrics
+    # the same data and run directory spelled relative to where one stands are the same run, not another
+    monkeypatch.chdir(easy_run.out.parent)
+    relative = cfg(os.path.relpath(easy_dir), os.path.relpath(easy_run.out))
+    assert relative.data.path != str(easy_dir)
+    again = run_finetune(relative, progress=False, log=lambda m: None)
     assert again.already_complete and again.metrics == easy_run.metrics
     with pytest.raises(
         UsageError, match=r"holds another finetuning run \(differs in: config\.training\.lr \(0\.001 -> 0\.01\)\)"

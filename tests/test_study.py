@@ -201,13 +201,28 @@ def test_plan_lists_runs_and_costs_without_running_any(disk_dir, small_study, tm
 
 
 @pytest.mark.slow
-def test_study_refuses_another_configuration_in_its_directory(small_study):
+def test_study_refuses_another_configuration_in_its_directory(small_study, monkeypatch):
+    """Another configuration is refused; the same study with its paths spelled relative to where one stands
+    (it was made with absolute ones) is the same study: it answers with its results, nothing refused."""
+    import os
+    from dataclasses import replace
+
     from tlmic_feats.runtime.errors import UsageError
     from tlmic_feats.runtime.options import replace_flat
 
-    config, _ = small_study
+    config, result = small_study
     with pytest.raises(UsageError, match=r"holds another study \(differs in: config\.training\.epochs \(20 -> 2\)\)"):
         run_study(replace_flat(config, epochs=2), progress=False)
+    monkeypatch.chdir(os.path.dirname(config.out))
+    relative = replace(
+        config,
+        out=os.path.relpath(config.out),
+        store=os.path.relpath(config.store),
+        data=replace(config.data, path=os.path.relpath(config.data.path)),
+    )
+    assert relative.data.path != config.data.path and relative.out == "study"
+    again = run_study(relative, progress=False)
+    assert [(r["arm"], r["auroc"]) for r in again.rows] == [(r["arm"], r["auroc"]) for r in result.rows]
 
 
 def test_layerwise_finetuning_keeps_the_bottom_frozen_and_the_hybrid_is_slimmer(phantom_dir, tmp_path):

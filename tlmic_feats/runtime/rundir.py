@@ -3,8 +3,9 @@ claiming a directory (start a run there, resume the same run, or refuse one that
 
 A directory holds one run, recorded in a JSON file (``run.json``, or ``study.json``). Claiming it
 with a record compares the two: the same run resumes, another is refused naming every differing key
-and both values (``config.lr (0.001 -> 0.01)``), and ``overwrite`` replaces it. A directory that is
-not empty and holds no record is never used.
+and both values (``config.lr (0.001 -> 0.01)``), and ``overwrite`` replaces it. Two spellings of one
+existing path (``study`` and ``/home/me/study``) are the same value. A directory that is not empty
+and holds no record is never used.
 """
 
 from __future__ import annotations
@@ -59,14 +60,27 @@ def study_run_id(arm: str, fraction: float, seed: int) -> str:
     return f"{arm}-{subset_tag(fraction, seed)}"
 
 
+def same_path(a, b) -> bool:
+    """Whether two strings name one existing file or folder (relative to where one stands, absolute,
+    through ``~`` or a link): a run given ``--out study`` once and ``--out /home/me/study`` later."""
+    if not (isinstance(a, str) and isinstance(b, str) and a and b):
+        return False
+    try:
+        pa, pb = Path(a).expanduser(), Path(b).expanduser()
+        return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+    except (OSError, ValueError):
+        return False
+
+
 def diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Every key (dotted through nested dicts) whose value differs, with both values."""
+    """Every key (dotted through nested dicts) whose value differs, with both values; two spellings of
+    one existing path (:func:`same_path`) do not differ."""
     out = []
     for k in sorted(set(a) | set(b)):
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict):
             out += diff_keys(va, vb, f"{prefix}{k}.")
-        elif va != vb:
+        elif va != vb and not same_path(va, vb):
             out.append(f"{prefix}{k} ({va!r} -> {vb!r})")
     return out
 
