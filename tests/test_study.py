@@ -204,7 +204,6 @@ def test_plan_lists_runs_and_costs_without_running_any(disk_dir, small_study, tm
 def test_study_refuses_another_configuration_in_its_directory(small_study, monkeypatch):
     """Another configuration is refused; the same study with its paths spelled relative to where one stands
     (it was made with absolute ones) is the same study: it answers with its results, nothing refused."""
-    import os
     from dataclasses import replace
 
     from tlmic_feats.runtime.errors import UsageError
