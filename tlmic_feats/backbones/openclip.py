@@ -276,6 +276,23 @@ def openclip_vit_tapper(model, modules):
     return model, taps
 
 
+def _tower_part(tower, parts: tuple[str, ...], method: str):
+    """A module holding ``tower``'s own ``parts`` (its modules and parameters, shared, not copied) whose
+    forward is open_clip's own ``method`` of the tower's class run on them (``_embeds``, ``stem``)."""
+    import torch.nn as nn
+
+    class TowerPart(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            for part in parts:
+                setattr(self, part, getattr(tower, part))
+
+        def forward(self, x):
+            return getattr(type(tower), method)(self, x)
+
+    return TowerPart()
+
+
 def openclip_vit_truncate(model, cp: CutPoint):
     """The tower's embedding (open_clip's ``_embeds`` on its own parameters), its first ``k`` blocks, and for
     the last address ``ln_post``: tokens ``(N, L, C)``."""
@@ -284,19 +301,11 @@ def openclip_vit_truncate(model, cp: CutPoint):
     blocks = model.transformer.resblocks
     k, lnd = cp.block, _lnd(model)
 
-    class Embeddings(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            for part in ("conv1", "class_embedding", "positional_embedding", "patch_dropout", "ln_pre"):
-                setattr(self, part, getattr(model, part))  # the tower's own modules and parameters
-
-        def forward(self, x):
-            return type(model)._embeds(self, x)
-
     class TruncatedTower(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.embeddings = Embeddings()
+            parts = ("conv1", "class_embedding", "positional_embedding", "patch_dropout", "ln_pre")
+            self.embeddings = _tower_part(model, parts, "_embeds")
             self.blocks = nn.ModuleList(list(blocks)[: min(k, len(blocks))])
             self.norm = model.ln_post if k > len(blocks) else None
 
@@ -327,16 +336,9 @@ def openclip_resnet_truncate(model, cp: CutPoint):
     bottlenecks for ``k.u``): a map ``(N, C, H, W)``."""
     import torch.nn as nn
 
-    class Stem(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            for part in ("conv1", "bn1", "act1", "conv2", "bn2", "act2", "conv3", "bn3", "act3", "avgpool"):
-                setattr(self, part, getattr(model, part))
-
-        def forward(self, x):
-            return type(model).stem(self, x)
-
+    parts = ("conv1", "bn1", "act1", "conv2", "bn2", "act2", "conv3", "bn3", "act3", "avgpool")
+    stem = _tower_part(model, parts, "stem")
     layers = [getattr(model, f"layer{k}") for k in range(1, cp.block + 1)]
     if cp.unit is not None:
         layers[-1] = layers[-1][: cp.unit]
-    return nn.Sequential(Stem(), *layers)
+    return nn.Sequential(stem, *layers)
