@@ -77,17 +77,23 @@ def default_store_path(config: ExtractConfig, fingerprint: dict) -> Path:
     )
 
 
+def decode_record(preprocess) -> dict:
+    """How the host decodes the images for ``preprocess`` (a store's ``decode``): a single-channel
+    network (torchxrayvision's) sees the grey image itself; the pixels' dtype is recorded only where they
+    are not 8-bit (torchxrayvision's float32), so that the other stores keep their fingerprints."""
+    decode = {"color": "gray8-to-3ch" if preprocess.channels == 3 else "gray8", "jpeg_draft": True}
+    if preprocess.pixel_dtype != "uint8":
+        decode["pixels"] = str(preprocess.pixel_dtype)
+    return decode
+
+
 def store_fingerprint(config: ExtractConfig, backbone, selected, manifest, engine: str, precision: str) -> dict:
     """What defines a store's contents (its root attrs; a rerun with other values is refused)."""
-    decode = {"color": "gray8-to-3ch" if backbone.preprocess.channels == 3 else "gray8", "jpeg_draft": True}
-    if backbone.preprocess.pixel_dtype != "uint8":  # recorded only where pixels are not 8-bit (torchxrayvision)
-        decode["pixels"] = str(backbone.preprocess.pixel_dtype)
     fingerprint = {
         "backbone": backbone.name,
         "weights": {"kind": backbone.weights.kind, "id": backbone.weights.id, "sha256": backbone.weights.sha256},
         "preprocess": asdict(backbone.preprocess),
-        # a single-channel network (torchxrayvision's) sees the grey image itself
-        "decode": decode,
+        "decode": decode_record(backbone.preprocess),
         "pool": config.pool,
         "dtype": config.dtype,
         "layers": [cp.address for cp in selected],
@@ -114,7 +120,7 @@ def finished_store(config: ExtractConfig) -> FeatureStore | None:
     import json
 
     from ..backbones.availability import weights_sha256_without_building
-    from ..data.images import pixel_dtype
+    from ..backbones.preprocess import Preprocess
     from .locate import stores_for
 
     if config.overwrite or config.cluster or "auto" in (config.engine, config.precision):
@@ -138,9 +144,12 @@ def finished_store(config: ExtractConfig) -> FeatureStore | None:
             continue
         if fp.get("tlmic_version") != __version__:
             continue
-        made_from = fp.get("decode", {}).get("pixels", "uint8")
-        if made_from != str(pixel_dtype(fp.get("preprocess", {}).get("interpolation", ""))):
-            continue  # made from pixels of another format (torchxrayvision's were 8-bit): extract again
+        try:
+            decoded_as_now = fp.get("decode") == decode_record(Preprocess(**fp["preprocess"]))
+        except (KeyError, TypeError):  # a store of another layout: the full path decides and explains
+            return None
+        if not decoded_as_now:
+            continue  # decoded otherwise than this tlmic decodes (torchxrayvision's pixels were 8-bit): extract again
         manifest = manifest or load_manifest(config.data)
         if fp.get("dataset") == manifest.fingerprint():
             return store
