@@ -174,6 +174,7 @@ def test_the_pixel_caches_squares_crop_to_exactly_the_evaluation_view(interpolat
     transformers processor's (rounded down). Rounding each of two offsets on its own put half the films a
     pixel off at 128 px."""
     import torch
+    import torchvision
     from PIL import Image
 
     from tlmic_feats.backbones.preprocess import center_crop
@@ -195,6 +196,9 @@ def test_the_pixel_caches_squares_crop_to_exactly_the_evaluation_view(interpolat
             assert square.shape == (size, size)
             view = center_crop(torch.from_numpy(square.copy())[None], crop, interpolation)[0].numpy()
             np.testing.assert_array_equal(view, direct, err_msg=f"{interpolation} {size}->{crop}")
+            if interpolation == "bilinear":  # and the direct crop is torchvision's own Resize + CenterCrop
+                tv = torchvision.transforms.CenterCrop(crop)(torchvision.transforms.Resize(size)(im))
+                np.testing.assert_array_equal(view, np.asarray(tv))
             plain = resize_center_crop(im, resize_size=size, input_size=size, interpolation=interpolation)
             plain_view = center_crop(torch.from_numpy(plain.copy())[None], crop, interpolation)[0].numpy()
             naive += not np.array_equal(plain_view, direct)

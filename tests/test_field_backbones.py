@@ -692,6 +692,13 @@ def test_xrv_float_pixels_in_the_onnx_engine_the_rerun_shortcut_and_the_disk_est
         assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max(), a  # features of the order of 1,000
     fp = stores["onnx"].fingerprint
     assert fp["decode"]["pixels"] == "float32" and json.loads(engine_key(fp))["pixels"] == "float32"
+    import onnxruntime as ort
+
+    from tlmic_feats.features.engines import graph_path
+    from tlmic_feats.runtime.paths import cache_root
+
+    graph = graph_path(cache_root(), "onnx", name, fp["pool"], json.loads(engine_key(fp)))
+    assert ort.InferenceSession(str(graph)).get_inputs()[0].type == "tensor(float)"  # the graph the engine ran
     eight_bit = {**fp, "decode": {k: v for k, v in fp["decode"].items() if k != "pixels"}}
     assert engine_key(eight_bit) == json.dumps({k: fp[k] for k in ENGINE_KEY}, sort_keys=True)
     assert finished_store(configs["torch"]).path == stores["torch"].path  # a rerun answers from the record
